@@ -1,0 +1,77 @@
+"""Input validation shared by every public entry point.
+
+Bad input is rejected before any work starts, with a message that names the
+argument and the form it should have (DESIGN.md: pixel space [0, 1], NCHW).
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+from torch import Tensor
+
+
+def check_images(x: object, name: str = "x") -> Tensor:
+    """Check ``x`` is a finite float tensor of shape (N, C, H, W) in [0, 1]."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W) in [0, 1]; got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(
+            f"{name} must have shape (N, C, H, W) (rank 4); got rank {x.dim()} with shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor with pixels in [0, 1]; got dtype {x.dtype}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one image; got shape {tuple(x.shape)}")
+    # One reduction and one sync for all three checks.
+    stats = torch.stack([(~torch.isfinite(x)).sum().to(x.dtype), x.amin(), x.amax()]).tolist()
+    bad, lo, hi = stats
+    if bad:
+        raise ValueError(f"{name} contains {int(bad)} NaN or infinite values")
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(
+            f"{name} must lie in [0, 1] (pixel space; mean/std normalization belongs inside the model); "
+            f"got min {lo:.4g}, max {hi:.4g}"
+        )
+    return x
+
+
+def check_labels(y: object, n: int, name: str = "y", num_classes: int | None = None) -> Tensor:
+    """Check ``y`` is an integer tensor of shape (n,) with values in [0, num_classes)."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of class indices with shape ({n},); got {type(y).__name__}")
+    if y.dim() != 1 or y.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},) to match the images; got shape {tuple(y.shape)}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer class indices; got dtype {y.dtype}")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0:
+        raise ValueError(f"{name} must hold class indices >= 0; got {lo}")
+    if num_classes is not None and hi >= num_classes:
+        raise ValueError(f"{name} holds class index {hi}, out of range for a model with {num_classes} classes")
+    return y
+
+
+def check_number(
+    value: object,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    integer: bool = False,
+) -> float:
+    """Check a scalar hyper-parameter is a finite number inside the given range."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a {'whole ' if integer else ''}number; got {value!r}")
+    if integer and int(value) != value:
+        raise ValueError(f"{name} must be a whole number; got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite; got {value!r}")
+    if low is not None and (v < low or (low_open and v == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low:g}; got {value!r}")
+    if high is not None and v > high:
+        raise ValueError(f"{name} must be <= {high:g}; got {value!r}")
+    return v

@@ -1,0 +1,166 @@
+"""Command line: ``robustlab attack | demo``.
+
+Budgets on the command line are in the thesis's 0–255 notation (``--eps 16``)
+unless written as a fraction (``16/255``) or in pixels (``0.5px``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+_logger = logging.getLogger("robustlab")
+
+# Attack options: CLI flag → (keyword, converter). Only flags the user sets
+# are passed on, so every other knob keeps the thesis default of the preset.
+_ATTACK_FLAGS = ("eps", "steps", "step_size", "norm", "mu", "p", "loss", "targeted", "early_stop",
+                 "random_start", "clean_init_prob", "smooth_grad", "confidence", "lr",
+                 "binary_search_steps", "seed")
+
+
+def _add_attack_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("attack")
+    g.add_argument("--attack", default="pgd", help="fgsm, ifgsm, mifgsm, di2fgsm, mdi2fgsm, pgd, gd, cw, dcw")
+    g.add_argument("--eps", help="budget: 16 (0-255 units), 16/255, or 0.5px")
+    g.add_argument("--steps", type=int, help="iterations N (default: the thesis rule of the attack)")
+    g.add_argument("--step-size", help="step α, same notation as --eps")
+    g.add_argument("--norm", choices=("linf", "l2"))
+    g.add_argument("--mu", type=float, help="momentum decay μ")
+    g.add_argument("--p", type=float, help="input-diversity probability")
+    g.add_argument("--loss", choices=("ce", "cw"))
+    g.add_argument("--targeted", action="store_true", default=None, help="random wrong class as target")
+    g.add_argument("--early-stop", action="store_true", default=None, help="retire samples once fooled")
+    g.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--clean-init-prob", type=float, help="PGD: probability of a clean start (default 0.2)")
+    g.add_argument("--smooth-grad", type=float, metavar="ALPHA", help="softplus(α) backward for ReLU (§5.3.2)")
+    g.add_argument("--confidence", type=float, help="C&W κ")
+    g.add_argument("--lr", type=float, help="C&W learning rate")
+    g.add_argument("--binary-search-steps", type=int, help="C&W search rounds over c")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def _add_data_options(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=default, required=default is None,
+                   help="fashion_mnist, mnist, cifar10, cifar100, digits, imagefolder:ROOT")
+    g.add_argument("--split", default="test", choices=("train", "test"))
+    g.add_argument("--data-dir", help="where dataset files are looked for first")
+    g.add_argument("--limit", type=int, help="use the first N samples")
+    g.add_argument("--image-size", type=int, help="resize images (and imagefolder crop size)")
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--no-download", action="store_true", help="never download missing data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from robustlab import __version__
+
+    parser = argparse.ArgumentParser(prog="robustlab", description="Robust representation learning toolkit.")
+    parser.add_argument("--version", action="version", version=f"robustlab {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    atk = sub.add_parser("attack", help="attack a model on a dataset split; write adversarial examples, results.json")
+    atk.add_argument("--model", required=True,
+                     help="checkpoint directory, built-in name (smallcnn, resnet18_cifar, ...), timm:NAME or tv:NAME")
+    atk.add_argument("--weights", help="local weights file for a named model")
+    _add_data_options(atk)
+    _add_attack_options(atk)
+    atk.add_argument("--out", help="run directory (default runs/attack-TIMESTAMP)")
+    atk.add_argument("--device", default="auto")
+    atk.add_argument("--no-save", action="store_true", help="do not write adversarial.safetensors")
+
+    demo = sub.add_parser("demo", help="train two small models in seconds and print an attack table")
+    _add_data_options(demo, default="fashion_mnist")
+    demo.add_argument("--train-limit", type=int, default=10000)
+    demo.add_argument("--eps", default="16", help="budget (0-255 units)")
+    demo.add_argument("--out", help="run directory (default runs/demo-TIMESTAMP)")
+    demo.add_argument("--device", default="auto")
+    demo.set_defaults(limit=500, batch_size=250)
+    return parser
+
+
+def attack_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for ``attacks.create`` from the flags the user set."""
+    from robustlab.units import parse_eps
+
+    kw = {}
+    for key in _ATTACK_FLAGS:
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        if key in ("eps", "step_size"):
+            value = parse_eps(value, "--" + key.replace("_", "-"))
+        kw[key] = value
+    return kw
+
+
+def _load_data(args: argparse.Namespace, split: str | None = None, limit: int | None = None):  # noqa: ANN202
+    from robustlab.data import load_dataset
+
+    return load_dataset(args.data, split or args.split, data_dir=args.data_dir, limit=limit or args.limit,
+                        download=not args.no_download, size=args.image_size)
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from robustlab.attack_job import attack_dataset
+    from robustlab.attacks import create
+    from robustlab.data import dataset_info, make_loader
+    from robustlab.models import resolve_model
+    from robustlab.runs import new_run_dir, pick_device, write_json, write_tensors
+
+    atk = create(args.attack, **attack_kwargs(args))  # bad names/values fail before any loading
+    device = pick_device(args.device)
+    data = _load_data(args)
+    info = dataset_info(data)
+    model = resolve_model(args.model, num_classes=info.num_classes, in_channels=info.channels,
+                          mean=info.mean, std=info.std, weights=args.weights).to(device).eval()
+    out = new_run_dir(args.out, "attack")
+    record = attack_dataset(atk, model, make_loader(data, args.batch_size), device=device,
+                            keep_examples=not args.no_save)
+    tensors = record.pop("tensors")
+    record.update(model=str(args.model), weights=args.weights,
+                  data={"name": args.data, "split": args.split, "limit": args.limit, "n": len(data)})
+    if not args.no_save:
+        write_tensors(out / "adversarial.safetensors", tensors)
+    write_json(out / "results.json", record)
+    print(format_attack_table([record]))
+    print(f"wrote {out / 'results.json'}")
+    return 0
+
+
+def format_attack_table(records: Sequence[dict[str, Any]], extra: Sequence[str] = ()) -> str:
+    cols = ["attack", "clean_acc", "adv_acc", "success", "linf_255", "l2", "steps", "img/s", *extra]
+    rows = []
+    for r in records:
+        s = r["summary"]
+        row = [r["attack"]["name"], f"{r['clean_accuracy']:.3f}", f"{r['adversarial_accuracy']:.3f}",
+               f"{s['success_rate']:.3f}", f"{s['linf_max_255']:.2f}", f"{s['l2_mean']:.3f}",
+               f"{s['steps_mean']:.1f}", f"{r['images_per_second']:.0f}"]
+        row += [str(r.get(k, "")) for k in extra]
+        rows.append(row)
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    commands = {"attack": cmd_attack}
+    try:
+        if args.command == "demo":
+            from robustlab.demo import run_demo
+
+            return run_demo(args)
+        return commands[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+        print(f"robustlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Per-sample and aggregate classification metrics."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
+    """Top-1 predictions (N,) of ``model`` in eval mode; restores its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(x[i: i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def misclassified(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """(N,) bool: the model's prediction differs from ``y``."""
+    return predict(model, x) != y
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on (x, y)."""
+    return float((predict(model, x, batch_size) == y).float().mean()) if len(y) else 0.0

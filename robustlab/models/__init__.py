@@ -1,0 +1,10 @@
+"""Models: built-in small nets, timm/torchvision by name, input normalization, checkpoints."""
+from robustlab.models.checkpoint import load_model, save_model
+from robustlab.models.factory import create_model, load_state_dict, model_names, resolve_model
+from robustlab.models.normalize import Normalize, NormalizedModel
+from robustlab.models.small import BasicBlock, CifarResNet, SmallCNN
+
+__all__ = [
+    "BasicBlock", "CifarResNet", "Normalize", "NormalizedModel", "SmallCNN",
+    "create_model", "load_model", "load_state_dict", "model_names", "resolve_model", "save_model",
+]

@@ -1,0 +1,68 @@
+"""Model checkpoints: ``model.safetensors`` + ``model.json`` in a directory.
+
+The JSON holds what :func:`create_model` needs to rebuild the network, plus
+any metadata the caller adds. Writes are atomic (write, then rename).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from robustlab.models.factory import create_model
+
+WEIGHTS, META = "model.safetensors", "model.json"
+
+
+def _atomic_write(path: Path, write) -> None:  # noqa: ANN001
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_model(model: nn.Module, directory: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Save a model made by :func:`create_model` into ``directory``."""
+    from safetensors.torch import save_file
+
+    spec = getattr(model, "robustlab_spec", None)
+    if spec is None:
+        raise ValueError("model was not made by robustlab.models.create_model; its architecture cannot be recorded")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p)))
+    doc = {"spec": spec, "meta": meta or {}}
+    _atomic_write(directory / META, lambda p: p.write_text(json.dumps(doc, indent=2)))
+    return directory
+
+
+def load_model(path: str | Path, map_location: str = "cpu") -> nn.Module:
+    """Rebuild a model saved by :func:`save_model` (a directory or its model.json)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    directory = path.parent if path.suffix == ".json" else path
+    meta_path, weights_path = directory / META, directory / WEIGHTS
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise FileNotFoundError(f"no checkpoint in {directory}: expected {META} and {WEIGHTS}")
+    try:
+        spec = json.loads(meta_path.read_text())["spec"]
+    except (json.JSONDecodeError, KeyError) as err:
+        raise ValueError(f"{meta_path} is not a robustlab checkpoint description: {err}") from None
+    model = create_model(
+        spec["name"], spec["num_classes"], in_channels=spec["in_channels"],
+        mean=spec["mean"], std=spec["std"], **spec.get("kwargs", {}),
+    )
+    try:
+        state = load_file(str(weights_path), device=map_location)
+    except Exception as err:  # safetensors raises its own error type on truncation
+        raise ValueError(f"{weights_path} is corrupted or truncated: {err}") from None
+    model.load_state_dict(state)
+    return model.eval()

@@ -1,0 +1,9 @@
+"""Robust layers: activations (ch. 5); denoising and normalization follow (ch. 4, 6)."""
+from robustlab.nn.activations import (
+    PSOFTPLUS_ALPHA,
+    ReLUSoftplusBackward,
+    relu_softplus_backward,
+    smooth_relu_backward,
+)
+
+__all__ = ["PSOFTPLUS_ALPHA", "ReLUSoftplusBackward", "relu_softplus_backward", "smooth_relu_backward"]

@@ -1,0 +1,47 @@
+"""The one place where the thesis's 0–255 notation meets pixel space [0, 1].
+
+The thesis states every budget in 0–255 units (``ε = 16``, ``α = 1``); the
+library works on [0, 1] pixels (``eps=16/255``). Configs and the CLI accept
+the thesis notation and convert here, nowhere else.
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+PIXEL_LEVELS = 255.0
+
+
+def from_255(value: float) -> float:
+    """A budget in 0–255 units as a [0, 1] pixel value: ``from_255(16) == 16/255``."""
+    return float(value) / PIXEL_LEVELS
+
+
+def to_255(value: float) -> float:
+    """A [0, 1] pixel value in the thesis's 0–255 units."""
+    return float(value) * PIXEL_LEVELS
+
+
+def parse_eps(text: str | float | int, name: str = "eps") -> float:
+    """Parse a budget written by a user into pixel units.
+
+    Plain numbers are in the thesis's 0–255 notation (``"16"`` → 16/255); a
+    fraction names pixel units explicitly (``"16/255"`` → 16/255, ``"1/2"`` →
+    0.5); a ``px`` suffix marks a pixel-space value (``"0.5px"`` → 0.5, the
+    usual way to state an L2 budget).
+    """
+    raw = str(text).strip()
+    try:
+        if raw.endswith("px"):
+            value = float(raw[:-2])
+        elif "/" in raw:
+            value = float(Fraction(raw))
+        else:
+            value = from_255(float(raw))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(
+            f"{name} must be a number in 0-255 units (e.g. 16), a fraction (16/255) or pixels (0.5px); got {text!r}"
+        ) from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be finite and >= 0; got {text!r}")
+    return value
