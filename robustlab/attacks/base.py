@@ -8,9 +8,7 @@ running statistics and parameter ``.grad`` untouched (gradients are taken with
 """
 from __future__ import annotations
 
-import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +16,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_images, check_labels
 from robustlab.attacks.losses import random_other_class
+from robustlab.nn.state import inference_state
 from robustlab.units import to_255
 
 
@@ -69,19 +68,6 @@ class AttackResult:
             "pixel_max": float(xa.max()) if xa.numel() else None,
             "nan_count": int(torch.isnan(xa).sum()) if xa.numel() else None,
         }
-
-
-@contextlib.contextmanager
-def inference_state(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` in eval mode (BN uses running statistics and updates none),
-    then put every module back in the mode it was found in."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 class Attack(ABC):

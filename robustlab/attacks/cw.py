@@ -97,6 +97,7 @@ class CarliniWagnerL2(Attack):
     ) -> AttackResult:
         gen = self.generator(x.device)
         y, labels = self._labels(model, x, y, target, gen)
+        target = labels if self.targeted else None
         n = x.shape[0]
         # tanh-space start at the clean image; the 1 − 1e-6 keeps atanh finite at 0 and 1.
         w0 = torch.atanh((2 * x - 1) * (1 - 1e-6))

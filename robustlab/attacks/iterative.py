@@ -149,6 +149,7 @@ class IterativeAttack(Attack):
         gen = self.generator(x.device)
         n = x.shape[0]
         y, labels = self._labels(model, x, y, target, gen)
+        target = labels if self.targeted else None
         box = self.threat.box(x) if self.project else None
         x_adv = self._start(x, box, gen)
         g = torch.zeros_like(x)

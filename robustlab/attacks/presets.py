@@ -59,16 +59,24 @@ def pgd_step_size(eps: float, steps: int) -> float:
     return max(ALPHA, eps / max(steps, 1))
 
 
+def _is_linf(norm: str) -> bool:
+    return str(norm).lower() in ("linf", "inf")
+
+
+def _l2_step(eps: float, steps: int) -> float:
+    """α = 2.5·ε/N for L2 (Madry et al.; the thesis has no L2 setting)."""
+    return 2.5 * check_number(eps, "eps", low=0.0) / max(int(steps), 1)
+
+
 def _family(
     name: str, *, eps: float, norm: str, steps: int | None, step_size: float | None, **kw: Any
 ) -> IterativeAttack:
     """Shared defaults of the ch. 3 family: N and α from §3.4.1 (L∞)."""
     eps = check_number(eps, "eps", low=0.0)
-    linf = str(norm).lower() in ("linf", "inf")
     if steps is None:
-        steps = ifgsm_steps(eps) if linf else L2_STEPS
+        steps = ifgsm_steps(eps) if _is_linf(norm) else L2_STEPS
     if step_size is None:
-        step_size = ALPHA if linf else 2.5 * eps / max(int(steps), 1)
+        step_size = ALPHA if _is_linf(norm) else _l2_step(eps, steps)
     return IterativeAttack(eps=eps, steps=steps, step_size=step_size, norm=norm, name=name, **kw)
 
 
@@ -89,16 +97,23 @@ def mifgsm(*, eps: float = EPS_CH3, mu: float = MU, steps: int | None = None, st
     return _family("mifgsm", eps=eps, norm=norm, steps=steps, step_size=step_size, mu=mu, **kw)
 
 
-def di2fgsm(*, eps: float = EPS_CH3, p: float = P, steps: int | None = None, step_size: float | None = None,
+def _p(p: float | None, kw: dict[str, Any]) -> float:
+    """The diversity probability: the thesis's 0.5 unless an InputDiversity is given."""
+    if p is None:
+        return 0.0 if kw.get("diversity") is not None else P
+    return p
+
+
+def di2fgsm(*, eps: float = EPS_CH3, p: float | None = None, steps: int | None = None, step_size: float | None = None,
             norm: str = "linf", **kw: Any) -> IterativeAttack:
     """DI²-FGSM, eq. (3.5)–(3.6)."""
-    return _family("di2fgsm", eps=eps, norm=norm, steps=steps, step_size=step_size, p=p, **kw)
+    return _family("di2fgsm", eps=eps, norm=norm, steps=steps, step_size=step_size, p=_p(p, kw), **kw)
 
 
-def mdi2fgsm(*, eps: float = EPS_CH3, mu: float = MU, p: float = P, steps: int | None = None,
+def mdi2fgsm(*, eps: float = EPS_CH3, mu: float = MU, p: float | None = None, steps: int | None = None,
              step_size: float | None = None, norm: str = "linf", **kw: Any) -> IterativeAttack:
     """M-DI²-FGSM, eq. (3.7)."""
-    return _family("mdi2fgsm", eps=eps, norm=norm, steps=steps, step_size=step_size, mu=mu, p=p, **kw)
+    return _family("mdi2fgsm", eps=eps, norm=norm, steps=steps, step_size=step_size, mu=mu, p=_p(p, kw), **kw)
 
 
 def pgd(*, eps: float = EPS_PGD, steps: int = PGD_STEPS, step_size: float | None = None, norm: str = "linf",
@@ -108,15 +123,16 @@ def pgd(*, eps: float = EPS_PGD, steps: int = PGD_STEPS, step_size: float | None
     eps = check_number(eps, "eps", low=0.0)
     steps = int(check_number(steps, "steps", low=0, integer=True))
     if step_size is None:
-        linf = str(norm).lower() in ("linf", "inf")
-        step_size = pgd_step_size(eps, steps) if linf else 2.5 * eps / max(steps, 1)
+        step_size = pgd_step_size(eps, steps) if _is_linf(norm) else _l2_step(eps, steps)
     return IterativeAttack(eps=eps, steps=steps, step_size=step_size, norm=norm, random_start=random_start,
                            clean_init_prob=clean_init_prob, name="pgd", **kw)
 
 
-def gd(*, eps: float = EPS_GD, steps: int = GD_STEPS, step_size: float = ALPHA, norm: str = "linf",
+def gd(*, eps: float = EPS_GD, steps: int = GD_STEPS, step_size: float | None = None, norm: str = "linf",
        random_start: bool = True, **kw: Any) -> IterativeAttack:
     """GD (§7.5.4): PGD with the projection removed; ε only bounds the random start."""
+    if step_size is None:
+        step_size = ALPHA if _is_linf(norm) else _l2_step(eps, steps)
     return IterativeAttack(eps=eps, steps=steps, step_size=step_size, norm=norm, random_start=random_start,
                            project=False, name="gd", **kw)
 
@@ -126,9 +142,9 @@ def cw(**kw: Any) -> CarliniWagnerL2:
     return CarliniWagnerL2(name="cw", **kw)
 
 
-def dcw(*, p: float = P, **kw: Any) -> CarliniWagnerL2:
+def dcw(*, p: float | None = None, **kw: Any) -> CarliniWagnerL2:
     """D-C&W (§3.4.2): C&W with the input-diversity transform inside the loss."""
-    return CarliniWagnerL2(p=p, name="dcw", **kw)
+    return CarliniWagnerL2(p=_p(p, kw), name="dcw", **kw)
 
 
 _REGISTRY: dict[str, Callable[..., Attack]] = {

@@ -46,7 +46,7 @@ def holdout_evaluation(
     for held, target_model in models.items():
         names = [k for k in models if k != held]
         w = [float(weights[k]) if weights else 1.0 for k in names]
-        ens = Ensemble([models[k] for k in names], [v / sum(w) for v in w])
+        ens = Ensemble([models[k] for k in names], [v / sum(w) for v in w]).eval()
         atk = attack() if callable(attack) and not isinstance(attack, Attack) else attack
         white = black = count = 0
         for x, y in batches:

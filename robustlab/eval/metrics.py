@@ -4,16 +4,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from robustlab.nn.state import inference_state
+
 
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
-    """Top-1 predictions (N,) of ``model`` in eval mode; restores its mode."""
-    was_training = model.training
-    model.eval()
-    try:
+    """Top-1 predictions (N,) of ``model`` in eval mode; restores every module's mode."""
+    with inference_state(model):
         return torch.cat([model(x[i: i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-    finally:
-        model.train(was_training)
 
 
 def misclassified(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:

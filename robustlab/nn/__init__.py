@@ -5,5 +5,6 @@ from robustlab.nn.activations import (
     relu_softplus_backward,
     smooth_relu_backward,
 )
+from robustlab.nn.state import inference_state
 
-__all__ = ["PSOFTPLUS_ALPHA", "ReLUSoftplusBackward", "relu_softplus_backward", "smooth_relu_backward"]
+__all__ = ["PSOFTPLUS_ALPHA", "ReLUSoftplusBackward", "relu_softplus_backward", "inference_state", "smooth_relu_backward"]

@@ -48,5 +48,6 @@ def fit_classifier(
             count += len(y)
         history.append(total / max(count, 1))
         _logger.info("epoch %d: loss %.4f", epoch + 1, history[-1])
+    opt.zero_grad(set_to_none=True)
     model.eval()
     return history

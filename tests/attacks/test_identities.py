@@ -1,0 +1,111 @@
+"""The relations of §3.3.4 as bit-for-bit equalities under a seed, and determinism."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import robustlab as rl
+from robustlab.attacks import ifgsm_steps, pgd_step_size
+from robustlab.units import from_255
+
+EPS = 24 / 255
+
+
+def run(name, model, x, y, **kw):
+    return rl.attacks.create(name, eps=EPS, seed=0, **kw).run(model, x, y)
+
+
+def test_p0_turns_di2_into_ifgsm(trained_model, batch):
+    x, y = batch
+    assert torch.equal(run("di2fgsm", trained_model, x, y, p=0.0).x_adv, run("ifgsm", trained_model, x, y).x_adv)
+
+
+def test_p0_turns_mdi2_into_mi(trained_model, batch):
+    x, y = batch
+    assert torch.equal(run("mdi2fgsm", trained_model, x, y, p=0.0).x_adv, run("mifgsm", trained_model, x, y).x_adv)
+
+
+def test_mu0_turns_mi_into_ifgsm(trained_model, batch):
+    x, y = batch
+    assert torch.equal(run("mifgsm", trained_model, x, y, mu=0.0).x_adv, run("ifgsm", trained_model, x, y).x_adv)
+
+
+def test_mu0_turns_mdi2_into_di2(trained_model, batch):
+    x, y = batch
+    a = run("mdi2fgsm", trained_model, x, y, mu=0.0).x_adv
+    b = run("di2fgsm", trained_model, x, y).x_adv
+    assert torch.equal(a, b)
+
+
+def test_n1_turns_ifgsm_into_fgsm(trained_model, batch):
+    x, y = batch
+    a = run("ifgsm", trained_model, x, y, steps=1, step_size=EPS).x_adv
+    b = run("fgsm", trained_model, x, y).x_adv
+    assert torch.equal(a, b)
+    # FGSM is eq. (3.2) literally: X + ε·sign(∇) clipped to [0, 1].
+    xr = x.clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(trained_model(xr), y, reduction="sum")
+    (g,) = torch.autograd.grad(loss, xr)
+    assert torch.equal(b, (x + EPS * g.sign()).clamp(0, 1))
+
+
+def test_momentum_and_diversity_change_the_attack(trained_model, batch):
+    """The identities above are not vacuous: μ and p do change the result."""
+    x, y = batch
+    base = run("ifgsm", trained_model, x, y).x_adv
+    assert not torch.equal(run("mifgsm", trained_model, x, y).x_adv, base)
+    assert not torch.equal(run("di2fgsm", trained_model, x, y).x_adv, base)
+
+
+@pytest.mark.parametrize("name", ["pgd", "di2fgsm", "mdi2fgsm", "gd", "dcw"])
+def test_seeded_attacks_are_deterministic(trained_model, batch, name):
+    x, y = batch
+    kw = {"eps": EPS}
+    if name == "dcw":
+        kw = {"steps": 30, "binary_search_steps": 1, "initial_const": 10.0, "confidence": 0.0, "abort_early": False}
+    a = rl.attacks.create(name, seed=3, **kw)(trained_model, x, y)
+    b = rl.attacks.create(name, seed=3, **kw)(trained_model, x, y)
+    c = rl.attacks.create(name, seed=4, **kw)(trained_model, x, y)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_unseeded_attacks_follow_the_global_seed(trained_model, batch):
+    x, y = batch
+    torch.manual_seed(7)
+    a = rl.attacks.create("pgd", eps=EPS)(trained_model, x, y)
+    torch.manual_seed(7)
+    b = rl.attacks.create("pgd", eps=EPS)(trained_model, x, y)
+    assert torch.equal(a, b)
+
+
+def test_thesis_step_rules():
+    # §3.4.1: N = min(ε + 4, 1.25ε), α = 1 (0–255 units).
+    assert ifgsm_steps(from_255(15)) == 18
+    assert ifgsm_steps(from_255(16)) == 20
+    assert ifgsm_steps(from_255(4)) == 5
+    assert ifgsm_steps(from_255(0.5)) == 1
+    atk = rl.attacks.create("mdi2fgsm")
+    assert atk.eps == from_255(15) and atk.steps == 18 and atk.step_size == from_255(1)
+    assert atk.mu == 1.0 and atk.p == 0.5
+    # §4.5: PGD ε = 16, α = 1, N = 30, 20% clean starts; PGD-10 at ε = 16 steps by ε/10.
+    pgd = rl.attacks.create("pgd")
+    assert (pgd.eps, pgd.step_size, pgd.steps, pgd.clean_init_prob) == (from_255(16), from_255(1), 30, 0.2)
+    assert pgd.random_start and not pgd.targeted
+    assert pgd_step_size(from_255(16), 10) == pytest.approx(from_255(1.6))
+    assert rl.attacks.create("pgd", eps=16 / 255, steps=10).step_size == pytest.approx(16 / 255 / 10)
+    # §7.5.4: GD ε = 4, N = 5, α = 1, no projection.
+    gd = rl.attacks.create("gd")
+    assert (gd.eps, gd.steps, gd.step_size, gd.project) == (from_255(4), 5, from_255(1), False)
+    # §3.4.2: C&W 250 iterations, lr 0.01, confidence 10.
+    cw = rl.attacks.create("cw")
+    assert (cw.steps, cw.lr, cw.confidence) == (250, 0.01, 10.0)
+    assert rl.attacks.create("dcw").diversity.p == 0.5
+
+
+def test_registry_names_and_aliases():
+    assert rl.attacks.names() == ["fgsm", "ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm", "pgd", "gd", "cw", "dcw"]
+    assert rl.attacks.create("M-DI²-FGSM").name == "mdi2fgsm"
+    assert rl.attacks.create("m-di2-fgsm").name == "mdi2fgsm"
+    assert rl.attacks.create("I-FGSM").name == "ifgsm"
+    assert rl.attacks.create("D-C&W").name == "dcw"

@@ -1,0 +1,71 @@
+"""An attack never changes the model: mode, BN statistics, parameters, .grad."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import robustlab as rl
+
+KW = {"cw": {"steps": 3, "binary_search_steps": 1}, "dcw": {"steps": 3, "binary_search_steps": 1}}
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", rl.attacks.names())
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_model_untouched(trained_model, batch, name, early_stop):
+    if early_stop and name in ("cw", "dcw"):
+        pytest.skip("C&W minimizes the norm; it has no early stop")
+    x, y = batch
+    model = trained_model
+    before = snapshot(model)
+    # A mixed train/eval state and existing gradients must survive the attack.
+    model.train()
+    model.net.fc.eval()
+    model.zero_grad(set_to_none=True)
+    model.net.fc.weight.grad = torch.full_like(model.net.fc.weight, 0.5)
+    modes = {n: m.training for n, m in model.named_modules()}
+    kw = dict(KW.get(name, {"eps": 16 / 255}))
+    if name not in ("cw", "dcw"):
+        kw["early_stop"] = early_stop
+    try:
+        rl.attacks.create(name, seed=0, **kw).run(model, x, y)
+        assert {n: m.training for n, m in model.named_modules()} == modes
+        after = snapshot(model)
+        for k in before:  # BN running mean/var/num_batches_tracked and weights
+            assert torch.equal(before[k], after[k]), k
+        assert torch.equal(model.net.fc.weight.grad, torch.full_like(model.net.fc.weight, 0.5))
+        assert all(p.grad is None for n, p in model.named_parameters() if n != "net.fc.weight")
+    finally:
+        model.net.fc.weight.grad = None
+        model.eval()
+
+
+def test_mode_restored_after_an_error(trained_model, batch):
+    x, y = batch
+    trained_model.train()
+    try:
+        with pytest.raises(ValueError, match="class index 12"):
+            rl.attacks.create("pgd").run(trained_model, x, torch.full_like(y, 12))
+        assert all(m.training for m in trained_model.modules())
+    finally:
+        trained_model.eval()
+
+
+def test_input_not_modified(trained_model, batch):
+    x, y = batch
+    x0, y0 = x.clone(), y.clone()
+    rl.attacks.create("mdi2fgsm", eps=16 / 255, seed=0)(trained_model, x, y)
+    rl.attacks.create("pgd", eps=16 / 255, seed=0, early_stop=True)(trained_model, x, y)
+    assert torch.equal(x, x0) and torch.equal(y, y0)
+    assert not x.requires_grad
+
+
+def test_predict_keeps_a_mixed_mode(trained_model, batch):
+    x, _ = batch
+    ens = rl.attacks.Ensemble([trained_model])  # a fresh module is in train mode
+    assert ens.training and not trained_model.training
+    rl.eval.predict(ens, x)
+    assert ens.training and not trained_model.training
