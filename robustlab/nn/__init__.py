@@ -7,4 +7,6 @@ from robustlab.nn.activations import (
 )
 from robustlab.nn.state import inference_state
 
-__all__ = ["PSOFTPLUS_ALPHA", "ReLUSoftplusBackward", "relu_softplus_backward", "inference_state", "smooth_relu_backward"]
+__all__ = [
+    "PSOFTPLUS_ALPHA", "ReLUSoftplusBackward", "inference_state", "relu_softplus_backward", "smooth_relu_backward",
+]

@@ -100,7 +100,7 @@ def test_transform_is_differentiable():
     for mode in ("nearest", "bilinear"):
         div = InputDiversity(p=1.0, interpolation=mode, pad_value=0.5)
         d = div.draw(2, 6, 6, g)
-        assert torch.autograd.gradcheck(lambda v: div.transform(v, d), (x,))
+        assert torch.autograd.gradcheck(lambda v, div=div, d=d: div.transform(v, d), (x,))
 
 
 def test_diverse_attack_groups_are_exact(trained_model, batch):
