@@ -116,9 +116,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
     info = dataset_info(data)
     model = resolve_model(args.model, num_classes=info.num_classes, in_channels=info.channels,
                           mean=info.mean, std=info.std, weights=args.weights).to(device).eval()
-    out = new_run_dir(args.out, "attack")
     record = attack_dataset(atk, model, make_loader(data, args.batch_size), device=device,
                             keep_examples=not args.no_save)
+    out = new_run_dir(args.out, "attack")  # created once there is something to write
     tensors = record.pop("tensors")
     record.update(model=str(args.model), weights=args.weights,
                   data={"name": args.data, "split": args.split, "limit": args.limit, "n": len(data)})

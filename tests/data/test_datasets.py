@@ -1,0 +1,146 @@
+"""Datasets, on-disk formats, search paths and loaders."""
+from __future__ import annotations
+
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import robustlab as rl
+from robustlab.data import DataNotFoundError, load_dataset, make_loader, read_idx
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """Keep the user's ~/.cache and $ROBUSTLAB_DATA out of these tests."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ROBUSTLAB_DATA", raising=False)
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def test_digits():
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    assert (len(train), len(test)) == (1437, 360)
+    x, y = test.batch(slice(None))
+    assert x.shape == (360, 1, 8, 8) and x.dtype == torch.float32
+    assert x.min() == 0 and x.max() == 1 and set(y.tolist()) == set(range(10))
+    assert test.info.num_classes == 10 and test.info.size == 8
+
+
+def test_limit_size_and_channels():
+    ds = load_dataset("digits", "test", limit=10, size=16, channels=3)
+    x, _ = ds.batch(slice(None))
+    assert x.shape == (10, 3, 16, 16) and ds.info.channels == 3 and len(ds.info.mean) == 3
+    assert 0 <= float(x.min()) and float(x.max()) <= 1
+    with pytest.raises(ValueError, match="limit must be a positive integer"):
+        load_dataset("digits", limit=0)
+    with pytest.raises(ValueError, match="split must be one of"):
+        load_dataset("digits", "validation")
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
+        load_dataset("imagenet")
+
+
+def test_loader_covers_every_sample_once_and_shuffles_reproducibly():
+    ds = load_dataset("digits", "test")
+    seen = torch.cat([y for _, y in make_loader(ds, 64)])
+    assert torch.equal(seen, ds.labels)
+    a = [y for _, y in make_loader(ds, 64, shuffle=True, seed=3)]
+    b = [y for _, y in make_loader(ds, 64, shuffle=True, seed=3)]
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert not torch.equal(torch.cat(a), ds.labels)
+    assert sorted(torch.cat(a).tolist()) == sorted(ds.labels.tolist())
+    assert len(make_loader(ds, 64)) == 6 and len(make_loader(ds, 64, drop_last=True)) == 5
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        make_loader(ds, 0)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_files_from_data_dir(tmp_path, compress):
+    rng = np.random.RandomState(0)
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    for stem, n in (("train", 20), ("t10k", 12)):
+        write_idx(folder / f"{stem}-images-idx3-ubyte", rng.randint(0, 256, (n, 28, 28)), compress)
+        write_idx(folder / f"{stem}-labels-idx1-ubyte", rng.randint(0, 10, (n,)), compress)
+    ds = load_dataset("fashion_mnist", "test", data_dir=tmp_path, download=False)
+    x, y = ds.batch(slice(None))
+    assert x.shape == (12, 1, 28, 28) and len(y) == 12
+    raw = read_idx(folder / ("t10k-images-idx3-ubyte" + (".gz" if compress else "")))
+    assert torch.equal((x[:, 0] * 255).round().to(torch.uint8), torch.from_numpy(raw))
+
+
+def test_truncated_idx(tmp_path):
+    path = tmp_path / "bad"
+    write_idx(path, np.zeros((4, 3, 3)), compress=False)
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(path)
+    path.write_bytes(b"\x01\x02\x03")
+    with pytest.raises(ValueError, match="not an unsigned-byte IDX"):
+        read_idx(path)
+
+
+def test_missing_data_names_the_paths_tried(tmp_path):
+    with pytest.raises(DataNotFoundError) as err:
+        load_dataset("mnist", data_dir=tmp_path / "nowhere", download=False)
+    msg = str(err.value)
+    assert "Paths tried" in msg and str(tmp_path / "nowhere") in msg and "download=False" in msg
+    with pytest.raises(DataNotFoundError, match="cifar-10-batches-py"):
+        load_dataset("cifar10", data_dir=tmp_path, download=False)
+
+
+def test_cifar_pickle_layout(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.RandomState(0)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batches[name] = {b"data": rng.randint(0, 256, (4, 3072)).astype(np.uint8),
+                         b"labels": rng.randint(0, 10, 4).tolist()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batches[name], f)
+    train = load_dataset("cifar10", "train", data_dir=tmp_path, download=False)
+    assert len(train) == 20 and train.info.channels == 3
+    test = load_dataset("cifar10", "test", data_dir=tmp_path, download=False)
+    x, y = test.batch(slice(None))
+    expected = torch.from_numpy(batches["test_batch"][b"data"].reshape(4, 3, 32, 32))
+    assert torch.equal((x * 255).round().to(torch.uint8), expected)
+    assert y.tolist() == batches["test_batch"][b"labels"]
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.randint(0, 256, (40, 50, 3)).astype(np.uint8)).save(tmp_path / "val" / cls / f"{i}.png")
+    ds = load_dataset(f"imagefolder:{tmp_path}", "test", size=32)
+    assert len(ds) == 6 and ds.info.classes == ("cat", "dog") and ds.info.num_classes == 2
+    x, y = next(iter(make_loader(ds, 6)))
+    assert x.shape == (6, 3, 32, 32) and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert len(load_dataset(f"imagefolder:{tmp_path}", "test", size=32, limit=2)) == 2
+    with pytest.raises(DataNotFoundError, match="no class folders"):
+        load_dataset(f"imagefolder:{tmp_path / 'empty'}", "test")
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_from_debian_package():
+    ds = rl.data.load_dataset("fashion_mnist", "test", download=False)
+    assert len(ds) == 10000 and ds.images.shape == (10000, 1, 28, 28)
+    assert torch.bincount(ds.labels).tolist() == [1000] * 10

@@ -1,0 +1,74 @@
+"""Model factory, input normalization and checkpoints."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import robustlab as rl
+from robustlab.models import Normalize, create_model, load_model, resolve_model, save_model
+
+
+@pytest.mark.parametrize("name,channels,size", [("smallcnn", 1, 8), ("smallcnn", 1, 28), ("smallcnn", 3, 32),
+                                                ("resnet20_cifar", 3, 32), ("resnet18_cifar", 3, 32)])
+def test_builtin_models(name, channels, size):
+    m = create_model(name, 7, in_channels=channels).eval()
+    assert m(torch.rand(2, channels, size, size)).shape == (2, 7)
+    # Global pooling: a larger (diversity-padded) input works too.
+    assert m(torch.rand(2, channels, size + 3, size + 3)).shape == (2, 7)
+
+
+def test_normalize_is_the_first_layer():
+    m = create_model("smallcnn", 10, in_channels=1, mean=(0.5,), std=(0.25,))
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.allclose(m.normalize(x), (x - 0.5) / 0.25)
+    with pytest.raises(ValueError, match="std must be > 0"):
+        Normalize((0.5,), (0.0,))
+
+
+@pytest.mark.parametrize("name", ["timm:resnet18", "tv:resnet18"])
+def test_external_models_without_download(name):
+    m = create_model(name, 10).eval()
+    assert m(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+    assert m.normalize.mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
+
+
+def test_unknown_model():
+    with pytest.raises(ValueError, match="unknown model 'resnet9000'"):
+        create_model("resnet9000")
+    with pytest.raises(ValueError, match="unknown timm model"):
+        create_model("timm:not_a_model")
+
+
+def test_checkpoint_roundtrip(tmp_path, trained_model, batch):
+    x, _ = batch
+    save_model(trained_model, tmp_path / "ckpt", meta={"note": "digits"})
+    loaded = load_model(tmp_path / "ckpt")
+    assert torch.equal(loaded(x), trained_model(x))
+    assert torch.equal(resolve_model(tmp_path / "ckpt")(x), trained_model(x))
+    assert not any(p.name.startswith(".") for p in (tmp_path / "ckpt").iterdir())  # no temp files left
+
+
+def test_weights_file_for_named_model(tmp_path, trained_model, batch):
+    x, _ = batch
+    torch.save(trained_model.net.state_dict(), tmp_path / "w.pt")
+    m = create_model("smallcnn", 10, in_channels=1, mean=(0.3054,), std=(0.3759,), width=16,
+                     weights=tmp_path / "w.pt").eval()
+    assert torch.allclose(m(x), trained_model(x))
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        create_model("smallcnn", weights=tmp_path / "missing.pt")
+
+
+def test_corrupted_checkpoint(tmp_path, trained_model):
+    save_model(trained_model, tmp_path / "c")
+    w = tmp_path / "c" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: len(w.read_bytes()) // 2])
+    with pytest.raises(ValueError, match="corrupted or truncated"):
+        load_model(tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_model(tmp_path / "nothing")
+
+
+def test_save_needs_a_factory_model(tmp_path):
+    with pytest.raises(ValueError, match="create_model"):
+        save_model(torch.nn.Linear(2, 2), tmp_path)
+    assert rl.models.model_names() == ["resnet18_cifar", "resnet20_cifar", "smallcnn"]

@@ -1,0 +1,84 @@
+"""The command line: `robustlab attack` and `robustlab demo`."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from robustlab.cli import main
+from robustlab.models import save_model
+
+
+@pytest.fixture()
+def checkpoint(tmp_path, trained_model):
+    return save_model(trained_model, tmp_path / "model")
+
+
+def test_attack_writes_results_and_examples(tmp_path, checkpoint, capsys):
+    out = tmp_path / "run"
+    rc = main(["attack", "--model", str(checkpoint), "--data", "digits", "--limit", "100", "--attack", "pgd",
+               "--eps", "32", "--steps", "5", "--batch-size", "64", "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["n"] == 100 and res["attack"]["name"] == "pgd"
+    assert res["attack"]["eps_255"] == pytest.approx(32) and res["attack"]["steps"] == 5
+    assert res["clean_accuracy"] > 0.9 and res["adversarial_accuracy"] < res["clean_accuracy"]
+    s = res["summary"]
+    assert s["linf_max_255"] <= 32 + 1e-3 and s["eps_violations"] == 0 and s["nan_count"] == 0
+    assert 0 <= s["pixel_min"] and s["pixel_max"] <= 1
+    t = load_file(str(out / "adversarial.safetensors"))
+    assert t["x_adv"].shape == (100, 1, 8, 8)
+    assert t["success"].float().mean().item() == pytest.approx(s["success_rate"])
+    assert "pgd" in capsys.readouterr().out
+
+
+def test_attack_thesis_notation_and_options(tmp_path, checkpoint):
+    out = tmp_path / "run"
+    rc = main(["attack", "--model", str(checkpoint), "--data", "digits", "--limit", "32", "--attack", "m-di2-fgsm",
+               "--eps", "16/255", "--p", "0.3", "--targeted", "--early-stop", "--no-save", "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    a = res["attack"]
+    assert a["eps"] == pytest.approx(16 / 255) and a["p"] == 0.3 and a["targeted"] and a["early_stop"]
+    assert a["steps"] == 20  # N = min(ε + 4, 1.25ε) for ε = 16
+    assert not (out / "adversarial.safetensors").exists()
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--attack", "deepfool"], "unknown attack 'deepfool'"),
+    (["--eps", "-3"], "--eps must be finite and >= 0"),
+    (["--eps", "abc"], "--eps must be a number"),
+    (["--attack", "cw", "--eps", "8"], "cw got unknown keyword"),
+])
+def test_attack_bad_arguments(tmp_path, checkpoint, capsys, argv, match):
+    out = tmp_path / "run"
+    rc = main(["attack", "--model", str(checkpoint), "--data", "digits", "--out", str(out), *argv])
+    assert rc == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()  # nothing half-written
+
+
+def test_attack_missing_model(tmp_path, capsys):
+    rc = main(["attack", "--model", str(tmp_path / "none"), "--data", "digits", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "unknown model" in capsys.readouterr().err
+
+
+def test_demo_runs_on_digits(tmp_path, capsys):
+    rc = main(["demo", "--data", "digits", "--out", str(tmp_path / "demo"), "--limit", "128"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    for name in ("fgsm", "mdi2fgsm", "pgd-es", "transfer_acc_B"):
+        assert name in text
+    res = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert len(res["records"]) == 9
+    assert (tmp_path / "demo" / "model_A" / "model.safetensors").is_file()
+
+
+def test_module_entry_point():
+    out = subprocess.run([sys.executable, "-m", "robustlab", "--help"], capture_output=True, text=True, check=True)
+    assert "attack" in out.stdout and "demo" in out.stdout
+    torch.manual_seed(0)
