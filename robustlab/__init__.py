@@ -12,7 +12,7 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-_SUBMODULES = ("attacks", "data", "eval", "models", "nn", "train", "units")
+_SUBMODULES = ("attacks", "data", "eval", "models", "nn", "runs", "train", "units")
 
 
 def __getattr__(name: str) -> Any:

@@ -81,10 +81,14 @@ class Attack(ABC):
     name: str = "attack"
     targeted: bool = False
 
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(self, seed: int | None = None, micro_batch: int | None = None) -> None:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None; got {seed!r}")
+        if micro_batch is not None and (isinstance(micro_batch, bool) or not isinstance(micro_batch, int)
+                                        or micro_batch < 1):
+            raise ValueError(f"micro_batch must be a positive integer or None; got {micro_batch!r}")
         self.seed = seed
+        self.micro_batch = micro_batch
         self._generators: dict[torch.device, torch.Generator] = {}
 
     def generator(self, device: torch.device) -> torch.Generator | None:
@@ -135,14 +139,21 @@ class Attack(ABC):
         clean predictions are attacked; targeted attacks without ``target``
         draw a uniformly random wrong class per sample."""
         if y is None or (self.targeted and target is None):
-            with torch.no_grad():
-                logits = model(x)
+            logits = self.logits(model, x)
             y = resolve_labels(logits, y)
             if self.targeted and target is None:
                 if logits.shape[1] < 2:
                     raise ValueError("a targeted attack needs a model with at least 2 classes")
                 target = random_other_class(y, logits.shape[1], gen)
         return y, (target if self.targeted else y)
+
+    @torch.no_grad()
+    def logits(self, model: nn.Module, x: Tensor) -> Tensor:
+        """model(x) without gradients, ``micro_batch`` images at a time."""
+        mb = self.micro_batch
+        if mb is None or x.shape[0] <= mb:
+            return model(x)
+        return torch.cat([model(x[s: s + mb]) for s in range(0, x.shape[0], mb)])
 
     @abstractmethod
     def _attack(

@@ -32,6 +32,8 @@ from robustlab.attacks.threat import ThreatModel, create_threat
 from robustlab.nn.activations import smooth_relu_backward
 from robustlab.units import to_255
 
+_AUTOCAST = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 class IterativeAttack(Attack):
     """The gradient-sign family as one loop with knobs.
@@ -58,6 +60,13 @@ class IterativeAttack(Attack):
         early_stop: retire each sample as soon as it meets the goal.
         smooth_grad: if set, the α of the parametric-softplus derivative that
             replaces ReLU's in the attacker's backward pass (§5.3.2, α = 10).
+        autocast: ``"bf16"`` or ``"fp16"`` runs the model's forward pass under
+            ``torch.autocast`` (mixed precision, for GPUs); the image, the step
+            and the projection stay in the input's precision.
+        micro_batch: run the model on at most this many images at a time; the
+            attack itself holds the whole batch. With early stopping this keeps
+            every model call full while the active set shrinks, so a large pool
+            costs what its hard samples cost.
         seed: seed of the attack's own random stream.
     """
 
@@ -78,10 +87,12 @@ class IterativeAttack(Attack):
         targeted: bool = False,
         early_stop: bool = False,
         smooth_grad: float | None = None,
+        autocast: str | None = None,
+        micro_batch: int | None = None,
         seed: int | None = None,
         name: str = "iterative",
     ) -> None:
-        super().__init__(seed)
+        super().__init__(seed, micro_batch)
         self.name = name
         self.threat: ThreatModel = create_threat(norm, eps)
         self.steps = int(check_number(steps, "steps", low=0, integer=True))
@@ -104,6 +115,9 @@ class IterativeAttack(Attack):
         self.smooth_grad = None if smooth_grad is None else check_number(
             smooth_grad, "smooth_grad", low=0.0, low_open=True
         )
+        if autocast not in _AUTOCAST:
+            raise ValueError(f"autocast must be 'bf16', 'fp16' or None; got {autocast!r}")
+        self.autocast = autocast
 
     @property
     def eps(self) -> float:
@@ -133,6 +147,8 @@ class IterativeAttack(Attack):
             "targeted": self.targeted,
             "early_stop": self.early_stop,
             "smooth_grad": self.smooth_grad,
+            "autocast": self.autocast,
+            "micro_batch": self.micro_batch,
             "seed": self.seed,
         }
 
@@ -152,7 +168,7 @@ class IterativeAttack(Attack):
         target = labels if self.targeted else None
         box = self.threat.box(x) if self.project else None
         x_adv = self._start(x, box, gen)
-        g = torch.zeros_like(x)
+        g = torch.zeros_like(x) if self.mu else None  # momentum buffer (eq. 3.4)
         steps = torch.full((n,), self.steps, dtype=torch.long, device=x.device)
         success = torch.zeros(n, dtype=torch.bool, device=x.device)
         out = x_adv.clone() if self.early_stop else None
@@ -169,7 +185,8 @@ class IterativeAttack(Attack):
                     keep = ~done
                     if not bool(keep.any()):
                         return AttackResult.measure(x, out, success, steps, y, target)
-                    idx, xs, x_adv, grad, g, labels = (t[keep] for t in (idx, xs, x_adv, grad, g, labels))
+                    idx, xs, x_adv, grad, labels = (t[keep] for t in (idx, xs, x_adv, grad, labels))
+                    g = None if g is None else g[keep]
                     box = None if box is None else (box[0][keep], box[1][keep])
             x_adv, g = self._step(x_adv, grad, g, xs, box)
         if self.early_stop:
@@ -177,8 +194,7 @@ class IterativeAttack(Attack):
         else:
             out = x_adv
         if self.early_stop or evaluate:
-            with torch.no_grad():
-                logits = model(x_adv)
+            logits = self.logits(model, x_adv)
             if self.steps == 0:
                 resolve_labels(logits, labels, "target" if self.targeted else "y")
             success[idx] = goal_met(logits, labels, self.targeted)
@@ -209,11 +225,29 @@ class IterativeAttack(Attack):
         self, model: nn.Module, x_adv: Tensor, labels: Tensor, draw: DiversityDraw | None, check: bool = False
     ) -> tuple[Tensor, Tensor]:
         """∇_X L(T(X; p), labels) summed over the batch (so each sample's gradient
-        is independent of the others), and the logits it came from."""
-        x_adv.requires_grad_(True)
-        ctx = smooth_relu_backward(self.smooth_grad) if self.smooth_grad else contextlib.nullcontext()
-        with ctx:
+        is independent of the others), and the logits it came from; in chunks
+        of ``micro_batch`` images when set."""
+        n, mb = x_adv.shape[0], self.micro_batch
+        if mb is None or n <= mb:
+            return self._chunk_gradient(model, x_adv, labels, draw, check)
+        parts = []
+        for s in range(0, n, mb):
+            sub = None if draw is None else draw.subset(torch.arange(s, min(s + mb, n), device=x_adv.device))
+            parts.append(self._chunk_gradient(model, x_adv[s: s + mb], labels[s: s + mb], sub, check and s == 0))
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _chunk_gradient(
+        self, model: nn.Module, x_adv: Tensor, labels: Tensor, draw: DiversityDraw | None, check: bool
+    ) -> tuple[Tensor, Tensor]:
+        x_adv = x_adv.detach().requires_grad_(True)
+        with contextlib.ExitStack() as stack:
+            if self.smooth_grad:
+                stack.enter_context(smooth_relu_backward(self.smooth_grad))
+            if self.autocast:
+                stack.enter_context(torch.autocast(x_adv.device.type, dtype=_AUTOCAST[self.autocast]))
             logits = diverse_logits(model, x_adv, draw, self.diversity)
+            if self.autocast:
+                logits = logits.float()
             if check:  # labels against the model's class count, before any loss is taken
                 resolve_labels(logits, labels, "target" if self.targeted else "y")
             loss = self.objective(logits, labels).sum()
@@ -225,21 +259,30 @@ class IterativeAttack(Attack):
     ) -> Tensor:
         """Goal met by the current iterate, judged on the untransformed image."""
         if draw is not None:
-            with torch.no_grad():
-                logits = model(x_adv.detach())
+            logits = self.logits(model, x_adv.detach())
         return goal_met(logits, labels, self.targeted)
 
     @torch.no_grad()
     def _step(
-        self, x_adv: Tensor, grad: Tensor, g: Tensor, x: Tensor, box: tuple[Tensor, Tensor] | None
-    ) -> tuple[Tensor, Tensor]:
-        # Eq. (3.4)/(3.7): normalize per sample by the mean |∇| (the L1 norm up to
-        # a constant); clamp only guards an all-zero gradient against 0/0.
-        reduce = tuple(range(1, grad.dim()))
-        l1 = grad.abs().mean(dim=reduce, keepdim=True).clamp_min_(torch.finfo(grad.dtype).tiny)
-        g = torch.addcdiv(g * self.mu, grad, l1)
-        x_adv = x_adv.detach() + self.step_size * self.threat.direction(g)
+        self, x_adv: Tensor, grad: Tensor, g: Tensor | None, x: Tensor, box: tuple[Tensor, Tensor] | None
+    ) -> tuple[Tensor, Tensor | None]:
+        # With μ = 0 the momentum update is ∇/‖∇‖₁, a positive rescaling of ∇
+        # per sample: neither its sign (L∞) nor its direction (L2) changes, so
+        # the division is skipped (test_momentum_update checks the identity).
+        direction = grad if g is None else momentum_update(g, grad, self.mu)
+        x_adv = x_adv.detach().add_(self.threat.direction(direction), alpha=self.step_size)
         return self._project(x_adv, x, box), g
+
+
+def momentum_update(g: Tensor, grad: Tensor, mu: float) -> Tensor:
+    """Eq. (3.4)/(3.7), in place on ``g``: g ← μ·g + ∇/‖∇‖₁.
+
+    The per-sample L1 norm is taken as the mean |∇| over (C, H, W), as the
+    original release does (a constant factor apart, it changes nothing); the
+    clamp only guards an all-zero gradient against 0/0."""
+    reduce = tuple(range(1, grad.dim()))
+    l1 = grad.abs().mean(dim=reduce, keepdim=True).clamp_min_(torch.finfo(grad.dtype).tiny)
+    return g.mul_(mu).addcdiv_(grad, l1)
 
 
 def diverse_logits(model: nn.Module, x: Tensor, draw: DiversityDraw | None, diversity: InputDiversity | None) -> Tensor:

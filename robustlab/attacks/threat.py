@@ -45,7 +45,8 @@ class ThreatModel(ABC):
 
     @abstractmethod
     def project(self, x_adv: Tensor, x: Tensor, box: tuple[Tensor, Tensor]) -> Tensor:
-        """The point of the set nearest to ``x_adv`` (``box`` from :meth:`box`)."""
+        """The point of the set nearest to ``x_adv`` (``box`` from :meth:`box`);
+        may work in place on ``x_adv``."""
 
     @abstractmethod
     def norm(self, delta: Tensor) -> Tensor:
@@ -71,7 +72,8 @@ class LinfBall(ThreatModel):
         return g.sign()
 
     def project(self, x_adv: Tensor, x: Tensor, box: tuple[Tensor, Tensor]) -> Tensor:
-        return torch.clamp(x_adv, box[0], box[1])
+        """In place: the attack loop owns ``x_adv``."""
+        return x_adv.clamp_(box[0], box[1])
 
     def norm(self, delta: Tensor) -> Tensor:
         return delta.flatten(1).abs().amax(dim=1)
@@ -91,7 +93,11 @@ class L2Ball(ThreatModel):
         return unit * _per_sample(self.eps * u.pow(1.0 / d), g)
 
     def direction(self, g: Tensor) -> Tensor:
-        return g / _per_sample(g.flatten(1).norm(dim=1).clamp_min(1e-12), g)
+        # Dividing by the max |g| first keeps tiny gradients (a confident model's
+        # ~1e-20) from underflowing in the squares of the norm.
+        tiny = torch.finfo(g.dtype).tiny
+        u = g / _per_sample(g.flatten(1).abs().amax(dim=1).clamp_min(tiny), g)
+        return u / _per_sample(u.flatten(1).norm(dim=1).clamp_min(tiny), u)
 
     def project(self, x_adv: Tensor, x: Tensor, box: tuple[Tensor, Tensor]) -> Tensor:
         delta = x_adv - x

@@ -55,3 +55,43 @@ def test_already_misclassified_leave_at_step_zero(trained_model, batch):
     correct_for_wrong = trained_model(x).argmax(1) != wrong
     assert (res.steps[correct_for_wrong] == 0).all()
     assert torch.equal(res.x_adv[correct_for_wrong], x[correct_for_wrong])
+
+
+def test_micro_batch_gives_the_same_attack(trained_model, digits):
+    """Chunked model calls change nothing but the batch the model sees."""
+    x, y = digits
+    for name, kw in (("pgd", {"eps": 24 / 255, "steps": 5}), ("mdi2fgsm", {"eps": 24 / 255, "steps": 5}),
+                     ("pgd", {"eps": 24 / 255, "steps": 5, "early_stop": True, "targeted": True})):
+        whole = rl.attacks.create(name, seed=2, **kw).run(trained_model, x, y)
+        chunked = rl.attacks.create(name, seed=2, micro_batch=50, **kw).run(trained_model, x, y)
+        assert torch.allclose(whole.x_adv, chunked.x_adv, atol=1e-5), name
+        assert torch.equal(whole.steps, chunked.steps) and torch.equal(whole.success, chunked.success)
+
+
+def test_micro_batch_calls_stay_bounded(trained_model, digits):
+    x, y = digits
+    sizes = []
+    handle = trained_model.register_forward_pre_hook(lambda m, a: sizes.append(a[0].shape[0]))
+    try:
+        rl.attacks.create("pgd", eps=32 / 255, steps=5, early_stop=True, micro_batch=64).run(trained_model, x, y)
+    finally:
+        handle.remove()
+    assert max(sizes) == 64 and len(sizes) > 5
+    with pytest.raises(ValueError, match="micro_batch must be a positive integer"):
+        rl.attacks.create("pgd", micro_batch=0)
+
+
+def test_robust_accuracy_over_a_loader(trained_model):
+    ds = rl.data.load_dataset("digits", "test")
+    loader = rl.data.make_loader(ds, 64)
+    kw = {"eps": 24 / 255, "steps": 10, "clean_init_prob": 0.0, "seed": 0}
+    fixed = rl.eval.robust_accuracy(rl.attacks.create("pgd", **kw), trained_model, loader, pool=64)
+    early = rl.eval.robust_accuracy(rl.attacks.create("pgd", early_stop=True, micro_batch=64, **kw),
+                                    trained_model, loader)
+    assert fixed["n"] == early["n"] == 360
+    # Early stop can only find more successes (it keeps an iterate the fixed
+    # attack may leave again), so robust accuracy can only fall, and not by much.
+    assert 0 <= fixed["robust_accuracy"] - early["robust_accuracy"] <= 0.05
+    assert early["steps_mean"] < fixed["steps_mean"] == 10
+    targeted = rl.eval.robust_accuracy(rl.attacks.create("pgd", targeted=True, **kw), trained_model, loader)
+    assert fixed["robust_accuracy"] <= targeted["robust_accuracy"] <= 1

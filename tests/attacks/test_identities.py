@@ -49,6 +49,24 @@ def test_n1_turns_ifgsm_into_fgsm(trained_model, batch):
     assert torch.equal(b, (x + EPS * g.sign()).clamp(0, 1))
 
 
+def test_momentum_update():
+    """Eq. (3.4): g ← μ·g + ∇/‖∇‖₁; with μ = 0 a positive per-sample rescaling,
+    so sign (L∞) and direction (L2) equal those of ∇ — why the loop may skip it."""
+    from robustlab.attacks.iterative import momentum_update
+    from robustlab.attacks.threat import L2Ball
+
+    gen = torch.Generator().manual_seed(0)
+    grad = torch.randn(8, 3, 5, 5, generator=gen) * torch.logspace(-20, 3, 8).view(-1, 1, 1, 1)
+    grad[0] = 0  # an all-zero gradient stays zero, no NaN
+    g = torch.randn(8, 3, 5, 5, generator=gen)
+    expected = 0.7 * g + grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-38)
+    assert torch.allclose(momentum_update(g.clone(), grad, 0.7), expected, rtol=1e-6)
+    zero = momentum_update(torch.zeros_like(grad), grad, 0.0)
+    assert torch.equal(zero.sign(), grad.sign())
+    assert torch.isfinite(zero).all()
+    assert torch.allclose(L2Ball(1.0).direction(zero), L2Ball(1.0).direction(grad), atol=1e-6)
+
+
 def test_momentum_and_diversity_change_the_attack(trained_model, batch):
     """The identities above are not vacuous: μ and p do change the result."""
     x, y = batch

@@ -104,3 +104,14 @@ def test_targeted_cw(trained_model, batch):
                             targeted=True).run(trained_model, x, y, target=target)
     assert res.success.float().mean() > 0.6
     assert (trained_model(res.x_adv).argmax(1)[res.success] == target[res.success]).all()
+
+
+def test_mixed_precision_forward(trained_model, digits):
+    """autocast="bf16" (meant for GPUs; CPU autocast runs the same path)."""
+    x, y = digits
+    atk = rl.attacks.create("pgd", eps=32 / 255, steps=10, seed=0, autocast="bf16")
+    adv = atk(trained_model, x, y)
+    assert adv.dtype == x.dtype and (adv - x).abs().max() <= 32 / 255 + 1e-6
+    full = rl.attacks.create("pgd", eps=32 / 255, steps=10, seed=0)(trained_model, x, y)
+    assert abs(accuracy(trained_model, adv, y) - accuracy(trained_model, full, y)) < 0.1
+    assert accuracy(trained_model, adv, y) < accuracy(trained_model, x, y) - 0.3

@@ -59,7 +59,7 @@ def test_random_delta_inside_ball_and_projection(threat):
     assert p.min() >= 0 and p.max() <= 1
     # A point already inside stays exactly where it is.
     inside = threat.project(x + d, x, threat.box(x)).clamp(0, 1)
-    again = threat.project(inside, x, threat.box(x))
+    again = threat.project(inside.clone(), x, threat.box(x))
     assert torch.allclose(again, inside, atol=1e-6)
 
 

@@ -89,6 +89,7 @@ def test_target_checks(trained_model, batch):
     ({"loss": "hinge"}, "loss must be one of"),
     ({"seed": "0"}, "seed must be an int"),
     ({"eps": "8"}, "eps must be a number"),
+    ({"autocast": "int8"}, "autocast must be 'bf16', 'fp16' or None"),
 ])
 def test_bad_hyper_parameters(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
