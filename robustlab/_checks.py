@@ -12,8 +12,7 @@ import torch
 from torch import Tensor
 
 
-def check_images(x: object, name: str = "x") -> Tensor:
-    """Check ``x`` is a finite float tensor of shape (N, C, H, W) in [0, 1]."""
+def _image_form(x: object, name: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W) in [0, 1]; got {type(x).__name__}")
     if x.dim() != 4:
@@ -24,9 +23,41 @@ def check_images(x: object, name: str = "x") -> Tensor:
         raise TypeError(f"{name} must be a floating-point tensor with pixels in [0, 1]; got dtype {x.dtype}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one image; got shape {tuple(x.shape)}")
-    # One reduction and one sync for all three checks.
-    stats = torch.stack([(~torch.isfinite(x)).sum().to(x.dtype), x.amin(), x.amax()]).tolist()
-    bad, lo, hi = stats
+    return x
+
+
+def _label_form(y: object, n: int, name: str) -> Tensor:
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of class indices with shape ({n},); got {type(y).__name__}")
+    if y.dim() != 1 or y.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},) to match the images; got shape {tuple(y.shape)}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer class indices; got dtype {y.dtype}")
+    return y
+
+
+def check_label_range(name: str, low: int, high: int, num_classes: int | None = None) -> None:
+    """Raise if class indices in [low, high] do not fit ``num_classes``."""
+    if low < 0:
+        raise ValueError(f"{name} must hold class indices >= 0; got {low}")
+    if num_classes is not None and high >= num_classes:
+        raise ValueError(f"{name} holds class index {high}, out of range for a model with {num_classes} classes")
+
+
+def check_batch(x: object, labels: dict[str, Tensor | None] | None = None, name: str = "x") -> dict[str, int]:
+    """Check images and label tensors with a single device synchronization.
+
+    ``x`` must be a finite float tensor (N, C, H, W) in [0, 1]; each label tensor
+    (on ``x``'s device) must hold N non-negative integers. Returns the largest
+    index of each label tensor, for the class-count check once the model's
+    output size is known."""
+    x = _image_form(x, name)
+    labels = {k: _label_form(v, x.shape[0], k) for k, v in (labels or {}).items() if v is not None}
+    parts = [(~torch.isfinite(x)).sum(), x.amin(), x.amax()]
+    for v in labels.values():
+        parts += [v.min(), v.max()]
+    values = torch.stack([p.double() for p in parts]).tolist()
+    bad, lo, hi = values[:3]
     if bad:
         raise ValueError(f"{name} contains {int(bad)} NaN or infinite values")
     if lo < 0.0 or hi > 1.0:
@@ -34,22 +65,24 @@ def check_images(x: object, name: str = "x") -> Tensor:
             f"{name} must lie in [0, 1] (pixel space; mean/std normalization belongs inside the model); "
             f"got min {lo:.4g}, max {hi:.4g}"
         )
+    maxima = {}
+    for i, k in enumerate(labels):
+        low, high = int(values[3 + 2 * i]), int(values[4 + 2 * i])
+        check_label_range(k, low, high)
+        maxima[k] = high
+    return maxima
+
+
+def check_images(x: object, name: str = "x") -> Tensor:
+    """Check ``x`` is a finite float tensor of shape (N, C, H, W) in [0, 1]."""
+    check_batch(x, name=name)
     return x
 
 
 def check_labels(y: object, n: int, name: str = "y", num_classes: int | None = None) -> Tensor:
     """Check ``y`` is an integer tensor of shape (n,) with values in [0, num_classes)."""
-    if not isinstance(y, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of class indices with shape ({n},); got {type(y).__name__}")
-    if y.dim() != 1 or y.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n},) to match the images; got shape {tuple(y.shape)}")
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer class indices; got dtype {y.dtype}")
-    lo, hi = int(y.min()), int(y.max())
-    if lo < 0:
-        raise ValueError(f"{name} must hold class indices >= 0; got {lo}")
-    if num_classes is not None and hi >= num_classes:
-        raise ValueError(f"{name} holds class index {hi}, out of range for a model with {num_classes} classes")
+    y = _label_form(y, n, name)
+    check_label_range(name, int(y.min()), int(y.max()), num_classes)
     return y
 
 

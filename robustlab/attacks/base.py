@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from robustlab._checks import check_images, check_labels
+from robustlab._checks import check_batch, check_label_range, check_labels
 from robustlab.attacks.losses import random_other_class
 from robustlab.nn.state import inference_state
 from robustlab.units import to_255
@@ -81,14 +81,16 @@ class Attack(ABC):
     name: str = "attack"
     targeted: bool = False
 
-    def __init__(self, seed: int | None = None, micro_batch: int | None = None) -> None:
+    def __init__(self, seed: int | None = None, micro_batch: int | None = None,
+                 shape_bucket: int | None = None) -> None:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None; got {seed!r}")
-        if micro_batch is not None and (isinstance(micro_batch, bool) or not isinstance(micro_batch, int)
-                                        or micro_batch < 1):
-            raise ValueError(f"micro_batch must be a positive integer or None; got {micro_batch!r}")
+        for key, value in (("micro_batch", micro_batch), ("shape_bucket", shape_bucket)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{key} must be a positive integer or None; got {value!r}")
         self.seed = seed
         self.micro_batch = micro_batch
+        self.shape_bucket = shape_bucket
         self._generators: dict[torch.device, torch.Generator] = {}
 
     def generator(self, device: torch.device) -> torch.Generator | None:
@@ -122,52 +124,81 @@ class Attack(ABC):
     ) -> AttackResult:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-        x = check_images(x).detach()
-        if y is not None:
-            y = check_labels(y, x.shape[0], "y").to(x.device)
-        if target is not None:
-            if not self.targeted:
-                raise ValueError(f"target was given but {self.name} is untargeted; create it with targeted=True")
-            target = check_labels(target, x.shape[0], "target").to(x.device)
+        if target is not None and not self.targeted:
+            raise ValueError(f"target was given but {self.name} is untargeted; create it with targeted=True")
+        if isinstance(x, Tensor):
+            y, target = (t.to(x.device) if isinstance(t, Tensor) else t for t in (y, target))
+        # One device sync validates pixels and labels; the largest label is kept
+        # for the class-count check at the first forward pass.
+        maxima = check_batch(x, {"y": y, "target": target})
         with inference_state(model):
-            return self._attack(model, x, y, target, evaluate)
+            return self._attack(model, x.detach(), y, target, evaluate, maxima)
 
     def _labels(
-        self, model: nn.Module, x: Tensor, y: Tensor | None, target: Tensor | None, gen: torch.Generator | None
+        self, model: nn.Module, x: Tensor, y: Tensor | None, target: Tensor | None, gen: torch.Generator | None,
+        maxima: dict[str, int],
     ) -> tuple[Tensor, Tensor]:
         """(true labels, labels the objective uses). Without y the model's own
         clean predictions are attacked; targeted attacks without ``target``
         draw a uniformly random wrong class per sample."""
         if y is None or (self.targeted and target is None):
             logits = self.logits(model, x)
-            y = resolve_labels(logits, y)
+            y = resolve_labels(logits, y, "y", maxima.get("y"))
             if self.targeted and target is None:
                 if logits.shape[1] < 2:
                     raise ValueError("a targeted attack needs a model with at least 2 classes")
                 target = random_other_class(y, logits.shape[1], gen)
         return y, (target if self.targeted else y)
 
+    def forward(self, model: nn.Module, x: Tensor) -> Tensor:
+        """model(x) with the batch padded up to a multiple of ``shape_bucket``
+        (default: 32 on CUDA, none on CPU) and the padding's logits dropped.
+
+        Early stopping and per-sample diversity change the batch size at every
+        step; cuDNN builds a new convolution plan for every new shape, at about
+        a millisecond per layer, which would cost more than the attack saves.
+        Padding rows are detached copies of the first image: in inference mode
+        they change neither the other rows' logits nor their gradients."""
+        n = x.shape[0]
+        bucket = self.shape_bucket or (32 if x.is_cuda else 1)
+        if bucket <= 1 or n % bucket == 0:
+            return model(x)
+        pad = x[:1].detach().expand(bucket - n % bucket, *x.shape[1:])
+        return model(torch.cat([x, pad]))[:n]
+
     @torch.no_grad()
     def logits(self, model: nn.Module, x: Tensor) -> Tensor:
         """model(x) without gradients, ``micro_batch`` images at a time."""
         mb = self.micro_batch
         if mb is None or x.shape[0] <= mb:
-            return model(x)
-        return torch.cat([model(x[s: s + mb]) for s in range(0, x.shape[0], mb)])
+            return self.forward(model, x)
+        return torch.cat([self.forward(model, x[s: s + mb]) for s in range(0, x.shape[0], mb)])
 
     @abstractmethod
     def _attack(
-        self, model: nn.Module, x: Tensor, y: Tensor | None, target: Tensor | None, evaluate: bool
+        self, model: nn.Module, x: Tensor, y: Tensor | None, target: Tensor | None, evaluate: bool,
+        maxima: dict[str, int],
     ) -> AttackResult:
-        """Attack checked inputs; the model is already in inference state."""
+        """Attack checked inputs; the model is already in inference state.
+        ``maxima`` holds the largest given label of ``y`` / ``target``."""
 
 
-def resolve_labels(logits: Tensor, y: Tensor | None, name: str = "y") -> Tensor:
-    """Labels to attack: ``y`` checked against the model's class count, or the
-    predictions ``logits.argmax(1)`` when ``y`` is None."""
+def check_logits(logits: Tensor) -> Tensor:
+    """The model's output must be logits of shape (N, num_classes)."""
     if logits.dim() != 2:
         raise ValueError(f"model must return logits of shape (N, num_classes); got shape {tuple(logits.shape)}")
+    return logits
+
+
+def resolve_labels(logits: Tensor, y: Tensor | None, name: str = "y", high: int | None = None) -> Tensor:
+    """Labels to attack: ``y`` checked against the model's class count, or the
+    predictions ``logits.argmax(1)`` when ``y`` is None. ``high``, the largest
+    label if already known, spares a device sync."""
+    check_logits(logits)
     if y is None:
         return logits.argmax(dim=1)
-    check_labels(y, logits.shape[0], name, num_classes=logits.shape[1])
+    if high is None:
+        check_labels(y, logits.shape[0], name, num_classes=logits.shape[1])
+    else:
+        check_label_range(name, 0, high, logits.shape[1])
     return y

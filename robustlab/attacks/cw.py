@@ -13,11 +13,13 @@ for what the thesis leaves out, cleverhans' (which §3.3 says was used):
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor, nn
 
 from robustlab._checks import check_number
-from robustlab.attacks.base import Attack, AttackResult, resolve_labels
+from robustlab.attacks.base import Attack, AttackResult, check_logits, resolve_labels
 from robustlab.attacks.diversity import InputDiversity
 from robustlab.attacks.iterative import diverse_logits
 from robustlab.attacks.losses import cw_margin, goal_met
@@ -37,7 +39,7 @@ class CarliniWagnerL2(Attack):
         initial_const: the first c (cleverhans: 1e-2).
         abort_early: stop a round when the total loss has not fallen by 0.01%
             over the last tenth of the iterations.
-        targeted, p, diversity, seed: as for :class:`IterativeAttack`.
+        targeted, p, diversity, shape_bucket, seed: as for :class:`IterativeAttack`.
     """
 
     def __init__(
@@ -52,10 +54,11 @@ class CarliniWagnerL2(Attack):
         targeted: bool = False,
         p: float = 0.0,
         diversity: InputDiversity | None = None,
+        shape_bucket: int | None = None,
         seed: int | None = None,
         name: str = "cw",
     ) -> None:
-        super().__init__(seed)
+        super().__init__(seed, shape_bucket=shape_bucket)
         self.name = name
         self.steps = int(check_number(steps, "steps", low=1, integer=True))
         self.lr = check_number(lr, "lr", low=0.0, low_open=True)
@@ -93,10 +96,13 @@ class CarliniWagnerL2(Attack):
         return -m if self.targeted else m
 
     def _attack(
-        self, model: nn.Module, x: Tensor, y: Tensor | None, target: Tensor | None, evaluate: bool
+        self, model: nn.Module, x: Tensor, y: Tensor | None, target: Tensor | None, evaluate: bool,
+        maxima: dict[str, int],
     ) -> AttackResult:
         gen = self.generator(x.device)
-        y, labels = self._labels(model, x, y, target, gen)
+        check = ("target", maxima["target"]) if "target" in maxima else (
+            ("y", maxima["y"]) if "y" in maxima and not self.targeted else None)
+        y, labels = self._labels(model, x, y, target, gen, maxima)
         target = labels if self.targeted else None
         n = x.shape[0]
         # tanh-space start at the clean image; the 1 − 1e-6 keeps atanh finite at 0 and 1.
@@ -108,7 +114,7 @@ class CarliniWagnerL2(Attack):
         best_l2 = torch.full_like(lower, float("inf"))
         used = 0
         for _ in range(self.binary_search_steps):
-            found, iters = self._round(model, x, w0, labels, const, best, best_l2, gen, check=used == 0)
+            found, iters = self._round(model, x, w0, labels, const, best, best_l2, gen, check if used == 0 else None)
             used += iters
             upper = torch.where(found, torch.minimum(upper, const), upper)
             lower = torch.where(found, lower, torch.maximum(lower, const))
@@ -116,8 +122,7 @@ class CarliniWagnerL2(Attack):
         steps = torch.full((n,), used, dtype=torch.long, device=x.device)
         success = torch.zeros(n, dtype=torch.bool, device=x.device)
         if evaluate:
-            with torch.no_grad():
-                success = goal_met(model(best), labels, self.targeted)
+            success = goal_met(self.logits(model, best), labels, self.targeted)
         return AttackResult.measure(x, best, success, steps, y, target)
 
     def _round(
@@ -130,7 +135,7 @@ class CarliniWagnerL2(Attack):
         best: Tensor,
         best_l2: Tensor,
         gen: torch.Generator | None,
-        check: bool,
+        check: tuple[str, int] | None,
     ) -> tuple[Tensor, int]:
         """One Adam run at fixed c; updates ``best``/``best_l2`` in place and
         returns which samples reached the confident goal, and the iterations run."""
@@ -144,13 +149,14 @@ class CarliniWagnerL2(Attack):
             draw = None if self.diversity is None else self.diversity.draw(
                 x.shape[0], x.shape[-2], x.shape[-1], gen, x.device
             )
-            logits = diverse_logits(model, x_adv, draw, self.diversity)
-            if check and it == 0:
-                resolve_labels(logits, labels, "target" if self.targeted else "y")
+            logits = diverse_logits(partial(self.forward, model), x_adv, draw, self.diversity)
+            check_logits(logits)
+            if check is not None and it == 0:
+                resolve_labels(logits, labels, *check)
             dist = (x_adv - x).flatten(1).pow(2).sum(dim=1)
             loss = dist + const * (-self._margin(logits, labels)).clamp_min(-self.confidence)
             with torch.no_grad():
-                clean = logits if draw is None else model(x_adv)
+                clean = logits if draw is None else self.forward(model, x_adv)
                 ok = (self._margin(clean, labels) >= self.confidence) & goal_met(clean, labels, self.targeted)
                 better = ok & (dist < best_l2)
                 best_l2.copy_(torch.where(better, dist, best_l2))

@@ -19,12 +19,14 @@ trajectory they follow without early stopping.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 from robustlab._checks import check_number
-from robustlab.attacks.base import Attack, AttackResult, resolve_labels
+from robustlab.attacks.base import Attack, AttackResult, check_logits, resolve_labels
 from robustlab.attacks.diversity import DiversityDraw, InputDiversity
 from robustlab.attacks.losses import LossFn, get_loss, goal_met
 from robustlab.attacks.losses import targeted as targeted_loss
@@ -67,6 +69,9 @@ class IterativeAttack(Attack):
             attack itself holds the whole batch. With early stopping this keeps
             every model call full while the active set shrinks, so a large pool
             costs what its hard samples cost.
+        shape_bucket: pad every model call to a multiple of this many images
+            (default 32 on CUDA, none on CPU) so varying batch sizes reuse a
+            few cuDNN plans; see :meth:`Attack.forward`.
         seed: seed of the attack's own random stream.
     """
 
@@ -89,10 +94,11 @@ class IterativeAttack(Attack):
         smooth_grad: float | None = None,
         autocast: str | None = None,
         micro_batch: int | None = None,
+        shape_bucket: int | None = None,
         seed: int | None = None,
         name: str = "iterative",
     ) -> None:
-        super().__init__(seed, micro_batch)
+        super().__init__(seed, micro_batch, shape_bucket)
         self.name = name
         self.threat: ThreatModel = create_threat(norm, eps)
         self.steps = int(check_number(steps, "steps", low=0, integer=True))
@@ -160,11 +166,16 @@ class IterativeAttack(Attack):
     # -- the loop ---------------------------------------------------------
 
     def _attack(
-        self, model: nn.Module, x: Tensor, y: Tensor | None, target: Tensor | None, evaluate: bool
+        self, model: nn.Module, x: Tensor, y: Tensor | None, target: Tensor | None, evaluate: bool,
+        maxima: dict[str, int],
     ) -> AttackResult:
         gen = self.generator(x.device)
         n = x.shape[0]
-        y, labels = self._labels(model, x, y, target, gen)
+        # Labels the user gave are checked against the class count at the first
+        # forward pass; labels made here (predictions, random targets) fit by construction.
+        check = ("target", maxima["target"]) if "target" in maxima else (
+            ("y", maxima["y"]) if "y" in maxima and not self.targeted else None)
+        y, labels = self._labels(model, x, y, target, gen, maxima)
         target = labels if self.targeted else None
         box = self.threat.box(x) if self.project else None
         x_adv = self._start(x, box, gen)
@@ -176,7 +187,7 @@ class IterativeAttack(Attack):
         xs = x
         for it in range(self.steps):
             draw = self._draw(n, x, gen, idx)
-            grad, logits = self._gradient(model, x_adv, labels, draw, check=it == 0)
+            grad, logits = self._gradient(model, x_adv, labels, draw, check if it == 0 else None)
             if self.early_stop:
                 done = self._done(model, x_adv, logits, labels, draw)
                 if bool(done.any()):
@@ -195,8 +206,8 @@ class IterativeAttack(Attack):
             out = x_adv
         if self.early_stop or evaluate:
             logits = self.logits(model, x_adv)
-            if self.steps == 0:
-                resolve_labels(logits, labels, "target" if self.targeted else "y")
+            if self.steps == 0 and check is not None:
+                resolve_labels(logits, labels, *check)
             success[idx] = goal_met(logits, labels, self.targeted)
         return AttackResult.measure(x, out, success, steps, y, target)
 
@@ -222,7 +233,8 @@ class IterativeAttack(Attack):
         return draw if idx.shape[0] == n else draw.subset(idx)
 
     def _gradient(
-        self, model: nn.Module, x_adv: Tensor, labels: Tensor, draw: DiversityDraw | None, check: bool = False
+        self, model: nn.Module, x_adv: Tensor, labels: Tensor, draw: DiversityDraw | None,
+        check: tuple[str, int] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """∇_X L(T(X; p), labels) summed over the batch (so each sample's gradient
         is independent of the others), and the logits it came from; in chunks
@@ -233,11 +245,13 @@ class IterativeAttack(Attack):
         parts = []
         for s in range(0, n, mb):
             sub = None if draw is None else draw.subset(torch.arange(s, min(s + mb, n), device=x_adv.device))
-            parts.append(self._chunk_gradient(model, x_adv[s: s + mb], labels[s: s + mb], sub, check and s == 0))
+            parts.append(self._chunk_gradient(model, x_adv[s: s + mb], labels[s: s + mb], sub,
+                                              check if s == 0 else None))
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def _chunk_gradient(
-        self, model: nn.Module, x_adv: Tensor, labels: Tensor, draw: DiversityDraw | None, check: bool
+        self, model: nn.Module, x_adv: Tensor, labels: Tensor, draw: DiversityDraw | None,
+        check: tuple[str, int] | None,
     ) -> tuple[Tensor, Tensor]:
         x_adv = x_adv.detach().requires_grad_(True)
         with contextlib.ExitStack() as stack:
@@ -245,11 +259,12 @@ class IterativeAttack(Attack):
                 stack.enter_context(smooth_relu_backward(self.smooth_grad))
             if self.autocast:
                 stack.enter_context(torch.autocast(x_adv.device.type, dtype=_AUTOCAST[self.autocast]))
-            logits = diverse_logits(model, x_adv, draw, self.diversity)
+            logits = diverse_logits(partial(self.forward, model), x_adv, draw, self.diversity)
             if self.autocast:
                 logits = logits.float()
-            if check:  # labels against the model's class count, before any loss is taken
-                resolve_labels(logits, labels, "target" if self.targeted else "y")
+            check_logits(logits)
+            if check is not None:  # given labels against the class count, before any loss is taken
+                resolve_labels(logits, labels, *check)
             loss = self.objective(logits, labels).sum()
             (grad,) = torch.autograd.grad(loss, x_adv)
         return grad, logits.detach()
@@ -285,7 +300,9 @@ def momentum_update(g: Tensor, grad: Tensor, mu: float) -> Tensor:
     return g.mul_(mu).addcdiv_(grad, l1)
 
 
-def diverse_logits(model: nn.Module, x: Tensor, draw: DiversityDraw | None, diversity: InputDiversity | None) -> Tensor:
+def diverse_logits(
+    model: Callable[[Tensor], Tensor], x: Tensor, draw: DiversityDraw | None, diversity: InputDiversity | None
+) -> Tensor:
     """model(T(x; p)) for a batch whose per-sample coins may differ.
 
     Without ``resize_back`` transformed images are larger than the others, so
@@ -308,7 +325,7 @@ def diverse_logits(model: nn.Module, x: Tensor, draw: DiversityDraw | None, dive
     return torch.cat([la, lb])[torch.cat([ia, ib]).argsort()]
 
 
-def _transformed_forward(model: nn.Module, xt: Tensor) -> Tensor:
+def _transformed_forward(model: Callable[[Tensor], Tensor], xt: Tensor) -> Tensor:
     try:
         return model(xt)
     except RuntimeError as err:

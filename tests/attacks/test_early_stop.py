@@ -95,3 +95,23 @@ def test_robust_accuracy_over_a_loader(trained_model):
     assert early["steps_mean"] < fixed["steps_mean"] == 10
     targeted = rl.eval.robust_accuracy(rl.attacks.create("pgd", targeted=True, **kw), trained_model, loader)
     assert fixed["robust_accuracy"] <= targeted["robust_accuracy"] <= 1
+
+
+def test_shape_buckets_change_nothing_but_the_shapes(trained_model, digits):
+    """Padding model calls to a multiple of the bucket (the CUDA default) leaves
+    every real row's logits and gradients as they were."""
+    x, y = digits
+    sizes = []
+    handle = trained_model.register_forward_pre_hook(lambda m, a: sizes.append(a[0].shape[0]))
+    try:
+        for name, kw in (("pgd", {"early_stop": True}), ("mdi2fgsm", {"early_stop": True}), ("dcw", {})):
+            kw = {**kw, **({"steps": 5, "binary_search_steps": 1, "initial_const": 10.0} if name == "dcw"
+                           else {"eps": 24 / 255, "steps": 6})}
+            plain = rl.attacks.create(name, seed=4, **kw).run(trained_model, x[:100], y[:100])
+            sizes.clear()
+            padded = rl.attacks.create(name, seed=4, shape_bucket=32, **kw).run(trained_model, x[:100], y[:100])
+            assert all(s % 32 == 0 for s in sizes), (name, sorted(set(sizes)))
+            assert torch.allclose(plain.x_adv, padded.x_adv, atol=1e-5), name
+            assert torch.equal(plain.success, padded.success) and torch.equal(plain.steps, padded.steps)
+    finally:
+        handle.remove()
