@@ -48,7 +48,8 @@ def attack_dataset(
     t = {k: torch.cat(v) for k, v in parts.items() if v}
     n = int(t["y"].numel())
     correct = t["clean_pred"] == t["y"]
-    summary = AttackResult(t["x_adv"], t["success"], t["steps"], t["y"], t.get("target"), t["linf"], t["l2"]).summary()
+    summary = AttackResult(t["x_adv"], t["success"], t["steps"], t["y"], t.get("target"),
+                           norms=(t["linf"], t["l2"])).summary()
     # The ε-ball audit: a projected L∞ attack must never exceed its budget.
     threat = getattr(attack, "threat", None)
     if threat is not None and threat.name == "linf" and getattr(attack, "project", False):

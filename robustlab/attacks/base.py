@@ -9,7 +9,7 @@ running statistics and parameter ``.grad`` untouched (gradients are taken with
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +32,8 @@ class AttackResult:
             the budget when early stopping retired it).
         labels: (N,) the labels attacked (given, or the model's predictions).
         target: (N,) target classes of a targeted attack, else None.
-        linf, l2: (N,) perturbation norms in [0, 1] pixel units.
+        linf, l2: (N,) perturbation norms in [0, 1] pixel units, measured
+            against ``x`` on first access (or given as ``norms``).
     """
 
     x_adv: Tensor
@@ -40,15 +41,30 @@ class AttackResult:
     steps: Tensor
     labels: Tensor
     target: Tensor | None
-    linf: Tensor
-    l2: Tensor
+    x: Tensor | None = field(default=None, repr=False)
+    norms: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
 
     @classmethod
     def measure(
         cls, x: Tensor, x_adv: Tensor, success: Tensor, steps: Tensor, labels: Tensor, target: Tensor | None
     ) -> AttackResult:
-        delta = (x_adv - x).flatten(1)
-        return cls(x_adv, success, steps, labels, target, delta.abs().amax(dim=1), delta.norm(dim=1))
+        return cls(x_adv, success, steps, labels, target, x=x)
+
+    def _norms(self) -> tuple[Tensor, Tensor]:
+        if self.norms is None:
+            if self.x is None:
+                raise ValueError("AttackResult has neither the clean images nor the norms")
+            delta = (self.x_adv - self.x).flatten(1)
+            self.norms = (delta.abs().amax(dim=1), delta.norm(dim=1))
+        return self.norms
+
+    @property
+    def linf(self) -> Tensor:
+        return self._norms()[0]
+
+    @property
+    def l2(self) -> Tensor:
+        return self._norms()[1]
 
     def summary(self) -> dict[str, float]:
         """Audit figures (STYLE.md 14): success rate, norms, steps, pixel range, NaNs."""
