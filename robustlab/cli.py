@@ -43,8 +43,8 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
 
 def _add_data_options(p: argparse.ArgumentParser, default: str | None = None) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=default, required=default is None,
-                   help="fashion_mnist, mnist, cifar10, cifar100, digits, imagefolder:ROOT")
+    g.add_argument("--data", default=default,
+                   help="fashion_mnist, mnist, cifar10, cifar100, digits, imagefolder:ROOT (required)")
     g.add_argument("--split", default="test", choices=("train", "test"))
     g.add_argument("--data-dir", help="where dataset files are looked for first")
     g.add_argument("--limit", type=int, help="use the first N samples")
@@ -62,8 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     atk = sub.add_parser("attack", help="attack a model on a dataset split; write adversarial examples, results.json")
-    atk.add_argument("--model", required=True,
-                     help="checkpoint directory, built-in name (smallcnn, resnet18_cifar, ...), timm:NAME or tv:NAME")
+    atk.add_argument("--config", help="YAML file of options (keys as the flags: eps, steps, data, ...); "
+                     "flags on the command line win")
+    atk.add_argument("--model",
+                     help="checkpoint directory, built-in name (smallcnn, resnet18_cifar, ...), timm:NAME or "
+                     "tv:NAME (required)")
     atk.add_argument("--weights", help="local weights file for a named model")
     _add_data_options(atk)
     _add_attack_options(atk)
@@ -75,10 +78,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(demo, default="fashion_mnist")
     demo.add_argument("--train-limit", type=int, default=10000)
     demo.add_argument("--eps", default="16", help="budget (0-255 units)")
-    demo.add_argument("--out", help="run directory (default runs/demo-TIMESTAMP)")
+    demo.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     demo.add_argument("--device", default="auto")
     demo.set_defaults(limit=500, batch_size=250)
+    parser.subcommands = {"attack": atk, "demo": demo}  # for --config
     return parser
+
+
+def apply_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace
+                 ) -> argparse.Namespace:
+    """Re-parse with a YAML file's options as defaults, so flags still win."""
+    import yaml
+
+    sub = parser.subcommands[args.command]
+    try:
+        with open(args.config) as f:
+            cfg = yaml.safe_load(f) or {}
+    except OSError as err:
+        raise FileNotFoundError(f"--config: cannot read {args.config}: {err.strerror}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"--config: {args.config} must hold a mapping of option: value")
+    known = {a.dest for a in sub._actions} - {"help", "config"}
+    cfg = {str(k).replace("-", "_"): v for k, v in cfg.items()}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"--config: unknown option(s) {unknown}; known: {', '.join(sorted(known))}")
+    sub.set_defaults(**{k: (str(v) if k in ("eps", "step_size") else v) for k, v in cfg.items()})
+    return parser.parse_args(argv)
 
 
 def attack_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,6 +136,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from robustlab.models import resolve_model
     from robustlab.runs import new_run_dir, pick_device, write_json, write_tensors
 
+    for flag in ("model", "data"):
+        if getattr(args, flag) is None:
+            raise ValueError(f"--{flag} is required (on the command line or as `{flag}:` in --config)")
     atk = create(args.attack, **attack_kwargs(args))  # bad names/values fail before any loading
     device = pick_device(args.device)
     data = _load_data(args)
@@ -152,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     commands = {"attack": cmd_attack}
     try:
+        if getattr(args, "config", None):
+            args = apply_config(parser, argv, args)
         if args.command == "demo":
             from robustlab.demo import run_demo
 

@@ -82,3 +82,39 @@ def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "robustlab", "--help"], capture_output=True, text=True, check=True)
     assert "attack" in out.stdout and "demo" in out.stdout
     torch.manual_seed(0)
+
+
+def test_attack_from_a_config_file(tmp_path, checkpoint):
+    cfg = tmp_path / "atk.yaml"
+    out = tmp_path / "run"
+    cfg.write_text(f"model: {checkpoint}\ndata: digits\nlimit: 40\nattack: pgd\neps: 24\nsteps: 3\n"
+                   f"clean-init-prob: 0\nout: {out}\nno_save: true\n")
+    assert main(["attack", "--config", str(cfg), "--steps", "4"]) == 0  # flags win over the file
+    a = json.loads((out / "results.json").read_text())["attack"]
+    assert a["eps_255"] == pytest.approx(24) and a["steps"] == 4 and a["clean_init_prob"] == 0
+
+
+def test_bad_config(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("epsilon: 8\n")
+    assert main(["attack", "--config", str(cfg)]) == 2
+    assert "unknown option(s) ['epsilon']" in capsys.readouterr().err
+    assert main(["attack", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert main(["attack", "--data", "digits"]) == 2
+    assert "--model is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["attack_pgd.yaml", "attack_mdi2fgsm.yaml"])
+def test_shipped_configs_parse(name):
+    from pathlib import Path
+
+    from robustlab.attacks import create
+    from robustlab.cli import apply_config, attack_kwargs, build_parser
+
+    path = Path(__file__).parent.parent / "configs" / name
+    parser = build_parser()
+    argv = ["attack", "--config", str(path)]
+    args = apply_config(parser, argv, parser.parse_args(argv))
+    atk = create(args.attack, **attack_kwargs(args))
+    assert args.model == "runs/demo/model_A" and args.data == "fashion_mnist"
+    assert atk.name in ("pgd", "mdi2fgsm")
