@@ -6,40 +6,26 @@ any metadata the caller adds. Writes are atomic (write, then rename).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from robustlab.models.factory import create_model
+from robustlab.runs import write_json, write_tensors
 
 WEIGHTS, META = "model.safetensors", "model.json"
 
 
-def _atomic_write(path: Path, write) -> None:  # noqa: ANN001
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_model(model: nn.Module, directory: str | Path, meta: dict[str, Any] | None = None) -> Path:
     """Save a model made by :func:`create_model` into ``directory``."""
-    from safetensors.torch import save_file
-
     spec = getattr(model, "robustlab_spec", None)
     if spec is None:
         raise ValueError("model was not made by robustlab.models.create_model; its architecture cannot be recorded")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p)))
-    doc = {"spec": spec, "meta": meta or {}}
-    _atomic_write(directory / META, lambda p: p.write_text(json.dumps(doc, indent=2)))
+    write_tensors(directory / WEIGHTS, model.state_dict())
+    write_json(directory / META, {"spec": spec, "meta": meta or {}})
     return directory
 
 

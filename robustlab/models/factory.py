@@ -117,17 +117,12 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def resolve_model(
-    spec: str | Path,
-    *,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    weights: str | Path | None = None,
-) -> nn.Module:
+def resolve_model(spec: str | Path, *, weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
     """A model from a user's string: a checkpoint directory (or its model.json),
-    a built-in name, or ``timm:NAME`` / ``tv:NAME``, with optional local weights."""
+    a built-in name, or ``timm:NAME`` / ``tv:NAME``, with optional local weights.
+    ``kwargs`` go to :func:`create_model` (``num_classes``, ``in_channels``,
+    ``mean``, ``std``: the dataset's statistics, used by built-in nets only;
+    external models keep their own)."""
     from robustlab.models.checkpoint import META, load_model
 
     path = Path(spec)
@@ -138,8 +133,7 @@ def resolve_model(
             raise FileNotFoundError(f"model: {path} holds no {META}")
         return load_model(path)
     key = str(spec)
-    builtin = key in _BUILTIN
-    return create_model(
-        key, num_classes, in_channels=in_channels,
-        mean=mean if builtin else None, std=std if builtin else None, weights=weights,
-    )
+    if key not in _BUILTIN:
+        kwargs.pop("mean", None)
+        kwargs.pop("std", None)
+    return create_model(key, weights=weights, **kwargs)

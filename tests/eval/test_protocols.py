@@ -10,11 +10,9 @@ from robustlab.eval import holdout_evaluation, nips2017_attack, run_nips2017
 
 @pytest.fixture(scope="module")
 def third_model():
-    train = rl.data.load_dataset("digits", "train")
-    torch.manual_seed(2)
-    m = rl.models.create_model("smallcnn", 10, in_channels=1, mean=train.info.mean, std=train.info.std, width=8)
-    rl.train.fit_classifier(m, rl.data.make_loader(train, 64, shuffle=True, seed=2), epochs=6, seed=2)
-    return m.eval()
+    from conftest import train_digits_cnn
+
+    return train_digits_cnn(seed=2, width=8)
 
 
 def test_holdout_white_box_beats_black_box(trained_model, second_model, third_model, digits):
