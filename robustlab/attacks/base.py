@@ -182,6 +182,16 @@ class Attack(ABC):
         pad = x[:1].detach().expand(bucket - n % bucket, *x.shape[1:])
         return model(torch.cat([x, pad]))[:n]
 
+    def _label_check(self, maxima: dict[str, int]) -> tuple[str, int] | None:
+        """(name, largest index) of the labels the objective takes, when the user
+        gave them: checked against the class count at the first forward pass.
+        Labels made by the attack (predictions, random targets) fit by construction."""
+        if "target" in maxima:
+            return "target", maxima["target"]
+        if "y" in maxima and not self.targeted:
+            return "y", maxima["y"]
+        return None
+
     @torch.no_grad()
     def logits(self, model: nn.Module, x: Tensor) -> Tensor:
         """model(x) without gradients, ``micro_batch`` images at a time."""

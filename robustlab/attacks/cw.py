@@ -100,8 +100,7 @@ class CarliniWagnerL2(Attack):
         maxima: dict[str, int],
     ) -> AttackResult:
         gen = self.generator(x.device)
-        check = ("target", maxima["target"]) if "target" in maxima else (
-            ("y", maxima["y"]) if "y" in maxima and not self.targeted else None)
+        check = self._label_check(maxima)
         y, labels = self._labels(model, x, y, target, gen, maxima)
         target = labels if self.targeted else None
         n = x.shape[0]

@@ -171,10 +171,7 @@ class IterativeAttack(Attack):
     ) -> AttackResult:
         gen = self.generator(x.device)
         n = x.shape[0]
-        # Labels the user gave are checked against the class count at the first
-        # forward pass; labels made here (predictions, random targets) fit by construction.
-        check = ("target", maxima["target"]) if "target" in maxima else (
-            ("y", maxima["y"]) if "y" in maxima and not self.targeted else None)
+        check = self._label_check(maxima)
         y, labels = self._labels(model, x, y, target, gen, maxima)
         target = labels if self.targeted else None
         box = self.threat.box(x) if self.project else None
