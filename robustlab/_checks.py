@@ -53,13 +53,14 @@ def check_batch(x: object, labels: dict[str, Tensor | None] | None = None, name:
     output size is known."""
     x = _image_form(x, name)
     labels = {k: _label_form(v, x.shape[0], k) for k, v in (labels or {}).items() if v is not None}
-    parts = [(~torch.isfinite(x)).sum(), x.amin(), x.amax()]
+    # min and max propagate NaN and show ±inf, so they alone reveal bad values.
+    parts = list(torch.aminmax(x))
     for v in labels.values():
         parts += [v.min(), v.max()]
     values = torch.stack([p.double() for p in parts]).tolist()
-    bad, lo, hi = values[:3]
-    if bad:
-        raise ValueError(f"{name} contains {int(bad)} NaN or infinite values")
+    lo, hi = values[:2]
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name} contains {int((~torch.isfinite(x)).sum())} NaN or infinite values")
     if lo < 0.0 or hi > 1.0:
         raise ValueError(
             f"{name} must lie in [0, 1] (pixel space; mean/std normalization belongs inside the model); "
@@ -67,7 +68,7 @@ def check_batch(x: object, labels: dict[str, Tensor | None] | None = None, name:
         )
     maxima = {}
     for i, k in enumerate(labels):
-        low, high = int(values[3 + 2 * i]), int(values[4 + 2 * i])
+        low, high = int(values[2 + 2 * i]), int(values[3 + 2 * i])
         check_label_range(k, low, high)
         maxima[k] = high
     return maxima
