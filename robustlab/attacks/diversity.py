@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from robustlab._checks import check_number
@@ -163,7 +164,15 @@ class InputDiversity:
         the caller's): (N, C, H, W) → (N, C, H', W'), or (N, C, H, W) with resize_back."""
         h, w = x.shape[-2:]
         hp, wp = padded_size(h, self.scale), padded_size(w, self.scale)
-        out = resize_pad(x, draw.height, draw.width, draw.top, draw.left, (hp, wp), self.interpolation, self.pad_value)
+        if self.per_sample:
+            out = resize_pad(x, draw.height, draw.width, draw.top, draw.left, (hp, wp), self.interpolation,
+                             self.pad_value)
+        else:  # one draw for the batch: a plain resize and pad are cheaper than the batched product
+            rh, rw, top, left = (int(v) for v in torch.stack([draw.height[0], draw.width[0], draw.top[0],
+                                                               draw.left[0]]).tolist())
+            kw = {} if self.interpolation == "nearest" else {"align_corners": False}
+            out = F.pad(F.interpolate(x, size=(rh, rw), mode=self.interpolation, **kw),
+                        [left, wp - rw - left, top, hp - rh - top], value=self.pad_value)
         if self.resize_back:
             n = x.shape[0]
             full_h = torch.full((n,), h, device=x.device, dtype=torch.long)

@@ -310,16 +310,16 @@ def diverse_logits(
     apply = draw.apply
     if diversity.resize_back:
         return _transformed_forward(model, torch.where(apply.view(-1, 1, 1, 1), diversity.transform(x, draw), x))
-    n_apply = int(apply.sum())
+    n_apply = int(apply.sum())  # the one sync per step: group sizes must be known
     if n_apply == 0:
         return model(x)
     if n_apply == x.shape[0]:
         return _transformed_forward(model, diversity.transform(x, draw))
-    ia = apply.nonzero().squeeze(1)
-    ib = (~apply).nonzero().squeeze(1)
+    order = torch.argsort((~apply).to(torch.uint8), stable=True)  # transformed first
+    ia, ib = order[:n_apply], order[n_apply:]
     la = _transformed_forward(model, diversity.transform(x[ia], draw.subset(ia)))
     lb = model(x[ib])
-    return torch.cat([la, lb])[torch.cat([ia, ib]).argsort()]
+    return torch.cat([la, lb])[order.argsort()]
 
 
 def _transformed_forward(model: Callable[[Tensor], Tensor], xt: Tensor) -> Tensor:

@@ -133,3 +133,15 @@ def test_bad_options():
         InputDiversity(interpolation="cubic")
     with pytest.raises(ValueError, match="either as p or inside diversity"):
         rl.attacks.create("di2fgsm", diversity=InputDiversity(0.3), p=0.5)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_per_batch_fast_path_equals_the_batched_product(mode):
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(6, 3, 32, 32, generator=g)
+    div = InputDiversity(p=1.0, per_sample=False, interpolation=mode, pad_value=0.5)
+    d = div.draw(6, 32, 32, g)
+    fast = div.transform(x, d)
+    slow = resize_pad(x, d.height, d.width, d.top, d.left, (35, 35), mode, 0.5)
+    assert fast.shape == slow.shape == (6, 3, 35, 35)
+    assert (fast - slow).abs().max() <= (0 if mode == "nearest" else 1e-4)
