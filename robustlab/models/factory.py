@@ -1,12 +1,15 @@
 """``create_model``: built-in nets, timm and torchvision models by name.
 
-Built-in: ``smallcnn``, ``resnet18_cifar``, ``resnet20_cifar``. External:
+Built-in: ``smallcnn`` (width/depth knobs), ``resnet18_cifar``,
+``resnet34_cifar`` and ``resnet{6n+2}_cifar`` (20, 32, 56, 110, ... for the
+"going deeper" study of §6.5; a ``width`` knob). External:
 ``timm:NAME`` and ``tv:NAME`` (torchvision). Weights come from a local file
 (``weights=``); nothing is downloaded. Every model takes [0, 1] pixels: the
 mean/std normalization is its first layer.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,22 +19,36 @@ from torch import nn
 
 from robustlab.models.normalize import NormalizedModel
 from robustlab.models.small import CifarResNet, SmallCNN
+from robustlab.nn.norm import DEFAULT_ROUTES
 
-_BUILTIN: dict[str, Callable[..., nn.Module]] = {
-    "smallcnn": lambda in_channels, num_classes, **kw: SmallCNN(in_channels, num_classes, **kw),
-    "resnet18_cifar": lambda in_channels, num_classes, **kw: CifarResNet(
-        (2, 2, 2, 2), (64, 128, 256, 512), in_channels, num_classes, **kw
-    ),
-    "resnet20_cifar": lambda in_channels, num_classes, **kw: CifarResNet(
-        (3, 3, 3), (16, 32, 64), in_channels, num_classes, **kw
-    ),
-}
-_PREFIXES = ("timm:", "tv:", "torchvision:")
+
+def _resnet_cifar(depth: int, in_channels: int, num_classes: int, width: float = 1.0) -> nn.Module:
+    """ResNet-18/34 (4 stages, 64–512 channels) or the 3-stage ResNet-(6n+2)
+    of He et al. (16–64 channels) for 32×32 inputs; ``width`` scales channels."""
+    if depth in (18, 34):
+        blocks, widths = ((2, 2, 2, 2) if depth == 18 else (3, 4, 6, 3)), (64, 128, 256, 512)
+    elif depth >= 8 and (depth - 2) % 6 == 0:
+        blocks, widths = ((depth - 2) // 6,) * 3, (16, 32, 64)
+    else:
+        raise ValueError(f"CIFAR ResNet depth must be 18, 34 or 6n+2 (20, 32, 44, 56, 110, ...); got {depth}")
+    widths = tuple(max(1, int(round(w * width))) for w in widths)
+    return CifarResNet(blocks, widths, in_channels, num_classes)
+
+
+def _builtin(name: str) -> Callable[..., nn.Module] | None:
+    if name == "smallcnn":
+        return lambda in_channels, num_classes, **kw: SmallCNN(in_channels, num_classes, **kw)
+    m = re.fullmatch(r"resnet(\d+)_cifar", name)
+    if m:
+        depth = int(m.group(1))
+        return lambda in_channels, num_classes, **kw: _resnet_cifar(depth, in_channels, num_classes, **kw)
+    return None
 
 
 def model_names() -> list[str]:
-    """Built-in names; external models are ``timm:NAME`` or ``tv:NAME``."""
-    return sorted(_BUILTIN)
+    """Built-in names (any ``resnet{6n+2}_cifar`` depth works); external models
+    are ``timm:NAME`` or ``tv:NAME``."""
+    return ["resnet18_cifar", "resnet20_cifar", "resnet34_cifar", "resnet56_cifar", "resnet110_cifar", "smallcnn"]
 
 
 def create_model(
@@ -42,6 +59,11 @@ def create_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     weights: str | Path | None = None,
+    act: str | None = None,
+    norm: str | None = None,
+    denoise: str | None = None,
+    denoise_where: str = "stages",
+    routes: Sequence[str] = DEFAULT_ROUTES,
     **kwargs: Any,
 ) -> nn.Module:
     """A classifier for [0, 1] inputs: ``Normalize(mean, std)`` then the network.
@@ -51,13 +73,22 @@ def create_model(
         num_classes: output logits.
         in_channels: input channels (built-in nets).
         mean, std: per-channel input statistics; timm models default to their
-            pretrained config, others to the identity.
-        weights: a local state-dict file (.safetensors, .pt/.pth) for the network.
-        kwargs: passed to the network's constructor (e.g. ``width`` for smallcnn).
+            pretrained config, torchvision models to ImageNet's, others to the
+            identity.
+        weights: a local state-dict file (.safetensors, .pt/.pth) for the
+            network as built, loaded before any surgery.
+        act: swap every activation (``rl.nn.swap_activation``; ch. 5).
+        norm: ``"bn"`` (as built), ``"mbn"`` (MixtureBatchNorm with ``routes``,
+            ch. 6–7) or ``"gn"`` (GroupNorm, §6.4.2).
+        denoise: add denoising blocks of this op (``rl.nn.add_denoise_blocks``,
+            ch. 4) at ``denoise_where`` (``stages`` or ``all``).
+        kwargs: passed to the network's constructor (``width``/``depth`` for
+            smallcnn, ``width`` for the CIFAR ResNets).
     """
     key = str(name)
-    if key in _BUILTIN:
-        net = _BUILTIN[key](in_channels=in_channels, num_classes=num_classes, **kwargs)
+    builder = _builtin(key)
+    if builder is not None:
+        net = builder(in_channels=in_channels, num_classes=num_classes, **kwargs)
     elif key.startswith("timm:"):
         net, mean, std = _timm(key[5:], num_classes, mean, std, **kwargs)
     elif key.startswith(("tv:", "torchvision:")):
@@ -75,15 +106,33 @@ def create_model(
         )
     if weights is not None:
         net.load_state_dict(load_state_dict(weights))
-    channels = in_channels if key in _BUILTIN else 3
+    net = _surgery(net, act=act, norm=norm, denoise=denoise, denoise_where=denoise_where, routes=routes)
+    channels = in_channels if builder is not None else 3
     mean = tuple(mean) if mean is not None else (0.0,) * channels
     std = tuple(std) if std is not None else (1.0,) * channels
     model = NormalizedModel(net, mean, std)
+    model.robustlab_surgery = getattr(net, "robustlab_surgery", [])
     model.robustlab_spec = {  # what load_model needs to rebuild it
         "name": key, "num_classes": num_classes, "in_channels": in_channels,
-        "mean": list(mean), "std": list(std), "kwargs": kwargs,
+        "mean": list(mean), "std": list(std), "act": act, "norm": norm, "denoise": denoise,
+        "denoise_where": denoise_where, "routes": list(routes), "kwargs": kwargs,
     }
     return model
+
+
+def _surgery(net: nn.Module, *, act: str | None, norm: str | None, denoise: str | None, denoise_where: str,
+             routes: Sequence[str]) -> nn.Module:
+    """Denoising blocks first (their BN is converted with the rest), then
+    activations, then normalization."""
+    from robustlab.nn.surgery import add_denoise_blocks, convert_norm, swap_activation
+
+    if denoise is not None:
+        net = add_denoise_blocks(net, denoise, denoise_where, inplace=True)
+    if act is not None:
+        net = swap_activation(net, act, inplace=True)
+    if norm is not None and norm != "bn":
+        net = convert_norm(net, norm, routes=routes, inplace=True)
+    return net
 
 
 def _timm(name: str, num_classes: int, mean, std, **kwargs: Any):  # noqa: ANN001, ANN202
@@ -133,7 +182,7 @@ def resolve_model(spec: str | Path, *, weights: str | Path | None = None, **kwar
             raise FileNotFoundError(f"model: {path} holds no {META}")
         return load_model(path)
     key = str(spec)
-    if key not in _BUILTIN:
+    if _builtin(key) is None:
         kwargs.pop("mean", None)
         kwargs.pop("std", None)
     return create_model(key, weights=weights, **kwargs)

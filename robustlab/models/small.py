@@ -15,27 +15,43 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-class SmallCNN(nn.Module):
-    """Three conv stages (widths w, 2w, 4w; BN, ReLU; 2×2 max-pool between
-    stages), global average pooling, linear head. About 0.8 top-1 on
-    Fashion-MNIST after one epoch on 10k images (width 16, seconds on 2 cores)."""
+class ConvBlock(nn.Module):
+    """3×3 conv (no bias), BN, ReLU."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16) -> None:
+    def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
-        w = width
-        self.features = nn.Sequential(
-            *_conv_bn(in_channels, w),
-            nn.MaxPool2d(2),
-            *_conv_bn(w, 2 * w),
-            nn.MaxPool2d(2),
-            *_conv_bn(2 * w, 4 * w),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        self.fc = nn.Linear(4 * w, num_classes)
+        self.conv = nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.features(x))
+        return self.act(self.bn(self.conv(x)))
+
+
+class SmallCNN(nn.Module):
+    """Three stages of ``depth`` conv blocks (widths w, 2w, 4w; 2×2 max-pool
+    between stages), global average pooling, linear head. With width 16 and
+    depth 1 it reaches about 0.8 top-1 on Fashion-MNIST after one epoch on 10k
+    images, in seconds on 2 cores."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16, depth: int = 1) -> None:
+        super().__init__()
+        if width < 1 or depth < 1:
+            raise ValueError(f"width and depth must be >= 1; got width={width}, depth={depth}")
+        widths = (width, 2 * width, 4 * width)
+        stages, cin = [], in_channels
+        for i, w in enumerate(widths):
+            blocks: list[nn.Module] = [nn.MaxPool2d(2)] if i else []
+            for _ in range(depth):
+                blocks.append(ConvBlock(cin, w))
+                cin = w
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.pool(self.stages(x)))
 
 
 class BasicBlock(nn.Module):

@@ -1,8 +1,19 @@
-"""Activation functions of chapter 5 (smooth adversarial training).
+"""Activation functions of chapter 5 (smooth adversarial training, SAT).
 
-This module starts with the piece the attack core needs (§5.3.2): ReLU in the
-forward pass with the parametric-softplus derivative (eq. 5.3) in the backward
-pass, usable for the attacker alone without touching the model.
+ReLU and its smooth replacements of §5.4.1 (softplus, parametric softplus,
+SiLU, GELU, ELU, CELU) and §5.4.2 (SmoothReLU, eq. 5.4), plus the control of
+§5.3.2: ReLU in the forward pass with the parametric-softplus derivative
+(eq. 5.3) in the backward pass. The latter comes in two forms:
+
+* the module :class:`ReLUSoftplusBackward` (``swap_activation(model,
+  "relu_softplus_backward")``): smooth gradients for everyone, always;
+* the context :func:`smooth_relu_backward`: smooth gradients for whatever runs
+  inside the block, leaving the model untouched. Table 5.1's rows are the
+  attacker alone (``attacks.create(..., smooth_grad=10)``, which uses this
+  context), the optimizer alone (the training step's forward and backward in
+  the context), or both.
+
+A registry by name serves the CLI, configs and :func:`swap_activation`.
 """
 from __future__ import annotations
 
@@ -94,3 +105,87 @@ def smooth_relu_backward(alpha: float = PSOFTPLUS_ALPHA) -> Iterator[None]:
     alpha = check_number(alpha, "alpha", low=0.0, low_open=True)
     with _SmoothReLUBackwardMode(alpha):
         yield
+
+
+#: §5.4.2: "the learnable parameter α needs to be initialized at a large enough
+#: value (e.g., 400 in our experiments)".
+SMOOTHRELU_INIT = 400.0
+
+
+class ParametricSoftplus(nn.Module):
+    """Eq. (5.2): f(α, x) = (1/α)·log(1 + exp(αx)); α = 10 (§5.3.2)."""
+
+    def __init__(self, alpha: float = PSOFTPLUS_ALPHA) -> None:
+        super().__init__()
+        self.alpha = check_number(alpha, "alpha", low=0.0, low_open=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.softplus(x, beta=self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+def smooth_relu(x: Tensor, alpha: Tensor) -> Tensor:
+    """Eq. (5.4): x − log(αx + 1)/α for x ≥ 0, 0 otherwise; C¹ for every α > 0
+    (derivative αx/(1 + αx), eq. 5.5) and ReLU in the limit α → ∞."""
+    pos = x.clamp_min(0)
+    return pos - torch.log1p(alpha * pos) / alpha
+
+
+class SmoothReLU(nn.Module):
+    """SmoothReLU (§5.4.2) with one learnable α shared by all channels.
+
+    α is kept positive by parametrizing α = a² (the SAT release's choice) and
+    starts at 400 (§5.4.2); a floor of 1e-6 keeps 1/α finite."""
+
+    def __init__(self, alpha: float = SMOOTHRELU_INIT) -> None:
+        super().__init__()
+        alpha = check_number(alpha, "alpha", low=0.0, low_open=True)
+        self.alpha_sqrt = nn.Parameter(torch.tensor(float(alpha) ** 0.5))
+
+    @property
+    def alpha(self) -> Tensor:
+        return self.alpha_sqrt.square().clamp_min(1e-6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return smooth_relu(x, self.alpha.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"alpha={float(self.alpha.detach()):.4g}"
+
+
+_ACTIVATIONS = {
+    "relu": (lambda: nn.ReLU(), "ReLU"),
+    "softplus": (lambda: nn.Softplus(), "Softplus(x) = log(1 + exp(x)) (§5.4.1)"),
+    "psoftplus": (lambda alpha=PSOFTPLUS_ALPHA: ParametricSoftplus(alpha), "parametric softplus, α = 10 (eq. 5.2)"),
+    "silu": (lambda: nn.SiLU(), "SiLU(x) = x·sigmoid(x) (§5.4.1)"),
+    "gelu": (lambda: nn.GELU(), "GELU(x) = x·Φ(x) (§5.4.1)"),
+    "elu": (lambda alpha=1.0: nn.ELU(alpha=alpha), "ELU, α = 1; C¹ only for α = 1 (eq. 5.6)"),
+    "celu": (lambda alpha=1.0: nn.CELU(alpha=alpha), "CELU, C¹ for every α (eq. 5.7)"),
+    "smoothrelu": (lambda alpha=SMOOTHRELU_INIT: SmoothReLU(alpha), "SmoothReLU, learnable α from 400 (eq. 5.4)"),
+    "relu_softplus_backward": (lambda alpha=PSOFTPLUS_ALPHA: ReLUSoftplusBackward(alpha),
+                               "ReLU forward, σ(αx) backward (eq. 5.3, Table 5.1)"),
+}
+
+
+def activation_names() -> list[str]:
+    """Names accepted by :func:`create_activation` and ``swap_activation``."""
+    return list(_ACTIVATIONS)
+
+
+def describe_activations() -> dict[str, str]:
+    """Name → one-line description with the thesis reference."""
+    return {k: v[1] for k, v in _ACTIVATIONS.items()}
+
+
+def create_activation(name: str, **kwargs: float) -> nn.Module:
+    """An activation module by name: ``create_activation("celu", alpha=1.5)``."""
+    key = str(name).lower().replace("-", "_")
+    if key not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(activation_names())}")
+    factory = _ACTIVATIONS[key][0]
+    try:
+        return factory(**kwargs)
+    except TypeError:
+        raise TypeError(f"activation {key!r} takes no options {sorted(kwargs)}") from None

@@ -71,4 +71,20 @@ def test_corrupted_checkpoint(tmp_path, trained_model):
 def test_save_needs_a_factory_model(tmp_path):
     with pytest.raises(ValueError, match="create_model"):
         save_model(torch.nn.Linear(2, 2), tmp_path)
-    assert rl.models.model_names() == ["resnet18_cifar", "resnet20_cifar", "smallcnn"]
+    assert "smallcnn" in rl.models.model_names() and "resnet20_cifar" in rl.models.model_names()
+
+
+@pytest.mark.parametrize("depth,blocks", [(20, 9), (32, 15), (56, 27), (18, 8), (34, 16)])
+def test_cifar_resnet_depths(depth, blocks):
+    """§6.5 "going deeper" in miniature: ResNet-(6n+2) has 3n basic blocks."""
+    m = create_model(f"resnet{depth}_cifar", 10, width=0.25)
+    assert sum(isinstance(x, rl.models.BasicBlock) for x in m.modules()) == blocks
+    assert m(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_depth_and_width_knobs():
+    with pytest.raises(ValueError, match="depth must be 18, 34 or 6n\\+2"):
+        create_model("resnet21_cifar")
+    deep = create_model("smallcnn", 10, in_channels=1, depth=3, width=8)
+    assert sum(isinstance(x, torch.nn.Conv2d) for x in deep.modules()) == 9
+    assert create_model("resnet20_cifar", width=2.0).net.fc.in_features == 128

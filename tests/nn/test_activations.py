@@ -79,3 +79,97 @@ def test_bad_alpha():
         ReLUSoftplusBackward(0.0)
     with pytest.raises(ValueError, match="smooth_grad must be > 0"):
         rl.attacks.create("pgd", smooth_grad=-1.0)
+
+
+# -- the registry and the smooth activations of §5.4 -----------------------------
+
+SMOOTH = ["softplus", "psoftplus", "silu", "gelu", "elu", "celu", "smoothrelu"]
+
+
+def derivative(act, x):
+    x = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(act(x).sum(), x)
+    return g
+
+
+def jump_at_zero(act, h=1e-8):
+    """|f'(0+) − f'(0−)|: 0 for a C¹ function, the size of the kink otherwise."""
+    x = torch.tensor([-h, h], dtype=torch.float64)
+    g = derivative(act.double(), x)
+    return float((g[1] - g[0]).abs())
+
+
+def test_registry_names():
+    assert rl.nn.activation_names() == ["relu", "softplus", "psoftplus", "silu", "gelu", "elu", "celu",
+                                         "smoothrelu", "relu_softplus_backward"]
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        rl.nn.create_activation("swish")
+    with pytest.raises(TypeError, match="takes no options"):
+        rl.nn.create_activation("silu", alpha=2.0)
+
+
+@pytest.mark.parametrize("name", SMOOTH)
+def test_smooth_activations_have_a_continuous_derivative(name):
+    assert jump_at_zero(rl.nn.create_activation(name)) < 1e-4
+
+
+def test_relu_has_a_kink():
+    assert jump_at_zero(nn.ReLU()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.5, 2.0])
+def test_celu_is_c1_for_every_alpha_and_elu_is_not(alpha):
+    """Eq. (5.6)-(5.8): ELU's left derivative at 0 is α, CELU's is 1."""
+    assert jump_at_zero(rl.nn.create_activation("celu", alpha=alpha)) < 1e-4
+    assert jump_at_zero(rl.nn.create_activation("elu", alpha=alpha)) == pytest.approx(abs(alpha - 1), abs=1e-4)
+    assert jump_at_zero(rl.nn.create_activation("elu", alpha=1.0)) < 1e-4
+
+
+@pytest.mark.parametrize("name", SMOOTH + ["relu"])
+def test_gradcheck(name):
+    act = rl.nn.create_activation(name).double()
+    x = torch.randn(20, dtype=torch.float64) + 0.05  # keep off ReLU's kink
+    assert torch.autograd.gradcheck(act, (x.requires_grad_(True),))
+
+
+def test_parametric_softplus_formula():
+    x = torch.linspace(-2, 2, 41)
+    assert torch.allclose(rl.nn.create_activation("psoftplus")(x), torch.log1p(torch.exp(10 * x)) / 10, atol=1e-6)
+
+
+def test_smoothrelu_formula_derivative_and_limit():
+    x = torch.linspace(-3, 3, 601, dtype=torch.float64)
+    a = torch.tensor(7.0, dtype=torch.float64)
+    y = rl.nn.smooth_relu(x, a)
+    pos = x >= 0
+    assert torch.allclose(y[pos], x[pos] - torch.log(a * x[pos] + 1) / a)  # eq. (5.4)
+    assert (y[~pos] == 0).all()
+    g = derivative(lambda v: rl.nn.smooth_relu(v, a), x)
+    assert torch.allclose(g[pos], a * x[pos] / (1 + a * x[pos]))  # eq. (5.5)
+    gaps = [float((rl.nn.smooth_relu(x, torch.tensor(v, dtype=torch.float64)) - x.clamp_min(0)).abs().max())
+            for v in (1.0, 10.0, 100.0, 1000.0)]
+    assert gaps == sorted(gaps, reverse=True) and gaps[-1] < 0.01  # converges to ReLU as α grows
+
+
+def test_smoothrelu_alpha_is_learnable_shared_and_stays_positive():
+    act = rl.nn.SmoothReLU()
+    assert float(act.alpha.detach()) == pytest.approx(400.0)  # §5.4.2 initialization
+    assert sum(p.numel() for p in act.parameters()) == 1  # one α for all channels
+    opt = torch.optim.Adam(act.parameters(), lr=1.0)
+    x = torch.rand(64, 8) * 3
+    for _ in range(200):  # push α down hard, through zero: a larger α gives larger outputs
+        opt.zero_grad()
+        act(x).sum().backward()
+        opt.step()
+        assert float(act.alpha.detach()) > 0
+    assert float(act.alpha.detach()) < 1
+
+
+def test_swap_to_relu_softplus_backward_keeps_outputs(trained_model, batch):
+    x, _ = batch
+    swapped = rl.nn.swap_activation(trained_model, "relu_softplus_backward")
+    assert torch.equal(swapped(x), trained_model(x))
+    xa = x.clone().requires_grad_(True)
+    (g1,) = torch.autograd.grad(swapped(xa).sum(), xa)
+    (g0,) = torch.autograd.grad(trained_model(xa).sum(), xa)
+    assert not torch.allclose(g0, g1)
