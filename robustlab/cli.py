@@ -1,4 +1,4 @@
-"""Command line: ``robustlab attack | demo``.
+"""Command line: ``robustlab attack | list | demo``.
 
 Budgets on the command line are in the thesis's 0–255 notation (``--eps 16``)
 unless written as a fraction (``16/255``) or in pixels (``0.5px``).
@@ -6,6 +6,7 @@ unless written as a fraction (``16/255``) or in pixels (``0.5px``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -53,6 +54,23 @@ def _add_data_options(p: argparse.ArgumentParser, default: str | None = None) ->
     g.add_argument("--no-download", action="store_true", help="never download missing data")
 
 
+_LISTS = {
+    "attacks": ("robustlab.attacks", "names"),
+    "activations": ("robustlab.nn.activations", "activation_names"),
+    "denoise": ("robustlab.nn.denoise", "DENOISE_OPS"),
+    "models": ("robustlab.models.factory", "model_names"),
+    "datasets": ("robustlab.data.datasets", "dataset_names"),
+}
+
+
+def _names(kind: str) -> list[str]:
+    import importlib
+
+    module, attr = _LISTS[kind]
+    value = getattr(importlib.import_module(module), attr)
+    return list(value() if callable(value) else value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from robustlab import __version__
 
@@ -68,11 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="checkpoint directory, built-in name (smallcnn, resnet18_cifar, ...), timm:NAME or "
                      "tv:NAME (required)")
     atk.add_argument("--weights", help="local weights file for a named model")
+    g = atk.add_argument_group("architecture of a named model (checkpoints record their own)")
+    g.add_argument("--act", help="swap activations: " + ", ".join(_names("activations")))
+    g.add_argument("--norm-layer", choices=("bn", "mbn", "gn"), help="batch norm, mixture BN or GroupNorm")
+    g.add_argument("--denoise", help="add denoising blocks: " + ", ".join(_names("denoise")))
+    g.add_argument("--route", help="MixtureBatchNorm route to attack through (e.g. clean, adv)")
     _add_data_options(atk)
     _add_attack_options(atk)
     atk.add_argument("--out", help="run directory (default runs/attack-TIMESTAMP)")
     atk.add_argument("--device", default="auto")
     atk.add_argument("--no-save", action="store_true", help="do not write adversarial.safetensors")
+
+    lst = sub.add_parser("list", help="list the names the registries accept")
+    lst.add_argument("kind", nargs="?", choices=sorted(_LISTS), help="one registry (default: all)")
 
     demo = sub.add_parser("demo", help="train two small models in seconds and print an attack table")
     _add_data_options(demo, default="fashion_mnist")
@@ -81,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     demo.add_argument("--device", default="auto")
     demo.set_defaults(limit=500, batch_size=250)
-    parser.subcommands = {"attack": atk, "demo": demo}  # for --config
+    parser.subcommands = {"attack": atk, "demo": demo, "list": lst}  # for --config
     return parser
 
 
@@ -134,6 +160,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from robustlab.attacks import create
     from robustlab.data import dataset_info, make_loader
     from robustlab.models import resolve_model
+    from robustlab.nn import route
     from robustlab.runs import new_run_dir, pick_device, write_json, write_tensors
 
     for flag in ("model", "data"):
@@ -143,19 +170,29 @@ def cmd_attack(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     data = _load_data(args)
     info = dataset_info(data)
+    arch = {k: v for k, v in (("act", args.act), ("norm", args.norm_layer), ("denoise", args.denoise))
+            if v is not None}
     model = resolve_model(args.model, num_classes=info.num_classes, in_channels=info.channels,
-                          mean=info.mean, std=info.std, weights=args.weights).to(device).eval()
-    record = attack_dataset(atk, model, make_loader(data, args.batch_size), device=device,
-                            keep_examples=not args.no_save)
+                          mean=info.mean, std=info.std, weights=args.weights, **arch).to(device).eval()
+    routed = route(model, args.route) if args.route else contextlib.nullcontext()
+    with routed:
+        record = attack_dataset(atk, model, make_loader(data, args.batch_size), device=device,
+                                keep_examples=not args.no_save)
     out = new_run_dir(args.out, "attack")  # created once there is something to write
     tensors = record.pop("tensors")
-    record.update(model=str(args.model), weights=args.weights,
+    record.update(model=str(args.model), weights=args.weights, route=args.route, architecture=arch,
                   data={"name": args.data, "split": args.split, "limit": args.limit, "n": len(data)})
     if not args.no_save:
         write_tensors(out / "adversarial.safetensors", tensors)
     write_json(out / "results.json", record)
     print(format_attack_table([record]))
     print(f"wrote {out / 'results.json'}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for kind in [args.kind] if args.kind else sorted(_LISTS):
+        print(f"{kind}: {', '.join(_names(kind))}")
     return 0
 
 
@@ -179,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    commands = {"attack": cmd_attack}
+    commands = {"attack": cmd_attack, "list": cmd_list}
     try:
         if getattr(args, "config", None):
             args = apply_config(parser, argv, args)

@@ -118,3 +118,46 @@ def test_shipped_configs_parse(name):
     atk = create(args.attack, **attack_kwargs(args))
     assert args.model == "runs/demo/model_A" and args.data == "fashion_mnist"
     assert atk.name in ("pgd", "mdi2fgsm")
+
+
+def test_list(capsys):
+    assert main(["list", "denoise"]) == 0
+    assert "nonlocal_gaussian" in capsys.readouterr().out
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert all(k in out for k in ("attacks:", "activations:", "models:", "datasets:"))
+
+
+def test_attack_through_a_route(tmp_path, capsys):
+    """An AdvProp-style model is attacked through the BN route asked for."""
+    import torch
+
+    import robustlab as rl
+
+    torch.manual_seed(0)
+    model = rl.models.create_model("smallcnn", 10, in_channels=1, width=4, norm="mbn").train()
+    with rl.nn.route(model, "adv"):  # give the routes different statistics
+        model(torch.rand(32, 1, 8, 8) * 4)
+    ckpt = rl.models.save_model(model.eval(), tmp_path / "mbn")
+    outs = {}
+    for r in ("clean", "adv"):
+        out = tmp_path / r
+        assert main(["attack", "--model", str(ckpt), "--data", "digits", "--limit", "16", "--attack", "fgsm",
+                     "--eps", "8", "--route", r, "--out", str(out)]) == 0
+        outs[r] = load_file(str(out / "adversarial.safetensors"))["x_adv"]
+        assert json.loads((out / "results.json").read_text())["route"] == r
+    assert not torch.equal(outs["clean"], outs["adv"])
+    assert main(["attack", "--model", str(ckpt), "--data", "digits", "--route", "aux", "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "route must be one of" in capsys.readouterr().err
+    assert main(["attack", "--model", str(ckpt), "--data", "digits", "--act", "silu", "--out",
+                 str(tmp_path / "y")]) == 2
+    assert "records its own architecture" in capsys.readouterr().err
+
+
+def test_named_model_with_architecture_flags(tmp_path):
+    out = tmp_path / "run"
+    assert main(["attack", "--model", "smallcnn", "--data", "digits", "--limit", "8", "--attack", "fgsm",
+                 "--act", "silu", "--norm-layer", "gn", "--denoise", "mean", "--no-save", "--out", str(out)]) == 0
+    arch = json.loads((out / "results.json").read_text())["architecture"]
+    assert arch == {"act": "silu", "norm": "gn", "denoise": "mean"}

@@ -178,6 +178,9 @@ def resolve_model(spec: str | Path, *, weights: str | Path | None = None, **kwar
     if path.is_dir() or path.suffix == ".json":
         if weights is not None:
             raise ValueError("weights: a checkpoint directory carries its own weights; drop --weights")
+        surgery = sorted(k for k in ("act", "norm", "denoise") if kwargs.get(k) is not None)
+        if surgery:
+            raise ValueError(f"{surgery}: a checkpoint records its own architecture; drop these options")
         if not (path / META).is_file() and not path.is_file():
             raise FileNotFoundError(f"model: {path} holds no {META}")
         return load_model(path)
