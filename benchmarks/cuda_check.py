@@ -140,6 +140,49 @@ def main() -> int:
                 f"compiled {loss['compiled']:.3f}; PGD-10 batch 128: eager {times['eager'] * 1e3:.1f} ms, "
                 f"compiled {times['compiled'] * 1e3:.1f} ms")
 
+    @check("denoising ops on CUDA equal CPU; chunked non-local stays under its bound")
+    def _():  # noqa: ANN202
+        torch.manual_seed(0)
+        x = torch.randn(2, 16, 12, 12)
+        for op in rl.nn.DENOISE_OPS:
+            block = rl.nn.DenoiseBlock(16, op)
+            torch.nn.init.normal_(block.bn.weight)  # leave the identity so the op matters
+            cpu = block(x)
+            gpu = block.to(dev)(x.to(dev)).cpu()
+            assert torch.allclose(cpu, gpu, atol=1e-4), (op, float((cpu - gpu).abs().max()))
+        n, c, h, w = 4, 64, 56, 56
+        full = n * (h * w) ** 2 * 4
+        xg = torch.randn(n, c, h, w, device=dev, requires_grad=True)
+        peaks = {}
+        for label, bound in (("unchunked", 2**40), ("chunked", full // 8)):
+            block = rl.nn.NonLocalDenoise(c, max_bytes=bound).to(dev)
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            block(xg).sum().backward()
+            torch.cuda.synchronize()
+            peaks[label] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            xg.grad = None
+        assert peaks["chunked"] < full / 2**20 < peaks["unchunked"], peaks
+        return (f"affinity {full / 2**20:.0f} MiB; extra peak unchunked {peaks['unchunked']:.0f} MiB, "
+                f"chunked (bound {full / 8 / 2**20:.0f} MiB) {peaks['chunked']:.0f} MiB")
+
+    @check("mixture BN routes and export on CUDA")
+    def _():  # noqa: ANN202
+        m = rl.models.create_model("resnet20_cifar", 10, norm="mbn", act="silu", denoise="nonlocal_dot").to(dev)
+        m.train()
+        with rl.nn.route(m, "adv"):
+            m(torch.rand(64, 3, 32, 32, device=dev) * 2)
+        m.eval()
+        xi = torch.rand(8, 3, 32, 32, device=dev)
+        exported = rl.nn.drop_routes(m, keep="adv")
+        with rl.nn.route(m, "adv"):
+            assert torch.equal(exported(xi), m(xi))
+            adv = rl.attacks.create("pgd", eps=8 / 255, steps=5, seed=0)(m, xi)
+        with torch.no_grad():
+            assert not torch.equal(m(xi), exported(xi))  # the clean route differs
+        return f"PGD through the adv route: L∞ {float((adv - xi).abs().max()) * 255:.2f}/255"
+
     failed = [n for n, ok, _ in RESULTS if not ok]
     print(f"{len(RESULTS) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
