@@ -65,10 +65,9 @@ def sync(device: torch.device) -> None:
 # -- the model -----------------------------------------------------------------
 
 def trained_resnet18(width: float, n_train: int, device: torch.device, data_dir: str | None):  # noqa: ANN201
-    widths = tuple(max(8, int(round(w * width))) for w in (64, 128, 256, 512))
     info = rl.data.load_dataset("fashion_mnist", "test", limit=8, size=32, channels=3, data_dir=data_dir).info
-    model = rl.models.create_model("resnet18_cifar", 10, in_channels=3, mean=info.mean, std=info.std)
-    model.net = rl.models.CifarResNet((2, 2, 2, 2), widths, 3, 10)
+    model = rl.models.create_model("resnet18_cifar", 10, in_channels=3, mean=info.mean, std=info.std, width=width)
+    widths = tuple(stage[0].conv1.out_channels for stage in model.net.layers)
     path = CACHE / f"resnet18_w{width:g}_n{n_train}.pt"
     if path.is_file():
         model.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

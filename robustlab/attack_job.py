@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -67,3 +67,17 @@ def attack_dataset(
     }
     return record
 
+
+def format_attack_table(records: Sequence[dict[str, Any]], extra: Sequence[str] = ()) -> str:
+    cols = ["attack", "clean_acc", "adv_acc", "success", "linf_255", "l2", "steps", "img/s", *extra]
+    rows = []
+    for r in records:
+        s = r["summary"]
+        row = [r["attack"]["name"], f"{r['clean_accuracy']:.3f}", f"{r['adversarial_accuracy']:.3f}",
+               f"{s['success_rate']:.3f}", f"{s['linf_max_255']:.2f}", f"{s['l2_mean']:.3f}",
+               f"{s['steps_mean']:.1f}", f"{r['images_per_second']:.0f}"]
+        row += [str(r.get(k, "")) for k in extra]
+        rows.append(row)
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in rows)])

@@ -156,7 +156,7 @@ def _load_data(args: argparse.Namespace, split: str | None = None, limit: int | 
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from robustlab.attack_job import attack_dataset
+    from robustlab.attack_job import attack_dataset, format_attack_table
     from robustlab.attacks import create
     from robustlab.data import dataset_info, make_loader
     from robustlab.models import resolve_model
@@ -194,21 +194,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     for kind in [args.kind] if args.kind else sorted(_LISTS):
         print(f"{kind}: {', '.join(_names(kind))}")
     return 0
-
-
-def format_attack_table(records: Sequence[dict[str, Any]], extra: Sequence[str] = ()) -> str:
-    cols = ["attack", "clean_acc", "adv_acc", "success", "linf_255", "l2", "steps", "img/s", *extra]
-    rows = []
-    for r in records:
-        s = r["summary"]
-        row = [r["attack"]["name"], f"{r['clean_accuracy']:.3f}", f"{r['adversarial_accuracy']:.3f}",
-               f"{s['success_rate']:.3f}", f"{s['linf_max_255']:.2f}", f"{s['l2_mean']:.3f}",
-               f"{s['steps_mean']:.1f}", f"{r['images_per_second']:.0f}"]
-        row += [str(r.get(k, "")) for k in extra]
-        rows.append(row)
-    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

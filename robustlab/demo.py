@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from robustlab.attack_job import attack_dataset
+from robustlab.attack_job import attack_dataset, format_attack_table
 from robustlab.attacks import create
 from robustlab.data import DataNotFoundError, load_dataset, make_loader
 from robustlab.eval.metrics import accuracy
@@ -85,8 +85,6 @@ def run_demo(args: argparse.Namespace) -> int:
         label = atk.name + ("-es" if kw.get("early_stop") else "") + ("-tgt" if kw.get("targeted") else "")
         rec["attack"]["name"] = label
         records.append(rec)
-    from robustlab.cli import format_attack_table
-
     print(format_attack_table(records, extra=["transfer_acc_B"]))
     write_json(out / "results.json", {"data": data_name, "eps_255": to_255(eps), "records": records})
     print(f"\nadv_acc: model A's accuracy under the attack (white-box); transfer_acc_B: model B's "
