@@ -94,6 +94,7 @@ def check_number(
     low: float | None = None,
     high: float | None = None,
     low_open: bool = False,
+    high_open: bool = False,
     integer: bool = False,
 ) -> float:
     """Check a scalar hyper-parameter is a finite number inside the given range."""
@@ -106,6 +107,6 @@ def check_number(
         raise ValueError(f"{name} must be finite; got {value!r}")
     if low is not None and (v < low or (low_open and v == low)):
         raise ValueError(f"{name} must be {'>' if low_open else '>='} {low:g}; got {value!r}")
-    if high is not None and v > high:
-        raise ValueError(f"{name} must be <= {high:g}; got {value!r}")
+    if high is not None and (v > high or (high_open and v == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high:g}; got {value!r}")
     return v

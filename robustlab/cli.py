@@ -1,4 +1,4 @@
-"""Command line: ``robustlab attack | list | demo``.
+"""Command line: ``robustlab attack | train | list | demo``.
 
 Budgets on the command line are in the thesis's 0–255 notation (``--eps 16``)
 unless written as a fraction (``16/255``) or in pixels (``0.5px``).
@@ -97,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     atk.add_argument("--device", default="auto")
     atk.add_argument("--no-save", action="store_true", help="do not write adversarial.safetensors")
 
+    tr = sub.add_parser("train", help="train a model with a recipe from a YAML config; write a run directory",
+                        description="robustlab train CONFIG.yaml [key.sub=value ...] [--out DIR]; "
+                        "robustlab train --resume DIR. Under torchrun every process runs this command.")
+    tr.add_argument("config_and_overrides", nargs="*", metavar="CONFIG [key=value ...]",
+                    help="a YAML config (configs/train_*.yaml) then dotted overrides: train.epochs=1 "
+                    "data.limit=512 recipe.name=advprop")
+    tr.add_argument("--out", help="run directory (default runs/train-RECIPE-TIMESTAMP)")
+    tr.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+
     lst = sub.add_parser("list", help="list the names the registries accept")
     lst.add_argument("kind", nargs="?", choices=sorted(_LISTS), help="one registry (default: all)")
 
@@ -190,6 +199,31 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from robustlab.config import load_config
+    from robustlab.train_job import format_train_summary, run_train
+
+    items = list(args.config_and_overrides)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if items and "=" not in items[0]:
+            raise ValueError("with --resume the config is the run's own config.yaml; give only key=value overrides")
+        config_path, overrides, out = run_dir / "config.yaml", items, run_dir
+        if not config_path.is_file():
+            raise FileNotFoundError(f"--resume: {run_dir} has no config.yaml; is it a robustlab train run directory?")
+    else:
+        if not items or "=" in items[0]:
+            raise ValueError("give a config file first: robustlab train CONFIG.yaml [key=value ...]")
+        config_path, overrides, out = Path(items[0]), items[1:], args.out
+    cfg, raw = load_config(config_path, overrides)
+    results = run_train(cfg, raw, out, resume=bool(args.resume))
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(format_train_summary(results))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     for kind in [args.kind] if args.kind else sorted(_LISTS):
         print(f"{kind}: {', '.join(_names(kind))}")
@@ -201,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    commands = {"attack": cmd_attack, "list": cmd_list}
+    commands = {"attack": cmd_attack, "list": cmd_list, "train": cmd_train}
     try:
         if getattr(args, "config", None):
             args = apply_config(parser, argv, args)

@@ -16,8 +16,13 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_batch, check_label_range, check_labels
 from robustlab.attacks.losses import random_other_class
-from robustlab.nn.state import inference_state
+from robustlab.nn.state import batch_stats_state, inference_state
 from robustlab.units import to_255
+
+# How batch norms behave while an attack runs: "running" (inference mode, the
+# default of every evaluation) or "batch" (the batch's own statistics, running
+# statistics frozen; adversarial training, see nn.state.batch_stats_state).
+BN_STATS = ("running", "batch")
 
 
 @dataclass
@@ -92,18 +97,26 @@ class Attack(ABC):
     ``y`` may be omitted: the model's own clean predictions are attacked, as the
     original DI²-FGSM release does. Targeted attacks take ``target=`` or draw a
     uniformly random wrong class per sample.
+
+    ``bn_stats="batch"`` runs the attack with batch norms on batch statistics
+    (running statistics untouched), as adversarial training does; per-sample
+    early stopping and micro-batching then change the statistics a sample
+    sees, so training leaves both off.
     """
 
     name: str = "attack"
     targeted: bool = False
 
     def __init__(self, seed: int | None = None, micro_batch: int | None = None,
-                 shape_bucket: int | None = None) -> None:
+                 shape_bucket: int | None = None, bn_stats: str = "running") -> None:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None; got {seed!r}")
         for key, value in (("micro_batch", micro_batch), ("shape_bucket", shape_bucket)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{key} must be a positive integer or None; got {value!r}")
+        if bn_stats not in BN_STATS:
+            raise ValueError(f"bn_stats must be one of {BN_STATS}; got {bn_stats!r}")
+        self.bn_stats = bn_stats
         self.seed = seed
         self.micro_batch = micro_batch
         self.shape_bucket = shape_bucket
@@ -147,7 +160,8 @@ class Attack(ABC):
         # One device sync validates pixels and labels; the largest label is kept
         # for the class-count check at the first forward pass.
         maxima = check_batch(x, {"y": y, "target": target})
-        with inference_state(model):
+        state = inference_state(model) if self.bn_stats == "running" else batch_stats_state(model)
+        with state:
             return self._attack(model, x.detach(), y, target, evaluate, maxima)
 
     def _labels(
@@ -177,6 +191,8 @@ class Attack(ABC):
         they change neither the other rows' logits nor their gradients."""
         n = x.shape[0]
         bucket = self.shape_bucket or (32 if x.is_cuda else 1)
+        if self.bn_stats == "batch":
+            bucket = 1  # padding rows would join the batch statistics
         if bucket <= 1 or n % bucket == 0:
             return model(x)
         pad = x[:1].detach().expand(bucket - n % bucket, *x.shape[1:])

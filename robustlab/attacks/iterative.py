@@ -73,6 +73,9 @@ class IterativeAttack(Attack):
             (default 32 on CUDA, none on CPU) so varying batch sizes reuse a
             few cuDNN plans; see :meth:`Attack.forward`.
         seed: seed of the attack's own random stream.
+        bn_stats: ``"running"`` (inference-mode batch norms, the default) or
+            ``"batch"`` (batch statistics, running statistics frozen: how
+            adversarial training attacks, see :class:`Attack`).
     """
 
     def __init__(
@@ -96,9 +99,10 @@ class IterativeAttack(Attack):
         micro_batch: int | None = None,
         shape_bucket: int | None = None,
         seed: int | None = None,
+        bn_stats: str = "running",
         name: str = "iterative",
     ) -> None:
-        super().__init__(seed, micro_batch, shape_bucket)
+        super().__init__(seed, micro_batch, shape_bucket, bn_stats)
         self.name = name
         self.threat: ThreatModel = create_threat(norm, eps)
         self.steps = int(check_number(steps, "steps", low=0, integer=True))

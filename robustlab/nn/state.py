@@ -5,6 +5,7 @@ import contextlib
 from collections.abc import Iterator
 
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 @contextlib.contextmanager
@@ -22,3 +23,23 @@ def inference_state(model: nn.Module) -> Iterator[None]:
     finally:
         for m in switched:
             m.training = True
+
+
+@contextlib.contextmanager
+def batch_stats_state(model: nn.Module) -> Iterator[None]:
+    """Keep every module's mode, but let batch norms in train mode normalize with
+    the batch's own statistics *without* updating their running statistics.
+
+    This is how the thesis's releases attack during training (FAIR's
+    adversarial training freezes BN's update ops around the attacker; AdvProp
+    attacks through the auxiliary BNs of the training graph): the attacker sees
+    the network exactly as the optimizer step will, and the running
+    statistics only ever absorb the images the network is trained on."""
+    switched = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    for m in switched:
+        m.track_running_stats = False  # F.batch_norm then gets no running buffers: batch stats, no update
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.track_running_stats = True

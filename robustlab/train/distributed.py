@@ -1,0 +1,91 @@
+"""Scale-out through ``torchrun`` and DistributedDataParallel — nothing home-made.
+
+``torchrun --nproc_per_node=K -m robustlab train CONFIG.yaml`` starts K
+processes with ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set; :func:`setup`
+joins them into one process group (NCCL on GPUs, gloo on CPU). Each process
+sees ``batch_size / K`` images of every global batch (the indices a
+``DistributedSampler`` gives), DDP averages the gradients, and only rank 0
+logs, evaluates and writes checkpoints.
+
+Mixture BN and AdvProp under DDP: each step makes *one* call to the DDP
+module, whose forward runs every BN route the recipe uses, so every
+parameter, auxiliary BNs included, receives its gradient in the same
+backward (no unused-parameter error, no ``find_unused_parameters`` cost).
+Running statistics of every route are DDP buffers: rank 0's are broadcast to
+the other ranks at each forward (``broadcast_buffers``), so all ranks
+normalize with the same running statistics, each route with its own. Batch
+statistics are per process unless ``sync_bn`` turns every route's BN into a
+``SyncBatchNorm`` (GPUs only), which makes each route's batch statistics
+global.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from robustlab.runs import pick_device
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: str = "auto") -> Dist:
+    """Join the process group ``torchrun`` describes (if any) and pick this
+    process's device: ``cuda:LOCAL_RANK`` on GPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(device=pick_device(device))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def teardown(info: Dist) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: Dist) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def broadcast_flag(info: Dist, flag: bool) -> bool:
+    """Rank 0's ``flag`` on every rank (e.g. 'a checkpoint exists')."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([int(flag)], device=info.device if info.device.type == "cuda" else "cpu")
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def mean_over_ranks(info: Dist, values: torch.Tensor) -> torch.Tensor:
+    """Average a tensor of metrics over all ranks."""
+    if not info.enabled:
+        return values
+    values = values.clone()
+    dist.all_reduce(values)
+    return values / info.world_size

@@ -1,0 +1,151 @@
+"""``robustlab train``: a config in, a run directory out.
+
+The run directory holds ``config.yaml`` (as resolved), ``metrics.jsonl``,
+``checkpoints/``, the exported model (``model.safetensors`` + ``model.json``,
+loadable with ``robustlab.models.load_model`` or ``robustlab attack --model
+RUN_DIR``) and ``results.json``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustlab.config import RunConfig
+from robustlab.data import load_dataset
+from robustlab.data.augment import create_augment
+from robustlab.nn.norm import route, route_names
+from robustlab.runs import atomic_write_text, write_json
+from robustlab.train import fit, recipes
+from robustlab.units import from_255, parse_eps
+
+_logger = logging.getLogger(__name__)
+
+
+def build_recipe(cfg: RunConfig) -> recipes.Recipe:
+    return recipes.create(cfg.recipe["name"], **cfg.recipe_options())
+
+
+def build_model(cfg: RunConfig, info: Any, recipe: recipes.Recipe) -> nn.Module:
+    """The config's model for the dataset; a recipe that trains BN routes gets
+    a mixture-BN model with those routes unless the config says otherwise."""
+    from robustlab.models import create_model
+
+    spec = dict(cfg.model)
+    name = spec.pop("name")
+    if recipe.routes:
+        if spec.get("norm") not in (None, "bn", "mbn"):
+            raise ValueError(f"recipe {recipe.name!r} trains BN routes {recipe.routes}; model.norm must be mbn, "
+                             f"not {spec['norm']!r}")
+        spec["norm"] = "mbn"
+        spec.setdefault("routes", list(recipe.routes))
+    torch.manual_seed(cfg.seed)  # the same initial weights on every run (and every DDP rank)
+    return create_model(name, info.num_classes, in_channels=info.channels, mean=info.mean, std=info.std, **spec)
+
+
+class AugmentedDataset:
+    """An in-memory dataset whose batches are augmented on the fly (global RNG,
+    which training checkpoints, so resume stays exact)."""
+
+    def __init__(self, dataset: Any, augment: Callable) -> None:
+        self.dataset, self.augment, self.info = dataset, augment, dataset.info
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        x, y = self.dataset[i]
+        return self.augment(x[None], None)[0], y
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.dataset.batch(index)
+        return self.augment(x, None), y
+
+
+def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device) -> Callable[[nn.Module], dict]:
+    """Clean accuracy on every BN route and, unless ``eval.attack`` is null,
+    robust accuracy under a seeded attack (PGD starts at a random point, §6.3)."""
+    from robustlab.attacks import create as create_attack
+    from robustlab.eval.metrics import accuracy
+    from robustlab.eval.robust import robust_accuracy
+
+    d, ev = cfg.data, cfg.eval
+    test = load_dataset(d.name, d.eval_split, data_dir=d.data_dir, limit=d.eval_limit, download=d.download,
+                        size=d.size, channels=d.channels)
+    x, y = test.batch(slice(0, len(test)))
+    x, y = x.to(device), y.to(device)
+    eps = parse_eps(ev.eps, "eval.eps") if ev.eps is not None else \
+        getattr(getattr(recipe, "attack", None), "eps", from_255(8))
+    n_adv = len(y) if ev.limit is None else min(ev.limit, len(y))
+
+    def attack() -> Any:
+        kw: dict[str, Any] = {"eps": eps, "seed": ev.seed, "targeted": ev.targeted}
+        if ev.steps is not None and ev.attack != "fgsm":
+            kw["steps"] = ev.steps
+        if ev.step_size is not None:
+            kw["step_size"] = parse_eps(ev.step_size, "eval.step_size")
+        if ev.attack == "pgd":
+            kw["clean_init_prob"] = 0.0
+        return create_attack(ev.attack, **kw)
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name in route_names(model) or (None,):
+            tag = f"_{name}" if name is not None else ""
+            with route(model, name) if name is not None else contextlib.nullcontext():
+                out[f"clean_acc{tag}"] = accuracy(model, x, y)
+                if ev.attack:
+                    res = robust_accuracy(attack(), model, [(x[:n_adv], y[:n_adv])], device=device)
+                    out[f"{ev.attack}_acc{tag}"] = res["robust_accuracy"]
+        return out
+
+    return evaluate
+
+
+def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, resume: bool = False) -> dict[str, Any]:
+    """Train as ``cfg`` says into ``out``; returns what ``results.json`` holds."""
+    import yaml
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if out is None and world > 1:
+        raise ValueError("--out is required under torchrun (every process must write to the same run directory)")
+    recipe = build_recipe(cfg)
+    d = cfg.data
+    train_set = load_dataset(d.name, "train", data_dir=d.data_dir, limit=d.limit, download=d.download,
+                             size=d.size, channels=d.channels)
+    if d.augment != "none":
+        train_set = AugmentedDataset(train_set, create_augment(d.augment))
+    model = build_model(cfg, train_set.info, recipe)
+    run_dir = Path(out) if out is not None else Path("runs") / f"train-{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (resume and (run_dir / "config.yaml").is_file()):
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    from robustlab.runs import pick_device
+
+    evaluate = make_evaluate(cfg, recipe, pick_device(cfg.device)) if main else None
+    result = fit(model, train_set, recipe, options=cfg.train, out=run_dir, resume=resume, evaluate=evaluate)
+    results = {
+        "kind": "train", "run_dir": str(run_dir), "recipe": recipe.config(), "config": cfg.to_dict(),
+        "steps": result.steps, "train_seconds": round(result.seconds, 3),
+        "images_per_second": round(result.images_per_second, 1), "resumed_from_step": result.resumed_from,
+        "final": result.history[-1] if result.history else {}, "history": result.history,
+    }
+    if main:
+        write_json(run_dir / "results.json", results)
+    return results
+
+
+def format_train_summary(results: dict[str, Any]) -> str:
+    final = {k: v for k, v in results["final"].items() if k not in ("kind",)}
+    cells = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in final.items())
+    return (f"{results['recipe']['name']}: {results['steps']} steps, {results['train_seconds']:.1f} s "
+            f"({results['images_per_second']:.0f} img/s)\n  {cells}\n  run directory: {results['run_dir']}")
