@@ -131,11 +131,14 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ValueError(f"unknown config section(s) {unknown}; known: {', '.join(SECTIONS)}")
-    model = dict(raw.get("model") or {"name": "smallcnn"})
-    recipe = dict(raw.get("recipe") or {"name": "vanilla"})
+    for section in ("model", "recipe"):
+        if not isinstance(raw.get(section) or {}, dict):
+            raise ValueError(f"config section {section!r} must be a mapping; got {raw[section]!r}")
+    model = {"name": "smallcnn", **(raw.get("model") or {})}
+    recipe = {"name": "vanilla", **(raw.get("recipe") or {})}
     for section, d in (("model", model), ("recipe", recipe)):
         if not isinstance(d.get("name"), str):
-            raise ValueError(f"config section {section!r} needs a name")
+            raise ValueError(f"config key {section}.name must be a string; got {d.get('name')!r}")
     ev = _typed(EvalConfig, raw.get("eval"), "eval")
     for key in BUDGET_KEYS:  # checked now, converted where used: config.yaml keeps the user's notation
         if getattr(ev, key) is not None:

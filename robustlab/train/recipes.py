@@ -114,7 +114,9 @@ class AdversarialRecipe(Recipe):
     Args:
         attack: ``pgd``, ``ifgsm`` (no random start), ``gd`` (no projection,
             Table 7.7) or ``fgsm``.
-        eps, step_size: in [0, 1] pixel units (configs take 0–255 notation).
+        norm: ``linf`` (the thesis) or ``l2``.
+        eps, step_size: in [0, 1] pixel units (configs take 0–255 notation,
+            or pixels as ``0.5px`` for L2).
         steps: attack iterations n.
         targeted: attack towards a uniformly random wrong class.
         random_start, clean_init_prob: PGD's initialization (§4.5).
@@ -128,13 +130,14 @@ class AdversarialRecipe(Recipe):
 
     name = "madry"
 
-    def __init__(self, *, attack: str = "pgd", eps: float = 16 / 255, steps: int = 30, step_size: float = 1 / 255,
-                 targeted: bool = True, random_start: bool | None = None, clean_init_prob: float | None = 0.2,
+    def __init__(self, *, attack: str = "pgd", norm: str = "linf", eps: float = 16 / 255, steps: int = 30,
+                 step_size: float = 1 / 255, targeted: bool = True, random_start: bool | None = None,
+                 clean_init_prob: float | None = 0.2,
                  bn_stats: str = "batch", attack_route: str | None = None, **kw: Any) -> None:
         super().__init__(**kw)
         if attack not in ATTACKERS:
             raise ValueError(f"attack must be one of {ATTACKERS}; got {attack!r}")
-        opts: dict[str, Any] = {"eps": eps, "targeted": bool(targeted), "bn_stats": bn_stats}
+        opts: dict[str, Any] = {"eps": eps, "norm": norm, "targeted": bool(targeted), "bn_stats": bn_stats}
         if attack != "fgsm":
             opts.update(steps=steps, step_size=step_size)
         if attack in ("pgd", "gd") and random_start is not None:
@@ -292,7 +295,11 @@ class AdvPropRecipe(AdversarialRecipe):
         return total, logs
 
     def export(self, model: nn.Module) -> nn.Module:
-        return drop_routes(model, keep=self.routes[0])
+        exported = drop_routes(model, keep=self.routes[0])
+        spec = getattr(model, "robustlab_spec", None)
+        if spec is not None:  # it now rebuilds as the plain-BN architecture
+            exported.robustlab_spec = {**spec, "norm": "bn" if spec.get("norm") == "mbn" else spec.get("norm")}
+        return exported
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "routes": list(self.routes), "augment": self.augment_name}

@@ -69,3 +69,28 @@ def test_predict_keeps_a_mixed_mode(trained_model, batch):
     assert ens.training and not trained_model.training
     rl.eval.predict(ens, x)
     assert ens.training and not trained_model.training
+
+
+def test_batch_stats_attack_uses_batch_statistics_and_updates_nothing(trained_model, batch):
+    """bn_stats="batch" (adversarial training): the attack sees the training
+    graph's batch statistics; running statistics, counters and modes stay."""
+    import copy
+
+    x, y = batch
+    model = copy.deepcopy(trained_model).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fgsm_batch = rl.attacks.create("fgsm", eps=0.1, bn_stats="batch")
+    fgsm_running = rl.attacks.create("fgsm", eps=0.1)
+    xb, xr = fgsm_batch(model, x, y), fgsm_running(model, x, y)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(m.training for m in model.modules())
+    # The batch-statistics attack equals FGSM computed by hand in train mode.
+    probe = copy.deepcopy(trained_model).train()
+    for m in probe.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 0.0
+    xg = x.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(probe(xg), y).backward()
+    assert torch.equal(xb, (x + 0.1 * xg.grad.sign()).clamp(0, 1))
+    assert not torch.equal(xb, xr)

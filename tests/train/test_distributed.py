@@ -1,0 +1,126 @@
+"""torchrun + DDP on CPU (gloo), and a real SIGKILL followed by --resume."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+import robustlab as rl
+
+CONFIG = {
+    "seed": 3,
+    "device": "cpu",
+    "model": {"name": "smallcnn", "width": 8},
+    "data": {"name": "digits", "eval_limit": 200},
+    "recipe": {"name": "madry", "attack": "pgd", "eps": 25, "steps": 2, "step_size": 12, "targeted": True},
+    "train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "log_every": 5},
+    "eval": {"attack": None},
+}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A digits SmallCNN trained in-process, as a weights file for model.weights."""
+    from safetensors.torch import save_file
+
+    ds = rl.data.load_dataset("digits", "train")
+    torch.manual_seed(0)
+    model = rl.models.create_model("smallcnn", 10, in_channels=1, width=8, mean=ds.info.mean, std=ds.info.std)
+    rl.train.fit(model, ds, epochs=3, batch_size=64, lr=0.05, progress=False)
+    path = tmp_path_factory.mktemp("pre") / "smallcnn.safetensors"
+    save_file({k: v.contiguous() for k, v in model.net.state_dict().items()}, str(path))
+    return str(path)
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _write(tmp_path, cfg):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _train(args, timeout=300):
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _torchrun(nproc, *args):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "robustlab", "train", *args]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", [
+    {"name": "vanilla"},
+    {"name": "madry", "attack": "ifgsm", "norm": "l2", "eps": "1.0px", "step_size": "0.5px", "steps": 2,
+     "targeted": False},
+])
+def test_two_process_ddp_equals_one_process(tmp_path, pretrained, recipe):
+    """Same global batch, same weights within float tolerance. BN runs on its
+    running statistics throughout (bn_running_last = epochs), so no sample's
+    output depends on which process its batch-mates are on. L∞ attacks are
+    left out on purpose: sign(∇) flips wherever a gradient component is ~0,
+    so a 1e-7 difference in the weights moves a pixel by 2α and the runs
+    drift apart by more than float tolerance (they agree statistically)."""
+    cfg = dict(CONFIG, recipe=recipe, model=dict(CONFIG["model"], weights=pretrained),
+               train={"epochs": 2, "batch_size": 64, "lr": 0.01, "bn_running_last": 2, "log_every": 5})
+    path = _write(tmp_path, cfg)
+    _train([sys.executable, "-m", "robustlab", "train", str(path), "--out", str(tmp_path / "one")])
+    _train(_torchrun(2, str(path), "--out", str(tmp_path / "two")))
+    one, two = rl.models.load_model(tmp_path / "one"), rl.models.load_model(tmp_path / "two")
+    start = rl.models.create_model("smallcnn", 10, in_channels=1, width=8, weights=pretrained)
+    moved = 0.0
+    for (k, a), b, c in zip(one.state_dict().items(), two.state_dict().values(), start.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
+        moved = max(moved, float((a.float() - c.float()).abs().max()))
+    assert moved > 1e-3  # the weights did train
+    # Rank 0 alone logged: the same lines as the one-process run.
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len((tmp_path / "one" / "metrics.jsonl").read_text().splitlines())
+
+
+@pytest.mark.slow
+def test_advprop_under_ddp_has_no_unused_parameter_error(tmp_path):
+    cfg = dict(CONFIG, recipe={"name": "advprop", "eps": 8, "steps": 2, "step_size": 4},
+               train={"epochs": 1, "batch_size": 64, "lr": 0.05})
+    _train(_torchrun(2, str(_write(tmp_path, cfg)), "--out", str(tmp_path / "ap")))
+    model = rl.models.load_model(tmp_path / "ap")
+    assert not rl.nn.norm.mixture_layers(model)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    cfg = dict(CONFIG, train={"epochs": 4, "batch_size": 32, "lr": 0.05, "checkpoint_every": 10})
+    path = _write(tmp_path, cfg)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "robustlab", "train", str(path), "--out", str(run)],
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "checkpoints").is_dir():
+        time.sleep(0.05)
+    while time.time() < deadline and not any(p.name.startswith("step-") for p in (run / "checkpoints").iterdir()):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (run / "model.safetensors").exists()
+    _train([sys.executable, "-m", "robustlab", "train", "--resume", str(run)])
+    _train([sys.executable, "-m", "robustlab", "train", str(path), "--out", str(tmp_path / "whole")])
+    a, b = rl.models.load_model(run), rl.models.load_model(tmp_path / "whole")
+    for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), k
+    results = yaml.safe_load((run / "results.json").read_text())
+    assert results["resumed_from_step"] > 0
