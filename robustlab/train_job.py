@@ -132,7 +132,13 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
     from robustlab.runs import pick_device
 
     evaluate = make_evaluate(cfg, recipe, pick_device(cfg.device)) if main else None
-    result = fit(model, train_set, recipe, options=cfg.train, out=run_dir, resume=resume, evaluate=evaluate)
+    try:
+        result = fit(model, train_set, recipe, options=cfg.train, out=run_dir, resume=resume, evaluate=evaluate)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
     results = {
         "kind": "train", "run_dir": str(run_dir), "recipe": recipe.config(), "config": cfg.to_dict(),
         "steps": result.steps, "train_seconds": round(result.seconds, 3),

@@ -20,6 +20,7 @@ global.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ import torch
 import torch.distributed as dist
 
 from robustlab.runs import pick_device
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,17 +45,21 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    launched: bool = False  # started by torchrun: a process group exists (even with one process)
+
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.launched
 
 
 def setup(device: str = "auto") -> Dist:
     """Join the process group ``torchrun`` describes (if any) and pick this
-    process's device: ``cuda:LOCAL_RANK`` on GPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    process's device: ``cuda:LOCAL_RANK`` on GPUs. Under torchrun the model is
+    wrapped in DDP even with one process, so the code path is the same at
+    every scale."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return Dist(device=pick_device(device))
+    world = int(os.environ["WORLD_SIZE"])
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device)
     if dev.type == "cuda":
@@ -60,7 +67,8 @@ def setup(device: str = "auto") -> Dist:
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return Dist(rank=rank, world_size=world, local_rank=local, device=dev)
+        _logger.info("process group: backend %s, rank %d of %d on %s", dist.get_backend(), rank, world, dev)
+    return Dist(rank=rank, world_size=world, local_rank=local, device=dev, launched=True)
 
 
 def teardown(info: Dist) -> None:

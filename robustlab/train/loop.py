@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -227,28 +228,40 @@ class _Trainer:
         if opts.bn_running_last:
             use_running_stats(self.model, epoch >= opts.epochs - opts.bn_running_last)
         self.model.train()
+        # Wall time of training steps only (no evaluation, no checkpoint writes). The GPU is
+        # synchronized only where the clock is read, so the host keeps queueing work ahead.
+        mark = time.perf_counter()
         for x, y in self.batches.epoch(epoch, skip=self.step - epoch * self.spe):
-            tic = time.perf_counter()
             logs = self._train_step(x, y)
             for k, v in logs.items():
                 self.window[k] = self.window.get(k, 0.0) + v
                 self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
             self.step += 1
-            if self.info.device.type == "cuda":
-                torch.cuda.synchronize(self.info.device)
-            self.train_seconds += time.perf_counter() - tic
             bar.update(1)
             if self.step % opts.log_every == 0:
                 record = self._reduce(self.window, opts.log_every)
                 self.window = {}
+                if not math.isfinite(record.get("loss", 0.0)):
+                    raise FloatingPointError(f"the training loss became {record['loss']} by step {self.step}; "
+                                             "lower the learning rate")
                 self._log({"kind": "train", "step": self.step, "epoch": self.step / self.spe,
                            "lr": self.schedule.lr_at(self.step - 1), **record})
                 bar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}")
             for f in self.on_step:
                 f(self.step)
             if opts.checkpoint_every and self.step % opts.checkpoint_every == 0 and self.step % self.spe:
+                mark = self._clock(mark)
                 self._save()
+                mark = time.perf_counter()
+        self._clock(mark)
         self._end_epoch(epoch)
+
+    def _clock(self, mark: float) -> float:
+        if self.info.device.type == "cuda":
+            torch.cuda.synchronize(self.info.device)
+        now = time.perf_counter()
+        self.train_seconds += now - mark
+        return now
 
     def _train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         dev, opts = self.info.device, self.opts
@@ -259,8 +272,6 @@ class _Trainer:
             group["lr"] = lr
         batch = self.recipe.prepare(self.model, x, y, _step_seed(opts.seed, self.step, self.info.rank))
         loss, logs = self.forward(batch)
-        if not torch.isfinite(loss.detach()).all():
-            raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; lower the learning rate")
         self.scaler.scale(loss).backward()
         if opts.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
@@ -274,6 +285,9 @@ class _Trainer:
         record = {"kind": "epoch", "epoch": epoch + 1, "step": self.step,
                   **{f"train_{k}": v for k, v in self._reduce(self.epoch_sums, self.spe).items()}}
         self.epoch_sums = {}
+        if not math.isfinite(record.get("train_loss", 0.0)):
+            raise FloatingPointError(f"the training loss became {record['train_loss']} in epoch {epoch + 1}; "
+                                     "lower the learning rate")
         last = epoch + 1 == self.opts.epochs
         if self.evaluate is not None and self.info.is_main and ((epoch + 1) % self.opts.eval_every == 0 or last):
             try:
