@@ -33,6 +33,7 @@ test: $(STAMP) data
 
 bench: $(STAMP)
 	$(PY) benchmarks/attack_throughput.py
+	$(PY) benchmarks/train_throughput.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check robustlab tests benchmarks

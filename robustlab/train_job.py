@@ -68,6 +68,17 @@ class AugmentedDataset:
         x, y = self.dataset.batch(index)
         return self.augment(x, None), y
 
+    @property
+    def nbytes(self) -> int:
+        return self.dataset.nbytes
+
+    @property
+    def device(self) -> torch.device:
+        return self.dataset.device
+
+    def to(self, device: torch.device | str) -> AugmentedDataset:
+        return AugmentedDataset(self.dataset.to(device), self.augment)
+
 
 def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device) -> Callable[[nn.Module], dict]:
     """Clean accuracy on every BN route and, unless ``eval.attack`` is null,

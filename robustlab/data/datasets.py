@@ -68,7 +68,22 @@ class TensorImageDataset(Dataset):
         return to_float(self.images[i]), self.labels[i]
 
     def batch(self, index: Tensor | slice) -> tuple[Tensor, Tensor]:
+        if isinstance(index, Tensor):
+            index = index.to(self.images.device)
         return to_float(self.images[index]), self.labels[index]
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.nbytes + self.labels.nbytes
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device: torch.device | str) -> TensorImageDataset:
+        """The same dataset with its tensors on ``device`` (training keeps small
+        in-memory datasets on the GPU: no host copy, no sync per batch)."""
+        return TensorImageDataset(self.images.to(device), self.labels.to(device), self.info)
 
 
 def to_float(images: Tensor) -> Tensor:

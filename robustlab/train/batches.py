@@ -29,6 +29,23 @@ def as_dataset(data: object) -> Dataset:
     raise TypeError(f"data must be a torch Dataset or an (images, labels) tuple; got {type(data).__name__}")
 
 
+#: In-memory datasets up to this size move to the GPU once, instead of being
+#: copied batch by batch from pageable host memory (a sync per step).
+DEVICE_DATA_BYTES = 4 * 2**30
+
+
+def on_device(dataset: Dataset, device: torch.device) -> Dataset:
+    """``dataset`` moved to a CUDA ``device`` when it is in memory and small."""
+    if device.type != "cuda":
+        return dataset
+    if isinstance(dataset, TensorDataset):
+        if sum(t.nbytes for t in dataset.tensors) <= DEVICE_DATA_BYTES:
+            return TensorDataset(*(t.to(device) for t in dataset.tensors))
+    elif hasattr(dataset, "to") and getattr(dataset, "nbytes", DEVICE_DATA_BYTES + 1) <= DEVICE_DATA_BYTES:
+        return dataset.to(device)
+    return dataset
+
+
 class EpochBatches:
     """Local batches of ``dataset`` for process ``rank`` of ``world``."""
 
@@ -52,13 +69,22 @@ class EpochBatches:
         """The local batches of ``epoch``, from step ``skip`` on."""
         idx = self.indices(epoch)[skip * self.local_batch:]
         b = self.local_batch
-        if hasattr(self.dataset, "batch"):  # robustlab's in-memory datasets: slicing, no collation
+        if hasattr(self.dataset, "batch") or isinstance(self.dataset, TensorDataset):
+            # In-memory data: slicing, no collation. The epoch's indices go to the data's
+            # device once: a host-to-device copy per batch would stall the GPU queue each step.
+            order = torch.tensor(idx, device=_device(self.dataset))
             for s in range(0, len(idx), b):
-                yield self.dataset.batch(torch.tensor(idx[s: s + b]))
-        elif isinstance(self.dataset, TensorDataset):
-            for s in range(0, len(idx), b):
-                sel = torch.tensor(idx[s: s + b])
-                yield tuple(t[sel] for t in self.dataset.tensors)[:2]
+                sel = order[s: s + b]
+                if hasattr(self.dataset, "batch"):
+                    yield self.dataset.batch(sel)
+                else:
+                    yield tuple(t[sel] for t in self.dataset.tensors)[:2]
         else:
             batches = [idx[s: s + b] for s in range(0, len(idx), b)]
             yield from DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers)
+
+
+def _device(dataset: Dataset) -> torch.device:
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[0].device
+    return getattr(dataset, "device", torch.device("cpu"))

@@ -28,7 +28,7 @@ from robustlab._checks import check_batch
 from robustlab.nn.norm import use_running_stats
 from robustlab.runs import atomic_write_text, write_json
 from robustlab.train import distributed
-from robustlab.train.batches import EpochBatches, as_dataset
+from robustlab.train.batches import EpochBatches, as_dataset, on_device
 from robustlab.train.checkpoint import latest_checkpoint, load_checkpoint, restore, save_checkpoint
 from robustlab.train.options import TrainOptions, make_optimizer
 from robustlab.train.recipes import Recipe
@@ -114,7 +114,7 @@ def fit(
     info = distributed.setup(opts.device)
     if opts.amp == "fp16" and info.device.type != "cuda":
         raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' or none on CPU")
-    batches = EpochBatches(dataset, opts.batch_size, rank=info.rank, world=info.world_size, seed=opts.seed,
+    batches = EpochBatches(on_device(dataset, info.device), opts.batch_size, rank=info.rank, world=info.world_size, seed=opts.seed,
                            workers=opts.workers)
     x0, y0 = next(batches.epoch(0))
     check_batch(x0, {"y": y0})  # pixels in [0, 1], integer labels: refused before any work
