@@ -60,6 +60,10 @@ class IterativeAttack(Attack):
         targeted: move towards a target class (given as ``target=`` or drawn
             uniformly among the wrong classes).
         early_stop: retire each sample as soon as it meets the goal.
+        stop_on: what retires a sample (and what ``success`` reports):
+            ``"goal"`` (the attack's goal: the target class, or any wrong
+            class) or ``"misclassified"`` (prediction ≠ true label — what
+            robust accuracy counts, also for targeted attacks).
         smooth_grad: if set, the α of the parametric-softplus derivative that
             replaces ReLU's in the attacker's backward pass (§5.3.2, α = 10).
         autocast: ``"bf16"`` or ``"fp16"`` runs the model's forward pass under
@@ -94,6 +98,7 @@ class IterativeAttack(Attack):
         loss: str | LossFn = "ce",
         targeted: bool = False,
         early_stop: bool = False,
+        stop_on: str = "goal",
         smooth_grad: float | None = None,
         autocast: str | None = None,
         micro_batch: int | None = None,
@@ -122,6 +127,9 @@ class IterativeAttack(Attack):
         self.targeted = bool(targeted)
         self.objective: LossFn = targeted_loss(base_loss) if self.targeted else base_loss
         self.early_stop = bool(early_stop)
+        if stop_on not in ("goal", "misclassified"):
+            raise ValueError(f"stop_on must be 'goal' or 'misclassified'; got {stop_on!r}")
+        self.stop_on = stop_on
         self.smooth_grad = None if smooth_grad is None else check_number(
             smooth_grad, "smooth_grad", low=0.0, low_open=True
         )
@@ -156,6 +164,7 @@ class IterativeAttack(Attack):
             "loss": self.loss_name,
             "targeted": self.targeted,
             "early_stop": self.early_stop,
+            "stop_on": self.stop_on,
             "smooth_grad": self.smooth_grad,
             "autocast": self.autocast,
             "micro_batch": self.micro_batch,
@@ -186,18 +195,20 @@ class IterativeAttack(Attack):
         out = x_adv.clone() if self.early_stop else None
         idx = torch.arange(n, device=x.device)  # active samples (early stop)
         xs = x
+        # What retires a sample: the attack's goal, or leaving the true class.
+        crit, crit_targeted = (labels, self.targeted) if self.stop_on == "goal" else (y, False)
         for it in range(self.steps):
             draw = self._draw(n, x, gen, idx)
             grad, logits = self._gradient(model, x_adv, labels, draw, check if it == 0 else None)
             if self.early_stop:
-                done = self._done(model, x_adv, logits, labels, draw)
+                done = self._done(model, x_adv, logits, crit, crit_targeted, draw)
                 if bool(done.any()):
                     fin = idx[done]
                     out[fin], steps[fin], success[fin] = x_adv.detach()[done], it, True
                     keep = ~done
                     if not bool(keep.any()):
                         return AttackResult.measure(x, out, success, steps, y, target)
-                    idx, xs, x_adv, grad, labels = (t[keep] for t in (idx, xs, x_adv, grad, labels))
+                    idx, xs, x_adv, grad, labels, crit = (t[keep] for t in (idx, xs, x_adv, grad, labels, crit))
                     g = None if g is None else g[keep]
                     box = None if box is None else (box[0][keep], box[1][keep])
             x_adv, g = self._step(x_adv, grad, g, xs, box)
@@ -209,7 +220,7 @@ class IterativeAttack(Attack):
             logits = self.logits(model, x_adv)
             if self.steps == 0 and check is not None:
                 resolve_labels(logits, labels, *check)
-            success[idx] = goal_met(logits, labels, self.targeted)
+            success[idx] = goal_met(logits, crit, crit_targeted)
         return AttackResult.measure(x, out, success, steps, y, target)
 
     def _start(self, x: Tensor, box: tuple[Tensor, Tensor] | None, gen: torch.Generator | None) -> Tensor:
@@ -271,12 +282,13 @@ class IterativeAttack(Attack):
         return grad, logits.detach()
 
     def _done(
-        self, model: nn.Module, x_adv: Tensor, logits: Tensor, labels: Tensor, draw: DiversityDraw | None
+        self, model: nn.Module, x_adv: Tensor, logits: Tensor, labels: Tensor, targeted: bool,
+        draw: DiversityDraw | None,
     ) -> Tensor:
-        """Goal met by the current iterate, judged on the untransformed image."""
+        """Stop criterion met by the current iterate, judged on the untransformed image."""
         if draw is not None:
             logits = self.logits(model, x_adv.detach())
-        return goal_met(logits, labels, self.targeted)
+        return goal_met(logits, labels, targeted)
 
     @torch.no_grad()
     def _step(

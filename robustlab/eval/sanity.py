@@ -1,0 +1,191 @@
+"""The gradient-masking checklist, run with every robustness evaluation.
+
+A robustness number is only as good as the attack behind it. Gradient
+masking (shattered, vanishing or random gradients) makes a gradient attack
+fail while the model stays breakable; these checks catch its symptoms
+(after Carlini et al., "On Evaluating Adversarial Robustness", and the
+AutoAttack report's own checks):
+
+1. ``eps_monotone``: accuracy does not rise as ε grows.
+2. ``steps_monotone``: accuracy does not rise with more iterations.
+3. ``unbounded``: an attack with ε = 1 (the whole pixel range) reaches ~0%.
+4. ``blackbox``: a gradient-free attack (random search over the ε-ball's
+   vertices, the core of Square Attack) or a transfer attack from a surrogate
+   is not stronger than the white-box gradient attack.
+5. ``noise``: random noise in the ε-ball is not stronger than PGD.
+6. ``loss_increases``: the loss grows along the attack's iterations.
+
+Each violation becomes a :class:`SanityWarning`; none means the checks saw no
+symptom, not a proof of robustness.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustlab.attacks.iterative import IterativeAttack
+from robustlab.eval.metrics import predict
+from robustlab.nn.state import inference_state
+
+
+@dataclass
+class SanityWarning:
+    check: str
+    message: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"[{self.check}] {self.message}"
+
+
+@dataclass
+class SanityReport:
+    measurements: dict[str, Any]
+    warnings: list[SanityWarning]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"measurements": self.measurements, "warnings": [asdict(w) for w in self.warnings]}
+
+
+def _pgd(eps: float, steps: int, step_size: float | None = None, seed: int = 0, random_start: bool = True
+         ) -> IterativeAttack:
+    alpha = step_size if step_size is not None else max(eps / 4, 2.5 * eps / max(steps, 1))
+    return IterativeAttack(eps=eps, steps=steps, step_size=alpha, random_start=random_start, seed=seed, name="pgd")
+
+
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    return float((predict(model, x) == y).float().mean()) if len(y) else 0.0
+
+
+@torch.no_grad()
+def _margin(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """z_y − max_{j≠y} z_j per image (< 0: misclassified)."""
+    z = model(x)
+    zy = z.gather(1, y[:, None]).squeeze(1)
+    return zy - z.scatter(1, y[:, None], float("-inf")).amax(1)
+
+
+def random_search(model: nn.Module, x: Tensor, y: Tensor, eps: float, queries: int = 200, seed: int = 0) -> Tensor:
+    """A gradient-free L∞ attack: random search over the vertices of the ε-ball
+    (the core of Square Attack, Andriushchenko et al.). Start from vertical
+    stripes of ±ε; each query redraws one random square of the perturbation
+    per image and keeps it where the margin z_y − max z_j falls."""
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    n, c, h, w = x.shape
+    with inference_state(model):
+        sign = torch.randint(0, 2, (n, c, 1, w), generator=gen, device=x.device).float() * 2 - 1
+        delta = (sign * eps).expand(n, c, h, w).clone()
+        best = _margin(model, (x + delta).clamp(0, 1), y)
+        rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+        for q in range(queries):
+            side = max(1, round(min(h, w) * 0.5 * (1 - q / max(queries, 1)) ** 0.5))  # squares shrink
+            top = torch.randint(0, h - side + 1, (n, 1, 1), generator=gen, device=x.device)
+            left = torch.randint(0, w - side + 1, (n, 1, 1), generator=gen, device=x.device)
+            inside = ((rows[None, :, None] >= top) & (rows[None, :, None] < top + side)
+                      & (cols[None, None, :] >= left) & (cols[None, None, :] < left + side))[:, None]
+            new_sign = torch.randint(0, 2, (n, c, 1, 1), generator=gen, device=x.device).float() * 2 - 1
+            cand = torch.where(inside, new_sign * eps, delta)
+            margin = _margin(model, (x + cand).clamp(0, 1), y)
+            better = margin < best
+            delta = torch.where(better[:, None, None, None], cand, delta)
+            best = torch.minimum(best, margin)
+    return (x + delta).clamp(0, 1)
+
+
+def _loss_along(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, seed: int) -> tuple[float, float]:
+    """Mean cross-entropy at the start and at the end of a PGD run."""
+    start = _pgd(eps, 0, seed=seed)(model, x, y)
+    end = _pgd(eps, steps, seed=seed)(model, x, y)
+    with torch.no_grad(), inference_state(model):
+        return float(F.cross_entropy(model(start), y)), float(F.cross_entropy(model(end), y))
+
+
+def run_sanity_checks(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    *,
+    eps: float,
+    steps: int = 20,
+    surrogate: nn.Module | None = None,
+    queries: int = 200,
+    noise_draws: int = 5,
+    tolerance: float = 0.02,
+    unbounded_max_accuracy: float = 0.05,
+    limit: int | None = 500,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> SanityReport:
+    """Measure the checklist on up to ``limit`` images; see the module docstring.
+
+    ``tolerance`` is how much accuracy an inequality may be violated by (one
+    image in 50 by default) before it is reported."""
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0; got {eps}")
+    device = device if device is not None else next(model.parameters()).device
+    pairs = list(loader)
+    if not pairs:
+        raise ValueError("loader yielded no images")
+    x = torch.cat([p[0] for p in pairs])[:limit].to(device)
+    y = torch.cat([p[1] for p in pairs])[:limit].to(device)
+    model = model.to(device)
+    m: dict[str, Any] = {"n": len(y), "eps": eps, "steps": steps, "clean": _accuracy(model, x, y)}
+    warn: list[SanityWarning] = []
+
+    eps_grid = [eps / 4, eps / 2, eps, 2 * eps]
+    m["eps_curve"] = {f"{e:.6g}": _accuracy(model, _pgd(e, steps, seed=seed)(model, x, y), y) for e in eps_grid}
+    accs = list(m["eps_curve"].values())
+    if any(b > a + tolerance for a, b in zip(accs, accs[1:])):
+        warn.append(SanityWarning("eps_monotone", f"accuracy rises with ε: {m['eps_curve']}", m["eps_curve"]))
+    alpha = eps / 4
+    m["steps_curve"] = {str(k): _accuracy(model, _pgd(eps, k, alpha, seed=seed)(model, x, y), y)
+                        for k in (1, max(2, steps // 4), steps)}
+    accs = list(m["steps_curve"].values())
+    if any(b > a + tolerance for a, b in zip(accs, accs[1:])):
+        warn.append(SanityWarning("steps_monotone", f"accuracy rises with iterations: {m['steps_curve']}",
+                                  m["steps_curve"]))
+    pgd_acc = m["eps_curve"][f"{eps:.6g}"]
+    m["pgd"] = pgd_acc
+    m["unbounded"] = _accuracy(model, _pgd(1.0, max(steps, 20), 0.1, seed=seed)(model, x, y), y)
+    if m["unbounded"] > unbounded_max_accuracy:
+        warn.append(SanityWarning("unbounded", f"an attack with ε = 1 leaves accuracy at {m['unbounded']:.3f} "
+                                  f"(expected ≤ {unbounded_max_accuracy}): gradients may be masked",
+                                  {"accuracy": m["unbounded"]}))
+    m["random_search"] = _accuracy(model, random_search(model, x, y, eps, queries, seed), y)
+    black = {"random_search": m["random_search"]}
+    if surrogate is not None:
+        surrogate = surrogate.to(device)
+        m["transfer"] = black["transfer"] = _accuracy(model, _pgd(eps, steps, seed=seed)(surrogate, x, y), y)
+    for name, acc in black.items():
+        if acc < pgd_acc - tolerance:
+            warn.append(SanityWarning("blackbox", f"black-box {name} ({acc:.3f}) is stronger than white-box "
+                                      f"PGD ({pgd_acc:.3f})", {"blackbox": acc, "whitebox": pgd_acc}))
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    noisy_right = torch.ones_like(y, dtype=torch.bool)
+    for _ in range(noise_draws):
+        noise = (torch.rand(x.shape, generator=gen, device=x.device) * 2 - 1) * eps
+        noisy_right &= predict(model, (x + noise).clamp(0, 1)) == y
+    m["noise"] = float(noisy_right.float().mean())
+    if m["noise"] < pgd_acc - tolerance:
+        warn.append(SanityWarning("noise", f"random noise ({m['noise']:.3f}) is stronger than PGD ({pgd_acc:.3f})",
+                                  {"noise": m["noise"], "pgd": pgd_acc}))
+    start, end = _loss_along(model, x, y, eps, steps, seed)
+    m["loss_start"], m["loss_end"] = start, end
+    if not end > start:
+        warn.append(SanityWarning("loss_increases", f"the loss does not grow along the attack ({start:.4f} → "
+                                  f"{end:.4f})", {"start": start, "end": end}))
+    return SanityReport(m, warn)
+
+
+def sanity_check(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], *, eps: float, **kw: Any
+                 ) -> list[SanityWarning]:
+    """The checklist's violations (empty when no symptom of masking was seen)."""
+    return run_sanity_checks(model, loader, eps=eps, **kw).warnings
+
+
+def format_warnings(warnings: Sequence[SanityWarning]) -> str:
+    return "\n".join(str(w) for w in warnings) if warnings else "no gradient-masking symptom found"
