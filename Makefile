@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 FMNIST  := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test data bench lint clean
+.PHONY: demo test data browser bench lint clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -25,10 +25,18 @@ data:
 	  echo "note: could not install dataset-fashion-mnist; robustlab will download Fashion-MNIST or fall back to digits"; \
 	fi
 
+# Headless Chromium renders report.html in the report test (skipped where absent).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+	  $(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update -qq >/dev/null 2>&1 && $(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1) || \
+	  echo "note: could not install chromium; the report rendering test will be skipped"; \
+	fi
+
 demo: $(STAMP) data
 	$(PY) -m robustlab demo
 
-test: $(STAMP) data
+test: $(STAMP) data browser
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -1,4 +1,4 @@
-"""Command line: ``robustlab attack | train | list | demo``.
+"""Command line: ``robustlab attack | train | eval | report | list | demo``.
 
 Budgets on the command line are in the thesis's 0–255 notation (``--eps 16``)
 unless written as a fraction (``16/255``) or in pixels (``0.5px``).
@@ -105,6 +105,27 @@ def build_parser() -> argparse.ArgumentParser:
                     "data.limit=512 recipe.name=advprop")
     tr.add_argument("--out", help="run directory (default runs/train-RECIPE-TIMESTAMP)")
     tr.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+
+    ev = sub.add_parser("eval", help="evaluate checkpoints: white-box curves + sanity checks, transfer, corruption")
+    ev.add_argument("--checkpoint", action="append", required=True, metavar="RUN_DIR",
+                    help="a run directory with model.safetensors/model.json (repeat for transfer)")
+    ev.add_argument("--data", required=True, help="dataset whose test split is used (fashion_mnist, cifar10, ...)")
+    ev.add_argument("--data-dir")
+    ev.add_argument("--protocol", default="whitebox", choices=("whitebox", "transfer", "corruption", "all"))
+    ev.add_argument("--eps", default="16", help="budget, 0-255 units by default (§4.6.1, §6.3: 16)")
+    ev.add_argument("--step-size", default="1", help="PGD step (§6.3: 1)")
+    ev.add_argument("--steps", default="10,20,50,100,200", help="comma-separated PGD iteration counts")
+    ev.add_argument("--targeted", action="store_true", help="also the targeted curve (random target, §6.3)")
+    ev.add_argument("--restarts", type=int, default=1)
+    ev.add_argument("--limit", type=int, default=500, help="test images (first N)")
+    ev.add_argument("--route", help="mixture-BN route to evaluate through")
+    ev.add_argument("--batch-size", type=int, default=250)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", help="run directory (default CHECKPOINT/eval-PROTOCOL)")
+    ev.add_argument("--device", default="auto")
+
+    rep = sub.add_parser("report", help="(re)write RUN_DIR/report.html from its results.json")
+    rep.add_argument("run_dir")
 
     lst = sub.add_parser("list", help="list the names the registries accept")
     lst.add_argument("kind", nargs="?", choices=sorted(_LISTS), help="one registry (default: all)")
@@ -224,6 +245,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from robustlab.eval_job import format_eval_summary, run_eval
+    from robustlab.units import parse_eps
+
+    try:
+        steps = [int(s) for s in str(args.steps).split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--steps must be comma-separated integers; got {args.steps!r}") from None
+    results = run_eval(args.checkpoint, args.data, args.protocol, out=args.out, eps=parse_eps(args.eps, "--eps"),
+                       step_size=parse_eps(args.step_size, "--step-size"), steps=steps, targeted=args.targeted,
+                       restarts=args.restarts, limit=args.limit, route_name=args.route, batch_size=args.batch_size,
+                       seed=args.seed, data_dir=args.data_dir, device=args.device)
+    print(format_eval_summary(results))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from robustlab.report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     for kind in [args.kind] if args.kind else sorted(_LISTS):
         print(f"{kind}: {', '.join(_names(kind))}")
@@ -235,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    commands = {"attack": cmd_attack, "list": cmd_list, "train": cmd_train}
+    commands = {"attack": cmd_attack, "list": cmd_list, "train": cmd_train, "eval": cmd_eval, "report": cmd_report}
     try:
         if getattr(args, "config", None):
             args = apply_config(parser, argv, args)

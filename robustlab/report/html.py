@@ -1,0 +1,142 @@
+"""A self-contained ``report.html`` for a run directory: tables and plots of
+what its ``results.json`` holds (training history, robustness curves and the
+sanity checklist, transfer matrices, corruption errors, BN statistics), with
+every image inlined, so the file can be mailed or archived alone."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from robustlab.report import plots
+from robustlab.runs import atomic_write_text
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;
+background:#fff}
+h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;
+text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.warn{background:#fff3cd;border:1px solid #e0c060;padding:.5em 1em;margin:.5em 0}
+.ok{background:#e8f5e9;border:1px solid #8bc34a;padding:.5em 1em;margin:.5em 0}
+img{max-width:100%;margin:.5em 0}pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:.8em}
+"""
+
+
+def _img(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plots.plt.close(fig)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return html.escape(str(v))
+
+
+def table(rows: list[Mapping[str, Any]], columns: list[str] | None = None) -> str:
+    if not rows:
+        return ""
+    columns = columns or list(dict.fromkeys(k for r in rows for k in r))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f'<div style="overflow-x:auto"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def _training(res: Mapping[str, Any]) -> str:
+    hist = res.get("history") or []
+    parts = [f"<p>recipe <b>{html.escape(str(res.get('recipe', {}).get('name', '?')))}</b>, "
+             f"{res.get('steps', '?')} steps, {res.get('train_seconds', 0):.1f} s of training "
+             f"({res.get('images_per_second', 0):.0f} images/s)</p>"]
+    if hist:
+        parts += [table([{k: v for k, v in h.items() if k != "kind"} for h in hist]), _img(plots.training_curves(hist))]
+    return "".join(parts)
+
+
+def _whitebox(res: Mapping[str, Any]) -> str:
+    curves = res["whitebox"]
+    rows = [{"attack": name, **{f"PGD-{s}": a for s, a in zip(c["steps"], c["accuracy"])}}
+            for name, c in curves.items()]
+    return table(rows) + _img(plots.robustness_curves(curves))
+
+
+def _sanity(res: Mapping[str, Any]) -> str:
+    sanity = res["sanity"]
+    warns = sanity.get("warnings", [])
+    box = "".join(f'<div class="warn">⚠ [{html.escape(w["check"])}] {html.escape(w["message"])}</div>'
+                  for w in warns) or '<div class="ok">no gradient-masking symptom found</div>'
+    m = {k: v for k, v in sanity.get("measurements", {}).items() if not isinstance(v, dict)}
+    return box + table([m])
+
+
+def _transfer(res: Mapping[str, Any]) -> str:
+    out = []
+    tr = res["transfer"]
+    for attack, by_source in tr["success"].items():
+        sources = list(by_source)
+        targets = list(next(iter(by_source.values())))
+        values = [[100 * by_source[s][t] for t in targets] for s in sources]
+        out.append(f"<h3>{html.escape(attack)}: success rate (%) on {tr.get('n', '?')} images</h3>")
+        out.append(table([{"source \\ target": s, **{t: 100 * by_source[s][t] for t in targets}} for s in sources]))
+        out.append(_img(plots.heatmap(sources, targets, values, title=f"{attack}: source → target")))
+    return "".join(out)
+
+
+def _corruption(res: Mapping[str, Any]) -> str:
+    c = res["corruption"]
+    errors = c.get("errors", {})
+    rows = [{"corruption": name, **{f"s{s}": e for s, e in sev.items()}} for name, sev in errors.items()]
+    summary = {k: v for k, v in c.items() if k != "errors" and not isinstance(v, dict)}
+    return table([summary]) + table(rows)
+
+
+def _bn(res: Mapping[str, Any]) -> str:
+    return _img(plots.bn_statistics(res["bn_statistics"]))
+
+
+SECTIONS: list[tuple[str, str, Callable[[Mapping[str, Any]], str]]] = [
+    ("history", "Training", _training),
+    ("whitebox", "White-box robustness", _whitebox),
+    ("sanity", "Gradient-masking checklist", _sanity),
+    ("transfer", "Transfer (black-box)", _transfer),
+    ("corruption", "Corruption robustness", _corruption),
+    ("bn_statistics", "BN statistics", _bn),
+]
+
+
+def render(results: Mapping[str, Any], title: str) -> str:
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for key, heading, fn in SECTIONS:
+        if results.get(key):
+            body.append(f"<h2>{heading}</h2>{fn(results)}")
+    body.append("<h2>results.json</h2><details><summary>show</summary><pre>"
+                f"{html.escape(json.dumps(results, indent=1)[:200_000])}</pre></details>")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Render ``run_dir/results.json`` (and the results of eval runs inside it)
+    into ``run_dir/report.html``."""
+    run_dir = Path(run_dir)
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no results.json; is it a robustlab run directory?")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    page = render(results, f"robustlab — {run_dir.name}")
+    for sub in sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / "results.json").is_file()):
+        inner = render(json.loads((sub / "results.json").read_text()), sub.name)
+        page = page.replace("</body></html>", inner.split("<body>", 1)[1].split("</body>", 1)[0]
+                            .replace("<h1>", "<h1 style='margin-top:2em'>") + "</body></html>")
+    out = run_dir / "report.html"
+    atomic_write_text(out, page)
+    return out
