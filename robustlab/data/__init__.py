@@ -1,4 +1,7 @@
-"""Datasets and loaders: Fashion-MNIST, MNIST, CIFAR-10/100, ImageFolder, digits."""
+"""Datasets and loaders: Fashion-MNIST, MNIST, CIFAR-10/100, ImageFolder, digits; training-time
+augmentations and the 15 ImageNet-C corruptions on tensors."""
+from robustlab.data.augment import augment_names, create_augment
+from robustlab.data.corruptions import CORRUPTIONS, corrupt, corruption_names
 from robustlab.data.datasets import (
     INFO,
     DatasetInfo,
@@ -12,6 +15,7 @@ from robustlab.data.datasets import (
 from robustlab.data.sources import DataNotFoundError, read_idx
 
 __all__ = [
-    "INFO", "DataNotFoundError", "DatasetInfo", "TensorBatches", "TensorImageDataset",
+    "CORRUPTIONS", "INFO", "DataNotFoundError", "augment_names", "corrupt", "corruption_names", "create_augment",
+    "DatasetInfo", "TensorBatches", "TensorImageDataset",
     "dataset_info", "dataset_names", "load_dataset", "make_loader", "read_idx",
 ]

@@ -1,11 +1,30 @@
-"""Evaluation: accuracy and robust accuracy, the hold-out ensemble protocol
-(Table 3.3) and the NIPS 2017 competition protocol (§3.4.5)."""
+"""Evaluation: accuracy and robust accuracy, white-box robustness curves,
+transfer matrices and all-or-nothing accuracy, the hold-out ensemble protocol
+(Table 3.3), the NIPS 2017 competition protocol (§3.4.5), the gradient-masking
+checklist, corruption robustness (ImageNet-C mCE, ImageNet-A) and model analysis."""
+from robustlab.eval.analysis import batch_vs_running, bn_statistics, feature_maps, perceptibility
+from robustlab.eval.corruption import (
+                                      ALEXNET_ERRORS,
+                                      IMAGENET_A_INDICES,
+                                      corruption_errors,
+                                      imagenet_a_logits,
+                                      load_corrupted_folder,
+                                      mce,
+                                      relative_mce,
+)
 from robustlab.eval.holdout import holdout_evaluation
 from robustlab.eval.metrics import accuracy, misclassified, predict
 from robustlab.eval.nips2017 import NIPS2017_EPS_255, nips2017_attack, run_nips2017
 from robustlab.eval.robust import robust_accuracy
+from robustlab.eval.sanity import SanityWarning, run_sanity_checks, sanity_check
+from robustlab.eval.transfer import adversarial_sets, all_or_nothing, transfer_matrix
+from robustlab.eval.whitebox import PROTOCOLS, RobustnessCurve, robustness_curve, worst_case
 
 __all__ = [
-    "NIPS2017_EPS_255", "accuracy", "holdout_evaluation", "misclassified", "nips2017_attack", "predict",
-    "robust_accuracy", "run_nips2017",
+    "ALEXNET_ERRORS", "IMAGENET_A_INDICES", "corruption_errors", "imagenet_a_logits", "load_corrupted_folder",
+    "mce", "relative_mce",
+    "NIPS2017_EPS_255", "PROTOCOLS", "RobustnessCurve", "SanityWarning", "accuracy", "adversarial_sets",
+    "all_or_nothing", "batch_vs_running", "bn_statistics", "feature_maps", "holdout_evaluation", "misclassified",
+    "nips2017_attack", "perceptibility", "predict", "robust_accuracy", "robustness_curve", "run_nips2017",
+    "run_sanity_checks", "sanity_check", "transfer_matrix", "worst_case",
 ]

@@ -114,8 +114,8 @@ def fit(
     info = distributed.setup(opts.device)
     if opts.amp == "fp16" and info.device.type != "cuda":
         raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' or none on CPU")
-    batches = EpochBatches(on_device(dataset, info.device), opts.batch_size, rank=info.rank, world=info.world_size, seed=opts.seed,
-                           workers=opts.workers)
+    batches = EpochBatches(on_device(dataset, info.device), opts.batch_size, rank=info.rank, world=info.world_size,
+                           seed=opts.seed, workers=opts.workers)
     x0, y0 = next(batches.epoch(0))
     check_batch(x0, {"y": y0})  # pixels in [0, 1], integer labels: refused before any work
     run_dir = Path(out) if out is not None else None
