@@ -92,11 +92,17 @@ def test_adversarial_batch_is_in_the_ball_and_made_through_the_aux_route():
     assert model.training
 
 
+def _train(name: str, epochs: int):
+    """(model as trained, fit result) of a routed recipe on the digits."""
+    ds = digits_train()
+    recipe = recipes.create(name, **ATTACK)
+    model = model_for(recipe, ds.info)
+    return model, rl.train.fit(model, ds, recipe, epochs=epochs, batch_size=64, lr=0.05, progress=False)
+
+
 def test_advprop_exports_the_main_route_without_aux_bns():
     ds = digits_train()
-    recipe = recipes.create("advprop", **ATTACK)
-    model = model_for(recipe, ds.info)
-    res = rl.train.fit(model, ds, recipe, epochs=1, batch_size=64, lr=0.05, progress=False)
+    model, res = _train("advprop", 1)
     exported = res.model
     assert not mixture_layers(exported)
     assert not any("bns." in k for k in exported.state_dict())
@@ -112,10 +118,7 @@ def test_advprop_exports_the_main_route_without_aux_bns():
 
 
 def test_mixture_bn_keeps_per_route_statistics():
-    ds = digits_train()
-    recipe = recipes.create("mbn", **ATTACK)
-    model = model_for(recipe, ds.info)
-    res = rl.train.fit(model, ds, recipe, epochs=2, batch_size=64, lr=0.05, progress=False)
+    _, res = _train("mbn", 2)
     steps = res.steps
     for layer in mixture_layers(res.model):
         clean, adv = layer.bns["clean"], layer.bns["adv"]
