@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from robustlab.data import load_dataset
+from robustlab.eval.analysis import bn_statistics
 from robustlab.eval.sanity import run_sanity_checks
 from robustlab.eval.transfer import transfer_matrix
 from robustlab.eval.whitebox import robustness_curve
@@ -98,6 +99,9 @@ def run_eval(checkpoints: list[str], data: str, protocol: str, *, out: str | Pat
     if protocol in ("transfer", "all") and len(models) > 1:
         results.update(_transfer(models, x, y, opts, dev))
     results["routes"] = list(route_names(model))
+    stats = bn_statistics(model)
+    if stats:  # Fig. 6.5: running statistics per route (or of the plain BNs)
+        results["bn_statistics"] = stats
     results["seconds"] = round(time.perf_counter() - start, 2)
     write_json(run_dir / "results.json", results)
     from robustlab.report import write_report

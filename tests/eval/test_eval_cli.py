@@ -32,6 +32,7 @@ def test_whitebox_and_corruption_write_results_and_report(runs, capsys):
     assert isinstance(res["sanity"]["warnings"], list) and "sanity" in text
     assert set(res["transfer"]["success"]) == {"ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm"}
     assert len(res["corruption"]["errors"]) == 15
+    assert res["bn_statistics"]  # running statistics of the model's batch norms, plotted in the report
     page = (out / "report.html").read_text()
     assert f"{curve[-1]:.4f}" in page
     assert main(["report", str(runs / "a")]) == 0
