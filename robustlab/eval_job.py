@@ -20,7 +20,7 @@ from robustlab.data import load_dataset
 from robustlab.eval.analysis import bn_statistics
 from robustlab.eval.sanity import run_sanity_checks
 from robustlab.eval.transfer import transfer_matrix
-from robustlab.eval.whitebox import robustness_curve
+from robustlab.eval.whitebox import robustness_curve, worst_case
 from robustlab.models.checkpoint import load_model
 from robustlab.nn.norm import route, route_names
 from robustlab.runs import pick_device, write_json
@@ -33,12 +33,17 @@ def _whitebox(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: dict[str
               ) -> dict[str, Any]:
     out: dict[str, Any] = {"whitebox": {}, "sanity": None}
     kinds = [("untargeted", False)] + ([("targeted", True)] if opts["targeted"] else [])
+    curves = []
     loader = [(x[i: i + opts["batch_size"]], y[i: i + opts["batch_size"]]) for i in range(0, len(y),
                                                                                         opts["batch_size"])]
-    for name, targeted in kinds:
-        curve = robustness_curve(model, loader, steps=opts["steps"], eps=opts["eps"], step_size=opts["step_size"],
-                                 targeted=targeted, restarts=opts["restarts"], seed=opts["seed"], device=device)
-        out["whitebox"][f"PGD {name}"] = curve.as_dict()
+    for loss in ("ce", "cw"):  # the margin loss does not saturate where softmax does
+        for name, targeted in kinds:
+            curve = robustness_curve(model, loader, steps=opts["steps"], eps=opts["eps"],
+                                     step_size=opts["step_size"], targeted=targeted, restarts=opts["restarts"],
+                                     seed=opts["seed"], device=device, loss=loss)
+            out["whitebox"][f"PGD {name}" + (" (C&W margin)" if loss == "cw" else "")] = curve.as_dict()
+            curves.append(curve)
+    out["whitebox"]["worst case"] = worst_case(curves).as_dict()
     report = run_sanity_checks(model, loader, eps=opts["eps"], steps=min(20, max(opts["steps"])), limit=200,
                                seed=opts["seed"], device=device)
     out["sanity"] = report.as_dict()

@@ -90,6 +90,7 @@ def robustness_curve(
     device: str | torch.device | None = None,
     pool: int | None = None,
     micro_batch: int | None = None,
+    loss: str = "ce",
 ) -> RobustnessCurve:
     """Robust accuracy of ``model`` for each number of PGD iterations in ``steps``.
 
@@ -100,6 +101,8 @@ def robustness_curve(
         targeted: towards a uniformly random wrong class (§4.6.1, §6.3);
             accuracy still counts the true label.
         restarts: independent random starts; an image is broken if any breaks it.
+        loss: ``ce`` (eq. 3.1) or ``cw`` (the logit margin, which does not
+            saturate where softmax does; a worst case over both is stronger).
         pool: attack this many images at a time (default: each batch);
             with ``micro_batch`` the model sees full batches while the hard
             images are the only ones left.
@@ -120,13 +123,13 @@ def robustness_curve(
         at = torch.full((len(yb),), float("inf"), dtype=torch.double)
         for r in range(restarts):
             atk = pgd_for_curve(eps, step_size, steps[-1], targeted=targeted, random_start=random_start, norm=norm,
-                                seed=seed + r, micro_batch=micro_batch)
+                                seed=seed + r, micro_batch=micro_batch, loss=loss)
             b, iters = _broken_at(atk, model, xb, yb)
             at, total_iters = torch.minimum(at, b), total_iters + iters
         broken.append(at)
     broken_at = torch.cat(broken) if broken else torch.zeros(0, dtype=torch.double)
     cfg = {"eps": eps, "step_size": step_size, "targeted": targeted, "random_start": random_start,
-           "restarts": restarts, "norm": norm, "seed": seed, "runs": restarts}
+           "restarts": restarts, "norm": norm, "seed": seed, "runs": restarts, "loss": loss}
     return RobustnessCurve(steps, accuracy_at(broken_at, steps), broken_at, cfg, time.perf_counter() - start,
                            total_iters)
 
