@@ -7,6 +7,7 @@
 """
 from robustlab.attacks.base import Attack, AttackResult, inference_state
 from robustlab.attacks.cw import CarliniWagnerL2
+from robustlab.attacks.dag import DAGResult, dag_segmentation, derangement
 from robustlab.attacks.diversity import DIVERSITY_SCALE, DiversityDraw, InputDiversity, padded_size, resize_pad
 from robustlab.attacks.ensemble import NIPS2017_WEIGHTS, Ensemble
 from robustlab.attacks.iterative import IterativeAttack
@@ -18,6 +19,7 @@ __all__ = [
     "Attack",
     "AttackResult",
     "CarliniWagnerL2",
+    "DAGResult",
     "DIVERSITY_SCALE",
     "DiversityDraw",
     "Ensemble",
@@ -32,6 +34,8 @@ __all__ = [
     "create_threat",
     "cross_entropy",
     "cw_margin",
+    "dag_segmentation",
+    "derangement",
     "get_loss",
     "ifgsm_steps",
     "inference_state",
