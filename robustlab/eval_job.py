@@ -29,13 +29,16 @@ PROTOCOLS = ("whitebox", "transfer", "corruption", "all")
 TRANSFER_ATTACKS = ("ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm")
 
 
+def _batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x[i: i + size], y[i: i + size]) for i in range(0, len(y), size)]
+
+
 def _whitebox(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: dict[str, Any], device: torch.device
               ) -> dict[str, Any]:
     out: dict[str, Any] = {"whitebox": {}, "sanity": None}
     kinds = [("untargeted", False)] + ([("targeted", True)] if opts["targeted"] else [])
     curves = []
-    loader = [(x[i: i + opts["batch_size"]], y[i: i + opts["batch_size"]]) for i in range(0, len(y),
-                                                                                        opts["batch_size"])]
+    loader = _batches(x, y, opts["batch_size"])
     for loss in ("ce", "cw"):  # the margin loss does not saturate where softmax does
         for name, targeted in kinds:
             curve = robustness_curve(model, loader, steps=opts["steps"], eps=opts["eps"],
@@ -55,8 +58,7 @@ def _transfer(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, op
     from robustlab.attacks import create
 
     attacks = {a: (lambda a=a: create(a, eps=opts["eps"], seed=opts["seed"])) for a in TRANSFER_ATTACKS}
-    loader = [(x[i: i + opts["batch_size"]], y[i: i + opts["batch_size"]]) for i in range(0, len(y),
-                                                                                        opts["batch_size"])]
+    loader = _batches(x, y, opts["batch_size"])
     return {"transfer": transfer_matrix(attacks, models, models, loader, device=device)}
 
 
