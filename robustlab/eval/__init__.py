@@ -12,6 +12,7 @@ from robustlab.eval.corruption import (
                                       mce,
                                       relative_mce,
 )
+from robustlab.eval.dense import mean_iou, permute_perturbation, segmentation_report, transfer_table
 from robustlab.eval.holdout import holdout_evaluation
 from robustlab.eval.metrics import accuracy, misclassified, predict
 from robustlab.eval.nips2017 import NIPS2017_EPS_255, nips2017_attack, run_nips2017
@@ -22,7 +23,7 @@ from robustlab.eval.whitebox import PROTOCOLS, RobustnessCurve, robustness_curve
 
 __all__ = [
     "ALEXNET_ERRORS", "IMAGENET_A_INDICES", "corruption_errors", "imagenet_a_logits", "load_corrupted_folder",
-    "mce", "relative_mce",
+    "mce", "relative_mce", "mean_iou", "permute_perturbation", "segmentation_report", "transfer_table",
     "NIPS2017_EPS_255", "PROTOCOLS", "RobustnessCurve", "SanityWarning", "accuracy", "adversarial_sets",
     "all_or_nothing", "batch_vs_running", "bn_statistics", "feature_maps", "holdout_evaluation", "misclassified",
     "nips2017_attack", "perceptibility", "predict", "robust_accuracy", "robustness_curve", "run_nips2017",
