@@ -1,6 +1,8 @@
 """Per-sample and aggregate classification metrics."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import torch
 from torch import Tensor, nn
 
@@ -22,3 +24,25 @@ def misclassified(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> float:
     """Top-1 accuracy of ``model`` on (x, y)."""
     return float((predict(model, x, batch_size) == y).float().mean()) if len(y) else 0.0
+
+
+def pooled_batches(loader: Iterable[tuple[Tensor, Tensor]], size: float | None
+                   ) -> Iterator[tuple[Tensor, Tensor]]:
+    """(x, y) batches of ``loader`` concatenated into pools of at least ``size``
+    images (the last may be smaller); ``None`` keeps the loader's batches,
+    ``math.inf`` makes one pool of everything."""
+    if size is None:
+        yield from loader
+        return
+    xs: list[Tensor] = []
+    ys: list[Tensor] = []
+    held = 0
+    for x, y in loader:
+        xs.append(x)
+        ys.append(y)
+        held += len(y)
+        if held >= size:
+            yield torch.cat(xs), torch.cat(ys)
+            xs, ys, held = [], [], 0
+    if xs:
+        yield torch.cat(xs), torch.cat(ys)

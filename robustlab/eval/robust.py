@@ -1,6 +1,7 @@
 """Robust accuracy of a model over a dataset under one attack."""
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 
@@ -8,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack
+from robustlab.eval.metrics import pooled_batches
 
 
 def robust_accuracy(
@@ -34,9 +36,9 @@ def robust_accuracy(
     correct = success = steps = n = 0
     seconds = 0.0
 
-    def flush(xs: list[Tensor], ys: list[Tensor]) -> None:
+    def flush(x: Tensor, y: Tensor) -> None:
         nonlocal correct, success, steps, n, seconds
-        x, y = torch.cat(xs), torch.cat(ys)
+        x, y = x.to(device), y.to(device)
         start = time.perf_counter()
         res = attack.run(model, x, y)
         if res.success.is_cuda:
@@ -49,18 +51,8 @@ def robust_accuracy(
         steps += int(res.steps.sum())
         n += len(y)
 
-    xs: list[Tensor] = []
-    ys: list[Tensor] = []
-    held = 0
-    for x, y in loader:
-        xs.append(x.to(device))
-        ys.append(y.to(device))
-        held += len(y)
-        if pool is not None and held >= pool:
-            flush(xs, ys)
-            xs, ys, held = [], [], 0
-    if xs:
-        flush(xs, ys)
+    for x, y in pooled_batches(loader, pool if pool is not None else math.inf):
+        flush(x, y)
     if n == 0:
         raise ValueError("loader yielded no samples")
     return {"n": n, "robust_accuracy": correct / n, "success_rate": success / n, "steps_mean": steps / n,

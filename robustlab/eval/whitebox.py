@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attacks.iterative import IterativeAttack
+from robustlab.eval.metrics import pooled_batches
 from robustlab.units import from_255
 
 DEFAULT_STEPS = (10, 20, 50, 100, 200, 500, 1000, 2000)
@@ -118,7 +119,7 @@ def robustness_curve(
     start = time.perf_counter()
     broken: list[Tensor] = []
     total_iters = 0
-    for xb, yb in _pools(loader, pool):
+    for xb, yb in pooled_batches(loader, pool):
         xb, yb = xb.to(device), yb.to(device)
         at = torch.full((len(yb),), float("inf"), dtype=torch.double)
         for r in range(restarts):
@@ -153,21 +154,3 @@ def worst_case(curves: Sequence[RobustnessCurve]) -> RobustnessCurve:
     cfg = {"worst_case_of": [c.config for c in curves], "runs": sum(c.config.get("runs", 1) for c in curves)}
     return RobustnessCurve(steps, accuracy_at(at, steps), at, cfg, sum(c.seconds for c in curves),
                            sum(c.iterations_run for c in curves))
-
-
-def _pools(loader: Iterable[tuple[Tensor, Tensor]], pool: int | None) -> Iterable[tuple[Tensor, Tensor]]:
-    if pool is None:
-        yield from loader
-        return
-    xs: list[Tensor] = []
-    ys: list[Tensor] = []
-    held = 0
-    for x, y in loader:
-        xs.append(x)
-        ys.append(y)
-        held += len(y)
-        if held >= pool:
-            yield torch.cat(xs), torch.cat(ys)
-            xs, ys, held = [], [], 0
-    if xs:
-        yield torch.cat(xs), torch.cat(ys)
