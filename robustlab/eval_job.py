@@ -62,12 +62,11 @@ def _transfer(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, op
     return {"transfer": transfer_matrix(attacks, models, models, loader, device=device)}
 
 
-def _corruption(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: dict[str, Any]) -> dict[str, Any]:
+def _corruption(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_accuracy: float) -> dict[str, Any]:
     from robustlab.eval.corruption import corruption_errors, mce
 
     errors = corruption_errors(model, x, y)
-    clean_err = float((model(x).argmax(1) != y).float().mean()) if len(y) else 0.0
-    return {"corruption": {"clean_error": clean_err, "mce_vs_alexnet": mce(errors),
+    return {"corruption": {"clean_error": 1.0 - clean_accuracy, "mce_vs_alexnet": mce(errors),
                            "mean_error": sum(sum(s.values()) / len(s) for s in errors.values()) / len(errors),
                            "errors": errors}}
 
@@ -102,7 +101,7 @@ def run_eval(checkpoints: list[str], data: str, protocol: str, *, out: str | Pat
             results.update(_whitebox(model, x, y, opts, dev))
         if protocol in ("corruption", "all"):
             with torch.no_grad():
-                results.update(_corruption(model, x, y, opts))
+                results.update(_corruption(model, x, y, results["clean_accuracy"]))
     if protocol in ("transfer", "all") and len(models) > 1:
         results.update(_transfer(models, x, y, opts, dev))
     results["routes"] = list(route_names(model))

@@ -97,12 +97,10 @@ def random_search(model: nn.Module, x: Tensor, y: Tensor, eps: float, queries: i
     return (x + delta).clamp(0, 1)
 
 
-def _loss_along(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, seed: int) -> tuple[float, float]:
-    """Mean cross-entropy at the start and at the end of a PGD run."""
-    start = _pgd(eps, 0, seed=seed)(model, x, y)
-    end = _pgd(eps, steps, seed=seed)(model, x, y)
-    with torch.no_grad(), inference_state(model):
-        return float(F.cross_entropy(model(start), y)), float(F.cross_entropy(model(end), y))
+@torch.no_grad()
+def _mean_loss(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    with inference_state(model):
+        return float(F.cross_entropy(model(x), y))
 
 
 def run_sanity_checks(
@@ -137,7 +135,8 @@ def run_sanity_checks(
     warn: list[SanityWarning] = []
 
     eps_grid = [eps / 4, eps / 2, eps, 2 * eps]
-    m["eps_curve"] = {f"{e:.6g}": _accuracy(model, _pgd(e, steps, seed=seed)(model, x, y), y) for e in eps_grid}
+    adv = {e: _pgd(e, steps, seed=seed)(model, x, y) for e in eps_grid}
+    m["eps_curve"] = {f"{e:.6g}": _accuracy(model, xa, y) for e, xa in adv.items()}
     accs = list(m["eps_curve"].values())
     if any(b > a + tolerance for a, b in zip(accs, accs[1:])):
         warn.append(SanityWarning("eps_monotone", f"accuracy rises with ε: {m['eps_curve']}", m["eps_curve"]))
@@ -173,7 +172,9 @@ def run_sanity_checks(
     if m["noise"] < pgd_acc - tolerance:
         warn.append(SanityWarning("noise", f"random noise ({m['noise']:.3f}) is stronger than PGD ({pgd_acc:.3f})",
                                   {"noise": m["noise"], "pgd": pgd_acc}))
-    start, end = _loss_along(model, x, y, eps, steps, seed)
+    # The loss at the attack's random start and at its end (the ε run of the curve above).
+    start = _mean_loss(model, _pgd(eps, 0, seed=seed)(model, x, y), y)
+    end = _mean_loss(model, adv[eps], y)
     m["loss_start"], m["loss_end"] = start, end
     if not end > start:
         warn.append(SanityWarning("loss_increases", f"the loss does not grow along the attack ({start:.4f} → "
