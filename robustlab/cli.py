@@ -1,4 +1,4 @@
-"""Command line: ``robustlab attack | train | eval | report | list | demo``.
+"""Command line: ``robustlab attack | train | eval | study | report | list | demo``.
 
 Budgets on the command line are in the thesis's 0–255 notation (``--eps 16``)
 unless written as a fraction (``16/255``) or in pixels (``0.5px``).
@@ -123,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", help="run directory (default CHECKPOINT/eval-PROTOCOL)")
     ev.add_argument("--device", default="auto")
+
+    st = sub.add_parser("study", help="the main job: train a chapter's models, evaluate them, write a report",
+                        description="robustlab study CONFIG.yaml [key=value ...] [--out DIR] [--smoke]. "
+                        "Running the same command again resumes: trained models and finished evaluations "
+                        "are reused.")
+    st.add_argument("config_and_overrides", nargs="+", metavar="CONFIG [key=value ...]",
+                    help="a study YAML (configs/quickstart.yaml, configs/ch*_*.yaml) then dotted overrides: "
+                    "dataset=cifar10 defaults.train.epochs=1 evaluations.pgd.steps=[1,10]")
+    st.add_argument("--out", help="run directory (default runs/NAME)")
+    st.add_argument("--smoke", action="store_true", help="the config's reduced variant (its `smoke:` overrides)")
 
     rep = sub.add_parser("report", help="(re)write RUN_DIR/report.html from its results.json")
     rep.add_argument("run_dir")
@@ -261,6 +271,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from robustlab.study import format_study_summary, load_study, run_study
+
+    items = list(args.config_and_overrides)
+    if "=" in items[0]:
+        raise ValueError("give a study config first: robustlab study CONFIG.yaml [key=value ...]")
+    study = load_study(items[0], items[1:], smoke=args.smoke)
+    print(format_study_summary(run_study(study, args.out)))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from robustlab.report import write_report
 
@@ -276,10 +297,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides may also come after --out
+        if args.command not in ("train", "study") or not all("=" in e and not e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.config_and_overrides = [*args.config_and_overrides, *extra]
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    commands = {"attack": cmd_attack, "list": cmd_list, "train": cmd_train, "eval": cmd_eval, "report": cmd_report}
+    commands = {"attack": cmd_attack, "list": cmd_list, "train": cmd_train, "eval": cmd_eval, "report": cmd_report,
+                "study": cmd_study}
     try:
         if getattr(args, "config", None):
             args = apply_config(parser, argv, args)

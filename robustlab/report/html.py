@@ -40,13 +40,13 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
-def table(rows: list[Mapping[str, Any]], columns: list[str] | None = None) -> str:
+def table(rows: list[Mapping[str, Any]], columns: list[str] | None = None, attrs: str = "") -> str:
     if not rows:
         return ""
     columns = columns or list(dict.fromkeys(k for r in rows for k in r))
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in columns) + "</tr>" for r in rows)
-    return f'<div style="overflow-x:auto"><table><tr>{head}</tr>{body}</table></div>'
+    return f'<div style="overflow-x:auto"><table{attrs}><tr>{head}</tr>{body}</table></div>'
 
 
 def _training(res: Mapping[str, Any]) -> str:
@@ -132,6 +132,8 @@ def write_report(run_dir: str | Path) -> Path:
         results = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if results.get("kind") == "study":
+        return write_study_report(run_dir)
     page = render(results, f"robustlab — {run_dir.name}")
     for sub in sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / "results.json").is_file()):
         inner = render(json.loads((sub / "results.json").read_text()), sub.name)
@@ -139,4 +141,78 @@ def write_report(run_dir: str | Path) -> Path:
                             .replace("<h1>", "<h1 style='margin-top:2em'>") + "</body></html>")
     out = run_dir / "report.html"
     atomic_write_text(out, page)
+    return out
+
+
+# ------------------------------------------------------------------ studies
+
+
+def table_rows(rows: list[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Columns and formatted cells of a results table: the same strings the
+    report and the terminal summary show (floats to 4 decimals)."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    return columns, [[_fmt(r.get(c, "")) for c in columns] for r in rows]
+
+
+def _study_models(models: Mapping[str, Any]) -> str:
+    rows = []
+    for name, m in models.items():
+        final = {k: v for k, v in (m.get("final") or {}).items() if k not in ("kind", "epoch", "step", "lr")}
+        spec = ", ".join(f"{k}={v}" for k, v in m["model"].items() if v is not None)
+        recipe = ", ".join(f"{k}={v}" for k, v in m["recipe"].items())
+        rows.append({"model": name, "network": spec, "recipe": recipe, "steps": m["steps"],
+                     "train s": m["train_seconds"], **final})
+    return table(rows)
+
+
+def _study_plot(ev: Mapping[str, Any]) -> str:
+    if ev["kind"] == "whitebox" and ev.get("curves"):
+        return _img(plots.robustness_curves(ev["curves"]))
+    if ev["kind"] == "transfer":
+        raw = ev["raw"]["success"]
+        out = []
+        for attack, by_src in raw.items():
+            sources = list(by_src)
+            targets = list(next(iter(by_src.values())))
+            values = [[100 * by_src[s][t] for t in targets] for s in sources]
+            out.append(_img(plots.heatmap(sources, targets, values, title=f"{attack}: success (%) source → target")))
+        return "".join(out)
+    return ""
+
+
+def render_study(results: Mapping[str, Any]) -> str:
+    """The page of a study: what it compares, the models, one table (and plot)
+    per evaluation — the cells are exactly ``results.json``'s numbers."""
+    title = f"robustlab study — {results['title']}"
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f"<p>data <b>{html.escape(str(results['data']))}</b>; {len(results['models'])} models; "
+            f"{results['seconds']:.0f} s</p>"]
+    if results.get("claim"):
+        body.append(f"<p><b>Thesis claim.</b> {html.escape(str(results['claim']))}</p>")
+    if results.get("notes"):
+        body.append(f"<p><b>Notes.</b> {html.escape(str(results['notes']))}</p>")
+    body.append(f"<h2>Models</h2>{_study_models(results['models'])}")
+    for name, ev in results["evaluations"].items():
+        what = f" — {html.escape(ev['value'])}" if ev.get("value") else ""
+        body.append(f"<h2>{html.escape(name)} <small>({html.escape(ev['kind'])}, {ev.get('n', '?')} images"
+                    f"{what})</small></h2>")
+        opts = {k: v for k, v in ev["options"].items() if k not in ("kind",)}
+        body.append(f"<p><small>{html.escape(json.dumps(opts))}</small></p>")
+        body.append(table(ev["table"], attrs=f' class="results" data-evaluation="{html.escape(name)}"'))
+        body.append(_study_plot(ev))
+        for extra in ev.get("images", []):
+            body.append(f'<img alt="{html.escape(extra.get("title", ""))}" src="data:image/png;base64,'
+                        f'{extra["png"]}">')
+    body.append("<h2>results.json</h2><details><summary>show</summary><pre>"
+                f"{html.escape(json.dumps(results, indent=1)[:200_000])}</pre></details>")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def write_study_report(run_dir: str | Path) -> Path:
+    """Render a study's ``results.json`` into ``run_dir/report.html``."""
+    run_dir = Path(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    out = run_dir / "report.html"
+    atomic_write_text(out, render_study(results))
     return out

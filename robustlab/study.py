@@ -1,0 +1,552 @@
+"""``robustlab study``: the main job. One YAML file declares the models a
+comparison needs and the evaluations that compare them; the study trains the
+models (or reuses the ones already trained in its run directory), runs the
+evaluations and writes ``results.json`` and ``report.html``.
+
+    name: quickstart
+    title: vanilla vs PGD-AT vs SAT vs AdvProp on Fashion-MNIST
+    dataset: fashion_mnist           # `dataset=cifar10` applies datasets.cifar10's overrides
+    limit: 500                       # test images for every evaluation (an evaluation may say otherwise)
+    defaults:                        # merged under every model (a `robustlab train` config)
+      model: {name: smallcnn, width: 16}
+      data: {limit: 12000}
+      train: {epochs: 3, lr: 0.05, milestones: [2]}
+    models:
+      vanilla: {recipe: {name: vanilla}}
+      pgd_at:  {recipe: {name: madry, eps: 25, steps: 5, step_size: 8, targeted: false}}
+      mixed:   {recipe: {name: mixed}, sweep: {recipe.clean_ratio: [0.2, 0.5]}}   # mixed-clean_ratio0.2, ...
+    evaluations:
+      clean:  {kind: accuracy}
+      pgd:    {kind: whitebox, eps: 25, step_size: 4, steps: [1, 5, 10, 20]}
+      transfer: {kind: transfer, sources: [vanilla], targets: [vanilla_b], attacks: [ifgsm, di2fgsm]}
+    smoke:                           # dotted overrides applied by --smoke
+      defaults.data.limit: 1000
+
+The run directory (``runs/NAME`` unless ``--out``) holds ``models/NAME/`` (one
+``robustlab train`` run directory each), ``evaluations/NAME.json`` (one per
+evaluation) and the study's ``results.json`` / ``report.html``. A killed study
+run again with the same command resumes: finished models and evaluations are
+reused (a model whose configuration changed is retrained), an unfinished model
+continues from its last checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustlab.config import RunConfig, apply_overrides, parse_value, resolve
+from robustlab.runs import pick_device, write_json
+
+_logger = logging.getLogger(__name__)
+
+STUDY_KEYS = ("name", "title", "chapter", "claim", "notes", "seed", "device", "dataset", "datasets", "limit",
+              "batch_size", "defaults", "models", "evaluations", "smoke")
+
+
+@dataclass
+class Study:
+    """A resolved study: every model's full run config and every evaluation's options."""
+
+    name: str
+    title: str
+    models: dict[str, RunConfig]
+    raw_models: dict[str, dict[str, Any]]
+    evaluations: dict[str, dict[str, Any]]
+    raw: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    limit: int | None = 500
+    batch_size: int = 250
+
+
+# ------------------------------------------------------------------ loading
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else copy.deepcopy(v)
+    return out
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
+    parts = [p for p in str(key).split(".") if p]
+    if not parts:
+        raise ValueError(f"{where}: empty key")
+    node = raw
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def apply_study_overrides(raw: dict[str, Any], overrides: Mapping[str, Any] | list[str], where: str) -> dict[str, Any]:
+    """Dotted overrides (``defaults.train.epochs=1`` strings, or a mapping of
+    dotted keys to values) applied to a copy of ``raw``."""
+    raw = copy.deepcopy(raw)
+    items: list[tuple[str, Any]]
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    else:
+        items = []
+        for item in overrides:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} must look like key.sub=value (e.g. defaults.train.epochs=1)")
+            key, value = item.split("=", 1)
+            items.append((key.strip(), parse_value(value)))
+    for key, value in items:
+        top = str(key).split(".")[0]
+        if top not in STUDY_KEYS:
+            raise ValueError(f"{where}: unknown study key {top!r} in {key!r}; known: {', '.join(STUDY_KEYS)}")
+        _set_dotted(raw, key, value, where)
+    return raw
+
+
+def _sweep(name: str, spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``sweep: {recipe.clean_ratio: [0, 0.5]}`` → one model per value (the
+    cartesian product over several keys), named ``NAME-clean_ratio0.5``."""
+    grid = spec.pop("sweep", None)
+    if not grid:
+        return {name: spec}
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ValueError(f"models.{name}.sweep must map dotted keys to non-empty lists; got {grid!r}")
+    out = {}
+    for values in itertools.product(*grid.values()):
+        one = copy.deepcopy(spec)
+        tags = []
+        for key, value in zip(grid, values):
+            apply = apply_overrides({"model": {}, "recipe": {}, **one}, [f"{key}={json.dumps(value)}"])
+            one = apply
+            tags.append(f"{key.split('.')[-1]}{value}")
+        out[f"{name}-{'-'.join(tags)}"] = one
+    return out
+
+
+def resolve_study(raw: dict[str, Any], *, name: str | None = None) -> Study:
+    """A study mapping (YAML with overrides applied) → :class:`Study`; every
+    model config and every evaluation is checked before anything runs."""
+    if not isinstance(raw, dict):
+        raise ValueError("a study config must be a mapping (name, defaults, models, evaluations, ...)")
+    unknown = sorted(set(raw) - set(STUDY_KEYS))
+    if unknown:
+        raise ValueError(f"unknown study key(s) {unknown}; known: {', '.join(STUDY_KEYS)}")
+    name = str(raw.get("name") or name or "study")
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"study name must be letters, digits, '-' and '_'; got {name!r}")
+    defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ValueError(f"study key 'defaults' must be a mapping; got {defaults!r}")
+    defaults = copy.deepcopy(defaults)
+    if raw.get("dataset"):
+        defaults.setdefault("data", {})["name"] = raw["dataset"]
+    for key in ("seed", "device"):
+        if key in raw:
+            defaults.setdefault(key, raw[key])
+    models_raw = raw.get("models")
+    if not isinstance(models_raw, dict) or not models_raw:
+        raise ValueError("study key 'models' must map model names to configs (at least one)")
+    models: dict[str, RunConfig] = {}
+    raw_models: dict[str, dict[str, Any]] = {}
+    for mname, spec in models_raw.items():
+        if not isinstance(spec, dict):
+            raise ValueError(f"models.{mname} must be a mapping (model, recipe, train, ...); got {spec!r}")
+        for one_name, one in _sweep(str(mname), copy.deepcopy(spec)).items():
+            if not one_name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+                raise ValueError(f"model name {one_name!r}: use letters, digits, '-', '_' and '.'")
+            merged = _merge(defaults, one)
+            try:
+                models[one_name] = resolve(merged)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"models.{one_name}: {err}") from None
+            raw_models[one_name] = merged
+    datasets = {(c.data.name, c.data.eval_split, c.data.size, c.data.channels) for c in models.values()}
+    if len(datasets) > 1:
+        raise ValueError(f"every model of a study must use the same data (name, eval_split, size, channels); "
+                         f"got {sorted(map(str, datasets))}")
+    evals_raw = raw.get("evaluations") or {}
+    if not isinstance(evals_raw, dict):
+        raise ValueError("study key 'evaluations' must map names to {kind: ..., options}")
+    evaluations = {}
+    for ename, spec in evals_raw.items():
+        if not isinstance(spec, dict) or "kind" not in spec:
+            raise ValueError(f"evaluations.{ename} must be a mapping with a 'kind' "
+                             f"({', '.join(EVALUATIONS)}); got {spec!r}")
+        evaluations[str(ename)] = _check_evaluation(str(ename), dict(spec), list(models))
+    limit = raw.get("limit", 500)
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"study key 'limit' must be a positive number of test images or null; got {limit!r}")
+    return Study(name=name, title=str(raw.get("title") or name), models=models, raw_models=raw_models,
+                 evaluations=evaluations, raw=raw, device=str(raw.get("device", "auto")), limit=limit,
+                 batch_size=int(raw.get("batch_size", 250)))
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None, *, smoke: bool = False) -> Study:
+    """Read a study YAML; ``dataset=NAME`` among the overrides also applies the
+    file's ``datasets.NAME`` overrides; ``smoke`` applies its ``smoke`` ones."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise FileNotFoundError(f"cannot read study config {path}: {err.strerror}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"study config {path} must be a mapping")
+    raw = apply_study_overrides(raw, overrides or [], "overrides")
+    if raw.get("dataset") and raw.get("datasets") and raw["dataset"] in raw["datasets"]:
+        profile = raw["datasets"][raw["dataset"]]
+        if not isinstance(profile, dict):
+            raise ValueError(f"datasets.{raw['dataset']} must be a mapping of dotted overrides")
+        raw = apply_study_overrides(raw, profile, f"datasets.{raw['dataset']}")
+        raw = apply_study_overrides(raw, overrides or [], "overrides")  # the command line wins
+    if smoke:
+        smoke_over = raw.get("smoke") or {}
+        if not isinstance(smoke_over, dict):
+            raise ValueError("study key 'smoke' must be a mapping of dotted overrides")
+        raw = apply_study_overrides(raw, smoke_over, "smoke")
+        raw = apply_study_overrides(raw, overrides or [], "overrides")
+    return resolve_study(raw, name=path.stem)
+
+
+# ------------------------------------------------------------------ evaluations
+
+# kind → (option → default); "models" (list or "all") is common to every kind but transfer.
+EVALUATIONS: dict[str, dict[str, Any]] = {
+    "accuracy": {"models": "all", "routes": False, "limit": None},
+    "whitebox": {"models": "all", "eps": 16, "step_size": 1, "steps": [1, 5, 10, 20], "loss": "ce",
+                 "targeted": False, "restarts": 1, "routes": False, "limit": None},
+    "transfer": {"sources": None, "targets": None, "attacks": ["fgsm", "ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm"],
+                 "eps": 16, "limit": None},
+    "corruption": {"models": "all", "corruptions": "all", "severities": [1, 2, 3, 4, 5], "limit": None},
+}
+
+
+def _check_evaluation(name: str, spec: dict[str, Any], model_names: list[str]) -> dict[str, Any]:
+    from robustlab.units import parse_eps
+
+    kind = spec.pop("kind")
+    if kind not in EVALUATIONS:
+        raise ValueError(f"evaluations.{name}.kind must be one of {', '.join(EVALUATIONS)}; got {kind!r}")
+    defaults = EVALUATIONS[kind]
+    unknown = sorted(set(spec) - set(defaults))
+    if unknown:
+        raise ValueError(f"evaluations.{name}: unknown option(s) {unknown} for kind {kind!r}; "
+                         f"known: {', '.join(defaults)}")
+    opts = {"kind": kind, **copy.deepcopy(defaults), **spec}
+
+    def names(key: str) -> list[str]:
+        value = opts[key]
+        if value in ("all", None):
+            return list(model_names)
+        value = [value] if isinstance(value, str) else list(value)
+        missing = [m for m in value if m not in model_names]
+        if missing:
+            raise ValueError(f"evaluations.{name}.{key}: unknown model(s) {missing}; the study has "
+                             f"{', '.join(model_names)}")
+        return value
+
+    for key in ("models", "sources", "targets"):
+        if key in opts:
+            opts[key] = names(key)
+    for key in ("eps", "step_size"):
+        if key in opts:
+            parse_eps(opts[key], f"evaluations.{name}.{key}")
+    if kind == "whitebox":
+        if opts["loss"] not in ("ce", "cw", "both"):
+            raise ValueError(f"evaluations.{name}.loss must be ce, cw or both; got {opts['loss']!r}")
+        steps = opts["steps"]
+        if not isinstance(steps, list) or not steps or not all(isinstance(s, int) and s >= 0 for s in steps):
+            raise ValueError(f"evaluations.{name}.steps must be a list of iteration counts; got {steps!r}")
+    if kind == "transfer":
+        from robustlab.attacks import names as attack_names
+
+        bad = [a for a in opts["attacks"] if a not in attack_names()]
+        if bad:
+            raise ValueError(f"evaluations.{name}.attacks: unknown attack(s) {bad}; known: {', '.join(attack_names())}")
+    if kind == "corruption":
+        from robustlab.data.corruptions import CORRUPTIONS
+
+        if opts["corruptions"] == "all":
+            opts["corruptions"] = list(CORRUPTIONS)
+        bad = [c for c in opts["corruptions"] if c not in CORRUPTIONS]
+        if bad:
+            raise ValueError(f"evaluations.{name}.corruptions: unknown {bad}; known: {', '.join(CORRUPTIONS)}")
+    return opts
+
+
+@dataclass
+class _Context:
+    study: Study
+    run_dir: Path
+    device: torch.device
+    x: torch.Tensor
+    y: torch.Tensor
+    _models: dict[tuple[str, bool], nn.Module] = field(default_factory=dict)
+
+    def data(self, opts: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        n = opts.get("limit") or self.study.limit or len(self.y)
+        return self.x[:n], self.y[:n]
+
+    def batches(self, opts: Mapping[str, Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        x, y = self.data(opts)
+        b = self.study.batch_size
+        return [(x[i: i + b], y[i: i + b]) for i in range(0, len(y), b)]
+
+    def model(self, name: str, routed: bool = False) -> nn.Module:
+        """The exported model, or with ``routed`` the trained one with every BN
+        route (AdvProp's auxiliary BNs included) from its last checkpoint."""
+        key = (name, routed)
+        if key not in self._models:
+            run = self.run_dir / "models" / name
+            self._models[key] = (_routed_model(self.study.models[name], run) if routed
+                                 else _load_exported(run)).to(self.device).eval()
+        return self._models[key]
+
+    def routes(self, name: str, routed: bool) -> list[tuple[str, nn.Module, Any]]:
+        from robustlab.nn.norm import route_names
+
+        model = self.model(name, routed)
+        names = route_names(model)
+        if not routed or not names:
+            return [("-", model, None)]
+        return [(r, model, r) for r in names]
+
+
+def _load_exported(run: Path) -> nn.Module:
+    from robustlab.models import load_model
+
+    return load_model(run)
+
+
+def _routed_model(cfg: RunConfig, run: Path) -> nn.Module:
+    from robustlab.data import load_dataset
+    from robustlab.train.checkpoint import latest_checkpoint, load_checkpoint
+    from robustlab.train_job import build_model, build_recipe
+
+    recipe = build_recipe(cfg)
+    if not recipe.routes:
+        return _load_exported(run)
+    info = load_dataset(cfg.data.name, cfg.data.eval_split, data_dir=cfg.data.data_dir, limit=1,
+                        download=cfg.data.download, size=cfg.data.size, channels=cfg.data.channels).info
+    model = build_model(cfg, info, recipe)
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise FileNotFoundError(f"{run} has no training checkpoint to read the BN routes from")
+    tensors, _ = load_checkpoint(ckpt)
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    return model
+
+
+def _route_ctx(model: nn.Module, r: Any) -> Any:
+    import contextlib
+
+    from robustlab.nn.norm import route
+
+    return route(model, r) if r is not None else contextlib.nullcontext()
+
+
+def _eval_accuracy(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
+    from robustlab.eval.metrics import accuracy
+
+    x, y = ctx.data(opts)
+    rows = []
+    for m in opts["models"]:
+        for rname, model, r in ctx.routes(m, opts["routes"]):
+            with _route_ctx(model, r):
+                rows.append({"model": m, **({"route": rname} if opts["routes"] else {}),
+                             "clean accuracy": accuracy(model, x, y)})
+    return {"n": len(y), "table": rows}
+
+
+def _eval_whitebox(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
+    from robustlab.eval.whitebox import robustness_curve, worst_case
+    from robustlab.units import parse_eps
+
+    eps, alpha = parse_eps(opts["eps"], "eps"), parse_eps(opts["step_size"], "step_size")
+    losses = ("ce", "cw") if opts["loss"] == "both" else (opts["loss"],)
+    batches = ctx.batches(opts)
+    rows, curves = [], {}
+    for m in opts["models"]:
+        for rname, model, r in ctx.routes(m, opts["routes"]):
+            with _route_ctx(model, r):
+                runs = [robustness_curve(model, batches, steps=opts["steps"], eps=eps, step_size=alpha,
+                                         targeted=opts["targeted"], restarts=opts["restarts"], loss=loss,
+                                         seed=ctx.study.models[m].seed, device=ctx.device) for loss in losses]
+            curve = worst_case(runs) if len(runs) > 1 else runs[0]
+            label = m if not opts["routes"] else f"{m} [{rname}]"
+            curves[label] = {"steps": curve.steps, "accuracy": curve.accuracy}
+            rows.append({"model": m, **({"route": rname} if opts["routes"] else {}),
+                         **{f"PGD-{s}": a for s, a in zip(curve.steps, curve.accuracy)}})
+    return {"n": sum(len(y) for _, y in batches), "table": rows, "curves": curves}
+
+
+def _eval_transfer(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
+    from robustlab.attacks import create
+    from robustlab.eval.transfer import transfer_matrix
+    from robustlab.units import parse_eps
+
+    eps = parse_eps(opts["eps"], "eps")
+    attacks = {a: (lambda a=a: create(a, eps=eps, seed=ctx.study.models[opts["sources"][0]].seed))
+               for a in opts["attacks"]}
+    res = transfer_matrix(attacks, {s: ctx.model(s) for s in opts["sources"]},
+                          {t: ctx.model(t) for t in opts["targets"]}, ctx.batches(opts), device=ctx.device)
+    rows = [{"attack": a, "source": s, **{f"→ {t}": v for t, v in row.items()}}
+            for a, by_src in res["success"].items() for s, row in by_src.items()]
+    return {"n": res["n"], "table": rows, "value": "success rate on images every model classifies correctly",
+            "raw": res}
+
+
+def _eval_corruption(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
+    from robustlab.eval.corruption import corruption_errors
+    from robustlab.eval.metrics import accuracy
+
+    x, y = ctx.data(opts)
+    rows, errors = [], {}
+    for m in opts["models"]:
+        model = ctx.model(m)
+        err = corruption_errors(model, x, y, opts["corruptions"], opts["severities"])
+        errors[m] = err
+        per = {c: 1.0 - sum(s.values()) / len(s) for c, s in err.items()}
+        rows.append({"model": m, "clean": accuracy(model, x, y), "corrupted (mean)": sum(per.values()) / len(per),
+                     **per})
+    return {"n": len(y), "table": rows, "value": "accuracy, mean over severities", "errors": errors}
+
+
+EVALUATORS: dict[str, Callable[[_Context, dict[str, Any]], dict[str, Any]]] = {
+    "accuracy": _eval_accuracy, "whitebox": _eval_whitebox, "transfer": _eval_transfer,
+    "corruption": _eval_corruption,
+}
+
+
+# ------------------------------------------------------------------ running
+
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _trained(run: Path, cfg: RunConfig) -> bool | None:
+    """True: finished with this config; False: started with this config; None: absent or stale."""
+    import yaml
+
+    if not (run / "config.yaml").is_file():
+        return None
+    try:
+        same = yaml.safe_load((run / "config.yaml").read_text()) == cfg.to_dict()
+    except yaml.YAMLError:
+        same = False
+    if not same:
+        return None
+    return (run / "results.json").is_file() and (run / "model.json").is_file()
+
+
+def train_models(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Train every model of the study that is not trained yet; returns each
+    model's training summary (its ``results.json``)."""
+    from robustlab.train_job import run_train
+
+    out = {}
+    for i, (name, cfg) in enumerate(study.models.items()):
+        run = run_dir / "models" / name
+        state = _trained(run, cfg)
+        if state is None and run.exists():
+            _logger.warning("model %s: its configuration changed; training it again", name)
+            shutil.rmtree(run)
+        if state:
+            print(f"[{i + 1}/{len(study.models)}] model {name}: trained, reusing {run}", flush=True)
+        else:
+            verb = "resuming" if state is False else "training"
+            print(f"[{i + 1}/{len(study.models)}] model {name}: {verb} ({cfg.recipe['name']}, "
+                  f"{cfg.model['name']}, {cfg.train.epochs} epochs)", flush=True)
+            run_train(cfg, study.raw_models[name], run, resume=state is False)
+        res = json.loads((run / "results.json").read_text())
+        out[name] = {"run_dir": str(run), "recipe": cfg.recipe, "model": cfg.model, "steps": res["steps"],
+                     "train_seconds": res["train_seconds"], "final": res["final"]}
+    return out
+
+
+def run_evaluations(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Run every evaluation not already stored (with the same options and models) in ``evaluations/``."""
+    from robustlab.data import load_dataset
+
+    cfg = next(iter(study.models.values()))
+    d = cfg.data
+    limit = max([study.limit or 0] + [e.get("limit") or 0 for e in study.evaluations.values()]) or None
+    test = load_dataset(d.name, d.eval_split, data_dir=d.data_dir, limit=limit, download=d.download, size=d.size,
+                        channels=d.channels)
+    device = pick_device(study.device)
+    x, y = (t.to(device) for t in test.batch(slice(0, len(test))))
+    ctx = _Context(study, run_dir, device, x, y)
+    (run_dir / "evaluations").mkdir(parents=True, exist_ok=True)
+    out = {}
+    for i, (name, opts) in enumerate(study.evaluations.items()):
+        used = sorted({m for k in ("models", "sources", "targets") for m in opts.get(k) or []})
+        key = _fingerprint({"opts": opts, "limit": study.limit, "data": d.name,
+                            "models": {m: study.models[m].to_dict() for m in used}})
+        path = run_dir / "evaluations" / f"{name}.json"
+        if path.is_file():
+            stored = json.loads(path.read_text())
+            if stored.get("key") == key:
+                print(f"[{i + 1}/{len(study.evaluations)}] evaluation {name}: done, reusing", flush=True)
+                out[name] = stored
+                continue
+        print(f"[{i + 1}/{len(study.evaluations)}] evaluation {name} ({opts['kind']})", flush=True)
+        start = time.perf_counter()
+        res = EVALUATORS[opts["kind"]](ctx, opts)
+        res = {"kind": opts["kind"], "options": opts, "key": key, "seconds": round(time.perf_counter() - start, 2),
+               **res}
+        write_json(path, res)
+        out[name] = res
+    return out
+
+
+def run_study(study: Study, out: str | Path | None = None) -> dict[str, Any]:
+    """Train, evaluate, write ``results.json`` and ``report.html`` into ``out``
+    (default ``runs/NAME``, so running the same command again resumes)."""
+    import yaml
+
+    run_dir = Path(out) if out is not None else Path("runs") / study.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from robustlab.runs import atomic_write_text
+
+    atomic_write_text(run_dir / "study.yaml", yaml.safe_dump(study.raw, sort_keys=False))
+    start = time.perf_counter()
+    models = train_models(study, run_dir)
+    evaluations = run_evaluations(study, run_dir)
+    results = {"kind": "study", "name": study.name, "title": study.title, "claim": study.raw.get("claim"),
+               "chapter": study.raw.get("chapter"), "notes": study.raw.get("notes"),
+               "data": next(iter(study.models.values())).data.name, "models": models,
+               "evaluations": {k: {kk: vv for kk, vv in v.items() if kk != "key"} for k, v in evaluations.items()},
+               "seconds": round(time.perf_counter() - start, 2)}
+    write_json(run_dir / "results.json", results)
+    from robustlab.report.html import write_study_report
+
+    results["report"] = str(write_study_report(run_dir))
+    results["run_dir"] = str(run_dir)
+    return results
+
+
+def format_study_summary(results: dict[str, Any]) -> str:
+    from robustlab.report.html import table_rows
+
+    lines = [f"study {results['name']}: {results['title']} ({results['seconds']:.0f} s)"]
+    for name, ev in results["evaluations"].items():
+        lines.append(f"\n{name} ({ev['kind']}, {ev.get('n', '?')} images)")
+        columns, rows = table_rows(ev["table"])
+        width = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(columns, width)))
+        lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, width)) for r in rows]
+    lines.append(f"\nreport: {results['report']}")
+    return "\n".join(lines)
