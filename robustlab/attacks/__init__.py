@@ -8,6 +8,7 @@
 from robustlab.attacks.base import Attack, AttackResult, inference_state
 from robustlab.attacks.cw import CarliniWagnerL2
 from robustlab.attacks.dag import DAGResult, dag_segmentation, derangement
+from robustlab.attacks.detection import dag_detection, dense_proposals, proposal_logits, rpn_settings, select_targets
 from robustlab.attacks.diversity import DIVERSITY_SCALE, DiversityDraw, InputDiversity, padded_size, resize_pad
 from robustlab.attacks.ensemble import NIPS2017_WEIGHTS, Ensemble
 from robustlab.attacks.iterative import IterativeAttack
@@ -34,7 +35,9 @@ __all__ = [
     "create_threat",
     "cross_entropy",
     "cw_margin",
+    "dag_detection",
     "dag_segmentation",
+    "dense_proposals",
     "derangement",
     "get_loss",
     "ifgsm_steps",
@@ -43,6 +46,9 @@ __all__ = [
     "names",
     "padded_size",
     "pgd_step_size",
+    "proposal_logits",
     "random_other_class",
     "resize_pad",
+    "rpn_settings",
+    "select_targets",
 ]

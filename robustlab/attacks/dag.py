@@ -16,8 +16,10 @@ pixels. As in the thesis the iterate is not clipped; the returned adversarial
 image is Trunc(X + r), clipped to [0, 1]. Each image of a batch is its own
 problem: its own derangement, its own step normalization, its own stop.
 
-This module holds the algorithm over a generic per-target logit function; the
-segmentation adapter is :func:`dag_segmentation`.
+This module holds the algorithm over a generic per-target logit function and
+the segmentation adapter :func:`dag_segmentation` (every pixel a target); the
+detection adapter (dense RPN proposals of a torchvision Faster R-CNN) is
+:func:`robustlab.attacks.detection.dag_detection`.
 """
 from __future__ import annotations
 
