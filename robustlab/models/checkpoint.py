@@ -42,7 +42,7 @@ def load_model(path: str | Path, map_location: str = "cpu") -> nn.Module:
         spec = json.loads(meta_path.read_text())["spec"]
     except (json.JSONDecodeError, KeyError) as err:
         raise ValueError(f"{meta_path} is not a robustlab checkpoint description: {err}") from None
-    arch = {k: spec[k] for k in ("act", "norm", "denoise", "denoise_where", "routes") if k in spec}
+    arch = {k: spec[k] for k in ("act", "act_options", "norm", "denoise", "denoise_where", "routes") if k in spec}
     model = create_model(
         spec["name"], spec["num_classes"], in_channels=spec["in_channels"],
         mean=spec["mean"], std=spec["std"], **arch, **spec.get("kwargs", {}),

@@ -60,6 +60,7 @@ def create_model(
     std: Sequence[float] | None = None,
     weights: str | Path | None = None,
     act: str | None = None,
+    act_options: dict[str, float] | None = None,
     norm: str | None = None,
     denoise: str | None = None,
     denoise_where: str = "stages",
@@ -78,6 +79,8 @@ def create_model(
         weights: a local state-dict file (.safetensors, .pt/.pth) for the
             network as built, loaded before any surgery.
         act: swap every activation (``rl.nn.swap_activation``; ch. 5).
+        act_options: the activation's options, e.g. ``{"alpha": 2.0}`` for
+            ELU/CELU (Fig. 5.4) or psoftplus.
         norm: ``"bn"`` (as built), ``"mbn"`` (MixtureBatchNorm with ``routes``,
             ch. 6–7) or ``"gn"`` (GroupNorm, §6.4.2).
         denoise: add denoising blocks of this op (``rl.nn.add_denoise_blocks``,
@@ -106,7 +109,8 @@ def create_model(
         )
     if weights is not None:
         net.load_state_dict(load_state_dict(weights))
-    net = _surgery(net, act=act, norm=norm, denoise=denoise, denoise_where=denoise_where, routes=routes)
+    net = _surgery(net, act=act, act_options=act_options or {}, norm=norm, denoise=denoise,
+                   denoise_where=denoise_where, routes=routes)
     channels = in_channels if builder is not None else 3
     mean = tuple(mean) if mean is not None else (0.0,) * channels
     std = tuple(std) if std is not None else (1.0,) * channels
@@ -114,14 +118,14 @@ def create_model(
     model.robustlab_surgery = getattr(net, "robustlab_surgery", [])
     model.robustlab_spec = {  # what load_model needs to rebuild it
         "name": key, "num_classes": num_classes, "in_channels": in_channels,
-        "mean": list(mean), "std": list(std), "act": act, "norm": norm, "denoise": denoise,
+        "mean": list(mean), "std": list(std), "act": act, "act_options": act_options, "norm": norm, "denoise": denoise,
         "denoise_where": denoise_where, "routes": list(routes), "kwargs": kwargs,
     }
     return model
 
 
-def _surgery(net: nn.Module, *, act: str | None, norm: str | None, denoise: str | None, denoise_where: str,
-             routes: Sequence[str]) -> nn.Module:
+def _surgery(net: nn.Module, *, act: str | None, act_options: dict[str, float], norm: str | None,
+             denoise: str | None, denoise_where: str, routes: Sequence[str]) -> nn.Module:
     """Denoising blocks first (their BN is converted with the rest), then
     activations, then normalization."""
     from robustlab.nn.surgery import add_denoise_blocks, convert_norm, swap_activation
@@ -129,7 +133,9 @@ def _surgery(net: nn.Module, *, act: str | None, norm: str | None, denoise: str 
     if denoise is not None:
         net = add_denoise_blocks(net, denoise, denoise_where, inplace=True)
     if act is not None:
-        net = swap_activation(net, act, inplace=True)
+        net = swap_activation(net, act, inplace=True, **act_options)
+    elif act_options:
+        raise ValueError(f"act_options {act_options} need an activation to swap in (act=...)")
     if norm is not None and norm != "bn":
         net = convert_norm(net, norm, routes=routes, inplace=True)
     return net
