@@ -160,6 +160,8 @@ def resolve_study(raw: dict[str, Any], *, name: str | None = None) -> Study:
     models: dict[str, RunConfig] = {}
     raw_models: dict[str, dict[str, Any]] = {}
     for mname, spec in models_raw.items():
+        if not isinstance(mname, str):
+            raise ValueError(f"model names must be strings; got {mname!r} (quote YAML words such as null, yes, 1)")
         if not isinstance(spec, dict):
             raise ValueError(f"models.{mname} must be a mapping (model, recipe, train, ...); got {spec!r}")
         for one_name, one in _sweep(str(mname), copy.deepcopy(spec)).items():
@@ -228,7 +230,9 @@ EVALUATIONS: dict[str, dict[str, Any]] = {
     "whitebox": {"models": "all", "eps": 16, "step_size": 1, "steps": [1, 5, 10, 20], "loss": "ce",
                  "targeted": False, "restarts": 1, "routes": False, "limit": None},
     "transfer": {"sources": None, "targets": None, "attacks": ["fgsm", "ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm"],
-                 "eps": 16, "limit": None},
+                 "eps": 16, "ensemble": None, "limit": None},
+    "blackbox": {"models": "all", "sources": None, "attacks": ["ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm"],
+                 "eps": 32, "limit": None},
     "corruption": {"models": "all", "corruptions": "all", "severities": [1, 2, 3, 4, 5], "limit": None},
 }
 
@@ -257,7 +261,9 @@ def _check_evaluation(name: str, spec: dict[str, Any], model_names: list[str]) -
                              f"{', '.join(model_names)}")
         return value
 
-    for key in ("models", "sources", "targets"):
+    for key in ("models", "sources", "targets", "ensemble"):
+        if key == "ensemble" and opts.get(key) is None:
+            continue
         if key in opts:
             opts[key] = names(key)
     for key in ("eps", "step_size"):
@@ -269,7 +275,7 @@ def _check_evaluation(name: str, spec: dict[str, Any], model_names: list[str]) -
         steps = opts["steps"]
         if not isinstance(steps, list) or not steps or not all(isinstance(s, int) and s >= 0 for s in steps):
             raise ValueError(f"evaluations.{name}.steps must be a list of iteration counts; got {steps!r}")
-    if kind == "transfer":
+    if kind in ("transfer", "blackbox"):
         from robustlab.attacks import names as attack_names
 
         bad = [a for a in opts["attacks"] if a not in attack_names()]
@@ -400,12 +406,37 @@ def _eval_transfer(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
     eps = parse_eps(opts["eps"], "eps")
     attacks = {a: (lambda a=a: create(a, eps=eps, seed=ctx.study.models[opts["sources"][0]].seed))
                for a in opts["attacks"]}
-    res = transfer_matrix(attacks, {s: ctx.model(s) for s in opts["sources"]},
+    sources = {s: ctx.model(s) for s in opts["sources"]}
+    if opts["ensemble"]:  # §3.3.5: one source whose logits are the average of the members' (eq. 3.8)
+        from robustlab.attacks.ensemble import Ensemble
+
+        sources["ensemble(" + "+".join(opts["ensemble"]) + ")"] = Ensemble([ctx.model(m) for m in opts["ensemble"]])
+    res = transfer_matrix(attacks, sources,
                           {t: ctx.model(t) for t in opts["targets"]}, ctx.batches(opts), device=ctx.device)
     rows = [{"attack": a, "source": s, **{f"→ {t}": v for t, v in row.items()}}
             for a, by_src in res["success"].items() for s, row in by_src.items()]
     return {"n": res["n"], "table": rows, "value": "success rate on images every model classifies correctly",
             "raw": res}
+
+
+def _eval_blackbox(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
+    """§4.6.2, Table 4.2: every attack made on every source model is one
+    attacker; a defender is right on an image only if it classifies every
+    attacker's version of it correctly (CAAD 2018's all-or-nothing, ε = 32)."""
+    from robustlab.attacks import create
+    from robustlab.eval.transfer import adversarial_sets, all_or_nothing
+    from robustlab.units import parse_eps
+
+    eps = parse_eps(opts["eps"], "eps")
+    attackers = {f"{a}@{src}": (lambda a=a: create(a, eps=eps, seed=0), ctx.model(src))
+                 for src in opts["sources"] for a in opts["attacks"]}
+    sets = adversarial_sets(attackers, ctx.batches(opts), device=ctx.device)
+    rows = []
+    for m in opts["models"]:
+        res = all_or_nothing(ctx.model(m), sets, device=ctx.device)
+        rows.append({"model": m, "all-or-nothing": res["all_or_nothing"], **res["per_attacker"]})
+    return {"n": sum(len(y) for _, y in ctx.batches(opts)), "table": rows,
+            "value": "accuracy: all-or-nothing over the attackers, then per attacker"}
 
 
 def _eval_corruption(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
@@ -426,7 +457,7 @@ def _eval_corruption(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
 
 EVALUATORS: dict[str, Callable[[_Context, dict[str, Any]], dict[str, Any]]] = {
     "accuracy": _eval_accuracy, "whitebox": _eval_whitebox, "transfer": _eval_transfer,
-    "corruption": _eval_corruption,
+    "blackbox": _eval_blackbox, "corruption": _eval_corruption,
 }
 
 
@@ -492,7 +523,7 @@ def run_evaluations(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:
     (run_dir / "evaluations").mkdir(parents=True, exist_ok=True)
     out = {}
     for i, (name, opts) in enumerate(study.evaluations.items()):
-        used = sorted({m for k in ("models", "sources", "targets") for m in opts.get(k) or []})
+        used = sorted({m for k in ("models", "sources", "targets", "ensemble") for m in opts.get(k) or []})
         key = _fingerprint({"opts": opts, "limit": study.limit, "data": d.name,
                             "models": {m: study.models[m].to_dict() for m in used}})
         path = run_dir / "evaluations" / f"{name}.json"
