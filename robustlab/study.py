@@ -134,6 +134,27 @@ def _sweep(name: str, spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _drop_foreign_recipe_options(merged: dict[str, Any], defaults: dict[str, Any], own: dict[str, Any]) -> None:
+    """A model naming another recipe than the defaults keeps only the default
+    recipe options its recipe accepts: a vanilla model among adversarially
+    trained ones does not inherit ε and steps; a mixed one does."""
+    from robustlab.train.recipes import _accepted
+
+    name = (own.get("recipe") or {}).get("name")
+    if not name or name == (defaults.get("recipe") or {}).get("name") or name not in recipes_names():
+        return
+    accepted = _accepted(str(name).lower().replace("-", "_"))
+    inherited = set(defaults.get("recipe") or {}) - set(own.get("recipe") or {}) - {"name"}
+    for key in inherited - accepted:
+        merged["recipe"].pop(key, None)
+
+
+def recipes_names() -> list[str]:
+    from robustlab.train.recipes import names
+
+    return list(names())
+
+
 def resolve_study(raw: dict[str, Any], *, name: str | None = None) -> Study:
     """A study mapping (YAML with overrides applied) → :class:`Study`; every
     model config and every evaluation is checked before anything runs."""
@@ -168,8 +189,12 @@ def resolve_study(raw: dict[str, Any], *, name: str | None = None) -> Study:
             if not one_name.replace("_", "").replace("-", "").replace(".", "").isalnum():
                 raise ValueError(f"model name {one_name!r}: use letters, digits, '-', '_' and '.'")
             merged = _merge(defaults, one)
+            _drop_foreign_recipe_options(merged, defaults, one)
             try:
                 models[one_name] = resolve(merged)
+                from robustlab.train_job import build_recipe
+
+                build_recipe(models[one_name])  # recipe options checked now, not after training the others
             except (ValueError, TypeError) as err:
                 raise ValueError(f"models.{one_name}: {err}") from None
             raw_models[one_name] = merged

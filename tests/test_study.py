@@ -59,6 +59,16 @@ def test_defaults_merge_under_each_model_and_sweeps_expand():
     assert study.models["deep"].data.name == "digits" and study.models["deep"].train.epochs == 2
 
 
+def test_a_model_with_another_recipe_inherits_only_the_options_its_recipe_takes():
+    raw = {**TINY, "defaults": {**TINY["defaults"], "recipe": {"name": "madry", "eps": 25, "steps": 3}},
+           "models": {"at": {}, "plain": {"recipe": {"name": "vanilla"}}, "mix": {"recipe": {"name": "mixed"}}},
+           "evaluations": {}}
+    study = resolve_study(raw)
+    assert study.models["at"].recipe == {"name": "madry", "eps": 25, "steps": 3}
+    assert study.models["plain"].recipe == {"name": "vanilla"}
+    assert study.models["mix"].recipe == {"name": "mixed", "eps": 25, "steps": 3}
+
+
 @pytest.mark.parametrize("change, message", [
     ({"bogus": 1}, "unknown study key"),
     ({"models": {}}, "'models' must map"),
@@ -68,6 +78,7 @@ def test_defaults_merge_under_each_model_and_sweeps_expand():
     ({"evaluations": {"e": {"kind": "whitebox", "eps": -1}}}, "evaluations.e.eps"),
     ({"evaluations": {"e": {"kind": "transfer", "attacks": ["fgsmm"]}}}, "unknown attack(s) ['fgsmm']"),
     ({"models": {"m": {"recipe": {"name": "vanilla"}, "train": {"epochz": 1}}}}, "models.m:"),
+    ({"models": {"m": {"recipe": {"name": "madry", "stepz": 3}}}}, "models.m: recipe madry got unknown option(s)"),
     ({"models": {"m": {"recipe": {"name": "vanilla"}, "data": {"name": "cifar10"}},
                  "n": {"recipe": {"name": "vanilla"}}}}, "the same data"),
     ({"limit": 0}, "'limit' must be a positive"),
