@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--route", help="MixtureBatchNorm route to attack through (e.g. clean, adv)")
     _add_data_options(atk)
     _add_attack_options(atk)
+    g = atk.add_argument_group("dense attacks (DAG, ch. 2)")
+    g.add_argument("--dag", action="store_true",
+                   help="DAG on a segmentation/detection model of a DAG study (--model RUN/models/NAME) on its "
+                   "test scenes (--limit, default 8); --steps is DAG's iteration cap")
+    g.add_argument("--gamma", type=float, default=0.5, help="DAG step γ in 0-255 units (eq. 2.3: 0.5)")
+    g.add_argument("--nms-iou", type=float, default=0.9, help="detection: RPN NMS IoU of the proposals (§2.3.2)")
     atk.add_argument("--out", help="run directory (default runs/attack-TIMESTAMP)")
     atk.add_argument("--device", default="auto")
     atk.add_argument("--no-save", action="store_true", help="do not write adversarial.safetensors")
@@ -203,6 +209,16 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from robustlab.nn import route
     from robustlab.runs import new_run_dir, pick_device, write_json, write_tensors
 
+    if args.dag:
+        from robustlab.dag_job import attack_dense
+        from robustlab.study import format_study_summary
+
+        if args.model is None:
+            raise ValueError("--model is required: a dense model directory of a DAG study (RUN/models/NAME)")
+        res = attack_dense(args.model, limit=args.limit or 8, out=args.out, seed=args.seed or 0, gamma=args.gamma,
+                           max_iter=args.steps, nms_iou=args.nms_iou, device=args.device)
+        print(format_study_summary(res))
+        return 0
     for flag in ("model", "data"):
         if getattr(args, flag) is None:
             raise ValueError(f"--{flag} is required (on the command line or as `{flag}:` in --config)")

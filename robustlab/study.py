@@ -51,7 +51,7 @@ from robustlab.runs import pick_device, write_json
 
 _logger = logging.getLogger(__name__)
 
-STUDY_KEYS = ("name", "title", "chapter", "claim", "notes", "seed", "device", "dataset", "datasets", "limit",
+STUDY_KEYS = ("name", "title", "chapter", "claim", "notes", "kind", "seed", "device", "dataset", "datasets", "limit",
               "batch_size", "defaults", "models", "evaluations", "smoke")
 
 
@@ -92,7 +92,8 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
     node[parts[-1]] = value
 
 
-def apply_study_overrides(raw: dict[str, Any], overrides: Mapping[str, Any] | list[str], where: str) -> dict[str, Any]:
+def apply_study_overrides(raw: dict[str, Any], overrides: Mapping[str, Any] | list[str], where: str,
+                          keys: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Dotted overrides (``defaults.train.epochs=1`` strings, or a mapping of
     dotted keys to values) applied to a copy of ``raw``."""
     raw = copy.deepcopy(raw)
@@ -106,10 +107,14 @@ def apply_study_overrides(raw: dict[str, Any], overrides: Mapping[str, Any] | li
                 raise ValueError(f"override {item!r} must look like key.sub=value (e.g. defaults.train.epochs=1)")
             key, value = item.split("=", 1)
             items.append((key.strip(), parse_value(value)))
+    if keys is None:
+        from robustlab.dag_job import DAG_KEYS
+
+        keys = DAG_KEYS if raw.get("kind") == "dag" else STUDY_KEYS
     for key, value in items:
         top = str(key).split(".")[0]
-        if top not in STUDY_KEYS:
-            raise ValueError(f"{where}: unknown study key {top!r} in {key!r}; known: {', '.join(STUDY_KEYS)}")
+        if top not in keys:
+            raise ValueError(f"{where}: unknown study key {top!r} in {key!r}; known: {', '.join(keys)}")
         _set_dotted(raw, key, value, where)
     return raw
 
@@ -244,6 +249,13 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, smoke: b
             raise ValueError("study key 'smoke' must be a mapping of dotted overrides")
         raw = apply_study_overrides(raw, smoke_over, "smoke")
         raw = apply_study_overrides(raw, overrides or [], "overrides")
+    if raw.get("kind") == "dag":
+        from robustlab.dag_job import resolve_dag_study
+
+        return resolve_dag_study(raw, name=path.stem)
+    if raw.get("kind") not in (None, "study"):
+        raise ValueError(f"study key 'kind' must be study (the default) or dag; got {raw['kind']!r}")
+    raw.pop("kind", None)
     return resolve_study(raw, name=path.stem)
 
 
@@ -568,10 +580,15 @@ def run_evaluations(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def run_study(study: Study, out: str | Path | None = None) -> dict[str, Any]:
+def run_study(study: Any, out: str | Path | None = None) -> dict[str, Any]:
     """Train, evaluate, write ``results.json`` and ``report.html`` into ``out``
     (default ``runs/NAME``, so running the same command again resumes)."""
     import yaml
+
+    from robustlab.dag_job import DAGStudy, run_dag_study
+
+    if isinstance(study, DAGStudy):
+        return run_dag_study(study, out)
 
     run_dir = Path(out) if out is not None else Path("runs") / study.name
     run_dir.mkdir(parents=True, exist_ok=True)
