@@ -33,8 +33,11 @@ browser:
 	  echo "note: could not install chromium; the report rendering test will be skipped"; \
 	fi
 
+# The main job on the built-in default: the quickstart study (Fashion-MNIST,
+# vanilla vs PGD-AT vs SAT vs AdvProp) -> runs/quickstart/report.html.
+# Running it again reuses what is already trained.
 demo: $(STAMP) data
-	$(PY) -m robustlab demo
+	$(PY) -m robustlab study configs/quickstart.yaml
 
 test: $(STAMP) data browser
 	$(PY) -m pytest -q

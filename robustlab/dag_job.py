@@ -165,7 +165,9 @@ def _train_models(study: DAGStudy, run_dir: Path, train_scenes: Any, device: tor
     out = {}
     for i, (name, spec) in enumerate(study.models.items()):
         full = {"task": study.task, "num_classes": train_scenes.num_classes, "width": spec["width"],
-                "seed": spec["seed"], "train": study.train, "scenes": study.scenes, "classes": train_scenes.classes}
+                "seed": spec["seed"], "train": study.train, "scenes": study.scenes,
+                "classes": list(train_scenes.classes)}
+        full = json.loads(json.dumps(full))  # as model.json stores it
         directory = run_dir / "models" / name
         done = directory / "model.json"
         if done.is_file() and json.loads(done.read_text()).get("dense") == full:
