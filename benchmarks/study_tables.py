@@ -9,8 +9,13 @@ import json
 from pathlib import Path
 
 
-def _cell(v: object, pct: bool) -> str:
+RAW = ("iterations", "perceptibility", "proposals", "NMS IoU")  # columns that are not fractions
+
+
+def _cell(v: object, pct: bool, column: str) -> str:
     if isinstance(v, float):
+        if any(k in column for k in RAW):
+            return f"{v:.4g}"
         return f"{100 * v:.1f}" if pct else f"{v:.4f}"
     return str(v)
 
@@ -26,7 +31,7 @@ def tables(run_dir: Path, only: list[str] | None = None, pct: bool = False, drop
         out.append(f"**{name}** ({ev['kind']}, {ev.get('n', '?')} images{'; %' if pct else ''})\n")
         out.append("| " + " | ".join(cols) + " |")
         out.append("|" + "---|" * len(cols))
-        out += ["| " + " | ".join(_cell(r.get(c, ""), pct) for c in cols) + " |" for r in rows]
+        out += ["| " + " | ".join(_cell(r.get(c, ""), pct, c) for c in cols) + " |" for r in rows]
         out.append("")
     return "\n".join(out)
 
