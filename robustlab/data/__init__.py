@@ -1,5 +1,6 @@
 """Datasets and loaders: Fashion-MNIST, MNIST, CIFAR-10/100, ImageFolder, digits; training-time
-augmentations and the 15 ImageNet-C corruptions on tensors."""
+augmentations and the 15 ImageNet-C corruptions on tensors; scenes with masks and boxes for the
+dense attacks (ch. 2)."""
 from robustlab.data.augment import augment_names, create_augment
 from robustlab.data.corruptions import CORRUPTIONS, corrupt, corruption_names
 from robustlab.data.datasets import (
@@ -12,10 +13,12 @@ from robustlab.data.datasets import (
     load_dataset,
     make_loader,
 )
+from robustlab.data.scenes import SceneDetection, Scenes, detection_collate, make_scenes
 from robustlab.data.sources import DataNotFoundError, read_idx
 
 __all__ = [
     "CORRUPTIONS", "INFO", "DataNotFoundError", "augment_names", "corrupt", "corruption_names", "create_augment",
     "DatasetInfo", "TensorBatches", "TensorImageDataset",
     "dataset_info", "dataset_names", "load_dataset", "make_loader", "read_idx",
+    "SceneDetection", "Scenes", "detection_collate", "make_scenes",
 ]
