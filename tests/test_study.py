@@ -112,7 +112,8 @@ STUDIES = sorted(p for p in ROOT.joinpath("configs").glob("*.yaml") if not p.ste
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
 def test_every_shipped_study_resolves_in_full_and_smoke_form(path):
     full, smoke = load_study(path), load_study(path, smoke=True)
-    assert full.models and full.evaluations and set(full.models) == set(smoke.models)
+    assert full.models and set(full.models) == set(smoke.models)
+    assert getattr(full, "evaluations", True)  # a DAG study's evaluations are fixed by its task
     raw = yaml.safe_load(path.read_text())
     assert raw.get("smoke"), f"{path.name} needs a smoke section for CI"
 
@@ -216,8 +217,8 @@ def test_routes_evaluation_reads_the_auxiliary_bns_from_the_checkpoint(tmp_path)
 
 def test_a_killed_study_resumes_without_retraining_finished_models(tmp_path):
     raw = {**TINY, "models": {"first": {"recipe": {"name": "vanilla"}},
-                              "second": {"recipe": {"name": "madry", "eps": 32, "steps": 3, "step_size": 12},
-                                         "data": {"limit": 1024}, "train": {"epochs": 10}}},
+                              "second": {"recipe": {"name": "madry", "eps": 32, "steps": 2, "step_size": 16},
+                                         "data": {"limit": 768}, "train": {"epochs": 5}}},
            "evaluations": {"clean": {"kind": "accuracy"}}}
     path = _write(tmp_path, raw)
     out = tmp_path / "run"

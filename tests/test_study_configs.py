@@ -1,0 +1,25 @@
+"""Every shipped study runs to completion in its `--smoke` form (the full runs' numbers are in the README)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from robustlab.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = sorted(p for p in ROOT.joinpath("configs").glob("*.yaml") if not p.stem.startswith(("train_", "attack_")))
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
+def test_shipped_study_runs_in_smoke_form(tmp_path, path, capsys):
+    out = tmp_path / path.stem
+    assert main(["study", str(path), "--smoke", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["models"] and res["evaluations"]
+    assert all(ev["table"] for ev in res["evaluations"].values())
+    assert (out / "report.html").stat().st_size > 10_000
+    assert "report:" in capsys.readouterr().out
