@@ -4,11 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from dense_helpers import tiny_faster_rcnn
 from torch import nn
 from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.ops import MultiScaleRoIAlign
 
 import robustlab.attacks.detection as dag_module
 from robustlab.attacks import dag_detection, dense_proposals, proposal_logits, rpn_settings, select_targets
@@ -21,14 +19,7 @@ G = 0.1
 
 def detector(num_classes: int = 4, size: int = CANVAS) -> FasterRCNN:
     """A tiny Faster R-CNN (random weights); ``size`` ≠ CANVAS makes its transform resize the images."""
-    torch.manual_seed(0)
-    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-                             nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())
-    backbone.out_channels = 8
-    return FasterRCNN(backbone, None, min_size=size, max_size=size, box_score_thresh=0.0,
-                      rpn_anchor_generator=AnchorGenerator(sizes=((8, 16),), aspect_ratios=((0.5, 1.0, 2.0),)),
-                      box_roi_pool=MultiScaleRoIAlign(["0"], output_size=3, sampling_ratio=2),
-                      box_head=TwoMLPHead(8 * 3 * 3, 32), box_predictor=FastRCNNPredictor(32, num_classes)).eval()
+    return tiny_faster_rcnn(num_classes, size)
 
 
 @pytest.fixture()

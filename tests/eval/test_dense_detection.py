@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from dense_helpers import tiny_faster_rcnn
 from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.ops import MultiScaleRoIAlign
 
 from robustlab.attacks.detection import dag_detection
 from robustlab.eval.dense import (
@@ -23,14 +20,7 @@ G = 0.05  # an untrained detector needs a larger step than the thesis's γ = 0.5
 
 
 def detector(seed: int = 0, num_classes: int = 4, size: int = 32) -> FasterRCNN:
-    torch.manual_seed(seed)
-    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-                             nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())
-    backbone.out_channels = 8
-    return FasterRCNN(backbone, None, min_size=size, max_size=size, box_score_thresh=0.0,
-                      rpn_anchor_generator=AnchorGenerator(sizes=((8, 16),), aspect_ratios=((0.5, 1.0, 2.0),)),
-                      box_roi_pool=MultiScaleRoIAlign(["0"], output_size=3, sampling_ratio=2),
-                      box_head=TwoMLPHead(8 * 3 * 3, 32), box_predictor=FastRCNNPredictor(32, num_classes)).eval()
+    return tiny_faster_rcnn(num_classes, size, seed)
 
 
 def dets(boxes, scores, labels):
