@@ -114,8 +114,10 @@ def small_faster_rcnn(
     ``min_size`` = ``max_size`` = the canvas side, torchvision's transform only
     standardizes (``image_mean``, ``image_std``) and never resizes, so boxes
     stay in input pixels. The RPN and box-sampling sizes are scaled down for
-    ~2 objects per 64×64 image; ``kwargs`` go to ``FasterRCNN`` (e.g. the
-    DAG setting of §2.3.2: ``rpn_nms_thresh=0.9``, ``rpn_post_nms_top_n_test=3000``).
+    ~2 objects per 64×64 image (16×16 positions × 12 anchors = 3072 anchors);
+    ``kwargs`` go to ``FasterRCNN``, e.g. the dense proposals of §2.3.2 scaled
+    to that anchor count: ``rpn_nms_thresh=0.9, rpn_pre_nms_top_n_test=3072,
+    rpn_post_nms_top_n_test=1000``.
     """
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
