@@ -8,7 +8,6 @@ import argparse
 import json
 from pathlib import Path
 
-
 RAW = ("iterations", "perceptibility", "proposals", "NMS IoU")  # columns that are not fractions
 
 
