@@ -20,9 +20,7 @@ model the same way.
 """
 from __future__ import annotations
 
-import base64
 import copy
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -239,12 +237,9 @@ def _perturbation(study: DAGStudy, run_dir: Path, name: str, model: nn.Module, x
 
 
 def _png(fig: Any) -> str:
-    from robustlab.report import plots
+    from robustlab.report.html import png_base64
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plots.plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return png_base64(fig)
 
 
 def colorize(labels: Tensor) -> Tensor:

@@ -27,11 +27,16 @@ img{max-width:100%;margin:.5em 0}pre{background:#f7f7f7;padding:.6em;overflow:au
 """
 
 
-def _img(fig: Any) -> str:
+def png_base64(fig: Any) -> str:
+    """A figure as base64 PNG text (closed afterwards), for inlining in a report."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plots.plt.close(fig)
-    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _img(fig: Any) -> str:
+    return f'<img alt="plot" src="data:image/png;base64,{png_base64(fig)}">'
 
 
 def _fmt(v: Any) -> str:
