@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 import robustlab as rl
+from robustlab._io import pick_device
 
 CACHE = Path(__file__).parent / ".cache"
 Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -253,7 +254,7 @@ def report(task, res, batch):  # noqa: ANN001, ANN201
 
 def main(argv=None) -> int:  # noqa: ANN001
     args = parse_args(argv)
-    device = rl.runs.pick_device(args.device)
+    device = pick_device(args.device)
     args.batch_size = args.batch_size or (256 if device.type == "cuda" else 64)
     args.width = args.width or (1.0 if device.type == "cuda" else 0.25)
     torch.manual_seed(0)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 import robustlab as rl
+from robustlab._io import pick_device
 from robustlab.nn import DENOISE_OPS, DenoiseBlock
 
 
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args(argv)
-    device = rl.runs.pick_device(args.device)
+    device = pick_device(args.device)
     cuda = device.type == "cuda"
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"# denoising-block cost — {name}, torch {torch.__version__}, {args.rounds} rounds, median")

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import robustlab as rl
+from robustlab._io import pick_device
 from robustlab.eval.whitebox import robustness_curve, worst_case
 
 
@@ -35,12 +36,12 @@ def main(argv=None) -> None:  # noqa: ANN001
     p.add_argument("--device", default="auto")
     p.add_argument("--json")
     args = p.parse_args(argv)
-    device = rl.runs.pick_device(args.device)
+    device = pick_device(args.device)
     eps = rl.units.parse_eps(args.eps)
     run = Path(args.checkpoint) if args.checkpoint else Path("runs/eval-strength-madry")
     if not (run / "model.json").is_file():
-        from robustlab.config import load_config
-        from robustlab.train_job import run_train
+        from robustlab.app.config import load_config
+        from robustlab.app.train import run_train
 
         cfg, raw = load_config(Path(__file__).resolve().parents[1] / "configs" / "train_madry.yaml")
         run_train(cfg, raw, run)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 import robustlab as rl
+from robustlab._io import pick_device
 from robustlab.train import recipes
 
 EPS, ALPHA = 8 / 255, 2 / 255
@@ -103,7 +104,7 @@ def art_trainer(model, batch, steps, device):  # noqa: ANN001, ANN201
 
 def main(argv=None) -> None:  # noqa: ANN001
     args = parse_args(argv)
-    device = rl.runs.pick_device(args.device)
+    device = pick_device(args.device)
     gpu = device.type == "cuda"
     batch = args.batch_size or (256 if gpu else 64)
     width = args.width or (1.0 if gpu else 0.25)

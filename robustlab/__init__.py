@@ -2,7 +2,8 @@
 
 Attacks (``rl.attacks``), robust layers and model surgery (``rl.nn``), models
 (``rl.models``), data (``rl.data``), training (``rl.train``) and evaluation
-(``rl.eval``), implementing Xie, "Towards Robust Representation Learning and
+(``rl.eval``), reports (``rl.report``) and the application (``rl.app``: the
+command line and its jobs), implementing Xie, "Towards Robust Representation Learning and
 Beyond" (2020). Images are float tensors in [0, 1]; ε is in pixel units
 (``eps=16/255``).
 """
@@ -12,7 +13,7 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-_SUBMODULES = ("attacks", "data", "eval", "models", "nn", "runs", "train", "units")
+_SUBMODULES = ("app", "attacks", "data", "eval", "models", "nn", "report", "train", "units")
 
 
 def __getattr__(name: str) -> Any:

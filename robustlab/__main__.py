@@ -1,5 +1,5 @@
 import sys
 
-from robustlab.cli import main
+from robustlab.app.cli import main
 
 sys.exit(main())

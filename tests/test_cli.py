@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from robustlab.cli import main
+from robustlab.app.cli import main
 from robustlab.models import save_model
 
 
@@ -108,8 +108,8 @@ def test_bad_config(tmp_path, capsys):
 def test_shipped_configs_parse(name):
     from pathlib import Path
 
+    from robustlab.app.cli import apply_config, attack_kwargs, build_parser
     from robustlab.attacks import create
-    from robustlab.cli import apply_config, attack_kwargs, build_parser
 
     path = Path(__file__).parent.parent / "configs" / name
     parser = build_parser()

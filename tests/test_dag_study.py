@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robustlab.cli import main
-from robustlab.dag_job import colorize, load_dense, resolve_dag_study
+from robustlab.app.cli import main
+from robustlab.app.dag import colorize, load_dense, resolve_dag_study
+from robustlab.app.study import load_study
 from robustlab.report.html import table_rows
-from robustlab.study import load_study
 
 TINY = {
     "kind": "dag", "task": "segmentation", "name": "tiny_dag", "seed": 0,

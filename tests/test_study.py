@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robustlab.cli import main
+from robustlab.app.cli import main
+from robustlab.app.study import load_study, resolve_study, run_study
 from robustlab.report.html import table_rows
-from robustlab.study import load_study, resolve_study, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from robustlab.cli import main
+from robustlab.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted(p for p in ROOT.joinpath("configs").glob("*.yaml") if not p.stem.startswith(("train_", "attack_")))

@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import nn
 
+from robustlab._io import write_json, write_tensors
 from robustlab.models.factory import create_model
-from robustlab.runs import write_json, write_tensors
 
 WEIGHTS, META = "model.safetensors", "model.json"
 

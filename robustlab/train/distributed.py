@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from robustlab.runs import pick_device
+from robustlab._io import pick_device
 
 _logger = logging.getLogger(__name__)
 

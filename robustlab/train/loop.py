@@ -25,8 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from robustlab._checks import check_batch
+from robustlab._io import atomic_write_text, write_json
 from robustlab.nn.norm import use_running_stats
-from robustlab.runs import atomic_write_text, write_json
 from robustlab.train import distributed
 from robustlab.train.batches import EpochBatches, as_dataset, on_device
 from robustlab.train.checkpoint import latest_checkpoint, load_checkpoint, restore, save_checkpoint
@@ -322,8 +322,8 @@ def _progress(total: int, done: int, enabled: bool, name: str) -> Any:
 
 
 def _export(model: nn.Module, run_dir: Path, result: TrainResult, recipe: Recipe, opts: TrainOptions) -> None:
+    from robustlab._io import write_tensors
     from robustlab.models.checkpoint import save_model
-    from robustlab.runs import write_tensors
 
     meta = {"recipe": recipe.config(), "train": opts.to_dict(), "steps": result.steps,
             "final": result.history[-1] if result.history else {}}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from robustlab.cli import main
+from robustlab.app.cli import main
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train_vanilla.yaml"
 TINY = ["data.name=digits", "train.epochs=2", "train.batch_size=64", "eval.attack=null", "data.eval_limit=64"]

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 import robustlab as rl
-from robustlab.cli import main
-from robustlab.config import apply_overrides, load_config, resolve
+from robustlab.app.cli import main
+from robustlab.app.config import apply_overrides, load_config, resolve
 
 CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("train_*.yaml"))
 TINY = ["data.name=digits", "data.limit=256", "data.eval_limit=64", "eval.limit=32", "eval.steps=2",

@@ -12,12 +12,13 @@ from typing import Any
 
 import torch
 
-from robustlab.attack_job import attack_dataset, format_attack_table
+from robustlab._io import pick_device, write_json
+from robustlab.app.attack import attack_dataset, format_attack_table
+from robustlab.app.rundir import new_run_dir
 from robustlab.attacks import create
 from robustlab.data import DataNotFoundError, load_dataset, make_loader
 from robustlab.eval.metrics import accuracy
 from robustlab.models import create_model, save_model
-from robustlab.runs import new_run_dir, pick_device, write_json
 from robustlab.train import fit_classifier
 from robustlab.units import parse_eps, to_255
 

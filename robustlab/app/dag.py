@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustlab.runs import atomic_write_text, pick_device, write_json, write_tensors
+from robustlab._io import atomic_write_text, pick_device, write_json, write_tensors
 
 DAG_KEYS = ("name", "title", "chapter", "claim", "notes", "kind", "task", "seed", "device", "scenes", "train",
             "models", "attack", "targeted", "pictures", "nms_ious", "smoke", "datasets", "dataset")
@@ -414,8 +414,8 @@ def attack_dense(model_dir: str | Path, *, limit: int = 8, out: str | Path | Non
                  device: str = "auto") -> dict[str, Any]:
     """``robustlab attack --dag``: DAG on a dense model from a DAG study, on
     ``limit`` test scenes made as the model's study made them."""
+    from robustlab.app.rundir import new_run_dir
     from robustlab.eval import dense
-    from robustlab.runs import new_run_dir
 
     if limit < 1:
         raise ValueError(f"--limit must be >= 1 scenes; got {limit}")

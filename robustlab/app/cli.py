@@ -202,16 +202,17 @@ def _load_data(args: argparse.Namespace, split: str | None = None, limit: int | 
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from robustlab.attack_job import attack_dataset, format_attack_table
+    from robustlab._io import pick_device, write_json, write_tensors
+    from robustlab.app.attack import attack_dataset, format_attack_table
+    from robustlab.app.rundir import new_run_dir
     from robustlab.attacks import create
     from robustlab.data import dataset_info, make_loader
     from robustlab.models import resolve_model
     from robustlab.nn import route
-    from robustlab.runs import new_run_dir, pick_device, write_json, write_tensors
 
     if args.dag:
-        from robustlab.dag_job import attack_dense
-        from robustlab.study import format_study_summary
+        from robustlab.app.dag import attack_dense
+        from robustlab.app.study import format_study_summary
 
         if args.model is None:
             raise ValueError("--model is required: a dense model directory of a DAG study (RUN/models/NAME)")
@@ -249,8 +250,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from robustlab.config import load_config
-    from robustlab.train_job import format_train_summary, run_train
+    from robustlab.app.config import load_config
+    from robustlab.app.train import format_train_summary, run_train
 
     items = list(args.config_and_overrides)
     if args.resume:
@@ -272,7 +273,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from robustlab.eval_job import format_eval_summary, run_eval
+    from robustlab.app.evaluate import format_eval_summary, run_eval
     from robustlab.units import parse_eps
 
     try:
@@ -288,7 +289,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from robustlab.study import format_study_summary, load_study, run_study
+    from robustlab.app.study import format_study_summary, load_study, run_study
 
     items = list(args.config_and_overrides)
     if "=" in items[0]:
@@ -326,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "config", None):
             args = apply_config(parser, argv, args)
         if args.command == "demo":
-            from robustlab.demo import run_demo
+            from robustlab.app.demo import run_demo
 
             return run_demo(args)
         return commands[args.command](args)

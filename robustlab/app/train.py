@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab.config import RunConfig
+from robustlab._io import atomic_write_text, write_json
+from robustlab.app.config import RunConfig
 from robustlab.data import load_dataset
 from robustlab.data.augment import create_augment
 from robustlab.nn.norm import route, route_names
-from robustlab.runs import atomic_write_text, write_json
 from robustlab.train import fit, recipes
 from robustlab.units import from_255, parse_eps
 
@@ -140,7 +140,7 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (resume and (run_dir / "config.yaml").is_file()):
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    from robustlab.runs import pick_device
+    from robustlab._io import pick_device
 
     evaluate = make_evaluate(cfg, recipe, pick_device(cfg.device)) if main else None
     try:

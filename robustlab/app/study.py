@@ -46,8 +46,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab.config import RunConfig, apply_overrides, parse_value, resolve
-from robustlab.runs import pick_device, write_json
+from robustlab._io import pick_device, write_json
+from robustlab.app.config import RunConfig, apply_overrides, parse_value, resolve
 
 _logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def apply_study_overrides(raw: dict[str, Any], overrides: Mapping[str, Any] | li
             key, value = item.split("=", 1)
             items.append((key.strip(), parse_value(value)))
     if keys is None:
-        from robustlab.dag_job import DAG_KEYS
+        from robustlab.app.dag import DAG_KEYS
 
         keys = DAG_KEYS if raw.get("kind") == "dag" else STUDY_KEYS
     for key, value in items:
@@ -197,7 +197,7 @@ def resolve_study(raw: dict[str, Any], *, name: str | None = None) -> Study:
             _drop_foreign_recipe_options(merged, defaults, one)
             try:
                 models[one_name] = resolve(merged)
-                from robustlab.train_job import build_recipe
+                from robustlab.app.train import build_recipe
 
                 build_recipe(models[one_name])  # recipe options checked now, not after training the others
             except (ValueError, TypeError) as err:
@@ -250,7 +250,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, smoke: b
         raw = apply_study_overrides(raw, smoke_over, "smoke")
         raw = apply_study_overrides(raw, overrides or [], "overrides")
     if raw.get("kind") == "dag":
-        from robustlab.dag_job import resolve_dag_study
+        from robustlab.app.dag import resolve_dag_study
 
         return resolve_dag_study(raw, name=path.stem)
     if raw.get("kind") not in (None, "study"):
@@ -374,9 +374,9 @@ def _load_exported(run: Path) -> nn.Module:
 
 
 def _routed_model(cfg: RunConfig, run: Path) -> nn.Module:
+    from robustlab.app.train import build_model, build_recipe
     from robustlab.data import load_dataset
     from robustlab.train.checkpoint import latest_checkpoint, load_checkpoint
-    from robustlab.train_job import build_model, build_recipe
 
     recipe = build_recipe(cfg)
     if not recipe.routes:
@@ -523,7 +523,7 @@ def _trained(run: Path, cfg: RunConfig) -> bool | None:
 def train_models(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:
     """Train every model of the study that is not trained yet; returns each
     model's training summary (its ``results.json``)."""
-    from robustlab.train_job import run_train
+    from robustlab.app.train import run_train
 
     out = {}
     for i, (name, cfg) in enumerate(study.models.items()):
@@ -585,14 +585,14 @@ def run_study(study: Any, out: str | Path | None = None) -> dict[str, Any]:
     (default ``runs/NAME``, so running the same command again resumes)."""
     import yaml
 
-    from robustlab.dag_job import DAGStudy, run_dag_study
+    from robustlab.app.dag import DAGStudy, run_dag_study
 
     if isinstance(study, DAGStudy):
         return run_dag_study(study, out)
 
     run_dir = Path(out) if out is not None else Path("runs") / study.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    from robustlab.runs import atomic_write_text
+    from robustlab._io import atomic_write_text
 
     atomic_write_text(run_dir / "study.yaml", yaml.safe_dump(study.raw, sort_keys=False))
     start = time.perf_counter()

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustlab._io import pick_device, write_json
 from robustlab.data import load_dataset
 from robustlab.eval.analysis import bn_statistics
 from robustlab.eval.sanity import run_sanity_checks
@@ -23,7 +24,6 @@ from robustlab.eval.transfer import transfer_matrix
 from robustlab.eval.whitebox import robustness_curve, worst_case
 from robustlab.models.checkpoint import load_model
 from robustlab.nn.norm import route, route_names
-from robustlab.runs import pick_device, write_json
 
 PROTOCOLS = ("whitebox", "transfer", "corruption", "all")
 TRANSFER_ATTACKS = ("ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm")

@@ -1,21 +1,14 @@
-"""Run directories: one folder per job, written atomically (write, then rename)."""
+"""Small I/O helpers every layer may use: atomic writes (write, then rename),
+the JSON and safetensors writers, and the device picker."""
 from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-
-
-def new_run_dir(out: str | Path | None, kind: str) -> Path:
-    """``out`` if given, else ``runs/KIND-YYYYmmdd-HHMMSS``; created if missing."""
-    path = Path(out) if out is not None else Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
