@@ -4,8 +4,6 @@ dense attacks (ch. 2)."""
 from robustlab.data.augment import augment_names, create_augment
 from robustlab.data.corruptions import CORRUPTIONS, corrupt, corruption_names
 from robustlab.data.datasets import (
-    INFO,
-    DatasetInfo,
     TensorBatches,
     TensorImageDataset,
     dataset_info,
@@ -13,6 +11,7 @@ from robustlab.data.datasets import (
     load_dataset,
     make_loader,
 )
+from robustlab.data.info import INFO, DatasetInfo
 from robustlab.data.scenes import SceneDetection, Scenes, detection_collate, make_scenes
 from robustlab.data.sources import DataNotFoundError, read_idx
 

@@ -8,7 +8,6 @@ ImageNet layout). Every batch a loader yields is ``(x, y)`` with x float in
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,32 +17,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from robustlab.data import sources
+from robustlab.data.folder import image_folder
+from robustlab.data.info import INFO, DatasetInfo
 
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a model needs to know about a dataset."""
-
-    name: str
-    num_classes: int
-    channels: int
-    size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    classes: tuple[str, ...] = field(default=())
-
-
-FASHION_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
-INFO = {
-    "fashion_mnist": DatasetInfo("fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,), FASHION_CLASSES),
-    "mnist": DatasetInfo("mnist", 10, 1, 28, (0.1307,), (0.3081,), tuple(str(i) for i in range(10))),
-    "cifar10": DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "digits": DatasetInfo("digits", 10, 1, 8, (0.3054,), (0.3759,), tuple(str(i) for i in range(10))),
-}
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SPLITS = ("train", "test")
 
 
@@ -119,8 +95,6 @@ def load_dataset(
     if limit is not None and (not isinstance(limit, int) or limit <= 0):
         raise ValueError(f"limit must be a positive integer; got {limit!r}")
     if str(name).startswith("imagefolder:"):
-        from robustlab.data.folder import image_folder
-
         return image_folder(name.split(":", 1)[1], split, limit=limit, size=size or 224)
     key = str(name).lower().replace("-", "_")
     if key not in INFO:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset, Subset
 
-from robustlab.data.datasets import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
+from robustlab.data.info import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
 from robustlab.data.sources import DataNotFoundError
 
 

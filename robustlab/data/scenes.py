@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from robustlab.data.datasets import FASHION_CLASSES, load_dataset
+from robustlab.data.datasets import load_dataset
+from robustlab.data.info import FASHION_CLASSES
 
 SOURCES = ("fashion_mnist", "shapes")
 SHAPES = ("circle", "square", "triangle", "cross", "ring")

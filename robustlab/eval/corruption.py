@@ -20,7 +20,8 @@ from torch.utils.data import Dataset, Subset
 
 from robustlab._checks import check_batch
 from robustlab.data.corruptions import CORRUPTIONS, corrupt
-from robustlab.data.datasets import IMAGENET_MEAN, IMAGENET_STD, INFO, DatasetInfo, TensorImageDataset
+from robustlab.data.datasets import TensorImageDataset
+from robustlab.data.info import IMAGENET_MEAN, IMAGENET_STD, INFO, DatasetInfo
 from robustlab.eval.metrics import predict
 
 _logger = logging.getLogger(__name__)

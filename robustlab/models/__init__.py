@@ -2,8 +2,9 @@
 dense models (FCN, Faster R-CNN) for the ch. 2 attacks."""
 from robustlab.models.checkpoint import load_model, save_model
 from robustlab.models.dense import SmallFCN, small_faster_rcnn
-from robustlab.models.factory import create_model, load_state_dict, model_names, resolve_model
+from robustlab.models.factory import create_model, load_state_dict, model_names
 from robustlab.models.normalize import Normalize, NormalizedModel
+from robustlab.models.resolve import resolve_model
 from robustlab.models.small import BasicBlock, CifarResNet, SmallCNN
 
 __all__ = [
