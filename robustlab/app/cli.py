@@ -6,7 +6,6 @@ unless written as a fraction (``16/255``) or in pixels (``0.5px``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -231,7 +230,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
             if v is not None}
     model = resolve_model(args.model, num_classes=info.num_classes, in_channels=info.channels,
                           mean=info.mean, std=info.std, weights=args.weights, **arch).to(device).eval()
-    routed = route(model, args.route) if args.route else contextlib.nullcontext()
+    routed = route(model, args.route or None)
     with routed:
         record = attack_dataset(atk, model, make_loader(data, args.batch_size), device=device,
                                 keep_examples=not args.no_save)

@@ -48,6 +48,8 @@ from torch import nn
 
 from robustlab._io import pick_device, write_json
 from robustlab.app.config import RunConfig, apply_overrides, parse_value, resolve
+from robustlab.nn.norm import route
+from robustlab.train.checkpoint import load_trained_model
 
 _logger = logging.getLogger(__name__)
 
@@ -143,12 +145,12 @@ def _drop_foreign_recipe_options(merged: dict[str, Any], defaults: dict[str, Any
     """A model naming another recipe than the defaults keeps only the default
     recipe options its recipe accepts: a vanilla model among adversarially
     trained ones does not inherit ε and steps; a mixed one does."""
-    from robustlab.train.recipes import _accepted
+    from robustlab.train.recipes import accepted_options
 
     name = (own.get("recipe") or {}).get("name")
     if not name or name == (defaults.get("recipe") or {}).get("name") or name not in recipes_names():
         return
-    accepted = _accepted(str(name).lower().replace("-", "_"))
+    accepted = accepted_options(name)
     inherited = set(defaults.get("recipe") or {}) - set(own.get("recipe") or {}) - {"name"}
     for key in inherited - accepted:
         merged["recipe"].pop(key, None)
@@ -352,9 +354,8 @@ class _Context:
         route (AdvProp's auxiliary BNs included) from its last checkpoint."""
         key = (name, routed)
         if key not in self._models:
-            run = self.run_dir / "models" / name
-            self._models[key] = (_routed_model(self.study.models[name], run) if routed
-                                 else _load_exported(run)).to(self.device).eval()
+            model = load_trained_model(self.run_dir / "models" / name, routed=routed)
+            self._models[key] = model.to(self.device).eval()
         return self._models[key]
 
     def routes(self, name: str, routed: bool) -> list[tuple[str, nn.Module, Any]]:
@@ -367,39 +368,6 @@ class _Context:
         return [(r, model, r) for r in names]
 
 
-def _load_exported(run: Path) -> nn.Module:
-    from robustlab.models import load_model
-
-    return load_model(run)
-
-
-def _routed_model(cfg: RunConfig, run: Path) -> nn.Module:
-    from robustlab.app.train import build_model, build_recipe
-    from robustlab.data import load_dataset
-    from robustlab.train.checkpoint import latest_checkpoint, load_checkpoint
-
-    recipe = build_recipe(cfg)
-    if not recipe.routes:
-        return _load_exported(run)
-    info = load_dataset(cfg.data.name, cfg.data.eval_split, data_dir=cfg.data.data_dir, limit=1,
-                        download=cfg.data.download, size=cfg.data.size, channels=cfg.data.channels).info
-    model = build_model(cfg, info, recipe)
-    ckpt = latest_checkpoint(run)
-    if ckpt is None:
-        raise FileNotFoundError(f"{run} has no training checkpoint to read the BN routes from")
-    tensors, _ = load_checkpoint(ckpt)
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    return model
-
-
-def _route_ctx(model: nn.Module, r: Any) -> Any:
-    import contextlib
-
-    from robustlab.nn.norm import route
-
-    return route(model, r) if r is not None else contextlib.nullcontext()
-
-
 def _eval_accuracy(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
     from robustlab.eval.metrics import accuracy
 
@@ -407,7 +375,7 @@ def _eval_accuracy(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for m in opts["models"]:
         for rname, model, r in ctx.routes(m, opts["routes"]):
-            with _route_ctx(model, r):
+            with route(model, r):
                 rows.append({"model": m, **({"route": rname} if opts["routes"] else {}),
                              "clean accuracy": accuracy(model, x, y)})
     return {"n": len(y), "table": rows}
@@ -423,7 +391,7 @@ def _eval_whitebox(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
     rows, curves = [], {}
     for m in opts["models"]:
         for rname, model, r in ctx.routes(m, opts["routes"]):
-            with _route_ctx(model, r):
+            with route(model, r):
                 runs = [robustness_curve(model, batches, steps=opts["steps"], eps=eps, step_size=alpha,
                                          targeted=opts["targeted"], restarts=opts["restarts"], loss=loss,
                                          seed=ctx.study.models[m].seed, device=ctx.device) for loss in losses]

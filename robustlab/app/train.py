@@ -7,7 +7,6 @@ RUN_DIR``) and ``results.json``.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -110,7 +109,7 @@ def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device) 
         out: dict[str, float] = {}
         for name in route_names(model) or (None,):
             tag = f"_{name}" if name is not None else ""
-            with route(model, name) if name is not None else contextlib.nullcontext():
+            with route(model, name):
                 out[f"clean_acc{tag}"] = accuracy(model, x, y)
                 if ev.attack:
                     res = robust_accuracy(attack(), model, [(x[:n_adv], y[:n_adv])], device=device)

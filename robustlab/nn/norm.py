@@ -76,9 +76,13 @@ def _check_route(layers: list[MixtureBatchNorm], name: str, arg: str = "route") 
 
 
 @contextlib.contextmanager
-def route(model: nn.Module, name: str) -> Iterator[nn.Module]:
+def route(model: nn.Module, name: str | None) -> Iterator[nn.Module]:
     """Within the block every MixtureBatchNorm of ``model`` uses route ``name``;
-    the previous routes are restored afterwards, even on an error."""
+    the previous routes are restored afterwards, even on an error. ``name=None``
+    changes nothing (any model), so callers need not branch on "no route"."""
+    if name is None:
+        yield model
+        return
     layers = mixture_layers(model)
     _check_route(layers, name)
     previous = [m.active for m in layers]

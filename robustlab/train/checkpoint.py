@@ -180,12 +180,48 @@ def restore(
     scaler: torch.amp.GradScaler | None = None,
 ) -> None:
     """Load a checkpoint's state into the model, optimizer, scaler and RNGs."""
+    _load_model_state(model, tensors)
+    optimizer.load_state_dict(_join_optimizer(tensors, meta["optimizer"]))
+    if scaler is not None and scaler.is_enabled():
+        scaler.load_state_dict({k[len("scaler."):]: v.item() for k, v in tensors.items() if k.startswith("scaler.")})
+    set_rng_state(tensors, meta["rng"])
+
+
+def load_trained_model(run_dir: str | Path, routed: bool = True, map_location: str = "cpu") -> nn.Module:
+    """The model a ``robustlab train`` run made, in eval mode.
+
+    ``routed=False``: the exported model (``model.json``), which for AdvProp
+    has dropped its auxiliary BNs (§7.4.3). ``routed=True``: the trained model
+    with every BN route its recipe trained, rebuilt from the exported
+    architecture with mixture BN and the weights of the last training
+    checkpoint; the exported model when the recipe trains no routes."""
+    from robustlab.models.checkpoint import META as MODEL_META
+    from robustlab.models.checkpoint import load_model
+    from robustlab.nn.norm import route_names
+    from robustlab.nn.surgery import convert_norm
+
+    run_dir = Path(run_dir)
+    model = load_model(run_dir, map_location=map_location)
+    if not routed or route_names(model):
+        return model
+    recipe = (json.loads((run_dir / MODEL_META).read_text()).get("meta") or {}).get("recipe") or {}
+    if not recipe.get("routes"):
+        return model
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"{run_dir} has no training checkpoint to read the BN routes from")
+    spec = dict(model.robustlab_spec)
+    routes = spec.get("routes") or recipe["routes"]
+    model = convert_norm(model, "mbn", routes=tuple(routes), inplace=True)
+    model.robustlab_spec = {**spec, "norm": "mbn", "routes": list(routes)}
+    _load_model_state(model, load_checkpoint(ckpt, map_location=map_location)[0])
+    return model.eval()
+
+
+def _load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """The ``model.*`` tensors of a checkpoint into ``model`` (strict)."""
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint does not fit this model: {err}") from None
-    optimizer.load_state_dict(_join_optimizer(tensors, meta["optimizer"]))
-    if scaler is not None and scaler.is_enabled():
-        scaler.load_state_dict({k[len("scaler."):]: v.item() for k, v in tensors.items() if k.startswith("scaler.")})
-    set_rng_state(tensors, meta["rng"])

@@ -32,10 +32,18 @@ from robustlab.attacks import presets
 from robustlab.attacks.base import Attack
 from robustlab.data.augment import create_augment
 from robustlab.nn.activations import PSOFTPLUS_ALPHA, smooth_relu_backward
-from robustlab.nn.norm import drop_routes, route, route_names
+from robustlab.nn.norm import DEFAULT_ROUTES, drop_routes, route, route_names
+from robustlab.units import from_255
 
 Batch = dict[str, Tensor]
 Logs = dict[str, Tensor]
+
+#: §7.5.1: AdvProp's PGD attacker, ε = 4 and n = ε + 1 = 5 iterations (α = 1).
+ADVPROP_EPS, ADVPROP_STEPS = from_255(4), 5
+#: §5.3.1: fast adversarial training, PGD-1 with ε = 4 (step β = ε).
+FAST_EPS = from_255(4)
+#: §7.5.4: fine-grained AdvProp's routes (main, augmented, adversarial).
+_FINE_ROUTES = ("clean", "aug", "adv")
 
 SMOOTH_BACKWARD = (None, "attacker", "optimizer", "both")
 ATTACKERS = ("pgd", "ifgsm", "gd", "fgsm")
@@ -130,9 +138,9 @@ class AdversarialRecipe(Recipe):
 
     name = "madry"
 
-    def __init__(self, *, attack: str = "pgd", norm: str = "linf", eps: float = 16 / 255, steps: int = 30,
-                 step_size: float = 1 / 255, targeted: bool = True, random_start: bool | None = None,
-                 clean_init_prob: float | None = 0.2,
+    def __init__(self, *, attack: str = "pgd", norm: str = "linf", eps: float = presets.EPS_PGD,
+                 steps: int = presets.PGD_STEPS, step_size: float = presets.ALPHA, targeted: bool = True,
+                 random_start: bool | None = None, clean_init_prob: float | None = presets.CLEAN_INIT_PROB,
                  bn_stats: str = "batch", attack_route: str | None = None, **kw: Any) -> None:
         super().__init__(**kw)
         if attack not in ATTACKERS:
@@ -255,11 +263,12 @@ class AdvPropRecipe(AdversarialRecipe):
 
     name = "advprop"
 
-    def __init__(self, *, eps: float = 4 / 255, steps: int = 5, step_size: float = 1 / 255, targeted: bool = False,
+    def __init__(self, *, eps: float = ADVPROP_EPS, steps: int = ADVPROP_STEPS, step_size: float = presets.ALPHA,
+                 targeted: bool = False,
                  clean_init_prob: float | None = 0.0, routes: tuple[str, ...] | None = None,
                  augment: str | None = None, **kw: Any) -> None:
         fine = augment is not None
-        routes = tuple(routes) if routes is not None else (("clean", "aug", "adv") if fine else ("clean", "adv"))
+        routes = tuple(routes) if routes is not None else (_FINE_ROUTES if fine else DEFAULT_ROUTES)
         if len(routes) != (3 if fine else 2):
             raise ValueError(f"routes must be (main, {'augmented, ' if fine else ''}auxiliary); got {routes}")
         super().__init__(eps=eps, steps=steps, step_size=step_size, targeted=targeted,
@@ -322,7 +331,7 @@ def _acc(logits: Tensor, y: Tensor) -> Tensor:
 def _fast(**kw: Any) -> AdversarialRecipe:
     """Fast adversarial training, single-step PGD-1 with a random start
     (§5.3.1: ε = 4, step β = 4, untargeted)."""
-    kw = {"eps": 4 / 255, "steps": 1, "targeted": False, "clean_init_prob": 0.0, **kw}
+    kw = {"eps": FAST_EPS, "steps": 1, "targeted": False, "clean_init_prob": 0.0, **kw}
     kw.setdefault("step_size", kw["eps"])
     recipe = AdversarialRecipe(**kw)
     recipe.name = "fast"
@@ -339,7 +348,7 @@ def _alp(**kw: Any) -> MixedRecipe:
 def _mbn(**kw: Any) -> MixedRecipe:
     """Mixture BN (§6.4.2): clean images through MBN_clean, adversarial
     images through MBN_adv; evaluate with either route."""
-    recipe = MixedRecipe(**{"routes": ("clean", "adv"), **kw})
+    recipe = MixedRecipe(**{"routes": DEFAULT_ROUTES, **kw})
     recipe.name = "mbn"
     return recipe
 
@@ -370,17 +379,24 @@ def create(name: str, **options: Any) -> Recipe:
 
     ``create("madry", eps=8/255, steps=7)``, ``create("advprop", attack="gd")``.
     Budgets are in [0, 1] pixel units."""
-    key = str(name).lower().replace("-", "_")
-    if key not in _REGISTRY:
-        raise ValueError(f"recipe must be one of {names()}; got {name!r}")
-    accepted = _accepted(key)
+    key = _key(name)
+    accepted = accepted_options(key)
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise TypeError(f"recipe {key} got unknown option(s) {unknown}; accepted: {', '.join(sorted(accepted))}")
     return _REGISTRY[key](**options)
 
 
-def _accepted(key: str) -> set[str]:
+def _key(name: str) -> str:
+    key = str(name).lower().replace("-", "_")
+    if key not in _REGISTRY:
+        raise ValueError(f"recipe must be one of {names()}; got {name!r}")
+    return key
+
+
+def accepted_options(name: str) -> set[str]:
+    """The keyword options :func:`create` accepts for recipe ``name``."""
+    key = _key(name)
     cls = {"vanilla": Recipe, "madry": AdversarialRecipe, "fast": AdversarialRecipe}.get(key)
     if cls is None:
         cls = AdvPropRecipe if key.startswith("advprop") else MixedRecipe

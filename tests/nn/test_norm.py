@@ -47,6 +47,17 @@ def test_route_is_restored_on_error_and_checked():
     assert rl.nn.route_names(model) == ("clean", "adv")
 
 
+@pytest.mark.parametrize("norm", ["mbn", None])
+def test_route_none_changes_nothing(norm):
+    model = small_net(norm=norm).eval()
+    x = torch.rand(4, 1, 8, 8)
+    with rl.nn.route(model, None) as inside:
+        assert inside is model
+        out = model(x)
+    assert torch.equal(out, model(x))
+    assert {m.active for m in model.modules() if isinstance(m, MixtureBatchNorm)} <= {"clean"}
+
+
 def test_routes_give_different_outputs_and_configurable_names():
     model = small_net(routes=("clean", "aug", "adv")).train()
     for r in ("aug", "adv"):

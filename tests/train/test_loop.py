@@ -222,3 +222,21 @@ def test_tensor_pair_data_and_evaluate_callback():
     assert seen == [False, False]  # epochs 2 and 3 (the last), in eval mode
     assert "clean_acc" in res.history[1] and "clean_acc" not in res.history[0]
     assert res.history[-1]["clean_acc"] > 0.8
+
+
+def test_load_trained_model_gives_the_exported_or_the_routed_model(tmp_path):
+    ds = digits_train()
+    recipe = recipes.create("advprop", **ATTACK)
+    trained = model_for(recipe, ds.info)
+    res = rl.train.fit(trained, ds, recipe, out=tmp_path, epochs=1, batch_size=128, progress=False)
+    exported = rl.train.checkpoint.load_trained_model(tmp_path, routed=False)
+    _same_weights(exported, res.model)  # AdvProp's test-time model: the auxiliary BNs dropped (§7.4.3)
+    routed = rl.train.checkpoint.load_trained_model(tmp_path)
+    assert rl.nn.route_names(routed) == ("clean", "adv") and not routed.training
+    _same_weights(routed, trained)  # every BN route, from the last training checkpoint
+    x, _ = ds.batch(slice(0, 32))
+    with rl.nn.route(routed, "clean"):
+        assert torch.equal(routed(x), exported(x))
+    vanilla = tmp_path / "vanilla"
+    rl.train.fit(small_model(ds.info), ds, out=vanilla, epochs=1, batch_size=128, progress=False)
+    _same_weights(rl.train.checkpoint.load_trained_model(vanilla), rl.models.load_model(vanilla))

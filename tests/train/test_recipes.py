@@ -194,3 +194,15 @@ def test_registry_defaults_follow_the_thesis():
     assert recipes.create("advprop", attack="gd").attack.project is False  # Table 7.7
     assert recipes.create("advprop", attack="ifgsm").attack.random_start is False
     assert isinstance(mixture_layers(small_model(digits_train().info, "mbn"))[0], MixtureBatchNorm)
+
+
+def test_accepted_options_are_what_create_takes():
+    assert {"eps", "steps", "step_size", "attack", "routes", "augment"} <= recipes.accepted_options("advprop")
+    assert "clean_ratio" in recipes.accepted_options("Mixed") and "eps" not in recipes.accepted_options("vanilla")
+    for name in recipes.names():
+        unknown = "not_an_option"
+        assert unknown not in recipes.accepted_options(name)
+        with pytest.raises(TypeError, match="accepted: "):
+            recipes.create(name, **{unknown: 1})
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        recipes.accepted_options("nope")
