@@ -1,12 +1,201 @@
-"""Run directories: one folder per job."""
+"""Run directories: one folder holds one run.
+
+:class:`RunDir` owns what every command does with its folder: the default
+path (``runs/KIND-YYYYmmdd-HHMMSS``), creating it when the first file is
+written (so a command refused on bad input leaves no folder behind),
+``config.yaml``, the run's identity in ``run.json`` (kind and the fingerprint
+of its resolved config), an exclusive ``.lock`` while it writes, and the
+ending every job shares: ``results.json``, then ``report.html``.
+
+A folder that holds another run (another kind or fingerprint) is refused
+before anything is written; the same fingerprint reuses it, which is how a
+killed run resumes and finished work is reused.
+"""
 from __future__ import annotations
 
+import atexit
+import hashlib
+import json
+import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from robustlab._io import atomic_write_text, write_json
+
+RUN, LOCK = "run.json", ".lock"
+
+
+def fingerprint_of(config: Any) -> str:
+    """SHA-256 of the canonical JSON of a resolved config (sorted keys)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def new_run_dir(out: str | Path | None, kind: str) -> Path:
     """``out`` if given, else ``runs/KIND-YYYYmmdd-HHMMSS``; created if missing."""
-    path = Path(out) if out is not None else Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = default_path(out, kind)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def default_path(out: str | Path | None, kind: str) -> Path:
+    return Path(out) if out is not None else Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunDirLocked(ValueError):
+    """Another live process is writing into the run directory."""
+
+
+class RunDir:
+    """The folder of one run.
+
+    Args:
+        out: the folder, or None for ``runs/KIND-YYYYmmdd-HHMMSS``.
+        kind: what runs there (``train``, ``study``, ``attack``, ...).
+        fingerprint: the identity of the run, usually :func:`fingerprint_of`
+            its resolved config; None accepts any run of the same kind.
+        writer: False for a process that only reads the identity check
+            (a non-zero DDP rank): it never locks nor writes.
+
+    Raises:
+        ValueError: ``out`` holds another run (the message says which), or
+            another process holds its lock (:class:`RunDirLocked`).
+    """
+
+    def __init__(self, out: str | Path | None, kind: str, fingerprint: str | None = None, *,
+                 writer: bool = True) -> None:
+        self.path = default_path(out, kind)
+        self.kind, self.fingerprint, self.writer = kind, fingerprint, writer
+        self._locked = False
+        self.existing = self._check()
+        if writer:
+            self._check_lock()
+
+    # -- identity ----------------------------------------------------------
+    def _check(self) -> dict[str, Any] | None:
+        """The stored identity, after refusing a folder that holds another run."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"{self.path} is a file, not a run directory")
+        path = self.path / RUN
+        if not path.is_file():
+            return None
+        try:
+            stored = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); refusing to write into {self.path}") from None
+        if not isinstance(stored, dict):
+            raise ValueError(f"{path} is not a robustlab run record; refusing to write into {self.path}")
+        differs = [f"kind {stored.get('kind')!r} (this run: {self.kind!r})"] if stored.get("kind") != self.kind else []
+        if self.fingerprint is not None and stored.get("fingerprint") not in (None, self.fingerprint):
+            differs.append(f"config fingerprint {str(stored.get('fingerprint'))[:12]}… "
+                           f"(this run: {self.fingerprint[:12]}…)")
+        if differs:
+            raise ValueError(f"{self.path} holds another run ({'; '.join(differs)}, created "
+                             f"{stored.get('created', '?')}); choose another output directory or remove it")
+        return stored
+
+    @property
+    def reused(self) -> bool:
+        """True when the folder already holds this run (resume, reuse)."""
+        return self.existing is not None
+
+    # -- lock --------------------------------------------------------------
+    def _holder(self) -> int | None:
+        """The pid of a live process holding the lock, or None."""
+        try:
+            pid = int((self.path / LOCK).read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return None
+        if pid <= 0:
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # a dead process's lock: stale, taken over
+        except PermissionError:
+            return pid
+        return pid
+
+    def _check_lock(self) -> None:
+        holder = self._holder()
+        if holder is not None and not self._locked:
+            raise RunDirLocked(f"{self.path} is in use by process {holder} (lock file {self.path / LOCK}); "
+                               "wait for it to finish, or remove the lock file if that process is not robustlab")
+
+    def _acquire(self) -> None:
+        lock = self.path / LOCK
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._check_lock()
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            self._locked = True
+            atexit.register(self.close)
+            return
+        raise RunDirLocked(f"{self.path}: could not take the lock {lock}")
+
+    def close(self) -> None:
+        """Release the lock (also done at exit)."""
+        if self._locked:
+            self._locked = False
+            try:
+                if int((self.path / LOCK).read_text().strip() or 0) == os.getpid():
+                    (self.path / LOCK).unlink()
+            except (FileNotFoundError, ValueError):
+                pass
+            atexit.unregister(self.close)
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing -----------------------------------------------------------
+    def ensure(self) -> Path:
+        """Create the folder, take the lock and record the run (once)."""
+        if not self.writer:
+            raise RuntimeError(f"{self.path}: this process only reads the run directory")
+        if not self._locked:
+            self._check()  # nothing changed since construction
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._acquire()
+            if self.existing is None:
+                from robustlab import __version__
+
+                self.existing = {"kind": self.kind, "fingerprint": self.fingerprint,
+                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "robustlab": __version__}
+                write_json(self.path / RUN, self.existing)
+        return self.path
+
+    def record(self, event: Mapping[str, Any]) -> None:
+        """Append ``event`` (e.g. an extension of ``train.epochs``) to run.json's history."""
+        self.ensure()
+        self.existing = {**self.existing, "history": [*self.existing.get("history", []),
+                                                      {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **event}]}
+        write_json(self.path / RUN, self.existing)
+
+    def write_config(self, config: Mapping[str, Any], name: str = "config.yaml") -> Path:
+        import yaml
+
+        path = self.ensure() / name
+        atomic_write_text(path, yaml.safe_dump(dict(config), sort_keys=False))
+        return path
+
+    def finish(self, results: dict[str, Any], *, report: bool = True) -> dict[str, Any]:
+        """Write ``results.json`` (atomically), then render ``report.html``;
+        returns ``results`` with ``run_dir`` (and ``report``) added."""
+        write_json(self.ensure() / "results.json", results)
+        results = {**results, "run_dir": str(self.path)}
+        if report:
+            from robustlab.report import write_report
+
+            results["report"] = str(write_report(self.path))
+        return results
+

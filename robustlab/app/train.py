@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab._io import atomic_write_text, write_json
+from robustlab._io import pick_device
 from robustlab.app.config import RunConfig
+from robustlab.app.rundir import RunDir, default_path, fingerprint_of
 from robustlab.data import load_dataset
 from robustlab.data.augment import create_augment
 from robustlab.nn.norm import route, route_names
@@ -119,44 +119,97 @@ def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device) 
     return evaluate
 
 
+# Training options a resumed run may change: how long it trains and how it
+# logs, not what it trains. Everything else of the config is the run's identity.
+RESUMABLE_TRAIN_KEYS = ("epochs", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every", "device",
+                        "workers", "progress")
+
+
+def identity(cfg: RunConfig) -> dict[str, Any]:
+    """What the run is: the resolved config without the device, the
+    evaluation settings and :data:`RESUMABLE_TRAIN_KEYS`; its
+    :func:`~robustlab.app.rundir.fingerprint_of` is the run directory's fingerprint."""
+    d = cfg.to_dict()
+    d.pop("device")
+    d.pop("eval")
+    d["train"] = {k: v for k, v in d["train"].items() if k not in RESUMABLE_TRAIN_KEYS}
+    return d
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(old: RunConfig, new: RunConfig, *, identity_only: bool = True) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (old, new)}`` where two configs differ (in what the run is, by default)."""
+    a, b = (_flat(identity(c) if identity_only else c.to_dict()) for c in (old, new))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _check_resume(cfg: RunConfig, run_dir: Path) -> RunConfig | None:
+    """The config a resumed run started with; refuses overrides that change what the run is."""
+    from robustlab.app.config import load_config
+
+    if not (run_dir / "config.yaml").is_file():
+        return None
+    old, _ = load_config(run_dir / "config.yaml")
+    changed = config_changes(old, cfg)
+    if changed:
+        diff = "; ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changed.items())
+        raise ValueError(f"--resume {run_dir}: {', '.join(changed)} would change what the run is ({diff}); only "
+                         f"{', '.join('train.' + k for k in RESUMABLE_TRAIN_KEYS)}, device and eval.* may change. "
+                         "Start a new run with --out instead")
+    return old
+
+
 def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, resume: bool = False) -> dict[str, Any]:
     """Train as ``cfg`` says into ``out``; returns what ``results.json`` holds."""
-    import yaml
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if out is None and world > 1:
         raise ValueError("--out is required under torchrun (every process must write to the same run directory)")
     recipe = build_recipe(cfg)
+    main = int(os.environ.get("RANK", "0")) == 0
+    out = default_path(out, f"train-{recipe.name}")
+    old = _check_resume(cfg, out) if resume else None
+    run = RunDir(out, "train", fingerprint_of(identity(cfg)), writer=main)  # another run there: refused now
     d = cfg.data
     train_set = load_dataset(d.name, "train", data_dir=d.data_dir, limit=d.limit, download=d.download,
                              size=d.size, channels=d.channels)
     if d.augment != "none":
         train_set = AugmentedDataset(train_set, create_augment(d.augment))
     model = build_model(cfg, train_set.info, recipe)
-    run_dir = Path(out) if out is not None else Path("runs") / f"train-{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    main = int(os.environ.get("RANK", "0")) == 0
+    run_dir = run.path
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not (resume and (run_dir / "config.yaml").is_file()):
-            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    from robustlab._io import pick_device
-
-    evaluate = make_evaluate(cfg, recipe, pick_device(cfg.device)) if main else None
+        changed = config_changes(old, cfg, identity_only=False) if old is not None else None
+        run.ensure()
+        if old is None or changed:
+            run.write_config(cfg.to_dict())
+        if changed:  # e.g. train.epochs extended
+            run.record({"resumed with": {k: list(v) for k, v in changed.items()}})
     try:
+        evaluate = make_evaluate(cfg, recipe, pick_device(cfg.device)) if main else None
         result = fit(model, train_set, recipe, options=cfg.train, out=run_dir, resume=resume, evaluate=evaluate)
+        results = {
+            "kind": "train", "run_dir": str(run_dir), "recipe": recipe.config(), "config": cfg.to_dict(),
+            "steps": result.steps, "train_seconds": round(result.seconds, 3),
+            "images_per_second": round(result.images_per_second, 1), "resumed_from_step": result.resumed_from,
+            "final": result.history[-1] if result.history else {}, "history": result.history,
+        }
+        if main:
+            run.finish(results)
     finally:
         import torch.distributed as dist
 
         if dist.is_initialized():
             dist.destroy_process_group()
-    results = {
-        "kind": "train", "run_dir": str(run_dir), "recipe": recipe.config(), "config": cfg.to_dict(),
-        "steps": result.steps, "train_seconds": round(result.seconds, 3),
-        "images_per_second": round(result.images_per_second, 1), "resumed_from_step": result.resumed_from,
-        "final": result.history[-1] if result.history else {}, "history": result.history,
-    }
-    if main:
-        write_json(run_dir / "results.json", results)
+        if main:
+            run.close()
     return results
 
 

@@ -84,3 +84,44 @@ def test_cli_errors_name_the_problem(tmp_path, capsys, args, match):
     assert main([*args, "--out", str(tmp_path / "r")] if "--resume" not in args else args) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+VANILLA = next(p for p in CONFIGS if p.stem == "train_vanilla")
+
+
+def _snapshot(directory):
+    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_directory_holding_another_run_is_refused_untouched(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", str(VANILLA), *TINY, "eval.attack=null", "--out", str(out)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["kind"] == "train" and len(run["fingerprint"]) == 64 and not (out / ".lock").exists()
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert main(["train", str(VANILLA), *TINY, "recipe.name=madry", "--out", str(out)]) == 2
+    assert "holds another run" in capsys.readouterr().err
+    assert _snapshot(out) == before
+
+
+def test_resume_refuses_overrides_that_change_the_run_and_records_more_epochs(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", str(VANILLA), *TINY, "eval.attack=null", "--out", str(out)]) == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "recipe.name=madry", "model.width=4"]) == 2
+    err = capsys.readouterr().err
+    assert "recipe.name" in err and "model.width" in err and "'vanilla' → 'madry'" in err
+    assert _snapshot(out) == before
+    assert main(["train", "--resume", str(out), "train.epochs=2"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == 2
+    assert json.loads((out / "results.json").read_text())["steps"] == 8
+    history = json.loads((out / "run.json").read_text())["history"]
+    assert history[-1]["resumed with"] == {"train.epochs": [1, 2]}
+
+
+def test_bad_input_leaves_no_directory(tmp_path):
+    assert main(["train", str(VANILLA), "recipe.eps=-3", "--out", str(tmp_path / "r")]) == 2
+    assert main(["train", str(VANILLA), "data.name=nope", "--out", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,58 @@
+"""RunDir: one folder holds one run (fingerprint + lock), created lazily."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from robustlab.app.rundir import LOCK, RunDir, RunDirLocked, fingerprint_of
+
+
+def test_fingerprint_is_the_canonical_json_sha256():
+    assert fingerprint_of({"b": 1, "a": [1, 2]}) == fingerprint_of({"a": [1, 2], "b": 1})
+    assert fingerprint_of({"a": 1}) != fingerprint_of({"a": 2}) and len(fingerprint_of({})) == 64
+
+
+def test_folder_is_created_with_the_first_file_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = RunDir(None, "demo", fingerprint_of({"x": 1}))
+    assert run.path.parent.name == "runs" and run.path.name.startswith("demo-") and not run.path.exists()
+    run.write_config({"x": 1})
+    stored = json.loads((run.path / "run.json").read_text())
+    assert stored["kind"] == "demo" and stored["fingerprint"] == fingerprint_of({"x": 1}) and stored["robustlab"]
+    assert int((run.path / LOCK).read_text()) == os.getpid()
+    res = run.finish({"kind": "demo", "value": 1})
+    assert json.loads((run.path / "results.json").read_text()) == {"kind": "demo", "value": 1}
+    assert (run.path / "report.html").is_file() and res["run_dir"] == str(run.path)
+    run.close()
+    assert not (run.path / LOCK).exists()
+
+
+def test_another_run_is_refused_before_anything_is_written(tmp_path):
+    with RunDir(tmp_path / "r", "train", "a" * 64) as run:
+        run.finish({"kind": "train"}, report=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+    for kind, fp in (("train", "b" * 64), ("study", "a" * 64)):
+        with pytest.raises(ValueError, match="holds another run"):
+            RunDir(tmp_path / "r", kind, fp)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before
+    again = RunDir(tmp_path / "r", "train", "a" * 64)
+    assert again.reused
+    again.close()
+
+
+def test_a_second_writer_fails_naming_the_holder_and_a_stale_lock_is_taken_over(tmp_path):
+    first = RunDir(tmp_path / "r", "train", None)
+    first.ensure()
+    with pytest.raises(RunDirLocked, match=f"process {os.getpid()}"):
+        RunDir(tmp_path / "r", "train", None)
+    first.close()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "r" / LOCK).write_text(dead.stdout)  # a killed run's lock
+    run = RunDir(tmp_path / "r", "train", None)
+    run.ensure()
+    assert int((tmp_path / "r" / LOCK).read_text()) == os.getpid()
+    run.close()
