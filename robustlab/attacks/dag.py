@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from robustlab._checks import check_images
+from robustlab._checks import check_images, check_number
 from robustlab.nn.state import inference_state
 
 GAMMA = 0.5 / 255  # eq. (2.3): γ = 0.5 on the 0-255 scale
@@ -91,6 +91,7 @@ def dag_single(
     ``targeted`` (fooling images, §2.3.4): a target is active until it is
     predicted as l'_n, and l_n is its currently winning class, so each step
     pushes l'_n above whatever still beats it."""
+    check_number(gamma, "gamma", low=0.0, low_open=True)  # γ <= 0 would step away from l' (eq. 2.3)
     r = torch.zeros_like(x)
     counts: list[int] = []
     keep = torch.ones_like(labels, dtype=torch.bool) if mask is None else mask
@@ -161,6 +162,7 @@ def dag_segmentation(
             active (the release stops below 1%: 0.01); 0 is Algorithm 1.
     """
     check_images(x, "x")
+    check_number(gamma, "gamma", low=0.0, low_open=True)
     if not 0 <= stop_fraction < 1:
         raise ValueError(f"stop_fraction must be in [0, 1); got {stop_fraction}")
     gen = torch.Generator().manual_seed(seed) if seed is not None else None

@@ -94,6 +94,9 @@ def load_dataset(
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
     if limit is not None and (not isinstance(limit, int) or limit <= 0):
         raise ValueError(f"limit must be a positive integer; got {limit!r}")
+    for arg, value in (("size", size), ("channels", channels)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ValueError(f"{arg} must be a positive integer (or None to keep the dataset's); got {value!r}")
     if str(name).startswith("imagefolder:"):
         return image_folder(name.split(":", 1)[1], split, limit=limit, size=size or 224)
     key = str(name).lower().replace("-", "_")

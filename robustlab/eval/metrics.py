@@ -22,8 +22,15 @@ def misclassified(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` on (x, y)."""
-    return float((predict(model, x, batch_size) == y).float().mean()) if len(y) else 0.0
+    """Top-1 accuracy of ``model`` on (x, y); empty inputs are refused (an
+    accuracy of nothing is undefined, not 0)."""
+    if len(x) == 0 or len(y) == 0:
+        raise ValueError(f"accuracy needs at least one sample: x must be (N, C, H, W) and y (N,) with N >= 1; "
+                         f"got x {tuple(x.shape)}, y {tuple(y.shape)}")
+    if len(x) != len(y):
+        raise ValueError(f"accuracy: x and y must hold the same number of samples; got x {tuple(x.shape)}, "
+                         f"y {tuple(y.shape)}")
+    return float((predict(model, x, batch_size) == y).float().mean())
 
 
 def pooled_batches(loader: Iterable[tuple[Tensor, Tensor]], size: float | None

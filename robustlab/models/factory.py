@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,8 @@ def create_model(
         kwargs: passed to the network's constructor (``width``/``depth`` for
             smallcnn, ``width`` for the CIFAR ResNets).
     """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2 (the number of logits); got {num_classes!r}")
     key = str(name)
     builder = _builtin(key)
     if builder is not None:
@@ -108,7 +111,10 @@ def create_model(
             f"unknown model {name!r}; built-in: {', '.join(model_names())}; or timm:NAME / tv:NAME"
         )
     if weights is not None:
-        net.load_state_dict(load_state_dict(weights))
+        try:
+            net.load_state_dict(load_state_dict(weights))
+        except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
+            raise ValueError(f"weights: {weights} does not fit {key}: {err}") from None
     net = _surgery(net, act=act, act_options=act_options or {}, norm=norm, denoise=denoise,
                    denoise_where=denoise_where, routes=routes)
     channels = in_channels if builder is not None else 3
@@ -156,17 +162,27 @@ def _timm(name: str, num_classes: int, mean, std, **kwargs: Any):  # noqa: ANN00
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a local ``.safetensors`` or ``.pt``/``.pth`` file (weights only)."""
+    """A state dict from a local ``.safetensors`` or ``.pt``/``.pth`` file
+    (weights only: no pickled code is run), with every weight finite."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged file, or a pickle naming more than tensors (refused by weights_only)
+        raise ValueError(f"{path} is not a readable weights file (safetensors, or a tensors-only .pt/.pth): "
+                         f"{type(err).__name__}: {err}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict (names → tensors)")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{path} holds non-finite weights (NaN or inf) in {', '.join(bad[:5])}"
+                         f"{' ...' if len(bad) > 5 else ''}")
     return state
