@@ -9,10 +9,15 @@ import math
 from numbers import Real
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+# Dtypes a model may be fed: float64 is refused rather than cast, so a silent
+# 2× memory and precision change never happens behind the caller's back (and a
+# float64 batch against float32 weights fails deep inside a convolution).
+IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _image_form(x: object, name: str) -> Tensor:
+def _image_form(x: object, name: str, dtypes: tuple[torch.dtype, ...] = IMAGE_DTYPES) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W) in [0, 1]; got {type(x).__name__}")
     if x.dim() != 4:
@@ -21,9 +26,22 @@ def _image_form(x: object, name: str) -> Tensor:
         )
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor with pixels in [0, 1]; got dtype {x.dtype}")
+    if x.dtype not in dtypes:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must be {allowed}; got dtype {x.dtype} (convert with {name}.float())")
     if x.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one image; got shape {tuple(x.shape)}")
     return x
+
+
+def check_channels(model: nn.Module, x: Tensor, name: str = "x") -> None:
+    """Raise if ``x``'s channels differ from what the model's first convolution
+    takes (when it has one: a model without nn.Conv2d is left to itself)."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None or x.dim() != 4 or x.shape[1] == conv.in_channels:
+        return
+    raise ValueError(f"{name} has {x.shape[1]} channels (shape {tuple(x.shape)}) but the model's first "
+                     f"convolution takes {conv.in_channels}; pass (N, {conv.in_channels}, H, W) images")
 
 
 def _label_form(y: object, n: int, name: str) -> Tensor:
@@ -44,14 +62,15 @@ def check_label_range(name: str, low: int, high: int, num_classes: int | None = 
         raise ValueError(f"{name} holds class index {high}, out of range for a model with {num_classes} classes")
 
 
-def check_batch(x: object, labels: dict[str, Tensor | None] | None = None, name: str = "x") -> dict[str, int]:
+def check_batch(x: object, labels: dict[str, Tensor | None] | None = None, name: str = "x",
+                dtypes: tuple[torch.dtype, ...] = IMAGE_DTYPES) -> dict[str, int]:
     """Check images and label tensors with a single device synchronization.
 
     ``x`` must be a finite float tensor (N, C, H, W) in [0, 1]; each label tensor
     (on ``x``'s device) must hold N non-negative integers. Returns the largest
     index of each label tensor, for the class-count check once the model's
     output size is known."""
-    x = _image_form(x, name)
+    x = _image_form(x, name, dtypes)
     labels = {k: _label_form(v, x.shape[0], k) for k, v in (labels or {}).items() if v is not None}
     # min and max propagate NaN and show ±inf, so they alone reveal bad values.
     parts = list(torch.aminmax(x))
@@ -74,9 +93,10 @@ def check_batch(x: object, labels: dict[str, Tensor | None] | None = None, name:
     return maxima
 
 
-def check_images(x: object, name: str = "x") -> Tensor:
-    """Check ``x`` is a finite float tensor of shape (N, C, H, W) in [0, 1]."""
-    check_batch(x, name=name)
+def check_images(x: object, name: str = "x", dtypes: tuple[torch.dtype, ...] = IMAGE_DTYPES) -> Tensor:
+    """Check ``x`` is a finite float tensor of shape (N, C, H, W) in [0, 1], of
+    one of ``dtypes`` (model inputs: float32/16, bfloat16)."""
+    check_batch(x, name=name, dtypes=dtypes)
     return x
 
 

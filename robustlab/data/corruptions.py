@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustlab._checks import check_images
+from robustlab._checks import IMAGE_DTYPES, check_images
 from robustlab.data._corruption_ops import (  # noqa: F401 - REFERENCE_SIZE is part of this module's API
     REFERENCE_SIZE,
     _base_grid,
@@ -84,7 +84,7 @@ def corrupt(x: Tensor, name: str, severity: int, generator: torch.Generator | No
 def _check(x: object, severity: object, generator: object) -> None:
     if isinstance(severity, bool) or not isinstance(severity, int) or not 0 <= severity <= 5:
         raise ValueError(f"severity must be an integer in 0..5 (0 = clean); got {severity!r}")
-    check_images(x, "x")
+    check_images(x, "x", dtypes=(*IMAGE_DTYPES, torch.float64))  # a data op: float64 works (kept as float64)
     if x.shape[1] not in (1, 3):
         raise ValueError(f"x must have 1 or 3 channels (N, C, H, W); got shape {tuple(x.shape)}")
     if generator is not None and not isinstance(generator, torch.Generator):
