@@ -159,16 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
 def apply_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace
                  ) -> argparse.Namespace:
     """Re-parse with a YAML file's options as defaults, so flags still win."""
-    import yaml
+    from robustlab.app.config import load_yaml
 
     sub = parser.subcommands[args.command]
-    try:
-        with open(args.config) as f:
-            cfg = yaml.safe_load(f) or {}
-    except OSError as err:
-        raise FileNotFoundError(f"--config: cannot read {args.config}: {err.strerror}") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"--config: {args.config} must hold a mapping of option: value")
+    cfg = load_yaml(args.config, "--config")
     known = {a.dest for a in sub._actions} - {"help", "config"}
     cfg = {str(k).replace("-", "_"): v for k, v in cfg.items()}
     unknown = sorted(set(cfg) - known)
@@ -201,9 +195,9 @@ def _load_data(args: argparse.Namespace, split: str | None = None, limit: int | 
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from robustlab._io import pick_device, write_json, write_tensors
+    from robustlab._io import pick_device, write_tensors
     from robustlab.app.attack import attack_dataset, format_attack_table
-    from robustlab.app.rundir import new_run_dir
+    from robustlab.app.rundir import RunDir, fingerprint_of
     from robustlab.attacks import create
     from robustlab.data import dataset_info, make_loader
     from robustlab.models import resolve_model
@@ -223,6 +217,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
         if getattr(args, flag) is None:
             raise ValueError(f"--{flag} is required (on the command line or as `{flag}:` in --config)")
     atk = create(args.attack, **attack_kwargs(args))  # bad names/values fail before any loading
+    options = {k: v for k, v in vars(args).items() if k not in ("out", "device", "verbose", "config", "command")}
+    run = RunDir(args.out, "attack", fingerprint_of(options))  # another run there: refused before any work
     device = pick_device(args.device)
     data = _load_data(args)
     info = dataset_info(data)
@@ -234,15 +230,15 @@ def cmd_attack(args: argparse.Namespace) -> int:
     with routed:
         record = attack_dataset(atk, model, make_loader(data, args.batch_size), device=device,
                                 keep_examples=not args.no_save)
-    out = new_run_dir(args.out, "attack")  # created once there is something to write
     tensors = record.pop("tensors")
     record.update(model=str(args.model), weights=args.weights, route=args.route, architecture=arch,
                   data={"name": args.data, "split": args.split, "limit": args.limit, "n": len(data)})
-    if not args.no_save:
-        write_tensors(out / "adversarial.safetensors", tensors)
-    write_json(out / "results.json", record)
+    with run:
+        if not args.no_save:
+            write_tensors(run.ensure() / "adversarial.safetensors", tensors)
+        run.finish(record, report=False)
     print(format_attack_table([record]))
-    print(f"wrote {out / 'results.json'}")
+    print(f"wrote {run.path / 'results.json'}")
     return 0
 
 

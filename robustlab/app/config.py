@@ -92,23 +92,66 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A YAML file as a mapping (empty file: ``{}``): the one reader of configs.
+
+    Raises:
+        FileNotFoundError: the file cannot be read.
+        ValueError: malformed YAML (the message gives ``FILE:LINE:COLUMN``),
+            or a document that is not a mapping.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise FileNotFoundError(f"cannot read {what} {path}: {getattr(err, 'strerror', None) or err}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = " ".join(str(p) for p in (getattr(err, "context", None), getattr(err, "problem", None)) if p)
+        raise ValueError(f"{what} {where}: malformed YAML ({problem or err})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{what} {path} must be a mapping (key: value lines); got a {type(raw).__name__}")
+    return raw
+
+
+def split_override(item: str, example: str = "train.epochs=1") -> tuple[str, Any]:
+    """``"key.sub=value"`` → (``"key.sub"``, the value as YAML reads it)."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must look like key.sub=value (e.g. {example})")
+    key, value = item.split("=", 1)
+    return key.strip(), parse_value(value)
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """``raw[a][b][c] = value`` for ``key="a.b.c"``, making the missing levels
+    (and replacing a non-mapping on the way): the one dotted-override setter."""
+    parts = [p for p in str(key).split(".") if p]
+    if not parts:
+        raise ValueError(f"override key {key!r} is empty")
+    node = raw
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``["train.epochs=1", "recipe.name=advprop"]`` applied to a nested dict (a copy)."""
     raw = copy.deepcopy(raw)
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key.sub=value (e.g. train.epochs=1)")
-        key, value = item.split("=", 1)
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts or parts[0] not in SECTIONS:
-            raise ValueError(f"override {item!r}: unknown section {parts[0] if parts else ''!r}; "
-                             f"known: {', '.join(SECTIONS)}")
-        node = raw
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                node[p] = {}
-            node = node[p]
-        node[parts[-1]] = parse_value(value)
+        key, value = split_override(item)
+        top = key.split(".")[0]
+        if top not in SECTIONS:
+            raise ValueError(f"override {item!r}: unknown section {top!r}; known: {', '.join(SECTIONS)}")
+        set_dotted(raw, key, value)
     return raw
 
 
@@ -158,12 +201,5 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, dict[str, Any]]:
     """(resolved config, raw dict with overrides applied) of a YAML file."""
-    import yaml
-
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except OSError as err:
-        raise FileNotFoundError(f"cannot read config {path}: {err.strerror}") from None
-    raw = apply_overrides(raw, overrides or [])
+    raw = apply_overrides(load_yaml(path), overrides or [])
     return resolve(raw), raw

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustlab._io import atomic_write_text, pick_device, write_json, write_tensors
+from robustlab._io import pick_device, write_json, write_tensors
 
 DAG_KEYS = ("name", "title", "chapter", "claim", "notes", "kind", "task", "seed", "device", "scenes", "train",
             "models", "attack", "targeted", "pictures", "nms_ious", "smoke", "datasets", "dataset")
@@ -334,13 +334,17 @@ def _fooling(model: nn.Module, x: Tensor, scenes: Any, attack: dict[str, Any], s
 
 def run_dag_study(study: DAGStudy, out: str | Path | None = None) -> dict[str, Any]:
     """Scenes → trained models → DAG on each → Table 2.1, transfer, figures → results.json + report.html."""
-    import yaml
+    from robustlab.app.rundir import RunDir, study_fingerprint
 
+    with RunDir(out if out is not None else Path("runs") / study.name, "study", study_fingerprint(study.name)) as run:
+        run.write_config(study.raw, "study.yaml")
+        return _run_dag_study(study, run)
+
+
+def _run_dag_study(study: DAGStudy, run: Any) -> dict[str, Any]:
     from robustlab.eval import dense
 
-    run_dir = Path(out) if out is not None else Path("runs") / study.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "study.yaml", yaml.safe_dump(study.raw, sort_keys=False))
+    run_dir = run.path
     device = pick_device(study.device)
     start = time.perf_counter()
     train_scenes = _scenes(study.scenes, "train", study.seed)
@@ -398,12 +402,7 @@ def run_dag_study(study: DAGStudy, out: str | Path | None = None) -> dict[str, A
                "chapter": study.raw.get("chapter", 2), "notes": study.raw.get("notes"),
                "data": f"scenes:{study.scenes['source']} ({study.scenes['size']}×{study.scenes['size']})",
                "models": models_info, "evaluations": evaluations, "seconds": round(time.perf_counter() - start, 2)}
-    write_json(run_dir / "results.json", results)
-    from robustlab.report.html import write_study_report
-
-    results["report"] = str(write_study_report(run_dir))
-    results["run_dir"] = str(run_dir)
-    return results
+    return run.finish(results)
 
 
 # ------------------------------------------------------------------ robustlab attack --dag
@@ -414,7 +413,7 @@ def attack_dense(model_dir: str | Path, *, limit: int = 8, out: str | Path | Non
                  device: str = "auto") -> dict[str, Any]:
     """``robustlab attack --dag``: DAG on a dense model from a DAG study, on
     ``limit`` test scenes made as the model's study made them."""
-    from robustlab.app.rundir import new_run_dir
+    from robustlab.app.rundir import RunDir, fingerprint_of
     from robustlab.eval import dense
 
     if limit < 1:
@@ -429,6 +428,8 @@ def attack_dense(model_dir: str | Path, *, limit: int = 8, out: str | Path | Non
         attack["max_iter"] = max_iter
     if spec["task"] == "detection":
         attack["nms_iou"] = nms_iou
+    run = RunDir(out, "attack-dag", fingerprint_of({"model": str(model_dir), "limit": limit, "seed": seed,
+                                                    **attack}))  # another run there: refused before the attack
     x = test.images.to(dev)
     start = time.perf_counter()
     res = run_dag(model, spec["task"], x, test, attack, seed)
@@ -437,7 +438,7 @@ def attack_dense(model_dir: str | Path, *, limit: int = 8, out: str | Path | Non
         rep = dense.segmentation_report(model, x, test.masks.to(dev), res.perturbation, test.num_classes, seed=seed)
     else:
         rep = dense.detection_report(model, x, test.boxes, test.labels, res.perturbation, seed=seed)
-    run_dir = new_run_dir(out, "attack-dag")
+    run_dir = run.ensure()
     write_tensors(run_dir / "adversarial.safetensors", {"perturbation": res.perturbation, "x_adv": res.x_adv})
     metric = "mIoU" if spec["task"] == "segmentation" else "mAP"
     results = {"kind": "study", "name": "attack-dag", "title": f"DAG on {model_dir}", "data": "scenes",
@@ -449,9 +450,5 @@ def attack_dense(model_dir: str | Path, *, limit: int = 8, out: str | Path | Non
                                                   "perceptibility": rep["perceptibility"],
                                                   "iterations (mean)": sum(res.iterations) / limit}],
                                        "images": pictures(spec["task"], model, x, res.perturbation, test, 3)}}}
-    write_json(run_dir / "results.json", results)
-    from robustlab.report.html import write_study_report
-
-    results["report"] = str(write_study_report(run_dir))
-    results["run_dir"] = str(run_dir)
-    return results
+    with run:
+        return run.finish(results)

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from robustlab._io import pick_device, write_json
+from robustlab._io import pick_device
 from robustlab.app.attack import attack_dataset, format_attack_table
-from robustlab.app.rundir import new_run_dir
+from robustlab.app.rundir import RunDir, fingerprint_of
 from robustlab.attacks import create
 from robustlab.data import DataNotFoundError, load_dataset, make_loader
 from robustlab.eval.metrics import accuracy
@@ -59,8 +59,14 @@ def run_demo(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     torch.manual_seed(0)
     train, test, data_name = _load(args)
-    info = train.info
-    out = new_run_dir(args.out, "demo")
+    options = {k: v for k, v in vars(args).items() if k not in ("out", "device", "verbose", "config", "command")}
+    with RunDir(args.out, "demo", fingerprint_of(options)) as run:
+        return _run(args, run, eps, device, train, test, data_name)
+
+
+def _run(args: argparse.Namespace, run: RunDir, eps: float, device: torch.device, train: Any, test: Any,
+         data_name: str) -> int:
+    info, out = train.info, run.ensure()
     models = {}
     for tag, width, seed in (("A", 16, 0), ("B", 16, 1)):
         torch.manual_seed(seed)
@@ -87,7 +93,7 @@ def run_demo(args: argparse.Namespace) -> int:
         rec["attack"]["name"] = label
         records.append(rec)
     print(format_attack_table(records, extra=["transfer_acc_B"]))
-    write_json(out / "results.json", {"data": data_name, "eps_255": to_255(eps), "records": records})
+    run.finish({"data": data_name, "eps_255": to_255(eps), "records": records}, report=False)
     print(f"\nadv_acc: model A's accuracy under the attack (white-box); transfer_acc_B: model B's "
           f"accuracy on the same images (black-box). Results in {out}/results.json")
     return 0

@@ -33,11 +33,10 @@ def fingerprint_of(config: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def new_run_dir(out: str | Path | None, kind: str) -> Path:
-    """``out`` if given, else ``runs/KIND-YYYYmmdd-HHMMSS``; created if missing."""
-    path = default_path(out, kind)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def study_fingerprint(name: str) -> str:
+    """A study's folder holds one study, by name: changes to its models and
+    evaluations are met by reusing what is unchanged, not by a new folder."""
+    return fingerprint_of({"study": name})
 
 
 def default_path(out: str | Path | None, kind: str) -> Path:

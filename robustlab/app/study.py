@@ -47,7 +47,8 @@ import torch
 from torch import nn
 
 from robustlab._io import pick_device, write_json
-from robustlab.app.config import RunConfig, apply_overrides, parse_value, resolve
+from robustlab.app.config import RunConfig, apply_overrides, load_yaml, resolve, set_dotted, split_override
+from robustlab.app.rundir import RunDir, study_fingerprint
 from robustlab.nn.norm import route
 from robustlab.train.checkpoint import load_trained_model
 
@@ -82,18 +83,6 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
-    parts = [p for p in str(key).split(".") if p]
-    if not parts:
-        raise ValueError(f"{where}: empty key")
-    node = raw
-    for p in parts[:-1]:
-        if not isinstance(node.get(p), dict):
-            node[p] = {}
-        node = node[p]
-    node[parts[-1]] = value
-
-
 def apply_study_overrides(raw: dict[str, Any], overrides: Mapping[str, Any] | list[str], where: str,
                           keys: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Dotted overrides (``defaults.train.epochs=1`` strings, or a mapping of
@@ -103,12 +92,7 @@ def apply_study_overrides(raw: dict[str, Any], overrides: Mapping[str, Any] | li
     if isinstance(overrides, Mapping):
         items = list(overrides.items())
     else:
-        items = []
-        for item in overrides:
-            if "=" not in item:
-                raise ValueError(f"override {item!r} must look like key.sub=value (e.g. defaults.train.epochs=1)")
-            key, value = item.split("=", 1)
-            items.append((key.strip(), parse_value(value)))
+        items = [split_override(item, "defaults.train.epochs=1") for item in overrides]
     if keys is None:
         from robustlab.app.dag import DAG_KEYS
 
@@ -117,7 +101,10 @@ def apply_study_overrides(raw: dict[str, Any], overrides: Mapping[str, Any] | li
         top = str(key).split(".")[0]
         if top not in keys:
             raise ValueError(f"{where}: unknown study key {top!r} in {key!r}; known: {', '.join(keys)}")
-        _set_dotted(raw, key, value, where)
+        try:
+            set_dotted(raw, key, value)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
     return raw
 
 
@@ -229,16 +216,8 @@ def resolve_study(raw: dict[str, Any], *, name: str | None = None) -> Study:
 def load_study(path: str | Path, overrides: list[str] | None = None, *, smoke: bool = False) -> Study:
     """Read a study YAML; ``dataset=NAME`` among the overrides also applies the
     file's ``datasets.NAME`` overrides; ``smoke`` applies its ``smoke`` ones."""
-    import yaml
-
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except OSError as err:
-        raise FileNotFoundError(f"cannot read study config {path}: {err.strerror}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"study config {path} must be a mapping")
-    raw = apply_study_overrides(raw, overrides or [], "overrides")
+    raw = apply_study_overrides(load_yaml(path, "study config"), overrides or [], "overrides")
     if raw.get("dataset") and raw.get("datasets") and raw["dataset"] in raw["datasets"]:
         profile = raw["datasets"][raw["dataset"]]
         if not isinstance(profile, dict):
@@ -475,13 +454,11 @@ def _fingerprint(obj: Any) -> str:
 
 def _trained(run: Path, cfg: RunConfig) -> bool | None:
     """True: finished with this config; False: started with this config; None: absent or stale."""
-    import yaml
-
     if not (run / "config.yaml").is_file():
         return None
     try:
-        same = yaml.safe_load((run / "config.yaml").read_text()) == cfg.to_dict()
-    except yaml.YAMLError:
+        same = load_yaml(run / "config.yaml") == cfg.to_dict()
+    except (ValueError, FileNotFoundError):
         same = False
     if not same:
         return None
@@ -551,18 +528,18 @@ def run_evaluations(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:
 def run_study(study: Any, out: str | Path | None = None) -> dict[str, Any]:
     """Train, evaluate, write ``results.json`` and ``report.html`` into ``out``
     (default ``runs/NAME``, so running the same command again resumes)."""
-    import yaml
-
     from robustlab.app.dag import DAGStudy, run_dag_study
 
     if isinstance(study, DAGStudy):
         return run_dag_study(study, out)
 
-    run_dir = Path(out) if out is not None else Path("runs") / study.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    from robustlab._io import atomic_write_text
+    with RunDir(out if out is not None else Path("runs") / study.name, "study", study_fingerprint(study.name)) as run:
+        run.write_config(study.raw, "study.yaml")
+        return _run_study(study, run)
 
-    atomic_write_text(run_dir / "study.yaml", yaml.safe_dump(study.raw, sort_keys=False))
+
+def _run_study(study: Study, run: RunDir) -> dict[str, Any]:
+    run_dir = run.path
     start = time.perf_counter()
     models = train_models(study, run_dir)
     evaluations = run_evaluations(study, run_dir)
@@ -571,12 +548,7 @@ def run_study(study: Any, out: str | Path | None = None) -> dict[str, Any]:
                "data": next(iter(study.models.values())).data.name, "models": models,
                "evaluations": {k: {kk: vv for kk, vv in v.items() if kk != "key"} for k, v in evaluations.items()},
                "seconds": round(time.perf_counter() - start, 2)}
-    write_json(run_dir / "results.json", results)
-    from robustlab.report.html import write_study_report
-
-    results["report"] = str(write_study_report(run_dir))
-    results["run_dir"] = str(run_dir)
-    return results
+    return run.finish(results)
 
 
 def format_study_summary(results: dict[str, Any]) -> str:

@@ -125,3 +125,15 @@ def test_bad_input_leaves_no_directory(tmp_path):
     assert main(["train", str(VANILLA), "recipe.eps=-3", "--out", str(tmp_path / "r")]) == 2
     assert main(["train", str(VANILLA), "data.name=nope", "--out", str(tmp_path / "r")]) == 2
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "study"])
+def test_malformed_yaml_names_file_line_and_column(tmp_path, capsys, command):
+    path = tmp_path / "bad.yaml"
+    path.write_text("seed: 0\nmodel: {name: smallcnn\ntrain:\n  epochs: [1\n")
+    assert main([command, str(path), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:" in err and "malformed YAML" in err and "Traceback" not in err
+    line, column = err.split(f"{path}:", 1)[1].split(":")[:2]
+    assert int(line) >= 2 and int(column) >= 1
+    assert not (tmp_path / "r").exists()
