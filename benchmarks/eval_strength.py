@@ -1,16 +1,23 @@
-"""Evaluation strength: robustlab's white-box evaluation against AutoAttack
-(standard version, torchattacks' implementation: APGD-CE, APGD-T, FAB-T,
-Square) on an adversarially trained model, same images, same ε.
+"""Evaluation strength and cost: ``rl.eval.evaluate`` (the documented default
+call, protocol ``standard``) against AutoAttack's standard version
+(torchattacks' implementation: APGD-CE, APGD-T, FAB-T, Square), on the same
+images at the same ε, with a raw PyTorch PGD-100 loop as the cost unit.
 
-The model is a run directory of ``robustlab train`` (``--checkpoint``), by
-default ``configs/train_madry.yaml`` trained here first. robustlab's number is
-the per-image worst case of its PGD runs (cross-entropy and C&W-margin losses,
-untargeted and targeted, each with ``--restarts`` random starts, early-stopped); AutoAttack's is its robust
-accuracy. A gradient-based evaluation that matches AutoAttack within a point
-or two is doing its job; a large gap means robustlab's default evaluation
-overestimates robustness.
+Models, all built here on Fashion-MNIST (ε = 0.1 ≈ 25/255 by default):
 
-Run: ``python benchmarks/eval_strength.py [--checkpoint RUN_DIR] [--n 200]``.
+* three adversarially trained models of different recipes and activations:
+  ``madry`` (PGD-5 AT, ReLU), ``alp`` (adversarial logit pairing, ReLU),
+  ``fast-silu`` (single-step fast AT with SiLU: SAT's activation);
+* ``vanilla``: standard training (not robust);
+* ``masked``: ``vanilla`` behind a 4-level input quantizer round(4x)/4, whose
+  zero gradients fool gradient attacks (the masking case).
+
+Every implementation is warmed up on a few images first, then, model by
+model, timed in turn on the same images. The gap is robustlab − AutoAttack in
+accuracy points (positive: robustlab's estimate is the weaker one); the speed
+ratio is AutoAttack's seconds over robustlab's.
+
+Run: ``python benchmarks/eval_strength.py [--n 500] [--md benchmarks/results/eval_strength_cpu.md]``.
 """
 from __future__ import annotations
 
@@ -19,66 +26,128 @@ import json
 import time
 from pathlib import Path
 
+import torch
+from torch import nn
+
 import robustlab as rl
-from robustlab._io import pick_device
-from robustlab.eval.whitebox import robustness_curve, worst_case
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {  # name -> (config, overrides)
+    "madry": ("train_madry.yaml", []),
+    "alp": ("train_alp.yaml", []),
+    "fast-silu": ("train_sat.yaml", []),
+    "vanilla": ("train_vanilla.yaml", []),
+}
 
 
-def main(argv=None) -> None:  # noqa: ANN001
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="run directory of an adversarially trained model")
-    p.add_argument("--data", default="fashion_mnist")
-    p.add_argument("--eps", default="25", help="budget, 0-255 units (Fashion-MNIST: 25 ≈ 0.1)")
-    p.add_argument("--n", type=int, default=200, help="test images")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--restarts", type=int, default=2)
-    p.add_argument("--losses", default="ce,cw", help="PGD losses whose worst case is taken (ce, cw)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json")
-    args = p.parse_args(argv)
-    device = pick_device(args.device)
-    eps = rl.units.parse_eps(args.eps)
-    run = Path(args.checkpoint) if args.checkpoint else Path("runs/eval-strength-madry")
+class Quantize(nn.Module):
+    """round(levels·x)/levels: a front end with zero gradient almost everywhere."""
+
+    def __init__(self, levels: int = 4) -> None:
+        super().__init__()
+        self.levels = levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * self.levels) / self.levels
+
+
+def trained(name: str, cache: Path) -> nn.Module:
+    from robustlab.app.config import load_config
+    from robustlab.app.train import run_train
+
+    config, overrides = MODELS[name]
+    run = cache / name
     if not (run / "model.json").is_file():
-        from robustlab.app.config import load_config
-        from robustlab.app.train import run_train
-
-        cfg, raw = load_config(Path(__file__).resolve().parents[1] / "configs" / "train_madry.yaml")
+        cfg, raw = load_config(ROOT / "configs" / config, overrides)
         run_train(cfg, raw, run)
-    model = rl.models.load_model(run).to(device).eval()
-    x, y = (t.to(device) for t in rl.data.load_dataset(args.data, "test", limit=args.n).batch(slice(None)))
-    clean = rl.eval.accuracy(model, x, y)
+    return rl.models.load_model(run).eval()
 
-    start = time.perf_counter()
-    losses = args.losses.split(",")
-    curves = [robustness_curve(model, [(x, y)], steps=[args.steps], eps=eps,
-                               step_size=max(2.5 * eps / args.steps, eps / 40), targeted=t, restarts=args.restarts,
-                               device=device, loss=loss)
-              for loss in losses for t in (False, True)]
-    ours = worst_case(curves)
-    t_ours = time.perf_counter() - start
 
+def raw_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 100) -> torch.Tensor:
+    """The textbook loop: random start, α = 2.5·ε/steps, sign step, projection."""
+    alpha = 2.5 * eps / steps
+    x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = nn.functional.cross_entropy(model(x_adv), y)
+        (g,) = torch.autograd.grad(loss, x_adv)
+        x_adv = torch.min(torch.max(x_adv.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
+    return x_adv
+
+
+def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     import torchattacks
 
-    start = time.perf_counter()
-    aa = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=int(y.max()) + 1, seed=0)
-    x_aa = aa(x, y)
-    t_aa = time.perf_counter() - start
-    aa_acc = rl.eval.accuracy(model, x_aa, y)
-    aa_right = (rl.eval.predict(model, x_aa) == y).cpu()
-    both = float(((ours.broken_at > args.steps) & aa_right).float().mean())
+    return torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)(x, y)
 
-    out = {"checkpoint": str(run), "n": len(y), "eps_255": eps * 255, "clean": clean,
-           "robustlab_worst_case": ours.accuracy[0],
-           **{f"robustlab_{c.config['loss']}_{'targeted' if c.config['targeted'] else 'untargeted'}": c.accuracy[0]
-              for c in curves},
-           "robustlab_seconds": round(t_ours, 1),
-           "autoattack": aa_acc, "autoattack_seconds": round(t_aa, 1), "worst_of_both": both}
-    print(json.dumps(out, indent=1))
-    print(f"gap (robustlab − AutoAttack): {100 * (ours.accuracy[0] - aa_acc):+.1f} points "
-          f"on {len(y)} images at ε = {eps * 255:g}/255; robustlab {t_ours:.0f} s, AutoAttack {t_aa:.0f} s")
+
+def timed(fn):  # noqa: ANN001, ANN201
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=500, help="test images per model")
+    p.add_argument("--eps", default="25", help="budget (0-255 units, 16/255 or 0.1px)")
+    p.add_argument("--models", default="madry,alp,fast-silu,vanilla,masked")
+    p.add_argument("--cache", default=str(ROOT / "benchmarks" / ".cache" / "eval_strength"))
+    p.add_argument("--json", help="write the rows here")
+    p.add_argument("--md", help="write a markdown table here")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    eps = rl.units.parse_eps(args.eps)
+    cache = Path(args.cache)
+    test = rl.data.load_dataset("fashion_mnist", "test", limit=args.n)
+    x, y = test.batch(slice(None))
+    models = {}
+    for name in args.models.split(","):
+        if name == "masked":
+            models[name] = nn.Sequential(Quantize(4), trained("vanilla", cache)).eval()
+        else:
+            models[name] = trained(name, cache)
+
+    # Warm-up: every implementation once on a few images.
+    w = models[next(iter(models))]
+    rl.eval.evaluate(w, (x[:32], y[:32]), eps=eps)
+    autoattack(w, x[:32], y[:32], eps)
+    raw_pgd(w, x[:32], y[:32], eps)
+
+    rows = []
+    for name, model in models.items():
+        ev, t_ours = timed(lambda: rl.eval.evaluate(model, (x, y), eps=eps))  # noqa: B023
+        x_aa, t_aa = timed(lambda: autoattack(model, x, y, eps))  # noqa: B023
+        x_pgd, t_pgd = timed(lambda: raw_pgd(model, x, y, eps))  # noqa: B023
+        with torch.no_grad():
+            aa_right = model(x_aa).argmax(1) == y
+            pgd_acc = float((model(x_pgd).argmax(1) == y).float().mean())
+        ours_right = torch.tensor([b is None for b in ev.per_sample["broken_by"]])
+        row = {"model": name, "n": len(y), "eps_255": round(eps * 255, 2), "clean": ev.clean_accuracy,
+               "robustlab": ev.robust_accuracy, "autoattack": float(aa_right.float().mean()),
+               "pgd100_raw": pgd_acc, "both": float((ours_right & aa_right).float().mean()),
+               "gap_points": round(100 * (ev.robust_accuracy - float(aa_right.float().mean())), 2),
+               "robustlab_s": round(t_ours, 1), "autoattack_s": round(t_aa, 1), "pgd100_s": round(t_pgd, 1),
+               "speedup_vs_aa": round(t_aa / t_ours, 2), "cost_in_pgd100": round(t_ours / t_pgd, 2),
+               "fallback": ev.fallback, "per_attack": ev.per_attack,
+               "warnings": [w_.split("]")[0] + "]" for w_ in ev.warnings]}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    table = ["| model | clean | robustlab `standard` | AutoAttack | gap (pts) | raw PGD-100 | robustlab s | "
+             "AutoAttack s | speed-up | cost (× PGD-100) | Square fallback |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        table.append(f"| {r['model']} | {100 * r['clean']:.1f} | {100 * r['robustlab']:.1f} | "
+                     f"{100 * r['autoattack']:.1f} | {r['gap_points']:+.1f} | {100 * r['pgd100_raw']:.1f} | "
+                     f"{r['robustlab_s']} | {r['autoattack_s']} | {r['speedup_vs_aa']}× | {r['cost_in_pgd100']} | "
+                     f"{'yes' if r['fallback']['used'] else 'no'} |")
+    text = "\n".join(table)
+    print(text)
+    if args.md:
+        Path(args.md).write_text(f"Fashion-MNIST, {args.n} test images, ε = {eps * 255:g}/255, "
+                                 f"{torch.get_num_threads()} CPU threads\n\n{text}\n")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from robustlab._checks import check_batch, check_label_range, check_labels
+from robustlab._checks import check_batch, check_channels, check_label_range, check_labels
 from robustlab.attacks.losses import random_other_class
 from robustlab.nn.state import batch_stats_state, inference_state
 from robustlab.units import to_255
@@ -160,6 +160,7 @@ class Attack(ABC):
         # One device sync validates pixels and labels; the largest label is kept
         # for the class-count check at the first forward pass.
         maxima = check_batch(x, {"y": y, "target": target})
+        check_channels(model, x)
         state = inference_state(model) if self.bn_stats == "running" else batch_stats_state(model)
         with state:
             return self._attack(model, x.detach(), y, target, evaluate, maxima)

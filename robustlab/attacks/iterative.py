@@ -30,7 +30,7 @@ from robustlab.attacks.base import Attack, AttackResult, check_logits, resolve_l
 from robustlab.attacks.diversity import DiversityDraw, InputDiversity
 from robustlab.attacks.losses import LossFn, get_loss, goal_met
 from robustlab.attacks.losses import targeted as targeted_loss
-from robustlab.attacks.threat import ThreatModel, create_threat
+from robustlab.attacks.threat import ThreatModel, check_pixel_budget, create_threat
 from robustlab.nn.activations import smooth_relu_backward
 from robustlab.units import to_255
 
@@ -112,6 +112,8 @@ class IterativeAttack(Attack):
         self.threat: ThreatModel = create_threat(norm, eps)
         self.steps = int(check_number(steps, "steps", low=0, integer=True))
         self.step_size = check_number(step_size, "step_size", low=0.0, low_open=True)
+        if self.threat.name == "linf":
+            check_pixel_budget(self.step_size, "step_size")
         self.mu = check_number(mu, "mu", low=0.0)
         p = check_number(p, "p", low=0.0, high=1.0)
         if diversity is not None and p:

@@ -20,10 +20,10 @@ def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def other_max(logits: Tensor, y: Tensor) -> Tensor:
-    """max_{i≠y} z_i per sample, computed as max(z − 1e4·onehot) so ties and
-    negative logits are handled (the torchattacks CW bug, its issue #184)."""
-    onehot = F.one_hot(y, logits.shape[1]).to(logits.dtype)
-    return (logits - 1e4 * onehot).amax(dim=1)
+    """max_{i≠y} z_i per sample, the class y masked with −inf: ties and negative
+    logits are handled (the torchattacks CW bug, its issue #184), and unlike
+    z − 1e4·onehot it cannot pick y back when the logits are large (×1e4)."""
+    return logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
 
 
 def cw_margin(logits: Tensor, y: Tensor) -> Tensor:

@@ -8,13 +8,23 @@ ifgsm         eq. (3.3): α = 1, N = min(ε + 4, 1.25ε) in 0–255 units (§3.4
 mifgsm        eq. (3.4): as ifgsm with μ = 1 (§3.4.1).
 di2fgsm       eq. (3.5): as ifgsm with p = 0.5 (§3.4.1).
 mdi2fgsm      eq. (3.7): as ifgsm with μ = 1, p = 0.5 (§3.4.1).
-pgd           §4.5: ε = 16, α = 1, N = 30, random start, 20% of batches
-              from the clean image; α = max(1, ε/N) in 0–255 units when N is
-              given (PGD-10 with ε = 16 steps by ε/10; the FAIR release rule).
+pgd           the evaluation PGD (Madry et al.; §6.3): a random start always,
+              no clean-start coin, α = 2.5·ε/N unless given, N = 20, ε = 16.
+pgd_train     §4.5, the attacker of adversarial training: ε = 16, α = 1,
+              N = 30, random start, 20% of batches from the clean image;
+              α = max(1, ε/N) in 0–255 units when N is given (PGD-10 with
+              ε = 16 steps by ε/10; the FAIR release rule).
 gd            §7.5.4: PGD without projection, ε = 4 (random start), N = 5, α = 1.
 cw, dcw       §3.4.2: C&W L2, 250 iterations, lr 0.01, confidence 10; D-C&W
-              adds input diversity p = 0.5.
+              adds input diversity p = 0.5. C&W minimizes ‖δ‖₂ and has no
+              ε-ball: an ``eps`` given (as studies give every attack) is
+              recorded and not used.
 ============  ===============================================================
+
+Every preset takes ``eps`` (refused above 1 for L∞: budgets are in pixel
+units, ``16/255``), ``steps``, ``step_size``, ``norm`` and ``seed``; FGSM is
+one step of size ε by definition and refuses any other ``steps`` or
+``step_size`` with an error.
 
 The thesis works in L∞ only. For ``norm="l2"`` the defaults are not the
 thesis's: N = 10 (ch. 3 family) and α = 2.5·ε/N (Madry et al.'s rule).
@@ -46,6 +56,8 @@ EPS_GD, GD_STEPS = from_255(4), 5
 #: §4.5: "20% of training batches use clean images to initialize PGD".
 CLEAN_INIT_PROB = 0.2
 L2_STEPS = 10
+#: The evaluation PGD's iterations (the ``quick`` protocol's PGD-20).
+EVAL_PGD_STEPS = 20
 
 
 def ifgsm_steps(eps: float) -> int:
@@ -80,8 +92,14 @@ def _family(
     return IterativeAttack(eps=eps, steps=steps, step_size=step_size, norm=norm, name=name, **kw)
 
 
-def fgsm(*, eps: float = EPS_CH3, norm: str = "linf", **kw: Any) -> IterativeAttack:
-    """FGSM, eq. (3.2): X + ε·sign(∇) — the N = 1, α = ε member of the family."""
+def fgsm(*, eps: float = EPS_CH3, norm: str = "linf", steps: int | None = None, step_size: float | None = None,
+         **kw: Any) -> IterativeAttack:
+    """FGSM, eq. (3.2): X + ε·sign(∇) — the N = 1, α = ε member of the family.
+    ``steps`` other than 1 or a ``step_size`` other than ε are refused (use ifgsm)."""
+    if steps is not None and steps != 1:
+        raise ValueError(f"steps: fgsm is a single step of size ε (eq. 3.2); got steps={steps!r}; use ifgsm for N steps")
+    if step_size is not None and step_size != eps:
+        raise ValueError(f"step_size: fgsm steps by ε (eq. 3.2); got step_size={step_size!r}; use ifgsm for α ≠ ε")
     return IterativeAttack(eps=eps, steps=1, step_size=max(eps, 1e-12), norm=norm, name="fgsm", **kw)
 
 
@@ -116,16 +134,30 @@ def mdi2fgsm(*, eps: float = EPS_CH3, mu: float = MU, p: float | None = None, st
     return _family("mdi2fgsm", eps=eps, norm=norm, steps=steps, step_size=step_size, mu=mu, p=_p(p, kw), **kw)
 
 
-def pgd(*, eps: float = EPS_PGD, steps: int = PGD_STEPS, step_size: float | None = None, norm: str = "linf",
-        random_start: bool = True, clean_init_prob: float = CLEAN_INIT_PROB, **kw: Any) -> IterativeAttack:
-    """PGD (§4.5): random start (a clean start for 20% of batches), projection.
-    Evaluations start from a random point always (§6.3): pass clean_init_prob=0."""
+def pgd(*, eps: float = EPS_PGD, steps: int = EVAL_PGD_STEPS, step_size: float | None = None, norm: str = "linf",
+        random_start: bool = True, clean_init_prob: float = 0.0, **kw: Any) -> IterativeAttack:
+    """The evaluation PGD: a random start always (§6.3: "we always initialize
+    the adversarial image randomly" in evaluation), α = 2.5·ε/N (Madry et
+    al.'s rule) unless given. The attacker of adversarial training is
+    :func:`pgd_train`."""
+    eps = check_number(eps, "eps", low=0.0)
+    steps = int(check_number(steps, "steps", low=0, integer=True))
+    if step_size is None:
+        step_size = _l2_step(eps, steps) if steps else max(eps, 1e-12)
+    return IterativeAttack(eps=eps, steps=steps, step_size=step_size, norm=norm, random_start=random_start,
+                           clean_init_prob=clean_init_prob, name="pgd", **kw)
+
+
+def pgd_train(*, eps: float = EPS_PGD, steps: int = PGD_STEPS, step_size: float | None = None, norm: str = "linf",
+              random_start: bool = True, clean_init_prob: float = CLEAN_INIT_PROB, **kw: Any) -> IterativeAttack:
+    """PGD as adversarial training runs it (§4.5): random start, a clean start
+    for 20% of batches, α = 1 (max(1, ε/N) when N is given), projection."""
     eps = check_number(eps, "eps", low=0.0)
     steps = int(check_number(steps, "steps", low=0, integer=True))
     if step_size is None:
         step_size = pgd_step_size(eps, steps) if _is_linf(norm) else _l2_step(eps, steps)
     return IterativeAttack(eps=eps, steps=steps, step_size=step_size, norm=norm, random_start=random_start,
-                           clean_init_prob=clean_init_prob, name="pgd", **kw)
+                           clean_init_prob=clean_init_prob, name="pgd_train", **kw)
 
 
 def gd(*, eps: float = EPS_GD, steps: int = GD_STEPS, step_size: float | None = None, norm: str = "linf",
@@ -137,13 +169,19 @@ def gd(*, eps: float = EPS_GD, steps: int = GD_STEPS, step_size: float | None = 
                            project=False, name="gd", **kw)
 
 
-def cw(**kw: Any) -> CarliniWagnerL2:
-    """C&W L2 with the §3.4.2 settings."""
+def cw(*, eps: float | None = None, **kw: Any) -> CarliniWagnerL2:
+    """C&W L2 with the §3.4.2 settings; ``eps`` is accepted and not used (C&W
+    has no ε-ball)."""
+    if eps is not None:
+        check_number(eps, "eps", low=0.0)
     return CarliniWagnerL2(name="cw", **kw)
 
 
-def dcw(*, p: float | None = None, **kw: Any) -> CarliniWagnerL2:
-    """D-C&W (§3.4.2): C&W with the input-diversity transform inside the loss."""
+def dcw(*, eps: float | None = None, p: float | None = None, **kw: Any) -> CarliniWagnerL2:
+    """D-C&W (§3.4.2): C&W with the input-diversity transform inside the loss;
+    ``eps`` as in :func:`cw`."""
+    if eps is not None:
+        check_number(eps, "eps", low=0.0)
     return CarliniWagnerL2(p=_p(p, kw), name="dcw", **kw)
 
 
@@ -154,6 +192,7 @@ _REGISTRY: dict[str, Callable[..., Attack]] = {
     "di2fgsm": di2fgsm,
     "mdi2fgsm": mdi2fgsm,
     "pgd": pgd,
+    "pgdtrain": pgd_train,
     "gd": gd,
     "cw": cw,
     "dcw": dcw,
@@ -200,8 +239,6 @@ def _accepted_keywords(factory: Callable[..., Attack]) -> set[str]:
     own = {p for p in inspect.signature(factory).parameters if p != "kw"}
     target = CarliniWagnerL2 if factory in (cw, dcw) else IterativeAttack
     inner = set(inspect.signature(target.__init__).parameters) - {"self", "name"}
-    if factory is fgsm:
-        inner -= {"steps", "step_size"}
     if factory is gd:
         inner -= {"project"}
     return own | inner

@@ -53,10 +53,23 @@ class ThreatModel(ABC):
         """Per-sample norm of ``delta`` (N, ...) → (N,)."""
 
 
+def check_pixel_budget(value: float, name: str = "eps") -> float:
+    """An L∞ budget or step lives in [0, 1] pixel units; a value above 1 is a
+    0-255 figure passed by mistake (``eps=16`` for 16/255), never a real ball."""
+    if value > 1:
+        raise ValueError(f"{name} must be in [0, 1] pixel units for an L∞ ball; got {value:g}: for {value:g} in "
+                         f"the thesis's 0-255 units pass {name}={value:g}/255")
+    return value
+
+
 class LinfBall(ThreatModel):
     """‖r‖∞ ≤ ε, the thesis's threat model (eq. 3.3: Clip_X^ε)."""
 
     name = "linf"
+
+    def __init__(self, eps: float) -> None:
+        super().__init__(eps)
+        check_pixel_budget(self.eps)
 
     def box(self, x: Tensor) -> tuple[Tensor, Tensor]:
         # The ε-ball and the pixel box intersect into one per-pixel interval, so

@@ -2,7 +2,10 @@
 transfer matrices and all-or-nothing accuracy, the hold-out ensemble protocol
 (Table 3.3), the NIPS 2017 competition protocol (§3.4.5), the gradient-masking
 checklist, corruption robustness (ImageNet-C mCE, ImageNet-A), dense metrics
-(segmentation mIoU, detection mAP) and model analysis."""
+(segmentation mIoU, detection mAP) and model analysis.
+
+``rl.eval.evaluate(model, data, eps=8/255)`` is the one call for a model's
+robustness (:mod:`robustlab.eval.evaluate`)."""
 from robustlab.eval.analysis import batch_vs_running, bn_statistics, feature_maps, perceptibility
 from robustlab.eval.corruption import (
                                       ALEXNET_ERRORS,
@@ -24,6 +27,8 @@ from robustlab.eval.dense import (
     segmentation_report,
     transfer_table,
 )
+from robustlab.eval import protocols
+from robustlab.eval.evaluate import Evaluation, evaluate
 from robustlab.eval.holdout import holdout_evaluation
 from robustlab.eval.metrics import accuracy, misclassified, predict
 from robustlab.eval.nips2017 import NIPS2017_EPS_255, nips2017_attack, run_nips2017
@@ -40,4 +45,11 @@ __all__ = [
     "all_or_nothing", "batch_vs_running", "bn_statistics", "feature_maps", "holdout_evaluation", "misclassified",
     "nips2017_attack", "perceptibility", "predict", "robust_accuracy", "robustness_curve", "run_nips2017",
     "run_sanity_checks", "sanity_check", "transfer_matrix", "worst_case",
+    "Evaluation", "evaluate", "protocol_names", "protocols",
 ]
+
+
+def protocol_names() -> list[str]:
+    """The protocols :func:`evaluate` runs (``standard``, ``thesis``, ``quick``);
+    ``rl.eval.protocols.names()`` lists every evaluation kind."""
+    return protocols.robust_names()

@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustlab.attacks.cascade import Stage, model_forward, run_batch
 from robustlab.attacks.iterative import IterativeAttack
+from robustlab.attacks.threat import create_threat
 from robustlab.eval.metrics import predict
 from robustlab.nn.state import inference_state
 
@@ -52,49 +54,26 @@ class SanityReport:
         return {"measurements": self.measurements, "warnings": [asdict(w) for w in self.warnings]}
 
 
-def _pgd(eps: float, steps: int, step_size: float | None = None, seed: int = 0, random_start: bool = True
-         ) -> IterativeAttack:
+def _pgd(eps: float, steps: int, step_size: float | None = None, seed: int = 0, random_start: bool = True,
+         norm: str = "linf") -> IterativeAttack:
     alpha = step_size if step_size is not None else max(eps / 4, 2.5 * eps / max(steps, 1))
-    return IterativeAttack(eps=eps, steps=steps, step_size=alpha, random_start=random_start, seed=seed, name="pgd")
+    return IterativeAttack(eps=eps, steps=steps, step_size=alpha, random_start=random_start, seed=seed, name="pgd",
+                           norm=norm)
 
 
 def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return float((predict(model, x) == y).float().mean()) if len(y) else 0.0
 
 
-@torch.no_grad()
-def _margin(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """z_y − max_{j≠y} z_j per image (< 0: misclassified)."""
-    z = model(x)
-    zy = z.gather(1, y[:, None]).squeeze(1)
-    return zy - z.scatter(1, y[:, None], float("-inf")).amax(1)
-
-
-def random_search(model: nn.Module, x: Tensor, y: Tensor, eps: float, queries: int = 200, seed: int = 0) -> Tensor:
-    """A gradient-free L∞ attack: random search over the vertices of the ε-ball
-    (the core of Square Attack, Andriushchenko et al.). Start from vertical
-    stripes of ±ε; each query redraws one random square of the perturbation
-    per image and keeps it where the margin z_y − max z_j falls."""
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    n, c, h, w = x.shape
+def random_search(model: nn.Module, x: Tensor, y: Tensor, eps: float, queries: int = 200, seed: int = 0,
+                  norm: str = "linf") -> Tensor:
+    """A gradient-free attack: Square Attack's random search over the ε-ball
+    (Andriushchenko et al.; :mod:`robustlab.attacks.cascade`), ``queries``
+    model evaluations per image, stopping on each image once misclassified."""
     with inference_state(model):
-        sign = torch.randint(0, 2, (n, c, 1, w), generator=gen, device=x.device).float() * 2 - 1
-        delta = (sign * eps).expand(n, c, h, w).clone()
-        best = _margin(model, (x + delta).clamp(0, 1), y)
-        rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
-        for q in range(queries):
-            side = max(1, round(min(h, w) * 0.5 * (1 - q / max(queries, 1)) ** 0.5))  # squares shrink
-            top = torch.randint(0, h - side + 1, (n, 1, 1), generator=gen, device=x.device)
-            left = torch.randint(0, w - side + 1, (n, 1, 1), generator=gen, device=x.device)
-            inside = ((rows[None, :, None] >= top) & (rows[None, :, None] < top + side)
-                      & (cols[None, None, :] >= left) & (cols[None, None, :] < left + side))[:, None]
-            new_sign = torch.randint(0, 2, (n, c, 1, 1), generator=gen, device=x.device).float() * 2 - 1
-            cand = torch.where(inside, new_sign * eps, delta)
-            margin = _margin(model, (x + cand).clamp(0, 1), y)
-            better = margin < best
-            delta = torch.where(better[:, None, None, None], cand, delta)
-            best = torch.minimum(best, margin)
-    return (x + delta).clamp(0, 1)
+        out = run_batch(model_forward(model), x, y, [Stage("square", "square", queries)], eps=eps, norm=norm,
+                        seed=seed)
+    return out.x_adv
 
 
 @torch.no_grad()
@@ -117,6 +96,7 @@ def run_sanity_checks(
     limit: int | None = 500,
     seed: int = 0,
     device: str | torch.device | None = None,
+    norm: str = "linf",
 ) -> SanityReport:
     """Measure the checklist on up to ``limit`` images; see the module docstring.
 
@@ -125,23 +105,20 @@ def run_sanity_checks(
     if eps <= 0:
         raise ValueError(f"eps must be > 0; got {eps}")
     device = device if device is not None else next(model.parameters()).device
-    pairs = list(loader)
-    if not pairs:
-        raise ValueError("loader yielded no images")
-    x = torch.cat([p[0] for p in pairs])[:limit].to(device)
-    y = torch.cat([p[1] for p in pairs])[:limit].to(device)
+    x, y = _first(loader, limit)
+    x, y = x.to(device), y.to(device)
     model = model.to(device)
     m: dict[str, Any] = {"n": len(y), "eps": eps, "steps": steps, "clean": _accuracy(model, x, y)}
     warn: list[SanityWarning] = []
 
     eps_grid = [eps / 4, eps / 2, eps, 2 * eps]
-    adv = {e: _pgd(e, steps, seed=seed)(model, x, y) for e in eps_grid}
+    adv = {e: _pgd(e, steps, seed=seed, norm=norm)(model, x, y) for e in eps_grid}
     m["eps_curve"] = {f"{e:.6g}": _accuracy(model, xa, y) for e, xa in adv.items()}
     accs = list(m["eps_curve"].values())
     if any(b > a + tolerance for a, b in zip(accs, accs[1:])):
         warn.append(SanityWarning("eps_monotone", f"accuracy rises with ε: {m['eps_curve']}", m["eps_curve"]))
     alpha = eps / 4
-    m["steps_curve"] = {str(k): _accuracy(model, _pgd(eps, k, alpha, seed=seed)(model, x, y), y)
+    m["steps_curve"] = {str(k): _accuracy(model, _pgd(eps, k, alpha, seed=seed, norm=norm)(model, x, y), y)
                         for k in (1, max(2, steps // 4), steps)}
     accs = list(m["steps_curve"].values())
     if any(b > a + tolerance for a, b in zip(accs, accs[1:])):
@@ -149,16 +126,19 @@ def run_sanity_checks(
                                   m["steps_curve"]))
     pgd_acc = m["eps_curve"][f"{eps:.6g}"]
     m["pgd"] = pgd_acc
-    m["unbounded"] = _accuracy(model, _pgd(1.0, max(steps, 20), 0.1, seed=seed)(model, x, y), y)
+    # ε = 1 covers the whole pixel box in L∞; in L2 the box's diameter is √(C·H·W).
+    big = 1.0 if norm == "linf" else float(x[0].numel()) ** 0.5
+    m["unbounded"] = _accuracy(model, _pgd(big, max(steps, 20), big / 10, seed=seed, norm=norm)(model, x, y), y)
     if m["unbounded"] > unbounded_max_accuracy:
         warn.append(SanityWarning("unbounded", f"an attack with ε = 1 leaves accuracy at {m['unbounded']:.3f} "
                                   f"(expected ≤ {unbounded_max_accuracy}): gradients may be masked",
                                   {"accuracy": m["unbounded"]}))
-    m["random_search"] = _accuracy(model, random_search(model, x, y, eps, queries, seed), y)
+    m["random_search"] = _accuracy(model, random_search(model, x, y, eps, queries, seed, norm), y)
     black = {"random_search": m["random_search"]}
     if surrogate is not None:
         surrogate = surrogate.to(device)
-        m["transfer"] = black["transfer"] = _accuracy(model, _pgd(eps, steps, seed=seed)(surrogate, x, y), y)
+        m["transfer"] = black["transfer"] = _accuracy(model, _pgd(eps, steps, seed=seed, norm=norm)(surrogate, x, y),
+                                                      y)
     for name, acc in black.items():
         if acc < pgd_acc - tolerance:
             warn.append(SanityWarning("blackbox", f"black-box {name} ({acc:.3f}) is stronger than white-box "
@@ -166,20 +146,34 @@ def run_sanity_checks(
     gen = torch.Generator(device=x.device).manual_seed(seed)
     noisy_right = torch.ones_like(y, dtype=torch.bool)
     for _ in range(noise_draws):
-        noise = (torch.rand(x.shape, generator=gen, device=x.device) * 2 - 1) * eps
+        noise = create_threat(norm, eps).random_delta(x, gen)
         noisy_right &= predict(model, (x + noise).clamp(0, 1)) == y
     m["noise"] = float(noisy_right.float().mean())
     if m["noise"] < pgd_acc - tolerance:
         warn.append(SanityWarning("noise", f"random noise ({m['noise']:.3f}) is stronger than PGD ({pgd_acc:.3f})",
                                   {"noise": m["noise"], "pgd": pgd_acc}))
     # The loss at the attack's random start and at its end (the ε run of the curve above).
-    start = _mean_loss(model, _pgd(eps, 0, seed=seed)(model, x, y), y)
+    start = _mean_loss(model, _pgd(eps, 0, seed=seed, norm=norm)(model, x, y), y)
     end = _mean_loss(model, adv[eps], y)
     m["loss_start"], m["loss_end"] = start, end
     if not end > start:
         warn.append(SanityWarning("loss_increases", f"the loss does not grow along the attack ({start:.4f} → "
                                   f"{end:.4f})", {"start": start, "end": end}))
     return SanityReport(m, warn)
+
+
+def _first(loader: Iterable[tuple[Tensor, Tensor]], limit: int | None) -> tuple[Tensor, Tensor]:
+    """The first ``limit`` images of ``loader``, reading no further batch than needed."""
+    xs, ys, held = [], [], 0
+    for x, y in loader:
+        xs.append(x)
+        ys.append(y)
+        held += len(y)
+        if limit is not None and held >= limit:
+            break
+    if not xs:
+        raise ValueError("loader yielded no images")
+    return torch.cat(xs)[:limit], torch.cat(ys)[:limit]
 
 
 def sanity_check(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], *, eps: float, **kw: Any

@@ -106,12 +106,17 @@ def test_thesis_step_rules():
     atk = rl.attacks.create("mdi2fgsm")
     assert atk.eps == from_255(15) and atk.steps == 18 and atk.step_size == from_255(1)
     assert atk.mu == 1.0 and atk.p == 0.5
-    # §4.5: PGD ε = 16, α = 1, N = 30, 20% clean starts; PGD-10 at ε = 16 steps by ε/10.
-    pgd = rl.attacks.create("pgd")
+    # §4.5: training PGD ε = 16, α = 1, N = 30, 20% clean starts; PGD-10 at ε = 16 steps by ε/10.
+    pgd = rl.attacks.create("pgd_train")
     assert (pgd.eps, pgd.step_size, pgd.steps, pgd.clean_init_prob) == (from_255(16), from_255(1), 30, 0.2)
     assert pgd.random_start and not pgd.targeted
     assert pgd_step_size(from_255(16), 10) == pytest.approx(from_255(1.6))
-    assert rl.attacks.create("pgd", eps=16 / 255, steps=10).step_size == pytest.approx(16 / 255 / 10)
+    assert rl.attacks.create("pgd_train", eps=16 / 255, steps=10).step_size == pytest.approx(16 / 255 / 10)
+    # The evaluation PGD: a random start always, no clean-start coin, α = 2.5·ε/N.
+    ev = rl.attacks.create("pgd")
+    assert (ev.eps, ev.steps, ev.clean_init_prob) == (from_255(16), 20, 0.0) and ev.random_start
+    assert ev.step_size == pytest.approx(2.5 * from_255(16) / 20)
+    assert rl.attacks.create("pgd", eps=8 / 255, steps=10).step_size == pytest.approx(2.5 * 8 / 255 / 10)
     # §7.5.4: GD ε = 4, N = 5, α = 1, no projection.
     gd = rl.attacks.create("gd")
     assert (gd.eps, gd.steps, gd.step_size, gd.project) == (from_255(4), 5, from_255(1), False)
@@ -122,7 +127,8 @@ def test_thesis_step_rules():
 
 
 def test_registry_names_and_aliases():
-    assert rl.attacks.names() == ["fgsm", "ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm", "pgd", "gd", "cw", "dcw"]
+    assert rl.attacks.names() == ["fgsm", "ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm", "pgd", "pgdtrain", "gd", "cw",
+                                  "dcw"]
     assert rl.attacks.create("M-DI²-FGSM").name == "mdi2fgsm"
     assert rl.attacks.create("m-di2-fgsm").name == "mdi2fgsm"
     assert rl.attacks.create("I-FGSM").name == "ifgsm"

@@ -1,0 +1,494 @@
+"""``evaluate``: the robustness of any model on any data, from one call.
+
+>>> ev = rl.eval.evaluate(model, loader, eps=8/255)
+>>> ev.robust_accuracy, ev.clean_accuracy, ev.per_attack, ev.warnings
+
+The model is any ``nn.Module`` taking [0, 1] pixels and returning logits;
+the data a DataLoader, any iterable of ``(x, y)`` batches, a Dataset or an
+``(x, y)`` tensor pair. The evaluation streams: at most ``batch_size`` images
+are attacked at a time (default: the loader's batch size), the model is never
+called with more, and a sample that breaks leaves its slot to the next one
+(:mod:`robustlab.attacks.cascade`), so the cost follows the samples that
+resist. Nothing concatenates the whole data; memory is flat in its size.
+
+Before the attacks, the gradient-masking checklist (:mod:`.sanity`) runs on
+the first images; when it flags the model (or ``fallback=True``) the
+``standard`` protocol adds a gradient-free Square Attack on the survivors,
+and the result says so and why. Every result audits itself (max perturbation,
+NaN count, pixel range, as AutoAttack's final report).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from robustlab._checks import check_batch, check_channels, check_label_range
+from robustlab.attacks.cascade import CLEAN_WRONG, SURVIVED, Cascade, Outcome, model_forward
+from robustlab.eval import protocols
+from robustlab.eval.sanity import run_sanity_checks
+from robustlab.nn.state import inference_state
+from robustlab.units import to_255
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 256  # slots when the data carry no batch size of their own
+CHECKLIST_IMAGES = 100
+EXAMPLES = 8  # images kept for the report's grid
+STATE_VERSION = 1
+
+
+@dataclass
+class Evaluation:
+    """The outcome of :func:`evaluate`.
+
+    ``per_attack[name]``: robust accuracy after the protocol's attacks up to
+    and including ``name`` (the cascade runs each on the points still robust,
+    so the figures fall monotonically to ``robust_accuracy``).
+    ``per_sample``: for each sample (in data order) ``clean_correct``,
+    ``broken_by`` (attack name, ``"clean"`` or None) and ``broken_at`` (the
+    attack's iteration, -1 if never broken)."""
+
+    protocol: str
+    eps: float
+    norm: str
+    n: int
+    clean_accuracy: float
+    robust_accuracy: float
+    per_attack: dict[str, float]
+    warnings: list[str]
+    audit: dict[str, Any]
+    seconds: float
+    options: dict[str, Any]
+    fallback: dict[str, Any]
+    per_sample: dict[str, list]
+    curve: dict[str, Any] | None = None
+    model_calls: int = 0
+    iterations: int = 0
+    examples: dict[str, Tensor] | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("examples")
+        d["eps_255"] = to_255(self.eps)
+        return d
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{k} {100 * v:.1f}%" for k, v in self.per_attack.items())
+        fb = " (Square fallback: " + self.fallback["reason"] + ")" if self.fallback.get("used") else ""
+        return (f"{self.protocol} at ε = {to_255(self.eps):.4g}/255 ({self.norm}) on {self.n} images: clean "
+                f"{100 * self.clean_accuracy:.1f}%, robust {100 * self.robust_accuracy:.1f}% [{parts}]{fb} "
+                f"in {self.seconds:.1f} s")
+
+    def save(self, path: str | Path) -> Path:
+        from robustlab._io import write_json
+
+        path = Path(path)
+        write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Evaluation:
+        try:
+            d = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: not a saved evaluation ({err})") from None
+        d.pop("eps_255", None)
+        known = set(cls.__dataclass_fields__) - {"examples"}
+        missing = sorted(known - set(d) - {"curve", "model_calls", "iterations"})
+        if missing:
+            raise ValueError(f"{path}: not a saved evaluation (missing {missing})")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# -- data ------------------------------------------------------------------------
+
+def _pair(item: Any, where: str) -> tuple[Tensor, Tensor]:
+    if isinstance(item, dict):
+        raise TypeError(f"{where}: batches must be (x, y) pairs; got a dict with keys {sorted(item)}")
+    if not isinstance(item, (tuple, list)) or len(item) < 2:
+        raise TypeError(f"{where}: batches must be (x, y) pairs; got {type(item).__name__}")
+    x, y = item[0], item[1]
+    if not isinstance(y, Tensor):
+        y = torch.as_tensor(y)
+    return x, y
+
+
+def batch_source(data: Any, batch_size: int | None) -> tuple[Iterable[tuple[Tensor, Tensor]], int]:
+    """(iterable of (x, y) batches, slot count) for any supported data form."""
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        x, y = data
+        size = batch_size or DEFAULT_BATCH
+        if x.dim() == 0 or len(x) != len(y):
+            raise ValueError(f"data: x and y must hold the same number of samples; got {tuple(x.shape)} and "
+                             f"{tuple(y.shape)}")
+        return ((x[i: i + size], y[i: i + size]) for i in range(0, len(y), size)), size
+    if isinstance(data, DataLoader):
+        size = batch_size or data.batch_size or DEFAULT_BATCH
+        return data, size
+    if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")
+                                     and not isinstance(data, (list, tuple))):
+        size = batch_size or DEFAULT_BATCH
+        if hasattr(data, "batch") and callable(data.batch):  # in-memory datasets: slice, no collation
+            return ((data.batch(slice(i, i + size))) for i in range(0, len(data), size)), size
+        return DataLoader(data, batch_size=size, shuffle=False), size
+    if isinstance(data, Iterable) and not isinstance(data, (str, bytes, Tensor)):
+        return data, batch_size or DEFAULT_BATCH
+    raise TypeError(f"data must be a DataLoader, an iterable of (x, y) batches, a Dataset or an (x, y) tensor "
+                    f"pair; got {type(data).__name__}")
+
+
+def _chunks(source: Iterable[Any], size: int, limit: int | None) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """(first index, x, y) in pieces of at most ``size``, up to ``limit`` samples."""
+    start = 0
+    for b, item in enumerate(source):
+        x, y = _pair(item, f"data batch {b}")
+        for i in range(0, len(y), size):
+            xs, ys = x[i: i + size], y[i: i + size]
+            if limit is not None and start + len(ys) > limit:
+                xs, ys = xs[: limit - start], ys[: limit - start]
+            if len(ys):
+                yield start, xs, ys
+            start += len(ys)
+            if limit is not None and start >= limit:
+                return
+
+
+# -- checks ----------------------------------------------------------------------
+
+def _check_args(eps: Any, norm: str, protocol: str, batch_size: Any, limit: Any, fallback: Any) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps):
+        raise TypeError(f"eps must be a number in [0, 1] pixel units (e.g. 8/255); got {eps!r}")
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0 (pixel units, e.g. 8/255); got {eps!r}")
+    if eps > 1:
+        raise ValueError(f"eps must be in pixel units [0, 1]; got {eps!r}: for ε = {eps:g} in 0-255 units pass "
+                         f"eps={eps:g}/255")
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2'; got {norm!r}")
+    protocols.get(protocol)
+    for key, v in (("batch_size", batch_size), ("limit", limit)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{key} must be a whole number >= 1 or None; got {v!r}")
+    if fallback not in (None, True, False):
+        raise ValueError(f"fallback must be None (decided by the checklist), True or False; got {fallback!r}")
+
+
+def output_warnings(z: Tensor, z_again: Tensor) -> list[str]:
+    """AutoAttack's checks on a model's outputs, as warnings (errors are raised by the caller)."""
+    out = []
+    rows = z.sum(1)
+    if bool(((z >= 0) & (z <= 1)).all()) and bool(torch.allclose(rows, torch.ones_like(rows), atol=1e-3)):
+        out.append("[probabilities] the model's outputs look like probabilities (rows in [0, 1] summing to 1): "
+                   "attack losses on probabilities saturate; return logits")
+    if not torch.allclose(z, z_again, rtol=1e-4, atol=1e-5):
+        out.append("[randomness] two forward passes on the same images differ: the model is randomized; "
+                   "gradient attacks need expectation over transformation (EOT) and results vary with the seed")
+    return out
+
+
+def _check_logits(z: Any, n: int) -> Tensor:
+    if not isinstance(z, Tensor):
+        raise TypeError(f"model must return a logits tensor (N, num_classes); got {type(z).__name__} (wrap a model "
+                        "that returns a tuple or dict so it returns the logits)")
+    if z.dim() != 2 or z.shape[0] != n:
+        raise ValueError(f"model must return logits of shape (N, num_classes); got shape {tuple(z.shape)} for "
+                         f"{n} images")
+    if z.shape[1] < 2:
+        raise ValueError(f"model must return at least 2 class logits; got {z.shape[1]}")
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError(f"model returned {int((~torch.isfinite(z)).sum())} NaN or infinite logits on clean images")
+    return z
+
+
+# -- the evaluation --------------------------------------------------------------
+
+@dataclass
+class _Tally:
+    """Per-sample records of the samples done, in a resumable form."""
+
+    index: list[int] = field(default_factory=list)
+    clean: list[bool] = field(default_factory=list)
+    stage: list[int] = field(default_factory=list)
+    step: list[int] = field(default_factory=list)
+    recorded: list[list[bool]] = field(default_factory=list)
+    linf_max: float = 0.0
+    l2_max: float = 0.0
+    nan: int = 0
+    pixel_min: float = math.inf
+    pixel_max: float = -math.inf
+
+    def add_clean_wrong(self, idx: Tensor, n_rec: int) -> None:
+        k = len(idx)
+        self.index += idx.tolist()
+        self.clean += [False] * k
+        self.stage += [CLEAN_WRONG] * k
+        self.step += [0] * k
+        self.recorded += [[False] * n_rec] * k
+
+    def add(self, out: Outcome, n_rec: int) -> None:
+        k = len(out.index)
+        self.index += out.index.tolist()
+        self.clean += [True] * k
+        self.stage += out.stage.tolist()
+        self.step += out.step.tolist()
+        self.recorded += out.recorded[:, :n_rec].tolist() if out.recorded is not None else [[]] * k
+        xa = out.x_adv
+        self.linf_max = max(self.linf_max, float(out.linf.max()))
+        self.l2_max = max(self.l2_max, float(out.l2.max()))
+        self.nan += int(torch.isnan(xa).sum())
+        self.pixel_min = min(self.pixel_min, float(xa.min()))
+        self.pixel_max = max(self.pixel_max, float(xa.max()))
+
+    def state(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _fingerprint(**kw: Any) -> str:
+    return hashlib.sha256(json.dumps(kw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def evaluate(
+    model: nn.Module,
+    data: Any,
+    *,
+    eps: float,
+    norm: str = "linf",
+    protocol: str = "standard",
+    fallback: bool | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    options: dict[str, Any] | None = None,
+    checklist: bool = True,
+    state: str | Path | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> Evaluation:
+    """Clean and robust accuracy of ``model`` on ``data`` under ``protocol``.
+
+    Args:
+        model: any ``nn.Module`` from [0, 1] images (N, C, H, W) to logits (N, K).
+        data: a DataLoader, an iterable of (x, y) batches, a Dataset, or (x, y) tensors.
+        eps: the budget in pixel units (8/255); values above 1 are refused.
+        norm: ``linf`` or ``l2``.
+        protocol: ``standard`` | ``thesis`` | ``quick`` (:mod:`.protocols`).
+        fallback: None: Square Attack runs when the masking checklist flags the
+            model (``standard`` only); True: always; False: never.
+        batch_size: slots attacked at once and the largest model call
+            (default: the loader's batch size, else 256).
+        seed: every random start and target is keyed on (seed, sample index).
+        limit: evaluate the first ``limit`` samples.
+        options: protocol options (``steps``, ``targets``, ``restarts``,
+            ``queries``, ``step_size`` for ``thesis``).
+        checklist: run the gradient-masking checklist on the first images.
+        state: a JSON file the evaluation saves its progress to; an
+            evaluation started with the same file and settings resumes,
+            skipping the samples already done.
+        progress: called with a dict of counts after each batch of samples.
+    """
+    _check_args(eps, norm, protocol, batch_size, limit, fallback)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    proto = protocols.get(protocol)
+    proto.resolve(options)  # unknown options fail before any work
+    source, capacity = batch_source(data, batch_size)
+    if device is None:
+        param = next(iter(model.parameters()), None)
+        device = param.device if param is not None else torch.device("cpu")
+    device = torch.device(device)
+    start_time = time.perf_counter()
+    with inference_state(model):
+        return _evaluate(model, source, capacity, eps=eps, norm=norm, protocol=protocol, fallback=fallback,
+                         device=device, seed=seed, limit=limit, options=options, checklist=checklist,
+                         state=Path(state) if state is not None else None, progress=progress,
+                         start_time=start_time)
+
+
+def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: float, norm: str, protocol: str,
+              fallback: bool | None, device: torch.device, seed: int, limit: int | None,
+              options: dict[str, Any] | None, checklist: bool, state: Path | None,
+              progress: Callable[[dict[str, Any]], None] | None, start_time: float) -> Evaluation:
+    proto = protocols.get(protocol)
+    chunks = _chunks(source, capacity, limit)
+    first = next(chunks, None)
+    if first is None:
+        raise ValueError("data yielded no samples")
+    x0, y0 = first[1].to(device), first[2].to(device)
+    check_batch(x0, {"y": y0}, name="data images")
+    check_channels(model, x0, name="data images")
+    forward = model_forward(model)
+    with torch.no_grad():
+        z0 = _check_logits(model(x0), len(y0))
+        warnings = output_warnings(z0, model(x0))
+    num_classes = z0.shape[1]
+
+    sanity: dict[str, Any] | None = None
+    if checklist:
+        n_check = min(CHECKLIST_IMAGES, capacity, len(y0))
+        report = run_sanity_checks(model, [(x0[:n_check], y0[:n_check])], eps=eps, steps=10, queries=100,
+                                   noise_draws=2, limit=n_check, seed=seed, device=device, norm=norm)
+        sanity = report.as_dict()
+        warnings += [str(w) for w in report.warnings]
+    flagged = bool(sanity and sanity["warnings"])
+    use_fallback = fallback if fallback is not None else (proto.fallback_default
+                                                          if proto.fallback_default is not None else flagged)
+    reason = ("fallback=True" if fallback else
+              "the masking checklist flagged: " + ", ".join(w["check"] for w in sanity["warnings"])
+              if use_fallback and sanity else "")
+    if flagged and not use_fallback:
+        warnings.append("[fallback] masking is suspected but no gradient-free attack ran "
+                        f"(protocol {protocol!r}, fallback={fallback}): the robust accuracy may be overstated")
+    stages, opts = protocols.stages_for(protocol, eps, options, fallback=use_fallback)
+    n_rec = max((len(s.record) for s in stages), default=0)
+
+    fp = _fingerprint(protocol=protocol, eps=eps, norm=norm, options=opts, fallback=use_fallback, seed=seed,
+                      stages=[asdict(s) for s in stages], limit=limit)
+    tally, done = _resume(state, fp)
+    casc = Cascade(forward, stages, eps=eps, norm=norm, capacity=capacity, seed=seed, num_classes=num_classes)
+    examples: dict[int, Tensor] = {}
+    clean_keep: dict[int, Tensor] = {}
+    pending: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+    last_save = time.perf_counter()
+
+    def admit(start: int, x: Tensor, y: Tensor, z: Tensor | None = None) -> None:
+        idx = torch.arange(start, start + len(y), device=device)
+        if done:
+            keep = torch.tensor([int(i) not in done for i in idx.tolist()], device=device)
+            x, y, idx = x[keep], y[keep], idx[keep]
+            z = None if z is None else z[keep]
+            if not len(y):
+                return
+        if z is None:
+            maxima = check_batch(x, {"y": y}, name=f"data images {start}-{start + len(y) - 1}")
+            check_label_range("data labels", 0, maxima["y"], num_classes)
+            with torch.no_grad():
+                z = _check_logits(model(x), len(y))
+        else:
+            maxima = check_batch(x, {"y": y}, name="data images")
+            check_label_range("data labels", 0, maxima["y"], num_classes)
+        right = z.argmax(1) == y
+        for j, i in enumerate(idx.tolist()):
+            if i < EXAMPLES:
+                clean_keep[i] = x[j].detach().cpu()
+        tally.add_clean_wrong(idx[~right].cpu(), n_rec)
+        top = z.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)[:, : num_classes - 1]
+        if bool(right.any()):
+            pending.append((x[right], y[right], idx[right], top[right]))
+
+    def refill() -> None:
+        while pending and casc.free > 0:
+            x, y, idx, top = pending.pop(0)
+            k = casc.free
+            casc.feed(x[:k], y[:k], idx[:k], top[:k])
+            if len(y) > k:
+                pending.insert(0, (x[k:], y[k:], idx[k:], top[k:]))
+
+    admit(first[0], x0, y0, z0)
+    exhausted = False
+    while True:
+        while not exhausted and sum(len(p[1]) for p in pending) < casc.free:
+            nxt = next(chunks, None)
+            if nxt is None:
+                exhausted = True
+                break
+            admit(nxt[0], nxt[1].to(device), nxt[2].to(device))
+        refill()
+        if not len(casc.pool):
+            break
+        out = casc.step()
+        if out is not None:
+            tally.add(out, n_rec)
+            for j, i in enumerate(out.index.tolist()):
+                if i < EXAMPLES:
+                    examples[i] = out.x_adv[j].detach().cpu()
+            if progress is not None:
+                progress({"done": len(tally.index), "active": len(casc.pool), "calls": casc.calls})
+            if state is not None and time.perf_counter() - last_save > 30:
+                _save_state(state, fp, tally)
+                last_save = time.perf_counter()
+    if state is not None:
+        _save_state(state, fp, tally)
+    return _result(tally, stages, protocol, eps, norm, opts, warnings, sanity, use_fallback, reason, casc,
+                   examples, clean_keep, time.perf_counter() - start_time)
+
+
+def _resume(state: Path | None, fp: str) -> tuple[_Tally, set[int]]:
+    if state is None or not state.is_file():
+        return _Tally(), set()
+    try:
+        saved = json.loads(state.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"state: {state} is not a saved evaluation state ({err})") from None
+    if saved.get("version") != STATE_VERSION or saved.get("fingerprint") != fp:
+        raise ValueError(f"state: {state} holds an evaluation with other settings (protocol, eps, options, seed "
+                         "or limit); use another file or delete it")
+    tally = _Tally(**saved["tally"])
+    return tally, set(tally.index)
+
+
+def _save_state(path: Path, fp: str, tally: _Tally) -> None:
+    from robustlab._io import write_json
+
+    write_json(path, {"version": STATE_VERSION, "fingerprint": fp, "tally": tally.state()})
+
+
+def _result(tally: _Tally, stages: list, protocol: str, eps: float, norm: str, opts: dict[str, Any],
+            warnings: list[str], sanity: dict[str, Any] | None, used: bool, reason: str, casc: Cascade,
+            examples: dict[int, Tensor], clean_keep: dict[int, Tensor], seconds: float) -> Evaluation:
+    order = sorted(range(len(tally.index)), key=tally.index.__getitem__)
+    stage = [tally.stage[i] for i in order]
+    step = [tally.step[i] for i in order]
+    n = len(order)
+    clean = sum(tally.clean) / n
+    names = [s.name for s in stages]
+    per_attack, alive = {}, sum(1 for s in stage if s != CLEAN_WRONG)
+    for k, name in enumerate(names):
+        alive -= sum(1 for s in stage if s == k)
+        per_attack[name] = alive / n
+    thesis = protocol == "thesis"
+    curve = None
+    robust = sum(1 for s in stage if s == SURVIVED) / n
+    if thesis:
+        rec_steps = list(stages[0].record)
+        recorded = [tally.recorded[i] for i in order]
+        final = [sum(1 for r in recorded if r[j]) / n for j in range(len(rec_steps))]
+        best = [sum(1 for s, t in zip(stage, step) if s == SURVIVED or (s == 0 and t > N) or s > 0) / n
+                for N in rec_steps]
+        curve = {"steps": rec_steps, "final_accuracy": final, "best_accuracy": best}
+        per_attack[names[0]] = final[-1]
+        robust = final[-1]
+        if used:  # survivors of every iterate that Square then broke
+            robust -= sum(1 for s in stage if s == len(stages) - 1) / n
+            per_attack["square"] = robust
+    audit = {"linf_max": tally.linf_max, "linf_max_255": to_255(tally.linf_max), "l2_max": tally.l2_max,
+             "nan_count": tally.nan, "pixel_min": tally.pixel_min if math.isfinite(tally.pixel_min) else None,
+             "pixel_max": tally.pixel_max if math.isfinite(tally.pixel_max) else None,
+             "within_budget": (tally.linf_max if norm == "linf" else tally.l2_max) <= eps + 1e-6}
+    if not audit["within_budget"] or tally.nan:
+        warnings = [*warnings, f"[audit] adversarial images leave the budget or hold NaNs: {audit}"]
+    label = {k: name for k, name in enumerate(names)} | {CLEAN_WRONG: "clean", SURVIVED: None}
+    per_sample = {"clean_correct": [tally.clean[i] for i in order], "broken_by": [label[s] for s in stage],
+                  "broken_at": [t if s >= 0 else (0 if s == CLEAN_WRONG else -1) for s, t in zip(stage, step)]}
+    ex = None
+    if examples and clean_keep:
+        keys = sorted(set(examples) & set(clean_keep))
+        if keys:
+            ex = {"index": torch.tensor(keys), "clean": torch.stack([clean_keep[k] for k in keys]),
+                  "adversarial": torch.stack([examples[k] for k in keys])}
+    opts_out = {**opts, "stages": names, "batch_size": casc.capacity, "seed": casc.seed,
+                "sanity": sanity}
+    return Evaluation(protocol=protocol, eps=eps, norm=norm, n=n, clean_accuracy=clean, robust_accuracy=robust,
+                      per_attack=per_attack, warnings=warnings, audit=audit, seconds=round(seconds, 3),
+                      options=opts_out, fallback={"used": used, "reason": reason}, per_sample=per_sample,
+                      curve=curve, model_calls=casc.calls, iterations=casc.iterations, examples=ex)
