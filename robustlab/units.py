@@ -22,7 +22,7 @@ def to_255(value: float) -> float:
     return float(value) * PIXEL_LEVELS
 
 
-def parse_eps(text: str | float | int, name: str = "eps") -> float:
+def parse_eps(text: str | float | int, name: str = "eps", *, small_is_pixels: bool = False) -> float:
     """Parse a budget written by a user into pixel units.
 
     Plain numbers are in the thesis's 0–255 notation (``"16"`` → 16/255); a
@@ -36,6 +36,8 @@ def parse_eps(text: str | float | int, name: str = "eps") -> float:
             value = float(raw[:-2])
         elif "/" in raw:
             value = float(Fraction(raw))
+        elif small_is_pixels and 0 < float(raw) < 1:
+            value = float(raw)
         else:
             value = from_255(float(raw))
     except (ValueError, ZeroDivisionError):
@@ -44,4 +46,7 @@ def parse_eps(text: str | float | int, name: str = "eps") -> float:
         ) from None
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be finite and >= 0; got {text!r}")
+    if not raw.endswith("px") and "/" not in raw and float(raw) > PIXEL_LEVELS:
+        raise ValueError(f"{name} {text!r} is above 255 in 0-255 units (the whole pixel range); write pixels as "
+                         f"{raw}px or a fraction such as 16/255")
     return value

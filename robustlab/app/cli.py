@@ -111,23 +111,46 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="run directory (default runs/train-RECIPE-TIMESTAMP)")
     tr.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
 
-    ev = sub.add_parser("eval", help="evaluate checkpoints: white-box curves + sanity checks, transfer, corruption")
-    ev.add_argument("--checkpoint", action="append", required=True, metavar="RUN_DIR",
-                    help="a run directory with model.safetensors/model.json (repeat for transfer)")
-    ev.add_argument("--data", required=True, help="dataset whose test split is used (fashion_mnist, cifar10, ...)")
-    ev.add_argument("--data-dir")
-    ev.add_argument("--protocol", default="whitebox", choices=("whitebox", "transfer", "corruption", "all"))
-    ev.add_argument("--eps", default="16", help="budget, 0-255 units by default (§4.6.1, §6.3: 16)")
-    ev.add_argument("--step-size", default="1", help="PGD step (§6.3: 1)")
-    ev.add_argument("--steps", default="10,20,50,100,200", help="comma-separated PGD iteration counts")
-    ev.add_argument("--targeted", action="store_true", help="also the targeted curve (random target, §6.3)")
-    ev.add_argument("--restarts", type=int, default=1)
-    ev.add_argument("--limit", type=int, default=500, help="test images (first N)")
+    ev = sub.add_parser("eval", help="evaluate any model's robustness (standard: a worst case at least as strong "
+                        "as AutoAttack's), or curves, transfer and corruption",
+                        description="robustlab eval --model SPEC --data DATA --eps 8/255 [--protocol standard]. "
+                        "SPEC: a run directory, timm:NAME, tv:NAME, path/to/file.py:factory or "
+                        "package.module:factory (a factory returns an nn.Module taking [0, 1] pixels).",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ev.add_argument("--model", action="append", default=[], metavar="SPEC",
+                    help="the model to evaluate (repeat for several; every one is evaluated)")
+    ev.add_argument("--checkpoint", action="append", default=[], metavar="RUN_DIR",
+                    help="a robustlab run directory (same as --model RUN_DIR)")
+    ev.add_argument("--weights", help="a local state-dict file (.safetensors, or .pt/.pth read weights-only)")
+    ev.add_argument("--mean", help="per-channel mean the model expects, e.g. 0.485,0.456,0.406: the model is "
+                    "wrapped to take [0, 1] pixels")
+    ev.add_argument("--std", help="per-channel std the model expects, with --mean")
+    ev.add_argument("--data", required=True, help="dataset whose test split is used: fashion_mnist, cifar10, "
+                    "imagefolder:ROOT, ...")
+    ev.add_argument("--data-dir", help="where dataset files are looked for first")
+    ev.add_argument("--image-size", type=int, help="resize (imagefolder: resize + centre crop) to this size")
+    ev.add_argument("--protocol", default="standard", choices=("standard", "thesis", "quick", "whitebox",
+                                                               "transfer", "corruption", "all"),
+                    help="standard | thesis | quick: robust accuracy; whitebox | transfer | corruption | all: "
+                    "curves and comparisons")
+    ev.add_argument("--eps", default="8/255", help="budget: 8/255 or 0.03px (pixels), 8 (0-255 units); a plain "
+                    "number below 1 is read as pixels (0.1 = 0.1 px)")
+    ev.add_argument("--norm", default="linf", choices=("linf", "l2"), help="threat model")
+    ev.add_argument("--fallback", choices=("auto", "on", "off"), default="auto",
+                    help="gradient-free Square Attack: auto = when the masking checklist flags the model")
+    ev.add_argument("--limit", type=int, help="evaluate the first N test images (default: all)")
+    ev.add_argument("--batch-size", type=int, default=250, help="images attacked at once (the largest model call)")
+    ev.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     ev.add_argument("--route", help="mixture-BN route to evaluate through")
-    ev.add_argument("--batch-size", type=int, default=250)
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--out", help="run directory (default CHECKPOINT/eval-PROTOCOL)")
-    ev.add_argument("--device", default="auto")
+    ev.add_argument("--step-size", default="1", help="whitebox: PGD step (§6.3: 1)")
+    ev.add_argument("--steps", default="10,20,50,100,200", help="whitebox: comma-separated PGD iteration counts")
+    ev.add_argument("--targeted", action="store_true", help="whitebox: also the targeted curve (random target, §6.3)")
+    ev.add_argument("--restarts", type=int, default=1, help="whitebox: random restarts")
+    ev.add_argument("--seed", type=int, default=0, help="seed of every random start and target")
+    ev.add_argument("--out", help="run directory (default RUN_DIR/eval-PROTOCOL for a run directory, else "
+                    "runs/eval-TIMESTAMP)")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
     st = sub.add_parser("study", help="the main job: train a chapter's models, evaluate them, write a report",
                         description="robustlab study CONFIG.yaml [key=value ...] [--out DIR] [--smoke]. "
@@ -267,18 +290,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated numbers (e.g. 0.485,0.456,0.406); got {text!r}") from None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    from robustlab.app.evaluate import format_eval_summary, run_eval
+    from robustlab.app.evaluate import EvalSpec, format_eval_summary, run_eval
     from robustlab.units import parse_eps
 
     try:
         steps = [int(s) for s in str(args.steps).split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--steps must be comma-separated integers; got {args.steps!r}") from None
-    results = run_eval(args.checkpoint, args.data, args.protocol, out=args.out, eps=parse_eps(args.eps, "--eps"),
-                       step_size=parse_eps(args.step_size, "--step-size"), steps=steps, targeted=args.targeted,
-                       restarts=args.restarts, limit=args.limit, route_name=args.route, batch_size=args.batch_size,
-                       seed=args.seed, data_dir=args.data_dir, device=args.device)
+    spec = EvalSpec(models=[*args.model, *args.checkpoint], data=args.data, protocol=args.protocol,
+                    eps=parse_eps(args.eps, "--eps", small_is_pixels=True), norm=args.norm, weights=args.weights,
+                    mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"), limit=args.limit,
+                    batch_size=args.batch_size, workers=args.workers,
+                    fallback={"auto": None, "on": True, "off": False}[args.fallback], seed=args.seed,
+                    route=args.route, data_dir=args.data_dir, image_size=args.image_size, device=args.device,
+                    out=args.out, steps=steps, step_size=parse_eps(args.step_size, "--step-size"),
+                    targeted=args.targeted, restarts=args.restarts)
+    results = run_eval(spec, quiet=args.quiet)
     print(format_eval_summary(results))
     return 0
 

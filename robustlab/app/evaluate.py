@@ -1,32 +1,164 @@
-"""``robustlab eval``: evaluate trained checkpoints with the thesis's protocols
-and write ``results.json`` + ``report.html`` into a run directory.
+"""``robustlab eval``: evaluate any model — a run directory, ``timm:NAME``,
+``tv:NAME`` or the user's own ``file.py:factory`` — on a dataset, and write
+``results.json`` + ``report.html`` into a run directory.
 
-Protocols: ``whitebox`` (robustness curve vs PGD iterations, with the
-gradient-masking checklist run alongside), ``transfer`` (I-FGSM, MI-FGSM,
-DI²-FGSM, M-DI²-FGSM between every pair of the given checkpoints),
-``corruption`` (15 corruptions × 5 severities, on the fly) and ``all``.
+Robust-accuracy protocols (``standard``, ``thesis``, ``quick``) run
+:func:`robustlab.eval.evaluate` on every model named, streamed in batches.
+The curve and comparison protocols run on every model too: ``whitebox``
+(robustness curves against PGD iterations with the masking checklist),
+``transfer`` (I-FGSM, MI-FGSM, DI²-FGSM, M-DI²-FGSM between every pair of
+models), ``corruption`` (15 corruptions × 5 severities) and ``all``.
 """
 from __future__ import annotations
 
-import contextlib
+import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from robustlab._io import pick_device, write_json
-from robustlab.data import load_dataset
+from robustlab._io import pick_device, write_tensors
+from robustlab.app.rundir import RunDir, fingerprint_of
+from robustlab.data import dataset_info, load_dataset, make_loader
+from robustlab.eval import protocols as protocol_registry
 from robustlab.eval.analysis import bn_statistics
+from robustlab.eval.evaluate import evaluate
 from robustlab.eval.sanity import run_sanity_checks
 from robustlab.eval.transfer import transfer_matrix
 from robustlab.eval.whitebox import robustness_curve, worst_case
-from robustlab.models.checkpoint import load_model
+from robustlab.models.resolve import normalized, resolve_model
 from robustlab.nn.norm import route, route_names
 
-PROTOCOLS = ("whitebox", "transfer", "corruption", "all")
+ROBUST = tuple(protocol_registry.robust_names())
+CURVES = ("whitebox", "transfer", "corruption", "all")
+PROTOCOLS = ROBUST + CURVES
 TRANSFER_ATTACKS = ("ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm")
+
+
+@dataclass
+class EvalSpec:
+    """Everything ``robustlab eval`` was asked, checked before any work."""
+
+    models: list[str]
+    data: str
+    protocol: str = "standard"
+    eps: float = 8 / 255
+    norm: str = "linf"
+    weights: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    limit: int | None = None
+    batch_size: int = 250
+    workers: int = 0
+    fallback: bool | None = None
+    seed: int = 0
+    route: str | None = None
+    data_dir: str | None = None
+    image_size: int | None = None
+    device: str = "auto"
+    out: str | None = None
+    # curve protocols
+    steps: list[int] = field(default_factory=lambda: [10, 20, 50, 100, 200])
+    step_size: float = 1 / 255
+    targeted: bool = False
+    restarts: int = 1
+
+    def check(self) -> None:
+        if not self.models:
+            raise ValueError("give a model: --model SPEC (run directory, timm:NAME, tv:NAME, file.py:factory)")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}; got {self.protocol!r}")
+        if self.protocol == "transfer" and len(self.models) < 2:
+            raise ValueError("--protocol transfer needs at least two models (repeat --model)")
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"--norm must be linf or l2; got {self.norm!r}")
+        if self.norm == "linf" and not 0 < self.eps <= 1:
+            raise ValueError(f"--eps must be in (0, 255] (0-255 units) or (0, 1] pixels for L∞; got {self.eps}")
+        for key in ("batch_size", "limit"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise ValueError(f"--{key.replace('_', '-')} must be >= 1; got {v}")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be >= 0; got {self.workers}")
+        if self.weights is not None and len(self.models) > 1:
+            raise ValueError("--weights applies to one model; give one --model with it")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("--mean and --std must be given together")
+        if any(s < 1 for s in self.steps):
+            raise ValueError(f"--steps must be iteration counts >= 1; got {self.steps}")
+
+
+def _names(specs: list[str]) -> list[str]:
+    out: list[str] = []
+    for spec in specs:
+        base = Path(spec.split(":")[-1] if ":" in spec and not Path(spec).exists() else spec).name or spec
+        name, k = base, 2
+        while name in out:
+            name, k = f"{base}-{k}", k + 1
+        out.append(name)
+    return out
+
+
+def load_models(spec: EvalSpec, info: Any, device: torch.device) -> dict[str, nn.Module]:
+    """Every model named, in eval mode on ``device`` (errors name the spec)."""
+    models = {}
+    for name, s in zip(_names(spec.models), spec.models):
+        model = resolve_model(s, weights=spec.weights, num_classes=info.num_classes, in_channels=info.channels,
+                              mean=info.mean, std=info.std)
+        model = normalized(model, spec.mean, spec.std)
+        models[name] = model.to(device).eval()
+    return models
+
+
+class Progress:
+    """Samples done per model: a bar redrawn in place on a terminal, plain
+    lines every 10% (or 30 s) otherwise, never a carriage return in a log."""
+
+    def __init__(self, name: str, total: int, stream: Any = None) -> None:
+        self.name, self.total = name, max(total, 1)
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.start = self.last = time.perf_counter()
+        self.mark = 0
+
+    def __call__(self, d: dict[str, Any]) -> None:
+        done, now = d["done"], time.perf_counter()
+        if self.tty:
+            width = 30
+            fill = int(width * done / self.total)
+            self.stream.write(f"\r{self.name}: [{'#' * fill}{'.' * (width - fill)}] {done}/{self.total} "
+                              f"({now - self.start:.0f} s)")
+            if done >= self.total:
+                self.stream.write("\n")
+        elif done * 10 // self.total > self.mark or now - self.last > 30 or done >= self.total:
+            self.mark, self.last = done * 10 // self.total, now
+            self.stream.write(f"{self.name}: {done}/{self.total} samples done ({now - self.start:.0f} s)\n")
+        self.stream.flush()
+
+
+def _robust(models: dict[str, nn.Module], data: Any, spec: EvalSpec, run: RunDir, device: torch.device,
+            quiet: bool) -> dict[str, Any]:
+    per_model: dict[str, Any] = {}
+    loader = make_loader(data, spec.batch_size, num_workers=spec.workers)
+    for name, model in models.items():
+        path = run.ensure()
+        with route(model, spec.route):
+            ev = evaluate(model, loader, eps=spec.eps, norm=spec.norm, protocol=spec.protocol,
+                          fallback=spec.fallback, batch_size=spec.batch_size, device=device, seed=spec.seed,
+                          state=path / f"state-{name}.json",
+                          progress=None if quiet else Progress(name, len(data)))
+        if ev.examples is not None:
+            write_tensors(path / f"examples-{name}.safetensors", ev.examples)
+        per_model[name] = ev.to_dict()
+    results: dict[str, Any] = {"models": per_model}
+    if len(per_model) == 1:  # one model: its figures at the top level too
+        only = next(iter(per_model.values()))
+        results.update({k: only[k] for k in ("robust_accuracy", "clean_accuracy", "per_attack", "warnings",
+                                              "audit", "fallback", "n", "seconds", "curve")})
+    return results
 
 
 def _batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -71,64 +203,83 @@ def _corruption(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_accura
                            "errors": errors}}
 
 
-def run_eval(checkpoints: list[str], data: str, protocol: str, *, out: str | Path | None = None,
-             eps: float, step_size: float, steps: list[int], targeted: bool = False, restarts: int = 1,
-             limit: int | None = 500, route_name: str | None = None, batch_size: int = 250, seed: int = 0,
-             data_dir: str | None = None, device: str = "auto") -> dict[str, Any]:
-    """Evaluate ``checkpoints`` (run directories) on ``data``'s test split."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}; got {protocol!r}")
-    if not checkpoints:
-        raise ValueError("give at least one --checkpoint RUN_DIR")
-    if protocol in ("transfer",) and len(checkpoints) < 2:
-        raise ValueError("the transfer protocol needs at least two --checkpoint run directories")
-    dev = pick_device(device)
-    models = {Path(c).name: load_model(c).to(dev).eval() for c in checkpoints}
-    test = load_dataset(data, "test", data_dir=data_dir, limit=limit)
-    x, y = (t.to(dev) for t in test.batch(slice(0, len(test))))
-    run_dir = Path(out) if out is not None else Path(checkpoints[0]) / f"eval-{protocol}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    opts = {"eps": eps, "step_size": step_size, "steps": steps, "targeted": targeted, "restarts": restarts,
-            "batch_size": batch_size, "seed": seed}
+def run_eval(spec: EvalSpec, *, quiet: bool = False) -> dict[str, Any]:
+    """Evaluate every model of ``spec`` on its data's test split."""
+    spec.check()
+    dev = pick_device(spec.device)
+    test = load_dataset(spec.data, "test", data_dir=spec.data_dir, limit=spec.limit, size=spec.image_size)
+    info = dataset_info(test)
+    models = load_models(spec, info, dev)
+    default = (Path(spec.models[0]) / f"eval-{spec.protocol}" if Path(spec.models[0]).is_dir() and spec.out is None
+               else spec.out)
+    config = {k: v for k, v in asdict(spec).items() if k not in ("out", "device")}
+    run = RunDir(default, "eval", fingerprint_of(config))
     start = time.perf_counter()
-    name, model = next(iter(models.items()))
-    results: dict[str, Any] = {"kind": "eval", "protocol": protocol, "checkpoints": checkpoints, "data": data,
-                               "n": len(y), "options": opts, "route": route_name}
-    with route(model, route_name) if route_name else contextlib.nullcontext():
-        with torch.no_grad():
-            results["clean_accuracy"] = float((model(x).argmax(1) == y).float().mean())
-        if protocol in ("whitebox", "all"):
-            results.update(_whitebox(model, x, y, opts, dev))
-        if protocol in ("corruption", "all"):
-            with torch.no_grad():
-                results.update(_corruption(model, x, y, results["clean_accuracy"]))
-    if protocol in ("transfer", "all") and len(models) > 1:
-        results.update(_transfer(models, x, y, opts, dev))
-    results["routes"] = list(route_names(model))
-    stats = bn_statistics(model)
-    if stats:  # Fig. 6.5: running statistics per route (or of the plain BNs)
-        results["bn_statistics"] = stats
-    results["seconds"] = round(time.perf_counter() - start, 2)
-    write_json(run_dir / "results.json", results)
-    from robustlab.report import write_report
+    results: dict[str, Any] = {"kind": "eval", "protocol": spec.protocol, "data": spec.data, "n": len(test),
+                               "eps": spec.eps, "eps_255": spec.eps * 255, "norm": spec.norm,
+                               "model_specs": spec.models, "route": spec.route}
+    with run:
+        run.write_config(config)
+        if spec.protocol in ROBUST:
+            results.update(_robust(models, test, spec, run, dev, quiet))
+        else:
+            results.update(_curves(models, test, spec, dev))
+        results["seconds"] = round(time.perf_counter() - start, 2)
+        return run.finish(results)
 
-    results["report"] = str(write_report(run_dir))
-    results["run_dir"] = str(run_dir)
-    return results
+
+def _curves(models: dict[str, nn.Module], test: Any, spec: EvalSpec, device: torch.device) -> dict[str, Any]:
+    """The curve and comparison protocols, on every model named."""
+    x, y = (t.to(device) for t in test.batch(slice(0, len(test))))
+    opts = {"eps": spec.eps, "step_size": spec.step_size, "steps": spec.steps, "targeted": spec.targeted,
+            "restarts": spec.restarts, "batch_size": spec.batch_size, "seed": spec.seed}
+    per_model: dict[str, Any] = {}
+    for name, model in models.items():
+        res: dict[str, Any] = {}
+        with route(model, spec.route):
+            with torch.no_grad():
+                res["clean_accuracy"] = float((model(x).argmax(1) == y).float().mean())
+            if spec.protocol in ("whitebox", "all"):
+                res.update(_whitebox(model, x, y, opts, device))
+            if spec.protocol in ("corruption", "all"):
+                with torch.no_grad():
+                    res.update(_corruption(model, x, y, res["clean_accuracy"]))
+        res["routes"] = list(route_names(model))
+        stats = bn_statistics(model)
+        if stats:  # Fig. 6.5: running statistics per route (or of the plain BNs)
+            res["bn_statistics"] = stats
+        per_model[name] = res
+    out: dict[str, Any] = {"models": per_model, "options": opts}
+    if len(per_model) == 1:
+        out.update(next(iter(per_model.values())))
+    if spec.protocol in ("transfer", "all") and len(models) > 1:
+        out.update(_transfer(models, x, y, opts, device))
+    return out
 
 
 def format_eval_summary(results: dict[str, Any]) -> str:
-    lines = [f"{results['protocol']} on {results['data']} ({results['n']} images): clean accuracy "
-             f"{results['clean_accuracy']:.4f}"]
-    for name, c in (results.get("whitebox") or {}).items():
-        lines.append(f"  {name}: " + ", ".join(f"{s}:{a:.3f}" for s, a in zip(c["steps"], c["accuracy"])))
-    if results.get("sanity"):
-        warns = results["sanity"]["warnings"]
-        lines.append("  sanity: " + ("; ".join(f"[{w['check']}] {w['message']}" for w in warns) if warns
-                                     else "no gradient-masking symptom"))
-    if results.get("corruption"):
-        c = results["corruption"]
-        lines.append(f"  corruption: mean error {c['mean_error']:.3f}, mCE vs AlexNet {c['mce_vs_alexnet']:.1f}")
+    lines = [f"{results['protocol']} on {results['data']} ({results['n']} images), ε = "
+             f"{results['eps_255']:.4g}/255 ({results['norm']}):"]
+    for name, r in results.get("models", {}).items():
+        line = f"  {name}: clean {100 * r['clean_accuracy']:.1f}%"
+        if "robust_accuracy" in r:
+            line += f", robust {100 * r['robust_accuracy']:.1f}%"
+            if r.get("fallback", {}).get("used"):
+                line += " (with Square fallback)"
+        lines.append(line)
+        for attack, acc in (r.get("per_attack") or {}).items():
+            lines.append(f"      after {attack}: {100 * acc:.1f}%")
+        for cname, c in (r.get("whitebox") or {}).items():
+            lines.append(f"    {cname}: " + ", ".join(f"{s}:{a:.3f}" for s, a in zip(c["steps"], c["accuracy"])))
+        for w in r.get("warnings") or []:
+            lines.append(f"    warning: {w[:96]}")
+        if r.get("sanity"):
+            warns = r["sanity"]["warnings"]
+            lines.append("    sanity: " + ("; ".join(f"[{w['check']}] {w['message']}"[:96] for w in warns) if warns
+                                           else "no gradient-masking symptom"))
+        if r.get("corruption"):
+            c = r["corruption"]
+            lines.append(f"    corruption: mean error {c['mean_error']:.3f}, mCE vs AlexNet {c['mce_vs_alexnet']:.1f}")
     if results.get("transfer"):
         for attack, by_src in results["transfer"]["success"].items():
             lines.append(f"  transfer {attack}: " + "; ".join(

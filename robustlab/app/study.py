@@ -252,6 +252,9 @@ EVALUATIONS: dict[str, dict[str, Any]] = {
     "blackbox": {"models": "all", "sources": None, "attacks": ["ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm"],
                  "eps": 32, "limit": None},
     "corruption": {"models": "all", "corruptions": "all", "severities": [1, 2, 3, 4, 5], "limit": None},
+    # rl.eval.evaluate: protocol standard | thesis | quick (robustlab.eval.protocols)
+    "robust": {"models": "all", "protocol": "standard", "eps": 16, "norm": "linf", "options": None,
+               "fallback": None, "routes": False, "limit": None},
 }
 
 
@@ -287,6 +290,15 @@ def _check_evaluation(name: str, spec: dict[str, Any], model_names: list[str]) -
     for key in ("eps", "step_size"):
         if key in opts:
             parse_eps(opts[key], f"evaluations.{name}.{key}")
+    if kind == "robust":
+        from robustlab.eval import protocols
+
+        try:
+            protocols.get(opts["protocol"]).resolve(opts["options"])
+        except ValueError as err:
+            raise ValueError(f"evaluations.{name}: {err}") from None
+        if opts["fallback"] not in (None, True, False):
+            raise ValueError(f"evaluations.{name}.fallback must be null, true or false; got {opts['fallback']!r}")
     if kind == "whitebox":
         if opts["loss"] not in ("ce", "cw", "both"):
             raise ValueError(f"evaluations.{name}.loss must be ce, cw or both; got {opts['loss']!r}")
@@ -361,25 +373,59 @@ def _eval_accuracy(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def _eval_whitebox(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
+    from robustlab.eval.sanity import run_sanity_checks
     from robustlab.eval.whitebox import robustness_curve, worst_case
     from robustlab.units import parse_eps
 
     eps, alpha = parse_eps(opts["eps"], "eps"), parse_eps(opts["step_size"], "step_size")
     losses = ("ce", "cw") if opts["loss"] == "both" else (opts["loss"],)
     batches = ctx.batches(opts)
-    rows, curves = [], {}
+    rows, curves, warnings = [], {}, {}
     for m in opts["models"]:
         for rname, model, r in ctx.routes(m, opts["routes"]):
             with route(model, r):
                 runs = [robustness_curve(model, batches, steps=opts["steps"], eps=eps, step_size=alpha,
                                          targeted=opts["targeted"], restarts=opts["restarts"], loss=loss,
                                          seed=ctx.study.models[m].seed, device=ctx.device) for loss in losses]
+                # The masking checklist runs with every white-box evaluation (first 100 images).
+                check = run_sanity_checks(model, batches, eps=eps, steps=10, queries=100, noise_draws=2, limit=100,
+                                          seed=ctx.study.models[m].seed, device=ctx.device)
             curve = worst_case(runs) if len(runs) > 1 else runs[0]
             label = m if not opts["routes"] else f"{m} [{rname}]"
             curves[label] = {"steps": curve.steps, "accuracy": curve.accuracy}
+            warnings[label] = [str(w) for w in check.warnings]
             rows.append({"model": m, **({"route": rname} if opts["routes"] else {}),
-                         **{f"PGD-{s}": a for s, a in zip(curve.steps, curve.accuracy)}})
-    return {"n": sum(len(y) for _, y in batches), "table": rows, "curves": curves}
+                         **{f"PGD-{s}": a for s, a in zip(curve.steps, curve.accuracy)},
+                         "masking": ", ".join(w.check for w in check.warnings) or "none"})
+    return {"n": sum(len(y) for _, y in batches), "table": rows, "curves": curves, "warnings": warnings}
+
+
+def _eval_robust(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
+    """rl.eval.evaluate on every model (and route), through the protocol registry."""
+    from robustlab.eval.evaluate import evaluate
+    from robustlab.units import parse_eps
+
+    eps = parse_eps(opts["eps"], "eps")
+    batches = ctx.batches(opts)
+    rows, warnings, curves = [], {}, {}
+    for m in opts["models"]:
+        for rname, model, r in ctx.routes(m, opts["routes"]):
+            with route(model, r):
+                ev = evaluate(model, batches, eps=eps, norm=opts["norm"], protocol=opts["protocol"],
+                              fallback=opts["fallback"], options=opts["options"], device=ctx.device,
+                              seed=ctx.study.models[m].seed)
+            label = m if not opts["routes"] else f"{m} [{rname}]"
+            warnings[label] = ev.warnings
+            if ev.curve:
+                curves[label] = {"steps": ev.curve["steps"], "accuracy": ev.curve["final_accuracy"]}
+            rows.append({"model": m, **({"route": rname} if opts["routes"] else {}), "clean": ev.clean_accuracy,
+                         **ev.per_attack, "robust": ev.robust_accuracy,
+                         "square fallback": "yes" if ev.fallback["used"] else "no",
+                         "masking": ", ".join(w.split("]")[0].strip("[") for w in ev.warnings) or "none"})
+    out = {"n": sum(len(y) for _, y in batches), "table": rows, "warnings": warnings}
+    if curves:
+        out["curves"] = curves
+    return out
 
 
 def _eval_transfer(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
@@ -440,7 +486,7 @@ def _eval_corruption(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
 
 
 EVALUATORS: dict[str, Callable[[_Context, dict[str, Any]], dict[str, Any]]] = {
-    "accuracy": _eval_accuracy, "whitebox": _eval_whitebox, "transfer": _eval_transfer,
+    "accuracy": _eval_accuracy, "whitebox": _eval_whitebox, "robust": _eval_robust, "transfer": _eval_transfer,
     "blackbox": _eval_blackbox, "corruption": _eval_corruption,
 }
 

@@ -97,7 +97,8 @@ def fgsm(*, eps: float = EPS_CH3, norm: str = "linf", steps: int | None = None, 
     """FGSM, eq. (3.2): X + ε·sign(∇) — the N = 1, α = ε member of the family.
     ``steps`` other than 1 or a ``step_size`` other than ε are refused (use ifgsm)."""
     if steps is not None and steps != 1:
-        raise ValueError(f"steps: fgsm is a single step of size ε (eq. 3.2); got steps={steps!r}; use ifgsm for N steps")
+        raise ValueError(f"steps: fgsm is a single step of size ε (eq. 3.2); got steps={steps!r}; "
+                         "use ifgsm for N steps")
     if step_size is not None and step_size != eps:
         raise ValueError(f"step_size: fgsm steps by ε (eq. 3.2); got step_size={step_size!r}; use ifgsm for α ≠ ε")
     return IterativeAttack(eps=eps, steps=1, step_size=max(eps, 1e-12), norm=norm, name="fgsm", **kw)

@@ -6,15 +6,16 @@ checklist, corruption robustness (ImageNet-C mCE, ImageNet-A), dense metrics
 
 ``rl.eval.evaluate(model, data, eps=8/255)`` is the one call for a model's
 robustness (:mod:`robustlab.eval.evaluate`)."""
+from robustlab.eval import protocols
 from robustlab.eval.analysis import batch_vs_running, bn_statistics, feature_maps, perceptibility
 from robustlab.eval.corruption import (
-                                      ALEXNET_ERRORS,
-                                      IMAGENET_A_INDICES,
-                                      corruption_errors,
-                                      imagenet_a_logits,
-                                      load_corrupted_folder,
-                                      mce,
-                                      relative_mce,
+    ALEXNET_ERRORS,
+    IMAGENET_A_INDICES,
+    corruption_errors,
+    imagenet_a_logits,
+    load_corrupted_folder,
+    mce,
+    relative_mce,
 )
 from robustlab.eval.dense import (
     detect,
@@ -27,7 +28,6 @@ from robustlab.eval.dense import (
     segmentation_report,
     transfer_table,
 )
-from robustlab.eval import protocols
 from robustlab.eval.evaluate import Evaluation, evaluate
 from robustlab.eval.holdout import holdout_evaluation
 from robustlab.eval.metrics import accuracy, misclassified, predict

@@ -381,6 +381,8 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
         for j, i in enumerate(idx.tolist()):
             if i < EXAMPLES:
                 clean_keep[i] = x[j].detach().cpu()
+                if not bool(right[j]):  # misclassified as it is: its own adversarial example
+                    examples[i] = clean_keep[i]
         tally.add_clean_wrong(idx[~right].cpu(), n_rec)
         top = z.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)[:, : num_classes - 1]
         if bool(right.any()):

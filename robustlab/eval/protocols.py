@@ -75,7 +75,8 @@ def _standard(eps: float, opts: dict[str, Any]) -> list[Stage]:
     stages = []
     for r in range(restarts):
         tag = f" #{r + 1}" if restarts > 1 else ""
-        stages += [Stage(f"apgd-ce{tag}", "apgd", steps, loss="ce"), Stage(f"apgd-margin{tag}", "apgd", steps, loss="cw")]
+        stages += [Stage(f"apgd-ce{tag}", "apgd", steps, loss="ce"),
+                   Stage(f"apgd-margin{tag}", "apgd", steps, loss="cw")]
     stages += [Stage(f"apgd-margin-t{k}", "apgd", steps, loss="cw", target="top", target_rank=k)
                for k in range(1, targets + 1)]
     return stages

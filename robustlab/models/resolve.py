@@ -3,18 +3,80 @@ name for :func:`~robustlab.models.factory.create_model`. It sits above both
 the factory and the checkpoint reader, which itself builds through the factory."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import re
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from robustlab.models.checkpoint import META, load_model
-from robustlab.models.factory import _builtin, create_model
+from robustlab.models.factory import _builtin, create_model, load_state_dict
+from robustlab.models.normalize import NormalizedModel
+
+_FACTORY = re.compile(r"^(?P<source>[^:]+\.py|[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_]\w*)$")
+
+
+def is_factory_spec(spec: str) -> bool:
+    """``path/to/file.py:factory`` or ``package.module:factory``."""
+    return bool(_FACTORY.match(str(spec))) and not str(spec).startswith(("timm:", "tv:", "torchvision:"))
+
+
+def load_factory(spec: str) -> nn.Module:
+    """Call the factory a spec names and check it returns an ``nn.Module``.
+
+    ``path/to/file.py:factory`` imports that file (the user's own code, named
+    on purpose), ``package.module:factory`` imports the module; the factory
+    takes no arguments and returns a model from [0, 1] images to logits."""
+    m = _FACTORY.match(str(spec))
+    if m is None:
+        raise ValueError(f"model: {spec!r} is not of the form path/to/file.py:factory or package.module:factory")
+    source, attr = m.group("source"), m.group("attr")
+    if source.endswith(".py"):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"model: {path} does not exist (from {spec!r})")
+        name = f"robustlab_user_{abs(hash(str(path.resolve())))}"
+        loader_spec = importlib.util.spec_from_file_location(name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise ValueError(f"model: cannot import {path}")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module
+        loader_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(source)
+        except ModuleNotFoundError as err:
+            raise ValueError(f"model: cannot import module {source!r} (from {spec!r}): {err}") from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise ValueError(f"model: {source} has no callable {attr!r}")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: {spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def normalized(model: nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None) -> nn.Module:
+    """``model`` behind a Normalize(mean, std) layer, for a network that expects
+    normalized input: the result takes [0, 1] pixels (the library's convention)."""
+    if mean is None and std is None:
+        return model
+    if mean is None or std is None:
+        raise ValueError("mean and std must be given together")
+    if len(mean) != len(std) or any(s <= 0 for s in std):
+        raise ValueError(f"mean and std must have one value per channel and std > 0; got {mean}, {std}")
+    return NormalizedModel(model, tuple(mean), tuple(std))
 
 
 def resolve_model(spec: str | Path, *, weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
     """A model from a user's string: a checkpoint directory (or its model.json),
-    a built-in name, or ``timm:NAME`` / ``tv:NAME``, with optional local weights.
+    a built-in name, ``timm:NAME`` / ``tv:NAME``, or a factory
+    (``path/to/file.py:factory``, ``package.module:factory``), with optional
+    local weights.
     ``kwargs`` go to :func:`create_model` (``num_classes``, ``in_channels``,
     ``mean``, ``std``: the dataset's statistics, used by built-in nets only;
     external models keep their own)."""
@@ -29,6 +91,11 @@ def resolve_model(spec: str | Path, *, weights: str | Path | None = None, **kwar
             raise FileNotFoundError(f"model: {path} holds no {META}")
         return load_model(path)
     key = str(spec)
+    if is_factory_spec(key):
+        model = load_factory(key)
+        if weights is not None:
+            model.load_state_dict(load_state_dict(weights))
+        return model
     if _builtin(key) is None:
         kwargs.pop("mean", None)
         kwargs.pop("std", None)

@@ -101,6 +101,74 @@ def _corruption(res: Mapping[str, Any]) -> str:
     return table([summary]) + table(rows)
 
 
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion p measured on n samples."""
+    if n <= 0:
+        return (0.0, 1.0)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def pct(p: float | None, n: int) -> str:
+    """``41.2% [37.0, 45.5] (n=500)``: a percentage with its 95% interval."""
+    if p is None:
+        return "—"
+    lo, hi = wilson(float(p), int(n))
+    return f"{100 * p:.1f}% <small>[{100 * lo:.1f}, {100 * hi:.1f}] n={n}</small>"
+
+
+def _example_grid(run_dir: Path | None, name: str, eps: float) -> str:
+    """Clean, adversarial and amplified-perturbation images of the first samples."""
+    if run_dir is None or not (run_dir / f"examples-{name}.safetensors").is_file():
+        return ""
+    from safetensors.torch import load_file
+
+    t = load_file(str(run_dir / f"examples-{name}.safetensors"))
+    clean, adv, idx = t["clean"][:6], t["adversarial"][:6], t["index"][:6].tolist()
+    gain = 0.5 / max(eps, 1e-12)
+    pert = ((adv - clean) * gain + 0.5).clamp(0, 1)
+    images = [*clean, *adv, *pert]
+    titles = ([f"clean #{i}" for i in idx] + [f"adversarial #{i}" for i in idx]
+              + [f"perturbation ×{gain:.0f}" for _ in idx])
+    fig = plots.image_grid(images, titles, rows=3)
+    return f'<img alt="adversarial examples of {html.escape(name)}" src="data:image/png;base64,{png_base64(fig)}">'
+
+
+def _evaluation(res: Mapping[str, Any], run_dir: Path | None = None) -> str:
+    """``robustlab eval`` with a robust-accuracy protocol: one table per model."""
+    parts = []
+    eps = float(res.get("eps", 0))
+    parts.append(f"<p>protocol <b>{html.escape(str(res.get('protocol')))}</b>, ε = {eps * 255:.4g}/255 "
+                 f"({eps:.4g} in pixels, {html.escape(str(res.get('norm')))}), {res.get('n')} images</p>")
+    for name, r in res["models"].items():
+        n = int(r.get("n", 0))
+        rows = [{"": "clean", "accuracy": pct(r["clean_accuracy"], n)}]
+        rows += [{"": f"after {k}", "accuracy": pct(v, n)} for k, v in (r.get("per_attack") or {}).items()]
+        rows.append({"": "<b>robust accuracy</b>", "accuracy": f"<b>{pct(r['robust_accuracy'], n)}</b>"})
+        body = "".join(f"<tr><td>{row['']}</td><td>{row['accuracy']}</td></tr>" for row in rows)
+        parts.append(f"<h3>{html.escape(name)}</h3><table><tr><th>after attack</th><th>accuracy</th></tr>"
+                     f"{body}</table>")
+        fb = r.get("fallback") or {}
+        if fb.get("used"):
+            parts.append(f'<div class="warn">Square Attack ran on the survivors: {html.escape(fb["reason"])}</div>')
+        for w in r.get("warnings") or []:
+            parts.append(f'<div class="warn">{html.escape(w)}</div>')
+        if not r.get("warnings"):
+            parts.append('<div class="ok">no gradient-masking symptom; outputs are logits</div>')
+        a = r.get("audit") or {}
+        parts.append(f"<p>audit: max ‖δ‖∞ {a.get('linf_max_255', 0):.3g}/255, max ‖δ‖₂ {a.get('l2_max', 0):.3g}, "
+                     f"NaNs {a.get('nan_count')}, pixels in [{a.get('pixel_min')}, {a.get('pixel_max')}], "
+                     f"{r.get('seconds', 0):.1f} s</p>")
+        if r.get("curve"):
+            c = r["curve"]
+            parts.append(_img(plots.robustness_curves(
+                {"final iterate": {"steps": c["steps"], "accuracy": c["final_accuracy"]},
+                 "best iterate": {"steps": c["steps"], "accuracy": c["best_accuracy"]}}, name)))
+        parts.append(_example_grid(run_dir, name, eps))
+    return "".join(parts)
+
+
 def _bn(res: Mapping[str, Any]) -> str:
     return _img(plots.bn_statistics(res["bn_statistics"]))
 
@@ -115,8 +183,15 @@ SECTIONS: list[tuple[str, str, Callable[[Mapping[str, Any]], str]]] = [
 ]
 
 
-def render(results: Mapping[str, Any], title: str) -> str:
+def render(results: Mapping[str, Any], title: str, run_dir: Path | None = None) -> str:
     body = [f"<h1>{html.escape(title)}</h1>"]
+    models = results.get("models") or {}
+    if results.get("kind") == "eval" and any("robust_accuracy" in m for m in models.values()):
+        body.append(f"<h2>Robust accuracy</h2>{_evaluation(results, run_dir)}")
+    elif results.get("kind") == "eval" and len(models) > 1:  # curve protocols: each model's sections
+        for name, sub in models.items():
+            body.append(f"<h2>{html.escape(name)}</h2>")
+            body += [f"<h3>{heading}</h3>{fn(sub)}" for key, heading, fn in SECTIONS if sub.get(key)]
     for key, heading, fn in SECTIONS:
         if results.get(key):
             body.append(f"<h2>{heading}</h2>{fn(results)}")
@@ -139,9 +214,9 @@ def write_report(run_dir: str | Path) -> Path:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
     if results.get("kind") == "study":
         return write_study_report(run_dir)
-    page = render(results, f"robustlab — {run_dir.name}")
+    page = render(results, f"robustlab — {run_dir.name}", run_dir)
     for sub in sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / "results.json").is_file()):
-        inner = render(json.loads((sub / "results.json").read_text()), sub.name)
+        inner = render(json.loads((sub / "results.json").read_text()), sub.name, sub)
         page = page.replace("</body></html>", inner.split("<body>", 1)[1].split("</body>", 1)[0]
                             .replace("<h1>", "<h1 style='margin-top:2em'>") + "</body></html>")
     out = run_dir / "report.html"
@@ -205,6 +280,9 @@ def render_study(results: Mapping[str, Any]) -> str:
         body.append(f"<p><small>{html.escape(json.dumps(opts))}</small></p>")
         body.append(table(ev["table"], attrs=f' class="results" data-evaluation="{html.escape(name)}"'))
         body.append(_study_plot(ev))
+        for label, warns in (ev.get("warnings") or {}).items():
+            for w in warns:
+                body.append(f'<div class="warn">{html.escape(label)}: {html.escape(w)}</div>')
         for extra in ev.get("images", []):
             body.append(f'<img alt="{html.escape(extra.get("title", ""))}" src="data:image/png;base64,'
                         f'{extra["png"]}">')

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from robustlab.app.cli import main
 
@@ -27,14 +28,18 @@ def test_whitebox_and_corruption_write_results_and_report(runs, capsys):
                  "--targeted"]) == 0
     text = capsys.readouterr().out
     res = json.loads((out / "results.json").read_text())
-    curve = res["whitebox"]["PGD untargeted"]["accuracy"]
-    assert all(a >= b for a, b in zip(curve, curve[1:])) and "PGD targeted" in res["whitebox"]
-    assert isinstance(res["sanity"]["warnings"], list) and "sanity" in text
-    assert set(res["transfer"]["success"]) == {"ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm"}
-    assert len(res["corruption"]["errors"]) == 15
-    assert res["bn_statistics"]  # running statistics of the model's batch norms, plotted in the report
     page = (out / "report.html").read_text()
-    assert f"{curve[-1]:.4f}" in page
+    assert set(res["models"]) == {"a", "b"}  # every model named is evaluated, not only the first
+    for name in ("a", "b"):
+        m = res["models"][name]
+        curve = m["whitebox"]["PGD untargeted"]["accuracy"]
+        assert all(a >= b for a, b in zip(curve, curve[1:])) and "PGD targeted" in m["whitebox"]
+        assert isinstance(m["sanity"]["warnings"], list)
+        assert len(m["corruption"]["errors"]) == 15
+        assert m["bn_statistics"]  # running statistics of the model's batch norms, plotted in the report
+        assert f"{curve[-1]:.4f}" in page
+    assert "sanity" in text
+    assert set(res["transfer"]["success"]) == {"ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm"}
     assert main(["report", str(runs / "a")]) == 0
     assert "eval-all" in (runs / "a" / "report.html").read_text()  # the training report includes the eval run
 
@@ -43,7 +48,71 @@ def test_whitebox_and_corruption_write_results_and_report(runs, capsys):
     (["--protocol", "transfer"], "at least two"),
     (["--steps", "a,b"], "--steps"),
     (["--eps", "-1"], "eps"),
+    (["--eps", "300"], "above 255"),
+    (["--protocol", "standard", "--batch-size", "0"], "--batch-size"),
+    (["--weights", "missing.pt", "--model", "x.py:f"], "--weights"),
 ])
-def test_eval_errors(runs, capsys, args, match):
-    assert main(["eval", "--checkpoint", str(runs / "a"), "--data", "digits", *args]) == 2
-    assert match in capsys.readouterr().err
+def test_eval_errors(runs, capsys, tmp_path, args, match):
+    out = tmp_path / "out"
+    assert main(["eval", "--checkpoint", str(runs / "a"), "--data", "digits", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+    assert not out.exists()  # refused before anything is written
+
+
+FACTORY = """
+import torch
+from torch import nn
+
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+
+def not_a_model():
+    return 3
+"""
+
+
+def _train_linear(path):
+    """A linear digits classifier saved as a state dict, for --weights."""
+    import robustlab as rl
+
+    train = rl.data.load_dataset("digits", "train")
+    x, y = train.batch(slice(None))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    for _ in range(150):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+
+
+def test_eval_a_user_factory_model(tmp_path, capsys):
+    (tmp_path / "mine.py").write_text(FACTORY)
+    _train_linear(tmp_path / "w.safetensors")
+    out = tmp_path / "ev"
+    args = ["eval", "--model", f"{tmp_path / 'mine.py'}:model", "--weights", str(tmp_path / "w.safetensors"),
+            "--data", "digits", "--eps", "0.1", "--limit", "60", "--batch-size", "32", "--out", str(out), "-q"]
+    assert main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert {"robust_accuracy", "clean_accuracy", "per_attack", "warnings"} <= set(res)
+    assert res["eps"] == pytest.approx(0.1)  # a plain number below 1 is read as pixels
+    assert res["clean_accuracy"] > 0.8 and res["robust_accuracy"] < res["clean_accuracy"]
+    assert res["audit"]["linf_max"] <= 0.1 + 1e-6
+    page = (out / "report.html").read_text()
+    assert "<img" in page and "n=60" in page
+    # The same command again reuses the finished state; another --eps into the same DIR is refused.
+    assert main(args) == 0
+    other = [a if a != "0.1" else "0.2" for a in args]
+    assert main(other) == 2
+    assert "holds another run" in capsys.readouterr().err
+    # A factory that does not return a module is refused by name.
+    assert main(["eval", "--model", f"{tmp_path / 'mine.py'}:not_a_model", "--data", "digits",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "not a torch.nn.Module" in capsys.readouterr().err and not (tmp_path / "bad").exists()
