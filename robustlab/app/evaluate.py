@@ -26,9 +26,8 @@ from robustlab.data import dataset_info, load_dataset, make_loader
 from robustlab.eval import protocols as protocol_registry
 from robustlab.eval.analysis import bn_statistics
 from robustlab.eval.evaluate import evaluate
-from robustlab.eval.sanity import run_sanity_checks
 from robustlab.eval.transfer import transfer_matrix
-from robustlab.eval.whitebox import robustness_curve, worst_case
+from robustlab.eval.whitebox import whitebox_protocol
 from robustlab.models.resolve import normalized, resolve_model
 from robustlab.nn.norm import route, route_names
 
@@ -167,22 +166,13 @@ def _batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Te
 
 def _whitebox(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: dict[str, Any], device: torch.device
               ) -> dict[str, Any]:
-    out: dict[str, Any] = {"whitebox": {}, "sanity": None}
-    kinds = [("untargeted", False)] + ([("targeted", True)] if opts["targeted"] else [])
-    curves = []
-    loader = _batches(x, y, opts["batch_size"])
-    for loss in ("ce", "cw"):  # the margin loss does not saturate where softmax does
-        for name, targeted in kinds:
-            curve = robustness_curve(model, loader, steps=opts["steps"], eps=opts["eps"],
-                                     step_size=opts["step_size"], targeted=targeted, restarts=opts["restarts"],
-                                     seed=opts["seed"], device=device, loss=loss)
-            out["whitebox"][f"PGD {name}" + (" (C&W margin)" if loss == "cw" else "")] = curve.as_dict()
-            curves.append(curve)
-    out["whitebox"]["worst case"] = worst_case(curves).as_dict()
-    report = run_sanity_checks(model, loader, eps=opts["eps"], steps=min(20, max(opts["steps"])), limit=200,
-                               seed=opts["seed"], device=device)
-    out["sanity"] = report.as_dict()
-    return out
+    res = whitebox_protocol(model, _batches(x, y, opts["batch_size"]), steps=opts["steps"], eps=opts["eps"],
+                            step_size=opts["step_size"], losses=("ce", "cw"),
+                            targeted=(False, True) if opts["targeted"] else (False,), restarts=opts["restarts"],
+                            seed=opts["seed"], device=device)
+    curves = {name: c.as_dict() for name, c in res["curves"].items()}
+    curves["worst case"] = res["worst"].as_dict()
+    return {"whitebox": curves, "sanity": res["sanity"].as_dict()}
 
 
 def _transfer(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, opts: dict[str, Any],

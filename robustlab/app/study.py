@@ -373,8 +373,7 @@ def _eval_accuracy(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def _eval_whitebox(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
-    from robustlab.eval.sanity import run_sanity_checks
-    from robustlab.eval.whitebox import robustness_curve, worst_case
+    from robustlab.eval.whitebox import whitebox_protocol
     from robustlab.units import parse_eps
 
     eps, alpha = parse_eps(opts["eps"], "eps"), parse_eps(opts["step_size"], "step_size")
@@ -384,13 +383,10 @@ def _eval_whitebox(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
     for m in opts["models"]:
         for rname, model, r in ctx.routes(m, opts["routes"]):
             with route(model, r):
-                runs = [robustness_curve(model, batches, steps=opts["steps"], eps=eps, step_size=alpha,
-                                         targeted=opts["targeted"], restarts=opts["restarts"], loss=loss,
-                                         seed=ctx.study.models[m].seed, device=ctx.device) for loss in losses]
-                # The masking checklist runs with every white-box evaluation (first 100 images).
-                check = run_sanity_checks(model, batches, eps=eps, steps=10, queries=100, noise_draws=2, limit=100,
-                                          seed=ctx.study.models[m].seed, device=ctx.device)
-            curve = worst_case(runs) if len(runs) > 1 else runs[0]
+                res = whitebox_protocol(model, batches, steps=opts["steps"], eps=eps, step_size=alpha, losses=losses,
+                                        targeted=(opts["targeted"],), restarts=opts["restarts"],
+                                        seed=ctx.study.models[m].seed, device=ctx.device)
+            curve, check = res["worst"], res["sanity"]
             label = m if not opts["routes"] else f"{m} [{rname}]"
             curves[label] = {"steps": curve.steps, "accuracy": curve.accuracy}
             warnings[label] = [str(w) for w in check.warnings]

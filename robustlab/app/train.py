@@ -79,9 +79,13 @@ class AugmentedDataset:
         return AugmentedDataset(self.dataset.to(device), self.augment)
 
 
+EVAL_BATCH = 250  # images attacked at once by the training-time evaluation
+
+
 def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device) -> Callable[[nn.Module], dict]:
     """Clean accuracy on every BN route and, unless ``eval.attack`` is null,
-    robust accuracy under a seeded attack (PGD starts at a random point, §6.3)."""
+    robust accuracy under a seeded attack (``pgd`` is the evaluation PGD: a
+    random start always, §6.3), in batches of ``EVAL_BATCH`` images."""
     from robustlab.attacks import create as create_attack
     from robustlab.eval.metrics import accuracy
     from robustlab.eval.robust import robust_accuracy
@@ -101,8 +105,6 @@ def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device) 
             kw["steps"] = ev.steps
         if ev.step_size is not None:
             kw["step_size"] = parse_eps(ev.step_size, "eval.step_size")
-        if ev.attack == "pgd":
-            kw["clean_init_prob"] = 0.0
         return create_attack(ev.attack, **kw)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
@@ -112,7 +114,9 @@ def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device) 
             with route(model, name):
                 out[f"clean_acc{tag}"] = accuracy(model, x, y)
                 if ev.attack:
-                    res = robust_accuracy(attack(), model, [(x[:n_adv], y[:n_adv])], device=device)
+                    batches = [(x[i: min(i + EVAL_BATCH, n_adv)], y[i: min(i + EVAL_BATCH, n_adv)])
+                               for i in range(0, n_adv, EVAL_BATCH)]
+                    res = robust_accuracy(attack(), model, batches, device=device)
                     out[f"{ev.attack}_acc{tag}"] = res["robust_accuracy"]
         return out
 

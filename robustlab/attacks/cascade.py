@@ -339,7 +339,8 @@ class Cascade:
         out = self._leave(leave, broken) if bool(leave.any()) else None
         if bool(advance.any()):
             self._advance(advance, nxt)
-        self.pool.keep(~leave)
+        if out is not None:
+            self.pool.keep(~leave)
         if len(self.pool):
             self._move()
         return out

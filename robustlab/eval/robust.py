@@ -1,7 +1,6 @@
 """Robust accuracy of a model over a dataset under one attack."""
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable
 
@@ -22,8 +21,9 @@ def robust_accuracy(
 ) -> dict[str, float]:
     """Accuracy of ``model`` on ``attack``'s adversarial examples over ``loader``.
 
-    Batches are pooled ``pool`` images at a time (default: all of them) and each
-    pool is attacked as one batch. With an early-stopping attack and
+    Each of the loader's batches is attacked as it comes (``pool`` concatenates
+    batches into pools of at least that many images; memory grows with it, so
+    the default keeps the loader's batches). With an early-stopping attack and
     ``micro_batch`` set, every model call stays full while the active set
     shrinks, so the cost follows the samples that resist, not the batch size
     (DESIGN.md). Accuracy is counted as the thesis does (§4.6): the prediction
@@ -51,7 +51,7 @@ def robust_accuracy(
         steps += int(res.steps.sum())
         n += len(y)
 
-    for x, y in pooled_batches(loader, pool if pool is not None else math.inf):
+    for x, y in pooled_batches(loader, pool):
         flush(x, y)
     if n == 0:
         raise ValueError("loader yielded no samples")

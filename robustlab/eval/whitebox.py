@@ -154,3 +154,39 @@ def worst_case(curves: Sequence[RobustnessCurve]) -> RobustnessCurve:
     cfg = {"worst_case_of": [c.config for c in curves], "runs": sum(c.config.get("runs", 1) for c in curves)}
     return RobustnessCurve(steps, accuracy_at(at, steps), at, cfg, sum(c.seconds for c in curves),
                            sum(c.iterations_run for c in curves))
+
+
+def whitebox_protocol(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    *,
+    steps: Sequence[int],
+    eps: float,
+    step_size: float,
+    losses: Sequence[str] = ("ce",),
+    targeted: Sequence[bool] = (False,),
+    restarts: int = 1,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    checklist: bool = True,
+) -> dict[str, Any]:
+    """The ``whitebox`` protocol: a robustness curve for each loss × (untargeted,
+    targeted) run, their per-image worst case, and the masking checklist on
+    the first 100 images (``rl.eval.protocols``; used by ``robustlab eval``
+    and studies alike).
+
+    Returns ``{"curves": {name: RobustnessCurve}, "worst": RobustnessCurve,
+    "sanity": SanityReport | None}``; names read ``PGD untargeted``,
+    ``PGD targeted (C&W margin)``, ..."""
+    from robustlab.eval.sanity import run_sanity_checks
+
+    curves = {}
+    for loss in losses:
+        for t in targeted:
+            name = f"PGD {'targeted' if t else 'untargeted'}" + (" (C&W margin)" if loss == "cw" else "")
+            curves[name] = robustness_curve(model, loader, steps=steps, eps=eps, step_size=step_size, targeted=t,
+                                            restarts=restarts, seed=seed, device=device, loss=loss)
+    worst = worst_case(list(curves.values())) if len(curves) > 1 else next(iter(curves.values()))
+    sanity = (run_sanity_checks(model, loader, eps=eps, steps=10, queries=100, noise_draws=2, limit=100, seed=seed,
+                                device=device) if checklist else None)
+    return {"curves": curves, "worst": worst, "sanity": sanity}
