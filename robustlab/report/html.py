@@ -118,7 +118,7 @@ def pct(p: float | None, n: int) -> str:
     return f"{100 * p:.1f}% <small>[{100 * lo:.1f}, {100 * hi:.1f}] n={n}</small>"
 
 
-def _example_grid(run_dir: Path | None, name: str, eps: float) -> str:
+def _example_grid(run_dir: Path | None, name: str, eps: float, per_sample: Mapping[str, Any] | None = None) -> str:
     """Clean, adversarial and amplified-perturbation images of the first samples."""
     if run_dir is None or not (run_dir / f"examples-{name}.safetensors").is_file():
         return ""
@@ -129,7 +129,13 @@ def _example_grid(run_dir: Path | None, name: str, eps: float) -> str:
     gain = 0.5 / max(eps, 1e-12)
     pert = ((adv - clean) * gain + 0.5).clamp(0, 1)
     images = [*clean, *adv, *pert]
-    titles = ([f"clean #{i}" for i in idx] + [f"adversarial #{i}" for i in idx]
+    def fate(i: int) -> str:
+        if not per_sample or i >= len(per_sample.get("broken_by", [])):
+            return f"adversarial #{i}"
+        by, at = per_sample["broken_by"][i], per_sample["broken_at"][i]
+        return "wrong when clean" if by == "clean" else "robust" if by is None else f"{by} @{at}"
+
+    titles = ([f"clean #{i}" for i in idx] + [fate(i) for i in idx]
               + [f"perturbation ×{gain:.0f}" for _ in idx])
     fig = plots.image_grid(images, titles, rows=3)
     return f'<img alt="adversarial examples of {html.escape(name)}" src="data:image/png;base64,{png_base64(fig)}">'
@@ -165,7 +171,7 @@ def _evaluation(res: Mapping[str, Any], run_dir: Path | None = None) -> str:
             parts.append(_img(plots.robustness_curves(
                 {"final iterate": {"steps": c["steps"], "accuracy": c["final_accuracy"]},
                  "best iterate": {"steps": c["steps"], "accuracy": c["best_accuracy"]}}, name)))
-        parts.append(_example_grid(run_dir, name, eps))
+        parts.append(_example_grid(run_dir, name, eps, r.get("per_sample")))
     return "".join(parts)
 
 
