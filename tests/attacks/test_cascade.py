@@ -1,0 +1,220 @@
+"""The per-sample streaming cascade (robustlab.attacks.cascade): keyed
+randomness, Square's schedule, APGD's checkpoints, the ε-ball of every
+returned image, strength against torchattacks' APGD, final-iterate records."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from robustlab.attacks.cascade import (
+    SURVIVED,
+    Stage,
+    apgd_checkpoints,
+    keyed_uniform,
+    model_forward,
+    run_batch,
+    square_fraction,
+)
+
+# -- keyed randomness ------------------------------------------------------------
+
+
+def test_keyed_uniform_depends_only_on_key_and_salt():
+    keys = torch.arange(10_000)
+    u = keyed_uniform(keys, 4, salt=3)
+    assert u.shape == (10_000, 4) and u.dtype == torch.float32
+    assert bool((u >= 0).all()) and bool((u < 1).all())
+    # Roughly uniform: mean 0.5 (sd of the mean of 40k uniforms ≈ 0.0014), and every decile populated.
+    assert abs(float(u.mean()) - 0.5) < 0.01
+    hist = torch.histc(u, bins=10, min=0, max=1)
+    assert bool((hist > 0.08 * u.numel()).all()) and bool((hist < 0.12 * u.numel()).all())
+    # The same keys in another batch (other neighbours, another order) draw the same values.
+    perm = torch.randperm(10_000, generator=torch.Generator().manual_seed(0))[:500]
+    other = keyed_uniform(torch.cat([keys[perm], torch.tensor([123_456_789])]), 4, salt=3)
+    assert torch.equal(other[:500], u[perm])
+    assert torch.equal(keyed_uniform(keys[7:8], 4, salt=3), u[7:8])
+    # The salt and the key both matter; the columns are not copies of one another.
+    assert not torch.equal(keyed_uniform(keys, 4, salt=4), u)
+    assert (u[:-1] != u[1:]).float().mean() > 0.99
+    assert (u[:, 0] != u[:, 1]).float().mean() > 0.99
+
+
+# -- schedules -------------------------------------------------------------------
+
+
+def autoattack_p(p_init: float, it: int, budget: int) -> float:
+    """Square Attack's p_selection (Andriushchenko et al.; AutoAttack's square.py), written out."""
+    it = int(it / budget * 10000)
+    if 10 < it <= 50:
+        return p_init / 2
+    elif 50 < it <= 200:
+        return p_init / 4
+    elif 200 < it <= 500:
+        return p_init / 8
+    elif 500 < it <= 1000:
+        return p_init / 16
+    elif 1000 < it <= 2000:
+        return p_init / 32
+    elif 2000 < it <= 4000:
+        return p_init / 64
+    elif 4000 < it <= 6000:
+        return p_init / 128
+    elif 6000 < it <= 8000:
+        return p_init / 256
+    elif 8000 < it:
+        return p_init / 512
+    return p_init
+
+
+SQUARE_ITS = [0, 10, 11, 50, 51, 200, 201, 500, 1000, 2000, 4000, 6000, 6001, 7000, 8000, 8001, 9999]
+
+
+@pytest.mark.parametrize("budget", [10000, 5000])
+def test_square_fraction_follows_the_autoattack_schedule(budget):
+    its = [i * budget // 10000 for i in SQUARE_ITS] if budget != 10000 else SQUARE_ITS
+    got = square_fraction(0.8, torch.tensor(its), budget).tolist()
+    want = [autoattack_p(0.8, i, budget) for i in its]
+    assert got == pytest.approx(want, rel=1e-9), list(zip(its, got, want))
+
+
+def test_square_fraction_before_the_last_halvings():
+    # The part of the schedule up to 6000 queries (of 10 000), and its rescaling to 5000.
+    its = [0, 10, 11, 50, 51, 200, 201, 500, 501, 1000, 2000, 4000, 6000]
+    got = square_fraction(0.8, torch.tensor(its), 10000).tolist()
+    assert got == pytest.approx([autoattack_p(0.8, i, 10000) for i in its])
+    half = square_fraction(0.8, torch.tensor([5, 6, 25, 26, 3000]), 5000).tolist()
+    assert half == pytest.approx([0.8, 0.4, 0.4, 0.2, 0.8 / 128])
+
+
+def test_apgd_checkpoints():
+    assert apgd_checkpoints(100) == (22, 3, 6)
+    assert apgd_checkpoints(1000) == (220, 30, 60)
+    assert apgd_checkpoints(10) == (2, 1, 1)  # never an interval of 0
+
+
+# -- stages ----------------------------------------------------------------------
+
+
+def test_stage_refuses_unknown_kind_loss_and_target():
+    with pytest.raises(ValueError, match="kind"):
+        Stage("x", "fgsm", 10)
+    with pytest.raises(ValueError, match="loss"):
+        Stage("x", "apgd", 10, loss="hinge")
+    with pytest.raises(ValueError, match="target"):
+        Stage("x", "apgd", 10, target="least")
+    with pytest.raises(ValueError, match="target_rank"):
+        Stage("x", "apgd", 10, target="top")
+    with pytest.raises(ValueError, match="steps"):
+        Stage("x", "pgd", -1)
+    with pytest.raises(ValueError, match="untargeted"):
+        Stage("x", "square", 10, target="random")
+
+
+def _predict(model, x):
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 2.0)])
+def test_square_stage_stays_in_the_ball_and_breaks(trained_model, digits, norm, eps):
+    x, y = digits[0][:96], digits[1][:96]
+    out = run_batch(model_forward(trained_model), x, y, [Stage("square", "square", 150)], eps=eps, norm=norm, seed=0)
+    assert torch.equal(out.index, torch.arange(96))
+    delta = (out.x_adv - x).flatten(1)
+    if norm == "linf":
+        assert float(delta.abs().amax()) <= eps + 1e-6
+    else:
+        assert float(delta.norm(dim=1).max()) <= eps + 1e-5
+    assert float(out.x_adv.min()) >= 0 and float(out.x_adv.max()) <= 1
+    assert not bool(torch.isnan(out.x_adv).any())
+    assert torch.allclose(out.linf, delta.abs().amax(1)) and torch.allclose(out.l2, delta.norm(dim=1))
+    clean_right = _predict(trained_model, x) == y
+    broken = out.stage >= 0
+    assert int(broken.sum()) >= 10, "Square breaks some images at this budget"
+    # A broken sample's image is misclassified; a survivor's (its last query) is not.
+    pred = _predict(trained_model, out.x_adv)
+    assert bool((pred[broken] != y[broken]).all())
+    assert bool((pred[~broken & clean_right] == y[~broken & clean_right]).all())
+    assert bool((out.step[broken] >= 0).all()) and bool((out.step[~broken] == -1).all())
+    assert bool((out.step[broken] <= 150).all())
+
+
+def test_square_stage_is_keyed_per_sample(trained_model, digits):
+    """A sample's Square run does not depend on its batch neighbours."""
+    x, y = digits[0][:64], digits[1][:64]
+    fwd = model_forward(trained_model)
+    st = [Stage("square", "square", 60)]
+    whole = run_batch(fwd, x, y, st, eps=0.2, seed=1)
+    small = run_batch(fwd, x, y, st, eps=0.2, seed=1, capacity=8)
+    assert torch.equal(whole.stage, small.stage) and torch.equal(whole.step, small.step)
+    other_seed = run_batch(fwd, x, y, st, eps=0.2, seed=2)
+    assert not torch.equal(other_seed.step, whole.step)
+
+
+def test_apgd_ce_at_least_as_strong_as_torchattacks(trained_model, digits):
+    torchattacks = pytest.importorskip("torchattacks")
+    x, y = digits[0][:128], digits[1][:128]
+    eps = 0.1
+    ours = run_batch(model_forward(trained_model), x, y, [Stage("apgd-ce", "apgd", 20, loss="ce")], eps=eps, seed=0)
+    ours_robust = int((ours.stage == SURVIVED).sum())
+    assert float((ours.x_adv - x).abs().amax()) <= eps + 1e-6
+    theirs = torchattacks.APGD(trained_model, eps=eps, steps=20, loss="ce", seed=0)(x, y)
+    theirs_robust = int((_predict(trained_model, theirs) == y).sum())
+    assert 5 < theirs_robust < 123, "the budget must leave the model partly robust for the comparison to mean anything"
+    assert ours_robust <= theirs_robust + 2, (ours_robust, theirs_robust)
+
+
+def test_pgd_without_early_stop_records_each_checkpoint(trained_model, digits):
+    x, y = digits[0][:64], digits[1][:64]
+    st = Stage("pgd", "pgd", 5, early_stop=False, record=(1, 5))
+    out = run_batch(model_forward(trained_model), x, y, [st], eps=0.12, seed=0)
+    assert out.recorded is not None and out.recorded.shape == (64, 2) and out.recorded.dtype == torch.bool
+    survived = out.stage == SURVIVED
+    assert 0 < int(survived.sum()) < 64
+    # Correct at iterate 1 exactly when the sample was first misclassified after iterate 1 (or never).
+    assert torch.equal(out.recorded[:, 0], survived | (out.step > 1))
+    # A survivor is correct at every recorded iterate; the final-iterate record of the others is
+    # checked against the model on the final iterate the attack would return with early stop off.
+    assert bool(out.recorded[survived].all())
+    assert bool((out.step[~survived] <= 5).all())
+
+
+def test_a_stage_does_not_depend_on_its_place_in_the_cascade(trained_model, digits):
+    """An APGD stage entered after another stage must run as it does when it is first.
+
+    Both runs start from the clean image (no random start, so nothing is keyed on the
+    stage's index); the first stage of the second cascade has no steps and breaks nothing.
+    """
+    x, y = digits[0][:128], digits[1][:128]
+    fwd = model_forward(trained_model)
+    apgd = Stage("apgd-margin", "apgd", 10, loss="cw", random_start=False)
+    alone = run_batch(fwd, x, y, [apgd], eps=0.1)
+    second = run_batch(fwd, x, y, [Stage("nothing", "pgd", 0, random_start=False), apgd], eps=0.1)
+    assert int((second.stage == 0).sum()) == int((_predict(trained_model, x) != y).sum())
+    # As strong in second place (the standard protocol's margin and targeted stages) as first.
+    assert int((second.stage == SURVIVED).sum()) <= int((alone.stage == SURVIVED).sum()) + 2
+    ok = second.stage != 0
+    assert torch.equal((alone.stage == 0)[ok], (second.stage == 1)[ok])
+    assert torch.equal(alone.step[ok], second.step[ok]), "the second stage lost its first iterate"
+
+
+class _Scaled(nn.Module):
+    def __init__(self, net: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.net, self.factor = net, factor
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.net(x) * self.factor
+
+
+@pytest.mark.parametrize("loss", ["cw", "dlr"])
+def test_margin_stages_are_invariant_to_logit_scale(trained_model, digits, loss):
+    """Sign steps of a scale-free objective: the same breaks, at the same iterations, for logits × 1e4."""
+    x, y = digits[0][:128], digits[1][:128]
+    st = [Stage("apgd", "apgd", 10, loss=loss)]
+    plain = run_batch(model_forward(trained_model), x, y, st, eps=0.1, seed=0)
+    scaled = run_batch(model_forward(_Scaled(trained_model, 1e4).eval()), x, y, st, eps=0.1, seed=0)
+    assert 10 < int((plain.stage == SURVIVED).sum()) < 118
+    assert int((scaled.stage == SURVIVED).sum()) <= int((plain.stage == SURVIVED).sum()) + 2
+    assert (plain.step != scaled.step).sum() <= 2
