@@ -169,7 +169,6 @@ def square_fraction(p_init: float, it: Tensor, budget: int) -> Tensor:
     scaled = (it.double() / max(budget, 1) * 10000).long()
     marks = torch.tensor([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000], device=it.device)
     halvings = (scaled[:, None] > marks[None, :]).sum(1)
-    halvings = torch.where(halvings >= 8, halvings + 1, halvings)  # p/256 then p/512
     return p_init / (2.0 ** halvings.double())
 
 
@@ -331,18 +330,45 @@ class Cascade:
             t["x_broken"][first] = t["x_adv"][first]
         early = torch.tensor([st.early_stop for st in self.stages], device=wrong.device)[t["stage"]]
         budget = torch.tensor([st.steps for st in self.stages], device=wrong.device)[t["stage"]]
+        stuck = self._fixed_point(is_sq, early, wrong)
+        if bool(stuck.any()):  # nothing can move them again in this stage: on to the next
+            t["it"] = torch.where(stuck, budget, t["it"])
         broken = (t["broke_step"] >= 0) & (early | (t["it"] >= budget))
         finished = (t["it"] >= budget) & ~broken
         nxt = self._next_stage(t["stage"], t["targets"])
         leave = broken | (finished & (nxt >= len(self.stages)))
         advance = finished & ~leave
         out = self._leave(leave, broken) if bool(leave.any()) else None
+        moving = ~leave & ~advance  # a row entering its next stage is evaluated at its start first
         if bool(advance.any()):
             self._advance(advance, nxt)
         if out is not None:
             self.pool.keep(~leave)
-        if len(self.pool):
-            self._move()
+            moving = moving[~leave]
+        if bool(moving.any()):
+            self._move(moving)
+        return out
+
+    def _fixed_point(self, is_sq: Tensor, early: Tensor, wrong: Tensor) -> Tensor:
+        """Rows whose iterate can never change again in their stage: the input
+        gradient is exactly zero (a masked or saturated model), the last step
+        did not move it (so APGD's momentum term is zero too) and it is its
+        stage's best point (so no checkpoint can send it back elsewhere):
+        every later step lands on the same point and repeats its evaluation. Skipping the rest of the stage
+        changes no result; stages that record the iterate's correctness at
+        fixed iterations run on."""
+        t = self.pool.t
+        cand = ~is_sq & early & ~wrong
+        cand &= torch.tensor([not st.record for st in self.stages], device=cand.device)[t["stage"]]
+        if not bool(cand.any()):
+            return cand
+        rows = cand.nonzero().squeeze(1)
+        zero = t["grad"][rows].flatten(1).abs().amax(1) == 0
+        zero &= (t["x_adv"][rows] - t["x_old"][rows]).flatten(1).abs().amax(1) == 0
+        apgd = torch.tensor([st.kind == "apgd" for st in self.stages], device=cand.device)[t["stage"][rows]]
+        zero &= ~apgd | ((t["x_adv"][rows] - t["x_best"][rows]).flatten(1).abs().amax(1) == 0)
+        out = torch.zeros_like(cand)
+        out[rows] = zero
         return out
 
     def _evaluate(self, t: dict[str, Tensor], is_sq: Tensor) -> Tensor:
@@ -461,11 +487,12 @@ class Cascade:
     # -- moving the iterates ------------------------------------------------
 
     @torch.no_grad()
-    def _move(self) -> None:
+    def _move(self, moving: Tensor) -> None:
+        """One step of every ``moving`` row's stage."""
         t = self.pool.t
-        t["it"] += 1
+        t["it"] += moving.long()
         for s, st in enumerate(self.stages):
-            rows = (t["stage"] == s).nonzero().squeeze(1)
+            rows = ((t["stage"] == s) & moving).nonzero().squeeze(1)
             if not rows.numel():
                 continue
             if st.kind == "square":
@@ -476,6 +503,7 @@ class Cascade:
             d = self.threat.direction(grad)
             if st.kind == "pgd":
                 alpha = st.step_size if st.step_size is not None else 2.5 * self.eps / max(st.steps, 1)
+                t["x_old"][rows] = x_adv
                 t["x_adv"][rows] = self.threat.project(x_adv + alpha * d, x, box)
                 continue
             eta = t["eta"][rows].view(-1, *([1] * (x.dim() - 1)))

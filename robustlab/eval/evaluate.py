@@ -171,11 +171,11 @@ def _check_args(eps: Any, norm: str, protocol: str, batch_size: Any, limit: Any,
         raise TypeError(f"eps must be a number in [0, 1] pixel units (e.g. 8/255); got {eps!r}")
     if eps <= 0:
         raise ValueError(f"eps must be > 0 (pixel units, e.g. 8/255); got {eps!r}")
-    if eps > 1:
-        raise ValueError(f"eps must be in pixel units [0, 1]; got {eps!r}: for ε = {eps:g} in 0-255 units pass "
-                         f"eps={eps:g}/255")
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2'; got {norm!r}")
+    if eps > 1 and norm == "linf":  # L2 budgets above 1 are real (ImageNet's ε = 3)
+        raise ValueError(f"eps must be in pixel units [0, 1] for L∞; got {eps!r}: for ε = {eps:g} in 0-255 units "
+                         f"pass eps={eps:g}/255")
     protocols.get(protocol)
     for key, v in (("batch_size", batch_size), ("limit", limit)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -280,7 +280,7 @@ def evaluate(
     Args:
         model: any ``nn.Module`` from [0, 1] images (N, C, H, W) to logits (N, K).
         data: a DataLoader, an iterable of (x, y) batches, a Dataset, or (x, y) tensors.
-        eps: the budget in pixel units (8/255); values above 1 are refused.
+        eps: the budget in pixel units (8/255); L∞ values above 1 are refused.
         norm: ``linf`` or ``l2``.
         protocol: ``standard`` | ``thesis`` | ``quick`` (:mod:`.protocols`).
         fallback: None: Square Attack runs when the masking checklist flags the
@@ -488,8 +488,8 @@ def _result(tally: _Tally, stages: list, protocol: str, eps: float, norm: str, o
         if keys:
             ex = {"index": torch.tensor(keys), "clean": torch.stack([clean_keep[k] for k in keys]),
                   "adversarial": torch.stack([examples[k] for k in keys])}
-    opts_out = {**opts, "stages": names, "batch_size": casc.capacity, "seed": casc.seed,
-                "sanity": sanity}
+    opts_out = {**{k: list(v) if isinstance(v, tuple) else v for k, v in opts.items()}, "stages": names,
+                "batch_size": casc.capacity, "seed": casc.seed, "sanity": sanity}
     return Evaluation(protocol=protocol, eps=eps, norm=norm, n=n, clean_accuracy=clean, robust_accuracy=robust,
                       per_attack=per_attack, warnings=warnings, audit=audit, seconds=round(seconds, 3),
                       options=opts_out, fallback={"used": used, "reason": reason}, per_sample=per_sample,
