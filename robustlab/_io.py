@@ -2,6 +2,7 @@
 the JSON and safetensors writers, and the device picker."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -25,6 +26,24 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text))
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks (exports and checkpoints record it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def finite_state(state: dict[str, torch.Tensor], where: Any) -> dict[str, torch.Tensor]:
+    """``state`` unchanged, or a ValueError naming ``where`` and the tensors holding NaN or inf."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{where} holds non-finite weights (NaN or inf) in {len(bad)} tensor(s): "
+                         f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+    return state
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -10,7 +10,6 @@ Writes are atomic (write, then rename).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab._io import atomic_write, write_json
+from robustlab._io import atomic_write, finite_state, sha256_file, write_json
 from robustlab.models.factory import create_model
 
 WEIGHTS, META = "model.safetensors", "model.json"
@@ -29,14 +28,6 @@ _OPTIONAL = ("act", "act_options", "norm", "denoise", "denoise_where", "routes",
 _NORMS, _WHERE = ("bn", "mbn", "gn"), ("stages", "all")
 _EXPECTED = (f"a directory written by robustlab.models.save_model: {WEIGHTS} and {META} holding "
              '{"spec": {name, num_classes, in_channels, mean, std, ...}, "sha256": ..., "meta": {...}}')
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_model(model: nn.Module, directory: str | Path, meta: dict[str, Any] | None = None) -> Path:
@@ -192,8 +183,4 @@ def _read_weights(weights_path: Path, spec: dict[str, Any], meta_path: Path, map
         keys = sorted(k for k in set(stored) | set(spec) if stored.get(k) != spec.get(k))
         diff = "; ".join(f"{k}: {spec.get(k)!r} in {META}, {stored.get(k)!r} in {WEIGHTS}" for k in keys)
         raise ValueError(f"{meta_path} was edited: its spec disagrees with the one saved with the weights ({diff})")
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise ValueError(f"{weights_path} holds non-finite weights (NaN or inf) in {len(bad)} tensor(s): "
-                         f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
-    return state
+    return finite_state(state, weights_path)

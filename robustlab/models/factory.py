@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustlab._io import finite_state
 from robustlab.models.normalize import NormalizedModel
 from robustlab.models.small import CifarResNet, SmallCNN
 from robustlab.nn.norm import DEFAULT_ROUTES
@@ -181,8 +182,4 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state dict (names → tensors)")
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise ValueError(f"{path} holds non-finite weights (NaN or inf) in {', '.join(bad[:5])}"
-                         f"{' ...' if len(bad) > 5 else ''}")
-    return state
+    return finite_state(state, path)

@@ -14,7 +14,6 @@ the previous checkpoint intact and no half-written one.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -26,20 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from robustlab._io import sha256_file
+
 FORMAT = "robustlab.train-checkpoint/1"
 TENSORS, META = "state.safetensors", "state.json"
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, corrupted or truncated."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -119,7 +112,7 @@ def save_checkpoint(
         if scaler is not None and scaler.is_enabled():
             tensors.update({f"scaler.{k}": torch.as_tensor(v) for k, v in scaler.state_dict().items()})
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))
-        record = {"format": FORMAT, "step": step, "sha256": _sha256(tmp / TENSORS),
+        record = {"format": FORMAT, "step": step, "sha256": sha256_file(tmp / TENSORS),
                   "optimizer": opt_meta, "rng": rng_meta, **(meta or {})}
         (tmp / META).write_text(json.dumps(record, indent=1))
         if final.exists():
@@ -160,7 +153,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"checkpoint {meta_path} is corrupted (not valid JSON: {err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path} is not a robustlab training checkpoint (format {FORMAT})")
-    if _sha256(tensor_path) != meta.get("sha256"):
+    if sha256_file(tensor_path) != meta.get("sha256"):
         raise CheckpointError(
             f"checkpoint {tensor_path} is corrupted or truncated: its SHA-256 does not match {META}"
         )
