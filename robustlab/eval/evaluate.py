@@ -315,119 +315,149 @@ def evaluate(
                          start_time=start_time)
 
 
+def _probe(model: nn.Module, x0: Tensor, y0: Tensor) -> tuple[Tensor, list[str]]:
+    """Check the first batch and the model's outputs on it: (clean logits, warnings)."""
+    check_batch(x0, {"y": y0}, name="data images")
+    check_channels(model, x0, name="data images")
+    with torch.no_grad():
+        z0 = _check_logits(model(x0), len(y0))
+        return z0, output_warnings(z0, model(x0))
+
+
+def _checklist(model: nn.Module, x0: Tensor, y0: Tensor, *, protocol: str, fallback: bool | None, eps: float,
+               norm: str, seed: int, capacity: int, device: torch.device, run: bool
+               ) -> tuple[dict[str, Any] | None, bool, str, list[str]]:
+    """The masking checklist on the first images, and what it decides:
+    (report, whether Square runs, why, warnings)."""
+    sanity, warnings = None, []
+    if run:
+        n_check = min(CHECKLIST_IMAGES, capacity, len(y0))
+        report = run_sanity_checks(model, [(x0[:n_check], y0[:n_check])], eps=eps, steps=10, queries=100,
+                                   noise_draws=2, limit=n_check, seed=seed, device=device, norm=norm)
+        sanity = report.as_dict()
+        warnings = [str(w) for w in report.warnings]
+    flagged = bool(sanity and sanity["warnings"])
+    default = protocols.get(protocol).fallback_default
+    use = fallback if fallback is not None else (default if default is not None else flagged)
+    reason = ("fallback=True" if fallback else
+              "the masking checklist flagged: " + ", ".join(w["check"] for w in sanity["warnings"])
+              if use and sanity else "")
+    if flagged and not use:
+        warnings.append("[fallback] masking is suspected but no gradient-free attack ran "
+                        f"(protocol {protocol!r}, fallback={fallback}): the robust accuracy may be overstated")
+    return sanity, use, reason, warnings
+
+
+class _Feeder:
+    """Moves samples from the data into the cascade's free slots and the
+    finished ones into the tally: clean-wrong samples never enter, samples
+    a resumed state already holds are skipped, and a few images are kept for
+    the report."""
+
+    def __init__(self, model: nn.Module, casc: Cascade, tally: _Tally, n_rec: int, num_classes: int,
+                 device: torch.device) -> None:
+        self.model, self.casc, self.tally, self.n_rec = model, casc, tally, n_rec
+        self.num_classes, self.device = num_classes, device
+        self.done = set(tally.index)
+        self.pending: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self.examples: dict[int, Tensor] = {}
+        self.clean: dict[int, Tensor] = {}
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(p[1]) for p in self.pending)
+
+    def admit(self, start: int, x: Tensor, y: Tensor, z: Tensor | None = None) -> None:
+        """Classify a chunk of the data (``z``: its logits if already known) and queue the correct ones."""
+        idx = torch.arange(start, start + len(y), device=self.device)
+        if self.done:
+            keep = torch.tensor([int(i) not in self.done for i in idx.tolist()], device=self.device)
+            x, y, idx = x[keep], y[keep], idx[keep]
+            z = None if z is None else z[keep]
+            if not len(y):
+                return
+        maxima = check_batch(x, {"y": y}, name=f"data images {start}-{start + len(y) - 1}")
+        check_label_range("data labels", 0, maxima["y"], self.num_classes)
+        if z is None:
+            with torch.no_grad():
+                z = _check_logits(self.model(x), len(y))
+        right = z.argmax(1) == y
+        for j, i in enumerate(idx.tolist()):
+            if i < EXAMPLES:
+                self.clean[i] = x[j].detach().cpu()
+                if not bool(right[j]):  # misclassified as it is: its own adversarial example
+                    self.examples[i] = self.clean[i]
+        self.tally.add_clean_wrong(idx[~right].cpu(), self.n_rec)
+        top = z.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)[:, : self.num_classes - 1]
+        if bool(right.any()):
+            self.pending.append((x[right], y[right], idx[right], top[right]))
+
+    def refill(self) -> None:
+        while self.pending and self.casc.free > 0:
+            x, y, idx, top = self.pending.pop(0)
+            k = self.casc.free
+            self.casc.feed(x[:k], y[:k], idx[:k], top[:k])
+            if len(y) > k:
+                self.pending.insert(0, (x[k:], y[k:], idx[k:], top[k:]))
+
+    def absorb(self, out: Outcome) -> None:
+        self.tally.add(out, self.n_rec)
+        for j, i in enumerate(out.index.tolist()):
+            if i < EXAMPLES:
+                self.examples[i] = out.x_adv[j].detach().cpu()
+
+
 def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: float, norm: str, protocol: str,
               fallback: bool | None, device: torch.device, seed: int, limit: int | None,
               options: dict[str, Any] | None, checklist: bool, state: Path | None,
               progress: Callable[[dict[str, Any]], None] | None, start_time: float) -> Evaluation:
-    proto = protocols.get(protocol)
     chunks = _chunks(source, capacity, limit)
     first = next(chunks, None)
     if first is None:
         raise ValueError("data yielded no samples")
     x0, y0 = first[1].to(device), first[2].to(device)
-    check_batch(x0, {"y": y0}, name="data images")
-    check_channels(model, x0, name="data images")
-    forward = model_forward(model)
-    with torch.no_grad():
-        z0 = _check_logits(model(x0), len(y0))
-        warnings = output_warnings(z0, model(x0))
-    num_classes = z0.shape[1]
-
-    sanity: dict[str, Any] | None = None
-    if checklist:
-        n_check = min(CHECKLIST_IMAGES, capacity, len(y0))
-        report = run_sanity_checks(model, [(x0[:n_check], y0[:n_check])], eps=eps, steps=10, queries=100,
-                                   noise_draws=2, limit=n_check, seed=seed, device=device, norm=norm)
-        sanity = report.as_dict()
-        warnings += [str(w) for w in report.warnings]
-    flagged = bool(sanity and sanity["warnings"])
-    use_fallback = fallback if fallback is not None else (proto.fallback_default
-                                                          if proto.fallback_default is not None else flagged)
-    reason = ("fallback=True" if fallback else
-              "the masking checklist flagged: " + ", ".join(w["check"] for w in sanity["warnings"])
-              if use_fallback and sanity else "")
-    if flagged and not use_fallback:
-        warnings.append("[fallback] masking is suspected but no gradient-free attack ran "
-                        f"(protocol {protocol!r}, fallback={fallback}): the robust accuracy may be overstated")
+    z0, warnings = _probe(model, x0, y0)
+    sanity, use_fallback, reason, more = _checklist(model, x0, y0, protocol=protocol, fallback=fallback, eps=eps,
+                                                    norm=norm, seed=seed, capacity=capacity, device=device,
+                                                    run=checklist)
+    warnings += more
     stages, opts = protocols.stages_for(protocol, eps, options, fallback=use_fallback)
-    n_rec = max((len(s.record) for s in stages), default=0)
-
     fp = _fingerprint(protocol=protocol, eps=eps, norm=norm, options=opts, fallback=use_fallback, seed=seed,
                       stages=[asdict(s) for s in stages], limit=limit)
-    tally, done = _resume(state, fp)
-    casc = Cascade(forward, stages, eps=eps, norm=norm, capacity=capacity, seed=seed, num_classes=num_classes)
-    examples: dict[int, Tensor] = {}
-    clean_keep: dict[int, Tensor] = {}
-    pending: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-    last_save = time.perf_counter()
-
-    def admit(start: int, x: Tensor, y: Tensor, z: Tensor | None = None) -> None:
-        idx = torch.arange(start, start + len(y), device=device)
-        if done:
-            keep = torch.tensor([int(i) not in done for i in idx.tolist()], device=device)
-            x, y, idx = x[keep], y[keep], idx[keep]
-            z = None if z is None else z[keep]
-            if not len(y):
-                return
-        if z is None:
-            maxima = check_batch(x, {"y": y}, name=f"data images {start}-{start + len(y) - 1}")
-            check_label_range("data labels", 0, maxima["y"], num_classes)
-            with torch.no_grad():
-                z = _check_logits(model(x), len(y))
-        else:
-            maxima = check_batch(x, {"y": y}, name="data images")
-            check_label_range("data labels", 0, maxima["y"], num_classes)
-        right = z.argmax(1) == y
-        for j, i in enumerate(idx.tolist()):
-            if i < EXAMPLES:
-                clean_keep[i] = x[j].detach().cpu()
-                if not bool(right[j]):  # misclassified as it is: its own adversarial example
-                    examples[i] = clean_keep[i]
-        tally.add_clean_wrong(idx[~right].cpu(), n_rec)
-        top = z.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)[:, : num_classes - 1]
-        if bool(right.any()):
-            pending.append((x[right], y[right], idx[right], top[right]))
-
-    def refill() -> None:
-        while pending and casc.free > 0:
-            x, y, idx, top = pending.pop(0)
-            k = casc.free
-            casc.feed(x[:k], y[:k], idx[:k], top[:k])
-            if len(y) > k:
-                pending.insert(0, (x[k:], y[k:], idx[k:], top[k:]))
-
-    admit(first[0], x0, y0, z0)
-    exhausted = False
+    casc = Cascade(model_forward(model), stages, eps=eps, norm=norm, capacity=capacity, seed=seed,
+                   num_classes=z0.shape[1])
+    feed = _Feeder(model, casc, _resume(state, fp), max((len(s.record) for s in stages), default=0),
+                   z0.shape[1], device)
+    feed.admit(first[0], x0, y0, z0)
+    exhausted, last_save = False, time.perf_counter()
     while True:
-        while not exhausted and sum(len(p[1]) for p in pending) < casc.free:
+        while not exhausted and feed.waiting < casc.free:  # read no further than the free slots need
             nxt = next(chunks, None)
-            if nxt is None:
-                exhausted = True
-                break
-            admit(nxt[0], nxt[1].to(device), nxt[2].to(device))
-        refill()
+            exhausted = nxt is None
+            if nxt is not None:
+                feed.admit(nxt[0], nxt[1].to(device), nxt[2].to(device))
+        feed.refill()
         if not len(casc.pool):
             break
         out = casc.step()
-        if out is not None:
-            tally.add(out, n_rec)
-            for j, i in enumerate(out.index.tolist()):
-                if i < EXAMPLES:
-                    examples[i] = out.x_adv[j].detach().cpu()
-            if progress is not None:
-                progress({"done": len(tally.index), "active": len(casc.pool), "calls": casc.calls})
-            if state is not None and time.perf_counter() - last_save > 30:
-                _save_state(state, fp, tally)
-                last_save = time.perf_counter()
+        if out is None:
+            continue
+        feed.absorb(out)
+        if progress is not None:
+            progress({"done": len(feed.tally.index), "active": len(casc.pool), "calls": casc.calls})
+        if state is not None and time.perf_counter() - last_save > 30:
+            _save_state(state, fp, feed.tally)
+            last_save = time.perf_counter()
     if state is not None:
-        _save_state(state, fp, tally)
-    return _result(tally, stages, protocol, eps, norm, opts, warnings, sanity, use_fallback, reason, casc,
-                   examples, clean_keep, time.perf_counter() - start_time)
+        _save_state(state, fp, feed.tally)
+    return _result(feed.tally, stages, protocol, eps, norm, opts, warnings, sanity, use_fallback, reason, casc,
+                   feed.examples, feed.clean, time.perf_counter() - start_time)
 
 
-def _resume(state: Path | None, fp: str) -> tuple[_Tally, set[int]]:
+def _resume(state: Path | None, fp: str) -> _Tally:
+    """The tally a saved state holds (empty without one); refuses a state of other settings."""
     if state is None or not state.is_file():
-        return _Tally(), set()
+        return _Tally()
     try:
         saved = json.loads(state.read_text())
     except json.JSONDecodeError as err:
@@ -435,8 +465,7 @@ def _resume(state: Path | None, fp: str) -> tuple[_Tally, set[int]]:
     if saved.get("version") != STATE_VERSION or saved.get("fingerprint") != fp:
         raise ValueError(f"state: {state} holds an evaluation with other settings (protocol, eps, options, seed "
                          "or limit); use another file or delete it")
-    tally = _Tally(**saved["tally"])
-    return tally, set(tally.index)
+    return _Tally(**saved["tally"])
 
 
 def _save_state(path: Path, fp: str, tally: _Tally) -> None:
