@@ -161,3 +161,14 @@ def test_named_model_with_architecture_flags(tmp_path):
                  "--act", "silu", "--norm-layer", "gn", "--denoise", "mean", "--no-save", "--out", str(out)]) == 0
     arch = json.loads((out / "results.json").read_text())["architecture"]
     assert arch == {"act": "silu", "norm": "gn", "denoise": "mean"}
+
+
+def test_help_imports_no_torch():
+    """`robustlab --help` answers fast because building the parser imports no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from robustlab.app.cli import build_parser; build_parser(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
