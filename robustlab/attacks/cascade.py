@@ -317,6 +317,10 @@ class Cascade:
                              device=t["x"].device)[t["stage"]]
         is_sq = kinds == STAGE_KINDS.index("square")
         logits = self._evaluate(t, is_sq)
+        if not bool(torch.isfinite(logits).all()):  # a NaN logit's argmax would read as a broken image
+            bad = t["idx"][~torch.isfinite(logits).all(1)][:5].tolist()
+            raise ValueError(f"the model returned NaN or infinite logits during the attack (images {bad}); "
+                             "robust accuracy cannot be measured on such outputs")
         self.iterations += n
         wrong = logits.argmax(1) != t["y"]
         for s, st in enumerate(self.stages):

@@ -201,7 +201,7 @@ class IterativeAttack(Attack):
         crit, crit_targeted = (labels, self.targeted) if self.stop_on == "goal" else (y, False)
         for it in range(self.steps):
             draw = self._draw(n, x, gen, idx)
-            grad, logits = self._gradient(model, x_adv, labels, draw, check if it == 0 else None)
+            grad, logits = self._gradient(model, x_adv, labels, draw, check if it == 0 else None, first=it == 0)
             if self.early_stop:
                 done = self._done(model, x_adv, logits, crit, crit_targeted, draw)
                 if bool(done.any()):
@@ -248,24 +248,25 @@ class IterativeAttack(Attack):
 
     def _gradient(
         self, model: nn.Module, x_adv: Tensor, labels: Tensor, draw: DiversityDraw | None,
-        check: tuple[str, int] | None = None,
+        check: tuple[str, int] | None = None, first: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """∇_X L(T(X; p), labels) summed over the batch (so each sample's gradient
         is independent of the others), and the logits it came from; in chunks
-        of ``micro_batch`` images when set."""
+        of ``micro_batch`` images when set. On the ``first`` iteration the
+        logits are checked to be finite."""
         n, mb = x_adv.shape[0], self.micro_batch
         if mb is None or n <= mb:
-            return self._chunk_gradient(model, x_adv, labels, draw, check)
+            return self._chunk_gradient(model, x_adv, labels, draw, check, first)
         parts = []
         for s in range(0, n, mb):
             sub = None if draw is None else draw.subset(torch.arange(s, min(s + mb, n), device=x_adv.device))
             parts.append(self._chunk_gradient(model, x_adv[s: s + mb], labels[s: s + mb], sub,
-                                              check if s == 0 else None))
+                                              check if s == 0 else None, first))
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def _chunk_gradient(
         self, model: nn.Module, x_adv: Tensor, labels: Tensor, draw: DiversityDraw | None,
-        check: tuple[str, int] | None,
+        check: tuple[str, int] | None, first: bool = False,
     ) -> tuple[Tensor, Tensor]:
         x_adv = x_adv.detach().requires_grad_(True)
         with contextlib.ExitStack() as stack:
@@ -279,6 +280,9 @@ class IterativeAttack(Attack):
             check_logits(logits)
             if check is not None:  # given labels against the class count, before any loss is taken
                 resolve_labels(logits, labels, *check)
+            if first and not bool(torch.isfinite(logits).all()):
+                raise ValueError("the model returned NaN or infinite logits: an attack on them would report "
+                                 "meaningless successes")
             loss = self.objective(logits, labels).sum()
             (grad,) = torch.autograd.grad(loss, x_adv)
         return grad, logits.detach()

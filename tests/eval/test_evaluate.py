@@ -426,3 +426,26 @@ def test_save_and_load_round_trip(linear, digits, tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a saved evaluation"):
         Evaluation.load(tmp_path / "broken.json")
+
+
+class _NanAwayFromClean(nn.Module):
+    """Finite logits on the clean (all-zero) images, NaN once a pixel moves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(64, 10)
+
+    def forward(self, x):
+        z = self.lin(x.flatten(1))
+        return z + torch.where(x.flatten(1)[:, :1] > 0.01, float("nan"), 0.0)
+
+
+def test_nan_logits_during_the_attack_are_refused_not_counted_as_breaks():
+    model = _NanAwayFromClean()
+    x = torch.zeros(4, 1, 8, 8)
+    y = model(x).argmax(1)
+    with pytest.raises(ValueError, match="NaN or infinite logits during the attack"):
+        rl.eval.evaluate(model, (x, y), eps=0.1, checklist=False)
+    with pytest.raises(ValueError, match="NaN or infinite logits"):
+        rl.attacks.create("pgd", eps=0.1, steps=3)(model, x, y)
