@@ -172,3 +172,11 @@ def test_help_imports_no_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("argv", [["-q", "list", "attacks"], ["list", "attacks", "-q"], ["list", "-v", "attacks"]])
+def test_quiet_and_verbose_before_or_after_the_subcommand(argv, capsys):
+    from robustlab.app.cli import main
+
+    assert main(argv) == 0
+    assert "pgd" in capsys.readouterr().out

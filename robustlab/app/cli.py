@@ -75,10 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="robustlab", description="Robust representation learning toolkit.")
     parser.add_argument("--version", action="version", version=f"robustlab {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what each step does")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only results and errors")
+    # The same flags after the subcommand: SUPPRESS keeps a flag given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log what each step does")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress lines, only results and errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    atk = sub.add_parser("attack", help="attack a model on a dataset split; write adversarial examples, results.json")
+    atk = sub.add_parser("attack", parents=[common], help="attack a model on a dataset split; write adversarial examples, results.json")
     atk.add_argument("--config", help="YAML file of options (keys as the flags: eps, steps, data, ...); "
                      "flags on the command line win")
     atk.add_argument("--model",
@@ -102,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     atk.add_argument("--device", default="auto")
     atk.add_argument("--no-save", action="store_true", help="do not write adversarial.safetensors")
 
-    tr = sub.add_parser("train", help="train a model with a recipe from a YAML config; write a run directory",
+    tr = sub.add_parser("train", parents=[common], help="train a model with a recipe from a YAML config; write a run directory",
                         description="robustlab train CONFIG.yaml [key.sub=value ...] [--out DIR]; "
                         "robustlab train --resume DIR. Under torchrun every process runs this command.")
     tr.add_argument("config_and_overrides", nargs="*", metavar="CONFIG [key=value ...]",
@@ -111,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="run directory (default runs/train-RECIPE-TIMESTAMP)")
     tr.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
 
-    ev = sub.add_parser("eval", help="evaluate any model's robustness (standard: a worst case at least as strong "
+    ev = sub.add_parser("eval", parents=[common], help="evaluate any model's robustness (standard: a worst case at least as strong "
                         "as AutoAttack's), or curves, transfer and corruption",
                         description="robustlab eval --model SPEC --data DATA --eps 8/255 [--protocol standard]. "
                         "SPEC: a run directory, timm:NAME, tv:NAME, path/to/file.py:factory or "
@@ -150,9 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="run directory (default RUN_DIR/eval-PROTOCOL for a run directory, else "
                     "runs/eval-TIMESTAMP)")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    ev.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
-    st = sub.add_parser("study", help="the main job: train a chapter's models, evaluate them, write a report",
+    st = sub.add_parser("study", parents=[common], help="the main job: train a chapter's models, evaluate them, write a report",
                         description="robustlab study CONFIG.yaml [key=value ...] [--out DIR] [--smoke]. "
                         "Running the same command again resumes: trained models and finished evaluations "
                         "are reused.")
@@ -162,13 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", help="run directory (default runs/NAME)")
     st.add_argument("--smoke", action="store_true", help="the config's reduced variant (its `smoke:` overrides)")
 
-    rep = sub.add_parser("report", help="(re)write RUN_DIR/report.html from its results.json")
+    rep = sub.add_parser("report", parents=[common], help="(re)write RUN_DIR/report.html from its results.json")
     rep.add_argument("run_dir")
 
-    lst = sub.add_parser("list", help="list the names the registries accept")
+    lst = sub.add_parser("list", parents=[common], help="list the names the registries accept")
     lst.add_argument("kind", nargs="?", choices=sorted(_LISTS), help="one registry (default: all)")
 
-    demo = sub.add_parser("demo", help="train two small models in seconds and print an attack table")
+    demo = sub.add_parser("demo", parents=[common], help="train two small models in seconds and print an attack table")
     _add_data_options(demo, default="fashion_mnist")
     demo.add_argument("--train-limit", type=int, default=10000)
     demo.add_argument("--eps", default="16", help="budget (0-255 units)")
@@ -351,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command not in ("train", "study") or not all("=" in e and not e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.config_and_overrides = [*args.config_and_overrides, *extra]
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     commands = {"attack": cmd_attack, "list": cmd_list, "train": cmd_train, "eval": cmd_eval, "report": cmd_report,
                 "study": cmd_study}
