@@ -146,8 +146,8 @@ CASES = {
     "attack_p_above_one": (lambda c: rl.attacks.create("di2fgsm", p=2), ValueError, "p must be <= 1", 0),
     "attack_unknown_keyword": (lambda c: rl.attacks.create("pgd", epss=1), TypeError, "unknown keyword(s) ['epss']",
                                0),
-    "attack_fgsm_has_no_steps": (lambda c: rl.attacks.create("fgsm", steps=3), TypeError,
-                                 "unknown keyword(s) ['steps']", 0),
+    "attack_fgsm_has_no_steps": (lambda c: rl.attacks.create("fgsm", steps=3), ValueError,
+                                 "fgsm is a single step", 0),
     # ---- attack.run with bad x / y
     "run_model_not_module": (lambda c: pgd().run(lambda v: v, c.x, c.y), TypeError, "model must be a torch.nn.Module",
                              0),

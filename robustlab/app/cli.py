@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no progress lines, only results and errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    atk = sub.add_parser("attack", parents=[common], help="attack a model on a dataset split; write adversarial examples, results.json")
+    atk = sub.add_parser("attack", parents=[common],
+                         help="attack a model on a dataset split; write adversarial examples, results.json")
     atk.add_argument("--config", help="YAML file of options (keys as the flags: eps, steps, data, ...); "
                      "flags on the command line win")
     atk.add_argument("--model",
@@ -109,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     atk.add_argument("--device", default="auto")
     atk.add_argument("--no-save", action="store_true", help="do not write adversarial.safetensors")
 
-    tr = sub.add_parser("train", parents=[common], help="train a model with a recipe from a YAML config; write a run directory",
+    tr = sub.add_parser("train", parents=[common],
+                        help="train a model with a recipe from a YAML config; write a run directory",
                         description="robustlab train CONFIG.yaml [key.sub=value ...] [--out DIR]; "
                         "robustlab train --resume DIR. Under torchrun every process runs this command.")
     tr.add_argument("config_and_overrides", nargs="*", metavar="CONFIG [key=value ...]",
@@ -118,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="run directory (default runs/train-RECIPE-TIMESTAMP)")
     tr.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
 
-    ev = sub.add_parser("eval", parents=[common], help="evaluate any model's robustness (standard: a worst case at least as strong "
+    ev = sub.add_parser("eval", parents=[common],
+                        help="evaluate any model's robustness (standard: a worst case at least as strong "
                         "as AutoAttack's), or curves, transfer and corruption",
                         description="robustlab eval --model SPEC --data DATA --eps 8/255 [--protocol standard]. "
                         "SPEC: a run directory, timm:NAME, tv:NAME, path/to/file.py:factory or "
@@ -158,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "runs/eval-TIMESTAMP)")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
-    st = sub.add_parser("study", parents=[common], help="the main job: train a chapter's models, evaluate them, write a report",
+    st = sub.add_parser("study", parents=[common],
+                        help="the main job: train a chapter's models, evaluate them, write a report",
                         description="robustlab study CONFIG.yaml [key=value ...] [--out DIR] [--smoke]. "
                         "Running the same command again resumes: trained models and finished evaluations "
                         "are reused.")

@@ -16,7 +16,6 @@ dicts, strings and integers a real batch holds.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import logging
 import os
@@ -28,6 +27,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from robustlab._io import atomic_write, file_digest
 
 _logger = logging.getLogger(__name__)
 
@@ -268,15 +269,6 @@ def _writable(directory: Path) -> Path:
     return directory
 
 
-def file_digest(path: Path, algorithm: str) -> str:
-    """Hex digest of a file, read in 1 MiB blocks."""
-    h = hashlib.new(algorithm, usedforsecurity=False) if algorithm == "md5" else hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _download(url: str, dest: Path, dataset: str) -> Path:
     """Fetch ``url`` into ``dest`` and check it against :data:`CHECKSUMS`.
 
@@ -295,18 +287,16 @@ def _download(url: str, dest: Path, dataset: str) -> Path:
                                 "delete the file to download it again")
         return dest
     _logger.info("downloading %s", url)
-    tmp = dest.with_name(dest.name + ".part")
-    try:
+
+    def fetch(tmp: Path) -> None:  # atomic_write deletes the temp file if this raises
         with urllib.request.urlopen(url, timeout=30) as resp, open(tmp, "wb") as out:
             shutil.copyfileobj(resp, out)
         actual = file_digest(tmp, algorithm)
         if actual != expected:
             raise ChecksumError(f"{dest.name} from {url}: {algorithm} {actual} differs from the published "
                                 f"{expected}; the download was deleted")
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(dest, fetch)
     return dest
 
 
