@@ -249,6 +249,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
     for flag in ("model", "data"):
         if getattr(args, flag) is None:
             raise ValueError(f"--{flag} is required (on the command line or as `{flag}:` in --config)")
+    for flag in ("limit", "batch_size", "image_size", "steps", "binary_search_steps"):
+        value = getattr(args, flag)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"--{flag.replace('_', '-')} must be a whole number >= 1; got {value!r}")
     atk = create(args.attack, **attack_kwargs(args))  # bad names/values fail before any loading
     options = {k: v for k, v in vars(args).items() if k not in ("out", "device", "verbose", "config", "command")}
     run = RunDir(args.out, "attack", fingerprint_of(options))  # another run there: refused before any work
@@ -368,6 +372,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "config", None):
             args = apply_config(parser, argv, args)
+        if getattr(args, "device", "auto") != "auto":  # a name torch cannot parse: refused before any work
+            from robustlab.app.config import check_device
+
+            check_device(args.device, "--device")
         if args.command == "demo":
             from robustlab.app.demo import run_demo
 

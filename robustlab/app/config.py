@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from robustlab._checks import check_number
 from robustlab.train.options import TrainOptions
 from robustlab.units import parse_eps
 
@@ -167,6 +168,85 @@ def _typed(cls: type, values: Any, section: str) -> Any:
     return cls(**values)
 
 
+def _whole(value: Any, key: str, low: int = 1, optional: bool = True) -> Any:
+    """``value`` as a whole number >= ``low`` (or None when ``optional``); the error names ``key``."""
+    if value is None and optional:
+        return None
+    try:
+        check_number(value, key, low=low, integer=True)
+    except (TypeError, ValueError):
+        raise ValueError(f"config key {key} must be a whole number >= {low}{' or null' if optional else ''}; "
+                         f"got {value!r}") from None
+    return int(value)
+
+
+def check_device(name: Any, what: str = "config key device") -> str:
+    """A device name torch can parse (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...); availability is
+    checked where the run starts (``robustlab._io.pick_device``)."""
+    if not isinstance(name, str):
+        raise ValueError(f"{what} must be a device name (auto, cpu, cuda, cuda:1, ...); got {name!r}")
+    if name != "auto":
+        import torch
+
+        try:
+            torch.device(name)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"{what}: unknown device {name!r}; use auto, cpu, cuda, cuda:1, ...") from None
+    return name
+
+
+def _check_data(d: DataConfig) -> None:
+    from robustlab.data.augment import create_augment
+
+    if not isinstance(d.name, str):
+        raise ValueError(f"config key data.name must be a dataset name; got {d.name!r}")
+    for key in ("limit", "eval_limit", "size", "channels"):
+        setattr(d, key, _whole(getattr(d, key), f"data.{key}"))
+    if not isinstance(d.download, bool):
+        raise ValueError(f"config key data.download must be true or false; got {d.download!r}")
+    try:
+        create_augment(d.augment)
+    except ValueError as err:
+        raise ValueError(f"config key data.{err}") from None
+
+
+def _check_eval(ev: EvalConfig) -> None:
+    if ev.attack is not None:
+        from robustlab.attacks import names
+
+        if not isinstance(ev.attack, str) or ev.attack not in names():
+            raise ValueError(f"config key eval.attack must be null or one of {', '.join(names())}; "
+                             f"got {ev.attack!r}")
+    ev.steps = _whole(ev.steps, "eval.steps")
+    ev.limit = _whole(ev.limit, "eval.limit")
+    ev.seed = _whole(ev.seed, "eval.seed", low=0, optional=False)
+    if not isinstance(ev.targeted, bool):
+        raise ValueError(f"config key eval.targeted must be true or false; got {ev.targeted!r}")
+    for key in BUDGET_KEYS:  # checked now, converted where used: config.yaml keeps the user's notation
+        if getattr(ev, key) is not None:
+            parse_eps(getattr(ev, key), f"eval.{key}")
+
+
+def _train_options(train: dict[str, Any]) -> TrainOptions:
+    """:class:`TrainOptions` of the ``train`` section; errors name the key (``train.epochs``)."""
+    known = {f.name for f in fields(TrainOptions)}
+    unknown = sorted(set(train) - known)
+    if unknown:
+        raise ValueError(f"unknown training option(s) {[f'train.{k}' for k in unknown]}; "
+                         f"known: {', '.join(sorted(known))}")
+    milestones = train.get("milestones")
+    if milestones is not None and (not isinstance(milestones, (list, tuple)) or not all(
+            isinstance(m, (int, float)) and not isinstance(m, bool) for m in milestones)):
+        raise ValueError(f"config key train.milestones must be a list of epochs (numbers); got {milestones!r}")
+    try:
+        return TrainOptions.from_dict(train)
+    except (TypeError, ValueError) as err:
+        msg = str(err)
+        # TrainOptions' messages start with the option's name ("epochs must be ...")
+        raise ValueError(f"config key train.{msg}" if msg.split(" ")[0] in known
+                         else f"config section train: {msg}") from None
+
+
 def resolve(raw: dict[str, Any]) -> RunConfig:
     """A nested dict (YAML with overrides applied) → :class:`RunConfig`."""
     if not isinstance(raw, dict):
@@ -183,16 +263,16 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
         if not isinstance(d.get("name"), str):
             raise ValueError(f"config key {section}.name must be a string; got {d.get('name')!r}")
     ev = _typed(EvalConfig, raw.get("eval"), "eval")
-    for key in BUDGET_KEYS:  # checked now, converted where used: config.yaml keeps the user's notation
-        if getattr(ev, key) is not None:
-            parse_eps(getattr(ev, key), f"eval.{key}")
+    _check_eval(ev)
+    data = _typed(DataConfig, raw.get("data"), "data")
+    _check_data(data)
     train = raw.get("train") or {}
     if not isinstance(train, dict):
         raise ValueError(f"config section 'train' must be a mapping; got {train!r}")
     cfg = RunConfig(
-        seed=int(raw.get("seed", 0)), device=str(raw.get("device", "auto")), model=model,
-        data=_typed(DataConfig, raw.get("data"), "data"), recipe=recipe,
-        train=TrainOptions.from_dict(train), eval=ev,
+        seed=_whole(raw.get("seed", 0), "seed", low=0, optional=False),
+        device=check_device(raw.get("device", "auto")), model=model, data=data, recipe=recipe,
+        train=_train_options(train), eval=ev,
     )
     cfg.train.seed = cfg.seed
     cfg.train.device = cfg.device

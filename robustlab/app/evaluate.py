@@ -76,7 +76,7 @@ class EvalSpec:
             raise ValueError(f"--norm must be linf or l2; got {self.norm!r}")
         if self.norm == "linf" and not 0 < self.eps <= 1:
             raise ValueError(f"--eps must be in (0, 255] (0-255 units) or (0, 1] pixels for L∞; got {self.eps}")
-        for key in ("batch_size", "limit"):
+        for key in ("batch_size", "limit", "restarts", "image_size"):
             v = getattr(self, key)
             if v is not None and v < 1:
                 raise ValueError(f"--{key.replace('_', '-')} must be >= 1; got {v}")
@@ -86,6 +86,9 @@ class EvalSpec:
             raise ValueError("--weights applies to one model; give one --model with it")
         if (self.mean is None) != (self.std is None):
             raise ValueError("--mean and --std must be given together")
+        if self.mean is not None and (not self.mean or len(self.mean) != len(self.std)):
+            raise ValueError(f"--mean and --std must give one value per channel each; got {self.mean} and "
+                             f"{self.std}")
         if any(s < 1 for s in self.steps):
             raise ValueError(f"--steps must be iteration counts >= 1; got {self.steps}")
 

@@ -186,9 +186,10 @@ def resolve_study(raw: dict[str, Any], *, name: str | None = None) -> Study:
             _drop_foreign_recipe_options(merged, defaults, one)
             try:
                 models[one_name] = resolve(merged)
-                from robustlab.app.train import build_recipe
+                from robustlab.app.train import build_recipe, eval_attack
 
-                build_recipe(models[one_name])  # recipe options checked now, not after training the others
+                # recipe and evaluation options checked now, not after training the others
+                eval_attack(models[one_name], build_recipe(models[one_name]))
             except (ValueError, TypeError) as err:
                 raise ValueError(f"models.{one_name}: {err}") from None
             raw_models[one_name] = merged
@@ -208,9 +209,12 @@ def resolve_study(raw: dict[str, Any], *, name: str | None = None) -> Study:
     limit = raw.get("limit", 500)
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"study key 'limit' must be a positive number of test images or null; got {limit!r}")
+    batch_size = raw.get("batch_size", 250)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"study key 'batch_size' must be a whole number >= 1; got {batch_size!r}")
     return Study(name=name, title=str(raw.get("title") or name), models=models, raw_models=raw_models,
                  evaluations=evaluations, raw=raw, device=str(raw.get("device", "auto")), limit=limit,
-                 batch_size=int(raw.get("batch_size", 250)))
+                 batch_size=batch_size)
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None, *, smoke: bool = False) -> Study:
@@ -575,6 +579,12 @@ def run_study(study: Any, out: str | Path | None = None) -> dict[str, Any]:
     if isinstance(study, DAGStudy):
         return run_dag_study(study, out)
 
+    for where, device in (("device", study.device), *((f"models.{n}.device", c.device) for n, c in
+                                                          study.models.items())):
+        try:
+            pick_device(device)  # an absent GPU is refused before the folder is made
+        except ValueError as err:
+            raise ValueError(f"study key {where}: {err}") from None
     with RunDir(out if out is not None else Path("runs") / study.name, "study", study_fingerprint(study.name)) as run:
         run.write_config(study.raw, "study.yaml")
         return _run_study(study, run)

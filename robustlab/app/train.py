@@ -82,11 +82,31 @@ class AugmentedDataset:
 EVAL_BATCH = 250  # images attacked at once by the training-time evaluation
 
 
+def eval_attack(cfg: RunConfig, recipe: recipes.Recipe) -> Any:
+    """The seeded attack of the training-time evaluation (None for ``eval.attack: null``);
+    ε defaults to the recipe's. Built once before training too, so bad options fail first."""
+    from robustlab.attacks import create as create_attack
+
+    ev = cfg.eval
+    if not ev.attack:
+        return None
+    eps = parse_eps(ev.eps, "eval.eps") if ev.eps is not None else \
+        getattr(getattr(recipe, "attack", None), "eps", from_255(8))
+    kw: dict[str, Any] = {"eps": eps, "seed": ev.seed, "targeted": ev.targeted}
+    if ev.steps is not None and ev.attack != "fgsm":
+        kw["steps"] = ev.steps
+    if ev.step_size is not None:
+        kw["step_size"] = parse_eps(ev.step_size, "eval.step_size")
+    try:
+        return create_attack(ev.attack, **kw)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"eval (attack {ev.attack!r}): {err}") from None
+
+
 def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device) -> Callable[[nn.Module], dict]:
     """Clean accuracy on every BN route and, unless ``eval.attack`` is null,
     robust accuracy under a seeded attack (``pgd`` is the evaluation PGD: a
     random start always, §6.3), in batches of ``EVAL_BATCH`` images."""
-    from robustlab.attacks import create as create_attack
     from robustlab.eval.metrics import accuracy
     from robustlab.eval.robust import robust_accuracy
 
@@ -95,17 +115,10 @@ def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device) 
                         size=d.size, channels=d.channels)
     x, y = test.batch(slice(0, len(test)))
     x, y = x.to(device), y.to(device)
-    eps = parse_eps(ev.eps, "eval.eps") if ev.eps is not None else \
-        getattr(getattr(recipe, "attack", None), "eps", from_255(8))
     n_adv = len(y) if ev.limit is None else min(ev.limit, len(y))
 
     def attack() -> Any:
-        kw: dict[str, Any] = {"eps": eps, "seed": ev.seed, "targeted": ev.targeted}
-        if ev.steps is not None and ev.attack != "fgsm":
-            kw["steps"] = ev.steps
-        if ev.step_size is not None:
-            kw["step_size"] = parse_eps(ev.step_size, "eval.step_size")
-        return create_attack(ev.attack, **kw)
+        return eval_attack(cfg, recipe)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -178,6 +191,8 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
     if out is None and world > 1:
         raise ValueError("--out is required under torchrun (every process must write to the same run directory)")
     recipe = build_recipe(cfg)
+    eval_attack(cfg, recipe)  # bad evaluation options and an absent device fail before any folder or training
+    device = pick_device(cfg.device)
     main = int(os.environ.get("RANK", "0")) == 0
     out = default_path(out, f"train-{recipe.name}")
     old = _check_resume(cfg, out) if resume else None
@@ -197,7 +212,7 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
         if changed:  # e.g. train.epochs extended
             run.record({"resumed with": {k: list(v) for k, v in changed.items()}})
     try:
-        evaluate = make_evaluate(cfg, recipe, pick_device(cfg.device)) if main else None
+        evaluate = make_evaluate(cfg, recipe, device) if main else None
         result = fit(model, train_set, recipe, options=cfg.train, out=run_dir, resume=resume, evaluate=evaluate)
         results = {
             "kind": "train", "run_dir": str(run_dir), "recipe": recipe.config(), "config": cfg.to_dict(),

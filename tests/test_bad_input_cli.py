@@ -1,0 +1,258 @@
+"""Bad command lines are refused before any work (issue 14, parts 4 and 6).
+
+One table: every row is a command line a clumsy or hostile user could type.
+Each must exit with code 2, name the offending argument or key on stderr,
+print no traceback and write nothing: the command runs with ``tmp_path`` as
+the working directory (so a default ``runs/`` would land there) and the files
+under ``tmp_path`` are compared before and after, byte for byte. Inputs are
+tiny (``data.name=digits``), and the point is that no row trains a model.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from robustlab.app.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY_TRAIN = {"seed": 0, "device": "cpu", "model": {"name": "smallcnn", "width": 4},
+              "data": {"name": "digits", "limit": 128, "eval_limit": 32}, "recipe": {"name": "vanilla"},
+              "train": {"epochs": 1, "batch_size": 64, "lr": 0.05}, "eval": {"attack": "pgd", "eps": 25,
+                                                                             "steps": 2, "limit": 16}}
+TINY_STUDY = {"name": "tiny", "seed": 0, "device": "cpu", "dataset": "digits", "limit": 16,
+              "defaults": {"model": {"name": "smallcnn", "width": 4}, "data": {"limit": 128, "eval_limit": 16},
+                           "train": {"epochs": 1, "batch_size": 64}, "eval": {"attack": None}},
+              "models": {"a": {"recipe": {"name": "vanilla"}},
+                         "b": {"recipe": {"name": "madry", "eps": 25, "steps": 2, "step_size": 16}}},
+              "evaluations": {"clean": {"kind": "accuracy"}}}
+FACTORY = "import torch\n\ndef make():\n    return torch.nn.Linear(2, 2)\n\ndef notmodule():\n    return 42\n"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """The one real training of this file: a run directory to resume and to evaluate."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["train", str(CONFIGS / "train_vanilla.yaml"), "data.name=digits", "data.limit=128",
+                 "data.eval_limit=32", "train.epochs=1", "train.batch_size=64", "eval.attack=null",
+                 "device=cpu", "--out", str(out)]) == 0
+    return out
+
+
+# ------------------------------------------------------------------ inputs a case makes for itself
+
+
+def _yaml(tmp: Path, data: dict, name: str = "cfg.yaml") -> str:
+    path = tmp / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def _train(*overrides: str) -> Callable[[Path, Path], list[str]]:
+    return lambda tmp, run: ["train", _yaml(tmp, TINY_TRAIN), *overrides]
+
+
+def _train_yaml(text: str) -> Callable[[Path, Path], list[str]]:
+    def make(tmp: Path, run: Path) -> list[str]:
+        (tmp / "cfg.yaml").write_text(text)
+        return ["train", str(tmp / "cfg.yaml")]
+    return make
+
+
+def _study(edit: Callable[[dict], None] | None = None, *extra: str) -> Callable[[Path, Path], list[str]]:
+    def make(tmp: Path, run: Path) -> list[str]:
+        import copy
+
+        raw = copy.deepcopy(TINY_STUDY)
+        if edit is not None:
+            edit(raw)
+        return ["study", _yaml(tmp, raw, "study.yaml"), *extra]
+    return make
+
+
+def _copy_run(tmp: Path, run: Path) -> str:
+    dst = tmp / "run"
+    shutil.copytree(run, dst)
+    return str(dst)
+
+
+def _eval(*args: str, model: str = "run") -> Callable[[Path, Path], list[str]]:
+    def make(tmp: Path, run: Path) -> list[str]:
+        (tmp / "factory.py").write_text(FACTORY)
+        spec = ["--checkpoint", _copy_run(tmp, run)] if model == "run" else ["--model", model]
+        return ["eval", *spec, "--data", "digits", "--limit", "16", "--device", "cpu", *args]
+    return make
+
+
+def _attack(*args: str, model: str = "smallcnn") -> Callable[[Path, Path], list[str]]:
+    return lambda tmp, run: ["attack", "--model", model, "--data", "digits", "--limit", "8", "--device", "cpu",
+                             *args]
+
+
+def _with_file(name: str, text: str, then: Callable[[Path, Path], list[str]]) -> Callable[[Path, Path], list[str]]:
+    def make(tmp: Path, run: Path) -> list[str]:
+        (tmp / name).write_text(text)
+        return then(tmp, run)
+    return make
+
+
+def _edit(path: str, value: object) -> Callable[[dict], None]:
+    def edit(raw: dict) -> None:
+        *parents, last = path.split(".")
+        node = raw
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return edit
+
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of cuda on a machine without one")
+
+# (id, command line made in tmp_path, fragment stderr must contain)
+CASES = [
+    # -- robustlab train
+    ("train-malformed-yaml", _train_yaml("seed: 0\nmodel: {name: smallcnn\ndata: x\n"), "cfg.yaml:3:"),
+    ("train-yaml-not-mapping", _train_yaml("- a\n- b\n"), "must be a mapping"),
+    ("train-missing-config", lambda tmp, run: ["train", str(tmp / "nope.yaml")], "nope.yaml"),
+    ("train-no-config", lambda tmp, run: ["train", "train.epochs=1"], "config file"),
+    ("train-unknown-key", _train("train.epochz=1"), "train.epochz"),
+    ("train-unknown-data-key", _train("data.nmae=digits"), "data.nmae"),
+    ("train-unknown-section", _train("bogus.x=1"), "bogus"),
+    ("train-epochs-abc", _train("train.epochs=abc"), "train.epochs"),
+    ("train-epochs-zero", _train("train.epochs=0"), "train.epochs"),
+    ("train-batch-size-zero", _train("train.batch_size=0"), "train.batch_size"),
+    ("train-lr-negative", _train("train.lr=-1"), "train.lr"),
+    ("train-seed-abc", _train("seed=abc"), "seed"),
+    ("train-data-limit-abc", _train("data.limit=abc"), "data.limit"),
+    ("train-eval-attack-typo", _train("eval.attack=pgdd"), "pgdd"),
+    ("train-eval-steps-negative", _train("eval.steps=-1"), "eval.steps"),
+    ("train-eval-limit-zero", _train("eval.limit=0"), "eval.limit"),
+    ("train-eval-eps-abc", _train("eval.eps=abc"), "eval.eps"),
+    ("train-unknown-model", _train("model.name=nosuchnet"), "nosuchnet"),
+    ("train-unknown-activation", _train("model.act=nosuchact"), "nosuchact"),
+    ("train-unknown-recipe", _train("recipe.name=nosuchrecipe"), "nosuchrecipe"),
+    ("train-unknown-dataset", _train("data.name=nosuchdata"), "nosuchdata"),
+    ("train-unknown-augment", _train("data.augment=nosuchaug"), "nosuchaug"),
+    ("train-unknown-optimizer", _train("train.optimizer=nosuchopt"), "nosuchopt"),
+    pytest.param("train-device-cuda", _train("device=cuda"), "cuda", marks=NO_GPU, id="train-device-cuda"),
+    ("train-out-is-a-file", _with_file("taken", "x", lambda tmp, run: ["train", _yaml(tmp, TINY_TRAIN), "--out",
+                                                                        str(tmp / "taken")]), "taken"),
+    ("train-resume-other-recipe",
+     lambda tmp, run: ["train", "--resume", _copy_run(tmp, run), "recipe.name=madry"], "recipe.name"),
+    ("train-resume-not-a-run", lambda tmp, run: ["train", "--resume", str(tmp)], "config.yaml"),
+    ("train-resume-with-config",
+     lambda tmp, run: ["train", "--resume", _copy_run(tmp, run), _yaml(tmp, TINY_TRAIN)], "--resume"),
+    ("train-device-nonsense", _train("device=nosuchdevice"), "nosuchdevice"),
+    ("train-milestones-words", _train("train.milestones=[a]"), "train.milestones"),
+    ("train-eval-seed-abc", _train("eval.seed=abc"), "eval.seed"),
+    ("train-eval-limit-abc", _train("eval.limit=abc"), "eval.limit"),
+    ("train-data-eval-limit-zero", _train("data.eval_limit=0"), "data.eval_limit"),
+    ("train-recipe-option-typo", _train("recipe.name=madry", "recipe.epz=3"), "epz"),
+    ("train-resume-other-model",
+     lambda tmp, run: ["train", "--resume", _copy_run(tmp, run), "model.width=8"], "model.width"),
+    # -- robustlab study
+    ("study-second-model-typo", _study(_edit("models.b.recipe.stpes", 2)), "models.b"),
+    ("study-unknown-eval-kind", _study(_edit("evaluations.clean.kind", "nosuchkind")), "evaluations.clean.kind"),
+    ("study-eval-unknown-model", _study(_edit("evaluations.clean.models", ["a", "zz"])), "zz"),
+    ("study-eval-unknown-option", _study(_edit("evaluations.clean.limt", 3)), "limt"),
+    ("study-unknown-key", _study(_edit("modles", {})), "modles"),
+    ("study-limit-zero", _study(_edit("limit", 0)), "limit"),
+    ("study-bad-override", _study(None, "nosuch.key=1"), "nosuch"),
+    pytest.param("study-device-cuda", _study(_edit("device", "cuda")), "cuda", marks=NO_GPU,
+                 id="study-device-cuda"),
+    ("study-malformed-yaml", _with_file("study.yaml", "name: x\nmodels: [a\n", lambda tmp, run: [
+        "study", str(tmp / "study.yaml")]), "study.yaml:"),
+    ("study-batch-size-abc", _study(_edit("batch_size", "abc")), "batch_size"),
+    ("study-whitebox-bad-steps", _study(_edit("evaluations.clean", {"kind": "whitebox", "steps": "x"})),
+     "evaluations.clean.steps"),
+    # -- robustlab eval
+    ("eval-unknown-protocol", _eval("--protocol", "nosuchprotocol"), "--protocol"),
+    ("eval-eps-300", _eval("--eps", "300"), "--eps"),
+    ("eval-eps-abc", _eval("--eps", "abc"), "--eps"),
+    ("eval-batch-size-zero", _eval("--batch-size", "0"), "--batch-size"),
+    ("eval-limit-zero", _eval("--limit", "0"), "--limit"),
+    ("eval-steps-words", _eval("--steps", "a,b"), "--steps"),
+    ("eval-missing-factory-file", _eval(model="missing.py:make"), "missing.py"),
+    ("eval-factory-not-a-module", _eval(model="factory.py:notmodule"), "notmodule"),
+    ("eval-mean-without-std", _eval("--mean", "0.5"), "--std"),
+    ("eval-mean-not-numbers", _eval("--mean", "a,b", "--std", "0.5"), "--mean"),
+    ("eval-transfer-one-model", _eval("--protocol", "transfer"), "transfer"),
+    ("eval-unknown-dataset", lambda tmp, run: ["eval", "--checkpoint", _copy_run(tmp, run), "--data", "nosuchdata"],
+     "nosuchdata"),
+    ("eval-missing-checkpoint", lambda tmp, run: ["eval", "--checkpoint", str(tmp / "gone"), "--data", "digits"],
+     "gone"),
+    pytest.param("eval-device-cuda", _eval("--device", "cuda"), "cuda", marks=NO_GPU, id="eval-device-cuda"),
+    ("eval-out-is-a-file", _with_file("taken", "x", lambda tmp, run: _eval("--out", str(tmp / "taken"))(tmp, run)),
+     "taken"),
+    ("eval-device-nonsense", _eval("--device", "nosuchdevice"), "nosuchdevice"),
+    ("eval-workers-negative", _eval("--workers", "-1"), "--workers"),
+    ("eval-restarts-zero", _eval("--restarts", "0"), "--restarts"),
+    ("eval-missing-weights", _eval("--weights", "gone.safetensors", model="factory.py:make"), "gone.safetensors"),
+    # -- robustlab attack
+    ("attack-unknown-attack", _attack("--attack", "pgdd"), "pgdd"),
+    ("attack-eps-negative", _attack("--eps", "-3"), "eps"),
+    ("attack-eps-abc", _attack("--eps", "abc"), "--eps"),
+    ("attack-steps-abc", _attack("--steps", "abc"), "--steps"),
+    ("attack-missing-checkpoint", lambda tmp, run: _attack(model=str(tmp / "gone") + "/")(tmp, run), "gone"),
+    ("attack-unknown-data", lambda tmp, run: ["attack", "--model", "smallcnn", "--data", "nosuchdata"],
+     "nosuchdata"),
+    ("attack-unknown-model", _attack(model="nosuchnet"), "nosuchnet"),
+    ("attack-batch-size-zero", _attack("--batch-size", "0"), "--batch-size"),
+    ("attack-limit-zero", _attack("--limit", "0"), "--limit"),
+    ("attack-config-unknown-option", lambda tmp, run: _attack("--config", _yaml(tmp, {"epz": 3}))(tmp, run), "epz"),
+    ("attack-config-malformed",
+     _with_file("a.yaml", "eps: [3\n", lambda tmp, run: _attack("--config", str(tmp / "a.yaml"))(tmp, run)),
+     "a.yaml:"),
+    pytest.param("attack-device-cuda", _attack("--device", "cuda"), "cuda", marks=NO_GPU, id="attack-device-cuda"),
+    ("attack-out-is-a-file",
+     _with_file("taken", "x", lambda tmp, run: _attack("--out", str(tmp / "taken"))(tmp, run)), "taken"),
+    ("attack-device-nonsense", _attack("--device", "nosuchdevice"), "nosuchdevice"),
+    ("attack-missing-config", lambda tmp, run: _attack("--config", str(tmp / "gone.yaml"))(tmp, run), "gone.yaml"),
+    ("attack-missing-weights", _attack("--weights", "gone.safetensors"), "gone.safetensors"),
+    ("attack-unknown-activation", _attack("--act", "nosuchact"), "nosuchact"),
+    ("attack-steps-zero", _attack("--steps", "0"), "steps"),
+    ("attack-dag-without-model", lambda tmp, run: ["attack", "--dag"], "--model"),
+    ("attack-no-model", lambda tmp, run: ["attack", "--data", "digits"], "--model"),
+    # -- robustlab report, list, and the command itself
+    ("report-no-results", lambda tmp, run: ["report", str(tmp)], "results.json"),
+    ("report-missing-dir", lambda tmp, run: ["report", str(tmp / "gone")], "gone"),
+    ("list-nonsense", lambda tmp, run: ["list", "nonsense"], "nonsense"),
+    ("unknown-command", lambda tmp, run: ["nosuchcommand"], "nosuchcommand"),
+]
+
+
+PARAMS = [c if hasattr(c, "marks") else pytest.param(*c, id=c[0]) for c in CASES]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every file and folder under ``root`` with its content digest; Python's
+    bytecode caches (from importing a ``file.py:factory``) are not outputs."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if "__pycache__" in p.parts:
+            continue
+        out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    return out
+
+
+@pytest.mark.parametrize(("name", "make", "fragment"), PARAMS)
+def test_bad_command_line_is_refused_before_work(name, make, fragment, trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = make(tmp_path, trained)
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse errors
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, f"{name}: exit code {code}; stderr: {err}"
+    assert "Traceback" not in err, err
+    assert fragment in err, f"{name}: {fragment!r} not in stderr: {err}"
+    assert "invalid literal" not in err, err
+    assert _snapshot(tmp_path) == before, f"{name}: files written or changed"
