@@ -143,8 +143,8 @@ def pgd(*, eps: float = EPS_PGD, steps: int = EVAL_PGD_STEPS, step_size: float |
     :func:`pgd_train`."""
     eps = check_number(eps, "eps", low=0.0)
     steps = int(check_number(steps, "steps", low=0, integer=True))
-    if step_size is None:
-        step_size = _l2_step(eps, steps) if steps else max(eps, 1e-12)
+    if step_size is None:  # ε = 0 (the identity) still needs a positive step
+        step_size = max(_l2_step(eps, steps), 1e-12)
     return IterativeAttack(eps=eps, steps=steps, step_size=step_size, norm=norm, random_start=random_start,
                            clean_init_prob=clean_init_prob, name="pgd", **kw)
 
