@@ -11,8 +11,8 @@ called with more, and a sample that breaks leaves its slot to the next one
 (:mod:`robustlab.attacks.cascade`), so the cost follows the samples that
 resist. Nothing concatenates the whole data; memory is flat in its size.
 
-Before the attacks, the gradient-masking checklist (:mod:`.sanity`) runs on
-the first images; when it flags the model (or ``fallback=True``) the
+Before the attacks, the gradient-masking checks (:mod:`.sanity`: unbounded
+attack, black-box vs white-box, noise, loss growth) run on the first images; when it flags the model (or ``fallback=True``) the
 ``standard`` protocol adds a gradient-free Square Attack on the survivors,
 and the result says so and why. Every result audits itself (max perturbation,
 NaN count, pixel range, as AutoAttack's final report).
@@ -333,7 +333,7 @@ def _checklist(model: nn.Module, x0: Tensor, y0: Tensor, *, protocol: str, fallb
     if run:
         n_check = min(CHECKLIST_IMAGES, capacity, len(y0))
         report = run_sanity_checks(model, [(x0[:n_check], y0[:n_check])], eps=eps, steps=10, queries=100,
-                                   noise_draws=2, limit=n_check, seed=seed, device=device, norm=norm)
+                                   noise_draws=2, limit=n_check, seed=seed, device=device, norm=norm, sweeps=False)
         sanity = report.as_dict()
         warnings = [str(w) for w in report.warnings]
     flagged = bool(sanity and sanity["warnings"])
