@@ -12,9 +12,10 @@ called with more, and a sample that breaks leaves its slot to the next one
 resist. Nothing concatenates the whole data; memory is flat in its size.
 
 Before the attacks, the gradient-masking checks (:mod:`.sanity`: unbounded
-attack, black-box vs white-box, noise, loss growth) run on the first images; when it flags the model (or ``fallback=True``) the
-``standard`` protocol adds a gradient-free Square Attack on the survivors,
-and the result says so and why. Every result audits itself (max perturbation,
+attack, black-box vs white-box, noise, loss growth) run on the first images;
+when they flag the model (or ``fallback=True``) the ``standard`` protocol
+adds a gradient-free Square Attack on the survivors, and the result says so
+and why. Every result audits itself (max perturbation,
 NaN count, pixel range, as AutoAttack's final report).
 """
 from __future__ import annotations
