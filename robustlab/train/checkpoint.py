@@ -14,6 +14,7 @@ the previous checkpoint intact and no half-written one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -114,6 +115,7 @@ def save_checkpoint(
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))
         record = {"format": FORMAT, "step": step, "sha256": sha256_file(tmp / TENSORS),
                   "optimizer": opt_meta, "rng": rng_meta, **(meta or {})}
+        record["meta_sha256"] = _record_digest(record)  # state.json itself is covered too
         (tmp / META).write_text(json.dumps(record, indent=1))
         if final.exists():
             shutil.rmtree(final)
@@ -138,6 +140,12 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _record_digest(record: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint record's canonical JSON, without its own digest."""
+    body = {k: v for k, v in record.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, metadata) of a checkpoint directory, verified against its checksum."""
@@ -153,6 +161,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"checkpoint {meta_path} is corrupted (not valid JSON: {err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path} is not a robustlab training checkpoint (format {FORMAT})")
+    if meta.get("meta_sha256") != _record_digest(meta):
+        raise CheckpointError(f"checkpoint {meta_path} was edited or is corrupted: its content does not match "
+                              "the digest recorded when it was written")
     if sha256_file(tensor_path) != meta.get("sha256"):
         raise CheckpointError(
             f"checkpoint {tensor_path} is corrupted or truncated: its SHA-256 does not match {META}"

@@ -309,7 +309,19 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop the metrics a killed run logged after its last checkpoint."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # torn by the kill: the write it belonged to is redone
+                break
+            raise ValueError(f"{path}: line {i + 1} is not valid JSON; the metrics file is corrupted") from None
+        if not isinstance(record, dict) or "step" not in record:
+            raise ValueError(f"{path}: line {i + 1} is not a metrics record (no 'step')")
+        if record["step"] <= step:
+            kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 

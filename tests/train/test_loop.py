@@ -240,3 +240,32 @@ def test_load_trained_model_gives_the_exported_or_the_routed_model(tmp_path):
     vanilla = tmp_path / "vanilla"
     rl.train.fit(small_model(ds.info), ds, out=vanilla, epochs=1, batch_size=128, progress=False)
     _same_weights(rl.train.checkpoint.load_trained_model(vanilla), rl.models.load_model(vanilla))
+
+
+def test_edited_checkpoint_record_is_refused(tmp_path):
+    """state.json (step, options, RNG metadata) is covered by a digest: editing it is refused."""
+    import json
+
+    from robustlab.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = save_checkpoint(tmp_path, 5, model=model, optimizer=opt)
+    load_checkpoint(path)  # as written: accepted
+    meta = json.loads((path / "state.json").read_text())
+    meta["step"] = 500
+    (path / "state.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="edited"):
+        load_checkpoint(path)
+
+
+def test_metrics_truncation_tolerates_a_torn_last_line(tmp_path):
+    from robustlab.train.loop import _truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    _truncate_metrics(path, 2)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+    path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl: line 2"):
+        _truncate_metrics(path, 2)
