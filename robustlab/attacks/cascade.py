@@ -595,10 +595,6 @@ def concat_outcomes(parts: list[Outcome], order: bool = False) -> Outcome:
     return out
 
 
-def is_finite_logits(z: Tensor) -> bool:
-    return bool(torch.isfinite(z).all())
-
-
 def model_forward(model: nn.Module) -> Callable[[Tensor], Tensor]:
     """model(x) checked to be a (N, K) tensor of logits."""
 
