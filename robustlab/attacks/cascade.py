@@ -162,6 +162,11 @@ def stage_loss(name: str, z: Tensor, y: Tensor, target: Tensor | None) -> Tensor
     return -F.cross_entropy(z, target, reduction="none") if name == "ce" else margin(z, target)
 
 
+def wrong_classes_by_rank(z: Tensor, y: Tensor) -> Tensor:
+    """(N, K−1): each sample's wrong classes, most likely first (APGD-T's targets)."""
+    return z.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)[:, : max(z.shape[1] - 1, 1)]
+
+
 def square_fraction(p_init: float, it: Tensor, budget: int) -> Tensor:
     """Square's schedule of p, the fraction of the image one square covers:
     halved at queries 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 of a
@@ -225,6 +230,24 @@ class Cascade:
         self.records = max((len(s.record) for s in stages), default=0)
         self.iterations = 0  # model evaluations summed over slots
         self.calls = 0
+        self._tables: dict[torch.device, dict[str, Tensor]] = {}
+
+    def table(self, name: str, device: torch.device) -> Tensor:
+        """A per-stage constant (indexed by stage id) on ``device``: ``kind``,
+        ``early``, ``budget``, ``records``, ``apgd``, ``untargeted_or_random``,
+        ``interval``. Built once per device, not at every step."""
+        if device not in self._tables:
+            st = self.stages
+            self._tables[device] = {
+                "kind": torch.tensor([STAGE_KINDS.index(s.kind) for s in st], device=device),
+                "early": torch.tensor([s.early_stop for s in st], device=device),
+                "budget": torch.tensor([s.steps for s in st], device=device),
+                "records": torch.tensor([bool(s.record) for s in st], device=device),
+                "apgd": torch.tensor([s.kind == "apgd" for s in st], device=device),
+                "untargeted_or_random": torch.tensor([s.target != "top" for s in st], device=device),
+                "interval": torch.tensor([apgd_checkpoints(s.steps)[0] for s in st], device=device),
+            }
+        return self._tables[device][name]
 
     # -- entering and leaving -----------------------------------------------
 
@@ -250,8 +273,7 @@ class Cascade:
             loss_best=zeros.clone(), loss_prev=zeros.clone(),
             eta=torch.full((n,), 2 * self.eps, device=x.device),
             since=torch.zeros(n, dtype=torch.long, device=x.device),
-            interval=torch.tensor([apgd_checkpoints(self.stages[int(s)].steps)[0] for s in stage_ids],
-                                  dtype=torch.long, device=x.device).reshape(n),
+            interval=self.table("interval", x.device)[stage_ids],
             n_incr=torch.zeros(n, dtype=torch.long, device=x.device), best_last=zeros.clone(),
             reduced_last=torch.ones(n, dtype=torch.bool, device=x.device),
             x_broken=x_adv.clone(), sq_margin=torch.full((n,), float("inf"), device=x.device),
@@ -273,8 +295,7 @@ class Cascade:
         """The next stage of each row after ``stage``, skipping 'top' stages
         without a target (fewer classes than targets); len(stages): none left."""
         nxt = stage + 1
-        usable = torch.tensor([st.target != "top" for st in self.stages], device=stage.device)[None, :] | (
-            targets >= 0)
+        usable = self.table("untargeted_or_random", stage.device)[None, :] | (targets >= 0)
         for _ in range(len(self.stages)):
             clipped = nxt.clamp(max=len(self.stages) - 1)
             bad = (nxt < len(self.stages)) & ~usable.gather(1, clipped[:, None]).squeeze(1)
@@ -313,9 +334,7 @@ class Cascade:
         n = len(self.pool)
         if n == 0:
             return None
-        kinds = torch.tensor([STAGE_KINDS.index(self.stages[s].kind) for s in range(len(self.stages))],
-                             device=t["x"].device)[t["stage"]]
-        is_sq = kinds == STAGE_KINDS.index("square")
+        is_sq = self.table("kind", t["x"].device)[t["stage"]] == STAGE_KINDS.index("square")
         logits = self._evaluate(t, is_sq)
         if not bool(torch.isfinite(logits).all()):  # a NaN logit's argmax would read as a broken image
             bad = t["idx"][~torch.isfinite(logits).all(1)][:5].tolist()
@@ -332,8 +351,8 @@ class Cascade:
         t["broke_step"] = torch.where(first, t["it"], t["broke_step"])
         if bool(first.any()):
             t["x_broken"][first] = t["x_adv"][first]
-        early = torch.tensor([st.early_stop for st in self.stages], device=wrong.device)[t["stage"]]
-        budget = torch.tensor([st.steps for st in self.stages], device=wrong.device)[t["stage"]]
+        early = self.table("early", wrong.device)[t["stage"]]
+        budget = self.table("budget", wrong.device)[t["stage"]]
         stuck = self._fixed_point(is_sq, early, wrong)
         if bool(stuck.any()):  # nothing can move them again in this stage: on to the next
             t["it"] = torch.where(stuck, budget, t["it"])
@@ -363,13 +382,13 @@ class Cascade:
         fixed iterations run on."""
         t = self.pool.t
         cand = ~is_sq & early & ~wrong
-        cand &= torch.tensor([not st.record for st in self.stages], device=cand.device)[t["stage"]]
+        cand &= ~self.table("records", cand.device)[t["stage"]]
         if not bool(cand.any()):
             return cand
         rows = cand.nonzero().squeeze(1)
         zero = t["grad"][rows].flatten(1).abs().amax(1) == 0
         zero &= (t["x_adv"][rows] - t["x_old"][rows]).flatten(1).abs().amax(1) == 0
-        apgd = torch.tensor([st.kind == "apgd" for st in self.stages], device=cand.device)[t["stage"][rows]]
+        apgd = self.table("apgd", cand.device)[t["stage"][rows]]
         zero &= ~apgd | ((t["x_adv"][rows] - t["x_best"][rows]).flatten(1).abs().amax(1) == 0)
         out = torch.zeros_like(cand)
         out[rows] = zero
@@ -570,7 +589,7 @@ def run_batch(forward: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, stages:
     by the caller or not: clean-wrong samples leave at step 0 of stage 0)."""
     with torch.no_grad():
         z = forward(x)
-    top = z.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)[:, : max(z.shape[1] - 1, 1)]
+    top = wrong_classes_by_rank(z, y)
     casc = Cascade(forward, stages, eps=eps, norm=norm, capacity=capacity or len(y), seed=seed,
                    num_classes=z.shape[1])
     casc.feed(x, y, torch.arange(len(y), device=x.device), top)
@@ -611,4 +630,5 @@ def model_forward(model: nn.Module) -> Callable[[Tensor], Tensor]:
 
 
 __all__ = ["CLEAN_WRONG", "SURVIVED", "Cascade", "Outcome", "Stage", "apgd_checkpoints", "concat_outcomes",
-           "drain", "keyed_uniform", "margin", "model_forward", "run_batch", "square_fraction", "stage_loss"]
+           "drain", "keyed_uniform", "margin", "model_forward", "run_batch", "square_fraction", "stage_loss",
+           "wrong_classes_by_rank"]

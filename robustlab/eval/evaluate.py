@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from robustlab._checks import check_batch, check_channels, check_label_range
-from robustlab.attacks.cascade import CLEAN_WRONG, SURVIVED, Cascade, Outcome, model_forward
+from robustlab.attacks.cascade import CLEAN_WRONG, SURVIVED, Cascade, Outcome, model_forward, wrong_classes_by_rank
 from robustlab.eval import protocols
 from robustlab.eval.sanity import run_sanity_checks
 from robustlab.nn.state import inference_state
@@ -389,7 +389,7 @@ class _Feeder:
                 if not bool(right[j]):  # misclassified as it is: its own adversarial example
                     self.examples[i] = self.clean[i]
         self.tally.add_clean_wrong(idx[~right].cpu(), self.n_rec)
-        top = z.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)[:, : self.num_classes - 1]
+        top = wrong_classes_by_rank(z, y)
         if bool(right.any()):
             self.pending.append((x[right], y[right], idx[right], top[right]))
 
