@@ -38,8 +38,16 @@ class DataConfig:
     eval_limit: int | None = 1000     # evaluation images (first N)
     size: int | None = None
     channels: int | None = None
-    augment: str = "none"             # none | flip_crop | autoaugment
+    augment: str | None = None        # none | flip_crop | random_resized_crop | autoaugment; None: the
+    #                                   dataset's standard (random_resized_crop for ImageFolder, none otherwise)
     download: bool = True
+    workers: int | None = None        # loader processes for streamed data (ImageFolder); None: train.workers
+
+    def train_augment(self) -> str:
+        """The training augmentation: ``augment``, or the dataset's standard one."""
+        if self.augment is not None:
+            return self.augment
+        return "random_resized_crop" if self.name.startswith("imagefolder:") else "none"
 
 
 @dataclass
@@ -202,12 +210,14 @@ def _check_data(d: DataConfig) -> None:
         raise ValueError(f"config key data.name must be a dataset name; got {d.name!r}")
     for key in ("limit", "eval_limit", "size", "channels"):
         setattr(d, key, _whole(getattr(d, key), f"data.{key}"))
+    d.workers = _whole(d.workers, "data.workers", low=0)
     if not isinstance(d.download, bool):
         raise ValueError(f"config key data.download must be true or false; got {d.download!r}")
-    try:
-        create_augment(d.augment)
-    except ValueError as err:
-        raise ValueError(f"config key data.{err}") from None
+    if d.augment is not None:
+        try:
+            create_augment(d.augment)
+        except ValueError as err:
+            raise ValueError(f"config key data.{err}") from None
 
 
 def _check_eval(ev: EvalConfig) -> None:
@@ -276,6 +286,11 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
     )
     cfg.train.seed = cfg.seed
     cfg.train.device = cfg.device
+    if data.workers is not None:
+        if "workers" in train and train["workers"] != data.workers:
+            raise ValueError(f"config keys data.workers ({data.workers}) and train.workers ({train['workers']}) "
+                             "disagree; set data.workers only")
+        cfg.train.workers = data.workers
     return cfg
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ from robustlab._io import pick_device
 from robustlab.app.config import RunConfig
 from robustlab.app.rundir import RunDir, default_path, fingerprint_of
 from robustlab.data import load_dataset
-from robustlab.data.augment import create_augment
 from robustlab.nn.norm import route, route_names
 from robustlab.train import fit, recipes
 from robustlab.units import from_255, parse_eps
@@ -47,36 +46,6 @@ def build_model(cfg: RunConfig, info: Any, recipe: recipes.Recipe) -> nn.Module:
         spec.setdefault("routes", list(recipe.routes))
     torch.manual_seed(cfg.seed)  # the same initial weights on every run (and every DDP rank)
     return create_model(name, info.num_classes, in_channels=info.channels, mean=info.mean, std=info.std, **spec)
-
-
-class AugmentedDataset:
-    """An in-memory dataset whose batches are augmented on the fly (global RNG,
-    which training checkpoints, so resume stays exact)."""
-
-    def __init__(self, dataset: Any, augment: Callable) -> None:
-        self.dataset, self.augment, self.info = dataset, augment, dataset.info
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> Any:
-        x, y = self.dataset[i]
-        return self.augment(x[None], None)[0], y
-
-    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.dataset.batch(index)
-        return self.augment(x, None), y
-
-    @property
-    def nbytes(self) -> int:
-        return self.dataset.nbytes
-
-    @property
-    def device(self) -> torch.device:
-        return self.dataset.device
-
-    def to(self, device: torch.device | str) -> AugmentedDataset:
-        return AugmentedDataset(self.dataset.to(device), self.augment)
 
 
 EVAL_BATCH = 250  # images attacked at once by the training-time evaluation
@@ -113,23 +82,34 @@ def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device) 
     d, ev = cfg.data, cfg.eval
     test = load_dataset(d.name, d.eval_split, data_dir=d.data_dir, limit=d.eval_limit, download=d.download,
                         size=d.size, channels=d.channels)
-    x, y = test.batch(slice(0, len(test)))
-    x, y = x.to(device), y.to(device)
-    n_adv = len(y) if ev.limit is None else min(ev.limit, len(y))
+    n_adv = len(test) if ev.limit is None else min(ev.limit, len(test))
+    if hasattr(test, "batch"):  # in memory: on the device once
+        x, y = test.batch(slice(0, len(test)))
+        x, y = x.to(device), y.to(device)
 
-    def attack() -> Any:
-        return eval_attack(cfg, recipe)
+        def batches(n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            yield from ((x[i: min(i + EVAL_BATCH, n)], y[i: min(i + EVAL_BATCH, n)]) for i in range(0, n, EVAL_BATCH))
+    else:  # an ImageFolder: streamed at every evaluation, never held whole
+        from torch.utils.data import DataLoader, Subset
+
+        def batches(n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            part = test if n == len(test) else Subset(test, range(n))
+            for xb, yb in DataLoader(part, batch_size=EVAL_BATCH, num_workers=cfg.train.workers,
+                                     pin_memory=device.type == "cuda"):
+                yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         out: dict[str, float] = {}
         for name in route_names(model) or (None,):
             tag = f"_{name}" if name is not None else ""
             with route(model, name):
-                out[f"clean_acc{tag}"] = accuracy(model, x, y)
+                right = seen = 0
+                for xb, yb in batches(len(test)):
+                    right += round(accuracy(model, xb, yb) * len(yb))
+                    seen += len(yb)
+                out[f"clean_acc{tag}"] = right / seen
                 if ev.attack:
-                    batches = [(x[i: min(i + EVAL_BATCH, n_adv)], y[i: min(i + EVAL_BATCH, n_adv)])
-                               for i in range(0, n_adv, EVAL_BATCH)]
-                    res = robust_accuracy(attack(), model, batches, device=device)
+                    res = robust_accuracy(eval_attack(cfg, recipe), model, batches(n_adv), device=device)
                     out[f"{ev.attack}_acc{tag}"] = res["robust_accuracy"]
         return out
 
@@ -138,7 +118,7 @@ def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device) 
 
 # Training options a resumed run may change: how long it trains and how it
 # logs, not what it trains. Everything else of the config is the run's identity.
-RESUMABLE_TRAIN_KEYS = ("epochs", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every", "device",
+RESUMABLE_TRAIN_KEYS = ("epochs", "checkpoint_every", "keep_checkpoints", "log_every", "log", "eval_every", "device",
                         "workers", "progress")
 
 
@@ -149,6 +129,7 @@ def identity(cfg: RunConfig) -> dict[str, Any]:
     d = cfg.to_dict()
     d.pop("device")
     d.pop("eval")
+    d["data"].pop("workers")  # keyed augmentation: the worker count changes no image
     d["train"] = {k: v for k, v in d["train"].items() if k not in RESUMABLE_TRAIN_KEYS}
     return d
 
@@ -199,9 +180,7 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
     run = RunDir(out, "train", fingerprint_of(identity(cfg)), writer=main)  # another run there: refused now
     d = cfg.data
     train_set = load_dataset(d.name, "train", data_dir=d.data_dir, limit=d.limit, download=d.download,
-                             size=d.size, channels=d.channels)
-    if d.augment != "none":
-        train_set = AugmentedDataset(train_set, create_augment(d.augment))
+                             size=d.size, channels=d.channels, augment=d.train_augment())
     model = build_model(cfg, train_set.info, recipe)
     run_dir = run.path
     if main:

@@ -14,10 +14,12 @@ from robustlab.data.datasets import (
 from robustlab.data.info import INFO, DatasetInfo
 from robustlab.data.scenes import SceneDetection, Scenes, detection_collate, make_scenes
 from robustlab.data.sources import DataNotFoundError, read_idx
+from robustlab.data.streaming import Augmented, SeededTransform, augmented
 
 __all__ = [
     "CORRUPTIONS", "INFO", "DataNotFoundError", "augment_names", "corrupt", "corruption_names", "create_augment",
     "DatasetInfo", "TensorBatches", "TensorImageDataset",
     "dataset_info", "dataset_names", "load_dataset", "make_loader", "read_idx",
     "SceneDetection", "Scenes", "detection_collate", "make_scenes",
+    "Augmented", "SeededTransform", "augmented",
 ]

@@ -17,8 +17,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from robustlab.data import sources
+from robustlab.data.augment import create_augment
 from robustlab.data.folder import image_folder
 from robustlab.data.info import INFO, DatasetInfo
+from robustlab.data.streaming import augmented
 
 SPLITS = ("train", "test")
 
@@ -75,6 +77,7 @@ def load_dataset(
     download: bool = True,
     size: int | None = None,
     channels: int | None = None,
+    augment: str | None = None,
 ) -> Dataset:
     """A dataset by name.
 
@@ -88,7 +91,14 @@ def load_dataset(
         limit: keep the first ``limit`` samples (a fixed, class-mixed subset).
         download: fetch missing files when online.
         size, channels: resize to size×size and/or repeat gray to 3 channels
-            once in memory (e.g. Fashion-MNIST as CIFAR-shaped input).
+            once in memory (e.g. Fashion-MNIST as CIFAR-shaped input). For an
+            ImageFolder, ``size`` is the crop (224 by default).
+        augment: training augmentation (``none``, ``flip_crop``,
+            ``random_resized_crop``, ``autoaugment``), drawn per (seed, epoch,
+            index): an ImageFolder then crops the decoded image in the loader
+            workers (:mod:`robustlab.data.folder`); in-memory data is wrapped
+            by :func:`robustlab.data.streaming.augmented`. None: no augmentation
+            (ImageFolder: the evaluation pre-processing).
     """
     if split not in SPLITS and not str(name).startswith("imagefolder:"):
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
@@ -97,8 +107,10 @@ def load_dataset(
     for arg, value in (("size", size), ("channels", channels)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             raise ValueError(f"{arg} must be a positive integer (or None to keep the dataset's); got {value!r}")
+    if augment is not None:
+        create_augment(augment)  # an unknown name fails before any file is read
     if str(name).startswith("imagefolder:"):
-        return image_folder(name.split(":", 1)[1], split, limit=limit, size=size or 224)
+        return image_folder(name.split(":", 1)[1], split, limit=limit, size=size or 224, augment=augment)
     key = str(name).lower().replace("-", "_")
     if key not in INFO:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
@@ -115,7 +127,8 @@ def load_dataset(
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     images, info = _reshape(images, info, size, channels)
-    return TensorImageDataset(images, labels, info)
+    dataset = TensorImageDataset(images, labels, info)
+    return augmented(dataset, augment) if augment is not None else dataset
 
 
 def _digits(split: str) -> tuple[Tensor, np.ndarray]:

@@ -1,21 +1,40 @@
-"""ImageFolder trees (ImageNet layout: ROOT/SPLIT/CLASS/IMAGE) with the standard
-evaluation pre-processing: resize the shorter side to size·256/224, centre crop."""
+"""ImageFolder trees (ImageNet layout: ROOT/SPLIT/CLASS/IMAGE).
+
+Evaluation pre-processing is the standard one: resize the shorter side to
+size·256/224, centre crop to size (float [0, 1] images). Training data
+(``augment=`` given) is decoded and cropped where it is loaded — in the
+DataLoader workers — and returned as uint8 (C, H, W), a quarter of the bytes
+to move between processes and to the GPU; the trainer scales it to [0, 1] on
+the device, and normalization stays inside the model. Its random draws come
+from (seed, epoch, index) (:mod:`robustlab.data.streaming`), so a resumed
+run, or one with another worker count, sees the same crops.
+
+Training transforms by ``augment``:
+
+* ``random_resized_crop`` (the default for ImageFolder): the torchvision/timm
+  ImageNet recipe, ``RandomResizedCrop(size)`` on the decoded image (8–100% of
+  its area, aspect 3/4–4/3) and a horizontal flip;
+* ``autoaugment``: the same, then AutoAugment's ImageNet policy (AdvProp's
+  EfficientNets, §7.5.1);
+* ``flip_crop``: the evaluation resize and centre crop, then the CIFAR
+  recipe (zero-pad 4, random crop, flip);
+* ``none``: the evaluation pre-processing.
+"""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import Dataset, Subset
 
 from robustlab.data.info import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
 from robustlab.data.sources import DataNotFoundError
+from robustlab.data.streaming import SeededTransform
+
+TRAIN_AUGMENTS = ("none", "flip_crop", "random_resized_crop", "autoaugment")
 
 
-def image_folder(root: str | Path, split: str, *, limit: int | None = None, size: int = 224) -> Dataset:
-    """Images of ROOT/SPLIT (``test`` also tries ``val``), as [0, 1] tensors."""
-    import torchvision.transforms as T
-    from torchvision.datasets import ImageFolder
-
-    root = Path(root).expanduser()
+def _find_split(root: Path, split: str) -> Path:
     names = (split, "val") if split == "test" else (split,)
     tried = [root / s for s in names] + [root]
     folder = next((p for p in tried if p.is_dir() and any(c.is_dir() for c in p.iterdir())), None)
@@ -23,12 +42,60 @@ def image_folder(root: str | Path, split: str, *, limit: int | None = None, size
         raise DataNotFoundError(
             "imagefolder: no class folders found. Paths tried:\n" + "\n".join(f"  {p}" for p in tried)
         )
-    transform = T.Compose([T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size), T.ToTensor()])
-    ds = ImageFolder(str(folder), transform=transform)
-    info = DatasetInfo(f"imagefolder:{root}", len(ds.classes), 3, size, IMAGENET_MEAN, IMAGENET_STD, tuple(ds.classes))
-    if limit is not None and limit < len(ds):
-        # A class-mixed subset: every k-th image rather than the first classes only.
-        step = len(ds) / limit
-        ds = Subset(ds, [int(i * step) for i in range(limit)])
+    return folder
+
+
+def _subset(n: int, limit: int | None) -> list[int] | None:
+    """Every k-th image (a class-mixed subset rather than the first classes only)."""
+    if limit is None or limit >= n:
+        return None
+    step = n / limit
+    return [int(i * step) for i in range(limit)]
+
+
+def eval_transform(size: int) -> Any:
+    import torchvision.transforms as T
+
+    return T.Compose([T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size), T.ToTensor()])
+
+
+def train_transform(size: int, augment: str) -> Any:
+    """The PIL pipeline of one training image, ending in a uint8 (C, H, W) tensor."""
+    import torchvision.transforms as T
+
+    if augment not in TRAIN_AUGMENTS:
+        raise ValueError(f"augment must be one of {TRAIN_AUGMENTS}; got {augment!r}")
+    resize = [T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size)]
+    steps = {
+        "none": resize,
+        "flip_crop": resize + [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()],
+        "random_resized_crop": [T.RandomResizedCrop(size), T.RandomHorizontalFlip()],
+        "autoaugment": [T.RandomResizedCrop(size), T.RandomHorizontalFlip(),
+                        T.AutoAugment(T.AutoAugmentPolicy.IMAGENET)],
+    }[augment]
+    return T.Compose([*steps, T.PILToTensor()])
+
+
+def image_folder(root: str | Path, split: str, *, limit: int | None = None, size: int = 224,
+                 augment: str | None = None) -> Dataset:
+    """Images of ROOT/SPLIT (``test`` also tries ``val``).
+
+    Without ``augment``: evaluation images, float [0, 1]. With it: training
+    images (uint8, keyed by (seed, epoch, index); see the module docstring)."""
+    from torchvision.datasets import ImageFolder
+
+    root = Path(root).expanduser()
+    folder = _find_split(root, split)
+    if augment is None:
+        ds: Dataset = ImageFolder(str(folder), transform=eval_transform(size))
+    else:
+        ds = ImageFolder(str(folder))
+    classes = tuple(ds.classes)
+    info = DatasetInfo(f"imagefolder:{root}", len(classes), 3, size, IMAGENET_MEAN, IMAGENET_STD, classes)
+    indices = _subset(len(ds), limit)
+    if augment is not None:
+        return SeededTransform(ds, train_transform(size, augment), indices=indices, info=info)
+    if indices is not None:
+        ds = Subset(ds, indices)
     ds.info = info
     return ds
