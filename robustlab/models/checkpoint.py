@@ -24,7 +24,8 @@ from robustlab.models.factory import create_model
 WEIGHTS, META = "model.safetensors", "model.json"
 _SPEC_KEY = "robustlab.spec"  # the spec's copy in the safetensors header
 _REQUIRED = ("name", "num_classes", "in_channels", "mean", "std")
-_OPTIONAL = ("act", "act_options", "norm", "denoise", "denoise_where", "routes", "kwargs")
+_BUILD = ("act", "act_options", "norm", "denoise", "denoise_where", "routes")  # create_model's own options
+_OPTIONAL = (*_BUILD, "pretrained", "kwargs")
 _NORMS, _WHERE = ("bn", "mbn", "gn"), ("stages", "all")
 _EXPECTED = (f"a directory written by robustlab.models.save_model: {WEIGHTS} and {META} holding "
              '{"spec": {name, num_classes, in_channels, mean, std, ...}, "sha256": ..., "meta": {...}}')
@@ -74,10 +75,13 @@ def load_model(path: str | Path, map_location: str = "cpu") -> nn.Module:
         raise ValueError(f"{weights_path} is corrupted or truncated: its sha256 {actual} differs from {digest} "
                          f"recorded in {meta_path}")
     state = _read_weights(weights_path, spec, meta_path, map_location)
+    # the architecture only: spec.pretrained records where the weights first came
+    # from, but the checkpoint holds them, so nothing is downloaded or read again
+    kwargs = {k: v for k, v in (spec.get("kwargs") or {}).items() if k not in ("pretrained", "weights")}
     try:
         model = create_model(
             spec["name"], spec["num_classes"], in_channels=spec["in_channels"], mean=spec["mean"], std=spec["std"],
-            **{k: spec[k] for k in _OPTIONAL[:-1] if k in spec}, **spec.get("kwargs", {}),
+            **{k: spec[k] for k in _BUILD if k in spec}, **kwargs,
         )
     except (ValueError, TypeError, KeyError) as err:
         raise ValueError(f"{meta_path}: its spec does not build a model: {err}") from None
@@ -147,7 +151,7 @@ def _check_spec(spec: object, meta_path: Path) -> None:
     _check_choice(spec.get("denoise"), DENOISE_OPS, bad("denoise", f"null or one of {list(DENOISE_OPS)}"))
     _check_choice(spec.get("denoise_where", "stages"), _WHERE, bad("denoise_where", f"one of {list(_WHERE)}"),
                   optional=False)
-    for key in ("act_options", "kwargs"):
+    for key in ("act_options", "kwargs", "pretrained"):
         if spec.get(key) is not None and not isinstance(spec[key], dict):
             raise bad(key, "null or a JSON object")
     routes = spec.get("routes", [])

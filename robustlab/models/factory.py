@@ -4,7 +4,9 @@ Built-in: ``smallcnn`` (width/depth knobs), ``resnet18_cifar``,
 ``resnet34_cifar`` and ``resnet{6n+2}_cifar`` (20, 32, 56, 110, ... for the
 "going deeper" study of §6.5; a ``width`` knob). External:
 ``timm:NAME`` and ``tv:NAME`` (torchvision). Weights come from a local file
-(``weights=``); nothing is downloaded. Every model takes [0, 1] pixels: the
+(``weights=PATH``) or, for external models, from the library's own pretrained
+weights and cache (``pretrained=True``; ``weights="DEFAULT"`` for torchvision;
+:mod:`robustlab.models.pretrained`). Every model takes [0, 1] pixels: the
 mean/std normalization is its first layer.
 """
 from __future__ import annotations
@@ -13,15 +15,27 @@ import re
 from collections.abc import Callable, Sequence
 from numbers import Integral
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from robustlab._io import finite_state
+from robustlab._io import finite_state, sha256_file
 from robustlab.models.normalize import NormalizedModel
+from robustlab.models.pretrained import (
+    PretrainedUnavailableError,
+    timm_pretrained,
+    torchvision_pretrained,
+    torchvision_weights,
+)
 from robustlab.models.small import CifarResNet, SmallCNN
 from robustlab.nn.norm import DEFAULT_ROUTES
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
+
+__all__ = ["PretrainedUnavailableError", "create_model", "load_state_dict", "model_names"]
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
 
 def _resnet_cifar(depth: int, in_channels: int, num_classes: int, width: float = 1.0) -> nn.Module:
@@ -60,7 +74,8 @@ def create_model(
     in_channels: int = 3,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    weights: str | Path | None = None,
+    weights: str | Path | WeightsEnum | None = None,
+    pretrained: bool = False,
     act: str | None = None,
     act_options: dict[str, float] | None = None,
     norm: str | None = None,
@@ -78,8 +93,24 @@ def create_model(
         mean, std: per-channel input statistics; timm models default to their
             pretrained config, torchvision models to ImageNet's, others to the
             identity.
-        weights: a local state-dict file (.safetensors, .pt/.pth) for the
-            network as built, loaded before any surgery.
+        weights: a local state-dict file (.safetensors, .pt/.pth: an existing
+            path, or a name with one of these suffixes) for the network as
+            built, loaded before any surgery; for ``tv:`` models also
+            torchvision's weights by name: ``"DEFAULT"``, an entry such as
+            ``"IMAGENET1K_V2"``, ``"ResNet50_Weights.IMAGENET1K_V2"`` or the
+            enum member. These are downloaded into torch hub's cache
+            (``torch.hub.get_dir()/checkpoints``) with their hash checked and
+            read with ``weights_only=True``. If ``num_classes`` differs from
+            the weights' categories, the classifier (the net's last
+            ``nn.Linear``: ``fc``, ``classifier[-1]``, ...) is replaced by a
+            freshly initialized one; a net without one is refused.
+        pretrained: load the library's pretrained weights: timm's (through
+            its Hugging Face hub or torch hub cache, or a local file given as
+            ``pretrained_cfg_overlay={"file": PATH}``; timm resets the
+            classifier itself for another ``num_classes``), or torchvision's
+            ``DEFAULT`` weights for a ``tv:`` model. Offline with nothing
+            cached: :class:`PretrainedUnavailableError`, naming the cache and
+            the local alternatives.
         act: swap every activation (``rl.nn.swap_activation``; ch. 5).
         act_options: the activation's options, e.g. ``{"alpha": 2.0}`` for
             ELU/CELU (Fig. 5.4) or psoftplus.
@@ -88,34 +119,39 @@ def create_model(
         denoise: add denoising blocks of this op (``rl.nn.add_denoise_blocks``,
             ch. 4) at ``denoise_where`` (``stages`` or ``all``).
         kwargs: passed to the network's constructor (``width``/``depth`` for
-            smallcnn, ``width`` for the CIFAR ResNets).
+            smallcnn, ``width`` for the CIFAR ResNets; ``timm.create_model``'s
+            options such as ``pretrained_cfg_overlay`` for timm).
+
+    The model's ``robustlab_spec["pretrained"]`` records what was loaded
+    (``source``: timm, torchvision or file; ``name``, ``tag``/``weights``,
+    the local ``file`` and its ``sha256``), or None for a random init;
+    :func:`~robustlab.models.load_model` rebuilds the architecture from the
+    spec without loading these again (the checkpoint holds the weights).
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2 (the number of logits); got {num_classes!r}")
     key = str(name)
     builder = _builtin(key)
+    file, library = _weights_source(key, builder is not None, weights, pretrained)
+    record = None
     if builder is not None:
         net = builder(in_channels=in_channels, num_classes=num_classes, **kwargs)
     elif key.startswith("timm:"):
-        net, mean, std = _timm(key[5:], num_classes, mean, std, **kwargs)
+        net, mean, std, record = _timm(key[5:], num_classes, mean, std, library is not None, **kwargs)
     elif key.startswith(("tv:", "torchvision:")):
-        import torchvision
-
-        tv_name = key.split(":", 1)[1]
-        if tv_name not in torchvision.models.list_models():
-            raise ValueError(f"unknown torchvision model {tv_name!r}")
-        net = torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
+        net, record = _torchvision(key.split(":", 1)[1], num_classes, library, **kwargs)
         if mean is None:  # torchvision's ImageNet statistics
             mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     else:
         raise ValueError(
             f"unknown model {name!r}; built-in: {', '.join(model_names())}; or timm:NAME / tv:NAME"
         )
-    if weights is not None:
+    if file is not None:
         try:
-            net.load_state_dict(load_state_dict(weights))
+            net.load_state_dict(load_state_dict(file))
         except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
             raise ValueError(f"weights: {weights} does not fit {key}: {err}") from None
+        record = {"source": "file", "name": key, "file": str(file.resolve()), "sha256": sha256_file(file)}
     net = _surgery(net, act=act, act_options=act_options or {}, norm=norm, denoise=denoise,
                    denoise_where=denoise_where, routes=routes)
     channels = in_channels if builder is not None else 3
@@ -126,7 +162,7 @@ def create_model(
     model.robustlab_spec = {  # what load_model needs to rebuild it
         "name": key, "num_classes": num_classes, "in_channels": in_channels,
         "mean": list(mean), "std": list(std), "act": act, "act_options": act_options, "norm": norm, "denoise": denoise,
-        "denoise_where": denoise_where, "routes": list(routes), "kwargs": kwargs,
+        "denoise_where": denoise_where, "routes": list(routes), "kwargs": kwargs, "pretrained": record,
     }
     return model
 
@@ -148,18 +184,62 @@ def _surgery(net: nn.Module, *, act: str | None, act_options: dict[str, float], 
     return net
 
 
-def _timm(name: str, num_classes: int, mean, std, **kwargs: Any):  # noqa: ANN001, ANN202
+def _weights_source(key: str, builtin: bool, weights: object, pretrained: bool) -> tuple[Path | None, Any]:
+    """(the local state-dict file, the library's weights to load) that
+    ``weights`` and ``pretrained`` ask for: a Path, or a string naming an
+    existing file or ending in a weights suffix, is a file; ``pretrained``
+    asks for timm's weights (True) or torchvision's ``"DEFAULT"``; any other
+    ``weights`` is a torchvision weights name (checked against the model's
+    enum later)."""
+    if not isinstance(pretrained, bool):
+        raise ValueError(f"pretrained must be true or false; got {pretrained!r}")
+    is_file = isinstance(weights, Path) or (
+        isinstance(weights, str) and (Path(weights).is_file() or weights.endswith(_WEIGHT_SUFFIXES)))
+    if is_file and pretrained:
+        raise ValueError(f"give either pretrained=True or weights={str(weights)!r} (a local file), not both")
+    if is_file:
+        return Path(weights), None
+    tv = key.startswith(("tv:", "torchvision:"))
+    if weights is not None and not tv:
+        raise ValueError(f"weights: {weights!r} is not a state-dict file (an existing path, or one ending in "
+                         f"{'/'.join(_WEIGHT_SUFFIXES)}); torchvision weights names (DEFAULT, IMAGENET1K_V1, "
+                         "...) are for tv: models" + ("" if builtin else "; timm's own weights: pretrained=True"))
+    if pretrained and builtin:
+        raise ValueError(f"pretrained: {key} has no pretrained weights; give weights=PATH (a state-dict file)")
+    if not pretrained:
+        return None, weights
+    return None, "DEFAULT" if tv else True
+
+
+def _timm(name: str, num_classes: int, mean, std, pretrained: bool, **kwargs: Any):  # noqa: ANN001, ANN202
     try:
         import timm
     except ImportError:
         raise ImportError("timm models need the timm package: pip install 'robustlab[timm]'") from None
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r}")
-    net = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    record = None
+    if pretrained:
+        net, record = timm_pretrained(name, num_classes, **kwargs)
+    else:
+        net = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     cfg = getattr(net, "pretrained_cfg", {}) or {}
     if mean is None:
         mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
-    return net, mean, std
+    return net, mean, std, record
+
+
+def _torchvision(tv_name: str, num_classes: int, weights: Any, **kwargs: Any
+                 ) -> tuple[nn.Module, dict[str, Any] | None]:
+    """``tv_name`` with random weights, or with torchvision's ``weights``
+    (a name or enum member, see :func:`~robustlab.models.pretrained.torchvision_weights`)."""
+    import torchvision
+
+    if tv_name not in torchvision.models.list_models():
+        raise ValueError(f"unknown torchvision model {tv_name!r}")
+    if weights is None:
+        return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs), None
+    return torchvision_pretrained(tv_name, torchvision_weights(tv_name, weights), num_classes, **kwargs)
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

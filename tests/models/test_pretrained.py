@@ -1,0 +1,250 @@
+"""Pretrained weights through create_model: timm's and torchvision's caches,
+local files, the offline error, head replacement and the checkpoint round
+trip. Nothing is downloaded: every cache is a tmp directory filled with
+random-init weights saved under a fixed seed, the Hugging Face hub is in
+offline mode and torch hub's downloader raises as without a network."""
+from __future__ import annotations
+
+import hashlib
+import urllib.error
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from robustlab.app.cli import main
+from robustlab.models import create_model, load_model, save_model
+from robustlab.models.pretrained import PretrainedUnavailableError, replace_head
+
+TV_FILE = "resnet18-f37072fd.pth"  # the basename of ResNet18_Weights.IMAGENET1K_V1.url
+HF_REPO = "timm/resnet18.a1_in1k"  # timm's default resnet18 weights on the Hugging Face hub
+X = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture()
+def caches(tmp_path, monkeypatch):
+    """Empty torch hub and Hugging Face caches under tmp_path, offline."""
+    import huggingface_hub.constants
+
+    torch_home, hf_home = tmp_path / "torch", tmp_path / "hf"
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads these when imported; its downloads use the constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError(f"no network in tests ({url})")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return SimpleNamespace(torch=torch_home / "hub" / "checkpoints", hf=hf_home / "hub")
+
+
+def _random_state(builder, seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return {k: v.clone() for k, v in builder().state_dict().items()}
+
+
+def _timm_state() -> dict[str, torch.Tensor]:
+    import timm
+
+    return _random_state(lambda: timm.create_model("resnet18", num_classes=1000))
+
+
+def _tv_state() -> dict[str, torch.Tensor]:
+    import torchvision
+
+    return _random_state(lambda: torchvision.models.resnet18(weights=None))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _assert_loaded(model, state, skip=()):
+    net = model.net.state_dict()
+    for k, v in state.items():
+        if not k.startswith(skip):
+            assert torch.equal(net[k], v), k
+
+
+@pytest.fixture()
+def timm_file(tmp_path):
+    path = tmp_path / "timm_resnet18.safetensors"
+    state = _timm_state()
+    save_file(state, str(path))
+    return path, state
+
+
+@pytest.fixture()
+def tv_cached(caches):
+    """torchvision's resnet18 weights file in the torch hub cache, as a download leaves it."""
+    caches.torch.mkdir(parents=True)
+    state = _tv_state()
+    torch.save(state, caches.torch / TV_FILE)
+    return caches.torch / TV_FILE, state
+
+
+def test_timm_pretrained_from_a_local_file(caches, timm_file):
+    path, state = timm_file
+    model = create_model("timm:resnet18", 1000, pretrained=True, pretrained_cfg_overlay={"file": str(path)}).eval()
+    _assert_loaded(model, state)
+    torch.manual_seed(1)
+    fresh = create_model("timm:resnet18", 1000).eval()
+    assert not torch.allclose(model(X), fresh(X))
+    record = model.robustlab_spec["pretrained"]
+    assert record["source"] == "timm" and record["name"] == "resnet18" and record["tag"] == "a1_in1k"
+    assert record["file"] == str(path.resolve()) and record["sha256"] == _sha256(path)
+    assert fresh.robustlab_spec["pretrained"] is None
+    assert "pretrained" not in model.robustlab_spec["kwargs"]  # a weights option, not the architecture's
+
+
+def test_timm_pretrained_from_the_hugging_face_cache(caches):
+    """timm's own path: hf_hub_download finds the file in the (offline) cache."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = caches.hf / ("models--" + HF_REPO.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    state = _timm_state()
+    save_file(state, str(snapshot / "model.safetensors"))
+    model = create_model("timm:resnet18", 1000, pretrained=True)
+    _assert_loaded(model, state)
+    record = model.robustlab_spec["pretrained"]
+    assert Path(record["file"]) == snapshot / "model.safetensors"
+    assert record["sha256"] == _sha256(snapshot / "model.safetensors")
+
+
+def test_timm_other_num_classes_gets_a_fresh_head(caches, timm_file):
+    path, state = timm_file
+    model = create_model("timm:resnet18", 10, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    _assert_loaded(model, state, skip=("fc.",))
+    assert model.net.fc.out_features == 10 and model.robustlab_spec["pretrained"]["new_head"] == "fc"
+    assert model(X).shape == (2, 10)
+
+
+@pytest.mark.parametrize("how", [{"weights": "DEFAULT"}, {"weights": "IMAGENET1K_V1"},
+                                 {"weights": "ResNet18_Weights.IMAGENET1K_V1"}, {"pretrained": True}],
+                         ids=lambda d: str(next(iter(d.values()))))
+def test_torchvision_weights_from_the_torch_hub_cache(tv_cached, how):
+    path, state = tv_cached
+    model = create_model("tv:resnet18", 1000, **how).eval()
+    _assert_loaded(model, state)
+    torch.manual_seed(1)
+    assert not torch.allclose(model(X), create_model("tv:resnet18", 1000).eval()(X))
+    record = model.robustlab_spec["pretrained"]
+    assert record == {"source": "torchvision", "name": "resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1",
+                      "new_head": None, "file": str(path), "sha256": _sha256(path)}
+
+
+def test_torchvision_other_num_classes_replaces_the_last_linear(tv_cached):
+    _, state = tv_cached
+    model = create_model("tv:resnet18", 7, weights="DEFAULT")
+    _assert_loaded(model, state, skip=("fc.",))
+    assert (model.net.fc.in_features, model.net.fc.out_features) == (512, 7)
+    assert not torch.equal(model.net.fc.weight, state["fc.weight"][:7])
+    assert model.robustlab_spec["pretrained"]["new_head"] == "fc" and model(X).shape == (2, 7)
+
+
+def test_replace_head_refuses_a_net_without_a_linear_classifier():
+    import torchvision
+
+    net = torchvision.models.squeezenet1_0(weights=None)  # its classifier is a 1×1 convolution
+    with pytest.raises(ValueError, match="cannot find the classifier"):
+        replace_head(net, 10, "squeezenet1_0", 1000)
+    mobilenet = torchvision.models.mobilenet_v3_small(weights=None)  # classifier[-1], after another Linear
+    assert replace_head(mobilenet, 10, "mobilenet_v3_small", 1000) == "classifier.3"
+    assert mobilenet.classifier[3].out_features == 10 and mobilenet.classifier[0].out_features == 1024
+
+
+def _untrusted() -> None:
+    raise AssertionError("a pickled payload ran")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (_untrusted, ())
+
+
+def test_torchvision_cache_file_with_pickled_code_is_refused(caches):
+    caches.torch.mkdir(parents=True)
+    torch.save({"fc.weight": torch.zeros(1), "x": _Payload()}, caches.torch / TV_FILE)
+    with pytest.raises(ValueError, match="tensors-only weights file.*UnpicklingError") as err:
+        create_model("tv:resnet18", weights="DEFAULT")
+    assert str(caches.torch / TV_FILE) in str(err.value)
+
+
+def test_offline_without_a_cache_names_the_cache_and_the_local_alternatives(caches):
+    with pytest.raises(PretrainedUnavailableError) as err:
+        create_model("timm:resnet18", pretrained=True)
+    message = str(err.value)
+    assert str(caches.hf) in message and "weights=PATH" in message and "pretrained_cfg_overlay" in message
+    with pytest.raises(PretrainedUnavailableError) as err:
+        create_model("tv:resnet18", weights="DEFAULT")
+    message = str(err.value)
+    assert str(caches.torch) in message and "weights=PATH" in message and "URLError" in message
+    assert isinstance(err.value, FileNotFoundError)  # the CLI's usage errors
+
+
+@pytest.mark.parametrize("name,kwargs,match", [
+    ("tv:resnet18", {"weights": "IMAGENET9K_V1"}, r"weights: .*DEFAULT, IMAGENET1K_V1"),
+    ("tv:resnet18", {"weights": "ResNet50_Weights.IMAGENET1K_V2"}, "not a weights file nor resnet18's"),
+    ("timm:resnet18", {"weights": "DEFAULT"}, "are for tv: models; timm's own weights: pretrained=True"),
+    ("smallcnn", {"weights": "DEFAULT"}, "not a state-dict file"),
+    ("smallcnn", {"pretrained": True}, "smallcnn has no pretrained weights"),
+    ("tv:resnet18", {"pretrained": True, "weights": "w.pt"}, "either pretrained=True or weights"),
+    ("tv:resnet18", {"pretrained": "yes"}, "pretrained must be true or false"),
+])
+def test_bad_weights_arguments(caches, name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        create_model(name, **kwargs)
+
+
+def test_timm_overlay_file_missing(caches, tmp_path):
+    with pytest.raises(FileNotFoundError, match="pretrained_cfg_overlay"):
+        create_model("timm:resnet18", pretrained=True, pretrained_cfg_overlay={"file": str(tmp_path / "no.pt")})
+
+
+def test_save_load_round_trip_needs_no_download(caches, tv_cached, timm_file, tmp_path):
+    """load_model rebuilds the architecture only: with the caches and the file
+    emptied and the network off, the outputs are identical."""
+    tv = create_model("tv:resnet18", 10, weights="DEFAULT").eval()
+    path, _ = timm_file
+    tm = create_model("timm:resnet18", 10, pretrained=True, pretrained_cfg_overlay={"file": str(path)}).eval()
+    save_model(tv, tmp_path / "tv")
+    save_model(tm, tmp_path / "timm")
+    tv_cached[0].unlink()
+    path.unlink()
+    for model, directory in ((tv, "tv"), (tm, "timm")):
+        loaded = load_model(tmp_path / directory)
+        assert torch.equal(loaded(X), model(X))
+        assert loaded.robustlab_spec["pretrained"] is None  # rebuilt, not reloaded
+
+
+def test_load_model_ignores_weight_options_in_spec_kwargs(caches, tmp_path):
+    torch.manual_seed(0)
+    model = create_model("tv:resnet18", 10).eval()
+    model.robustlab_spec["kwargs"] = {"pretrained": True, "weights": "DEFAULT"}  # would download if passed on
+    save_model(model, tmp_path / "ckpt")
+    assert torch.equal(load_model(tmp_path / "ckpt")(X), model(X))
+
+
+@pytest.mark.parametrize("model", [{"name": "timm:resnet18", "pretrained": True},
+                                   {"name": "tv:resnet18", "weights": "DEFAULT"}], ids=lambda m: m["name"])
+def test_train_config_reaches_create_model(caches, tmp_path, capsys, model):
+    """`model: {name, pretrained/weights}` goes through `robustlab train` to
+    create_model; offline, the error is a clean usage error (exit 2)."""
+    config = Path(__file__).resolve().parents[2] / "configs" / "train_vanilla.yaml"
+    raw = yaml.safe_load(config.read_text())
+    raw["model"] = model
+    raw["data"] = {**raw.get("data", {}), "name": "digits", "limit": 64, "eval_limit": 32}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(path), "train.epochs=1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "robustlab train: error:" in err and "are not in the cache" in err and "weights=PATH" in err
