@@ -45,7 +45,9 @@ def build_model(cfg: RunConfig, info: Any, recipe: recipes.Recipe) -> nn.Module:
         spec["norm"] = "mbn"
         spec.setdefault("routes", list(recipe.routes))
     torch.manual_seed(cfg.seed)  # the same initial weights on every run (and every DDP rank)
-    return create_model(name, info.num_classes, in_channels=info.channels, mean=info.mean, std=info.std, **spec)
+    if ":" not in name:  # built-in nets normalize with the dataset's statistics; timm/torchvision
+        spec = {"mean": info.mean, "std": info.std, **spec}  # models with their own (pretrained weights')
+    return create_model(name, info.num_classes, in_channels=info.channels, **spec)
 
 
 EVAL_BATCH = 250  # images attacked at once by the training-time evaluation

@@ -1,0 +1,60 @@
+"""configs/imagenet: the thesis's ImageNet recipes, each smoke-run for one step
+on a tiny generated ImageFolder, exactly as a user would launch them with
+``data.name=imagefolder:ROOT``; the recipe itself is not overridden."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import robustlab as rl
+from robustlab.app.cli import main
+from robustlab.app.config import load_config
+from tests.train.test_data_pipeline import make_image_folder
+
+CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs", "imagenet").glob("*.yaml"))
+SMOKE = ["data.size=32", "data.limit=4", "data.workers=0", "data.eval_limit=4", "train.epochs=1",
+         "train.batch_size=4", "eval.limit=2", "eval.steps=1", "device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("imagenet"), classes=3, per_class=2, val=2)
+
+
+def test_the_three_thesis_recipes_are_shipped():
+    assert {p.stem for p in CONFIGS} == {"denoise_resnet152", "sat_resnet50", "advprop_efficientnet_b0"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_each_recipe_states_its_section_and_trains_on_an_image_folder(tmp_path, tiny, path):
+    text = path.read_text()
+    assert "§" in text.split("\n", 1)[0] and "torchrun --nproc_per_node=8" in text
+    cfg, _ = load_config(path)
+    assert cfg.data.name == "imagefolder:/data/imagenet" and cfg.data.size == 224
+    out = tmp_path / "run"
+    assert main(["-q", "train", str(path), f"data.name=imagefolder:{tiny}", *SMOKE, "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 1 and results["recipe"]["name"] == cfg.recipe["name"]
+    assert results["recipe"]["attack"]["eps_255"] == cfg.recipe["eps"]  # the thesis's attacker, not overridden
+    model = rl.models.load_model(out)
+    assert model.robustlab_spec["name"] == cfg.model["name"] and model.robustlab_spec["num_classes"] == 3
+    assert not rl.nn.norm.mixture_layers(model)  # AdvProp's auxiliary BNs are dropped on export
+
+
+def test_the_recipes_carry_the_thesis_hyper_parameters():
+    by = {p.stem: load_config(p)[0] for p in CONFIGS}
+    d = by["denoise_resnet152"]
+    assert (d.model["denoise"], d.recipe["eps"], d.recipe["steps"], d.recipe["step_size"], d.recipe["targeted"]) == \
+        ("nonlocal_gaussian", 16, 30, 1, True)
+    assert d.train.milestones == (35.0, 70.0, 95.0) and d.train.epochs == 110 and d.train.warmup_epochs == 5
+    assert d.train.label_smoothing == 0.1 and d.train.lr * d.train.batch_size / d.train.base_batch == 0.1
+    s = by["sat_resnet50"]
+    assert (s.model["act"], s.recipe["name"], s.recipe["eps"], s.recipe["step_size"]) == ("silu", "fast", 4, 4)
+    assert s.train.milestones == (30.0, 60.0, 90.0) and s.train.epochs == 100 and s.train.weight_decay == 1e-4
+    a = by["advprop_efficientnet_b0"]
+    assert (a.train.optimizer, a.train.momentum, a.train.weight_decay, a.train.gamma, a.train.decay_every) == \
+        ("rmsprop", 0.9, 1e-5, 0.97, 2.4)
+    assert a.train.lr * 4096 / a.train.base_batch == pytest.approx(0.256) and a.data.augment == "autoaugment"
+    assert (a.recipe["eps"], a.recipe["steps"], a.model["bn_momentum"]) == (1, 1, 0.01)
