@@ -5,13 +5,15 @@
                     loss  ← recipe.loss(model, batch)         (one DDP forward)
                     backward, clip, optimizer step
 
-Around it: AMP, channels_last, metrics to ``metrics.jsonl``, a progress bar,
+Around it: AMP, channels_last, metrics to ``metrics.jsonl`` (and TensorBoard,
+callbacks: :mod:`robustlab.train.sinks`), a progress bar,
 atomic checkpoints every N steps and at every epoch end, bit-exact resume,
 DDP through ``torchrun`` (see :mod:`robustlab.train.distributed`), and the
 running-statistics switch for the last epochs (§6.4.3).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -27,8 +29,8 @@ from torch import Tensor, nn
 from robustlab._checks import check_batch
 from robustlab._io import atomic_write_text, write_json
 from robustlab.nn.norm import use_running_stats
-from robustlab.train import distributed
-from robustlab.train.batches import EpochBatches, as_dataset, on_device
+from robustlab.train import distributed, sinks
+from robustlab.train.batches import EpochBatches, LoaderSettings, on_device, to_pixels, training_data
 from robustlab.train.checkpoint import latest_checkpoint, load_checkpoint, restore, save_checkpoint
 from robustlab.train.options import TrainOptions, make_optimizer
 from robustlab.train.recipes import Recipe
@@ -37,6 +39,8 @@ from robustlab.train.schedule import LRSchedule, scaled_lr
 _logger = logging.getLogger(__name__)
 
 Evaluate = Callable[[nn.Module], dict[str, float]]
+StepCallback = Callable[[int, dict[str, Any]], None]  # or Callable[[int], None]
+LogCallback = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -72,6 +76,35 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step) * 1_024 + rank
 
 
+def _callables(fs: Any, name: str) -> list[Callable]:
+    """``fs`` (one callable or a sequence of them) as a list; TypeError for anything else."""
+    if callable(fs):
+        return [fs]
+    try:
+        fs = list(fs)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of callables; got {type(fs).__name__}") from None
+    for f in fs:
+        if not callable(f):
+            raise TypeError(f"{name} must hold callables; got {f!r} ({type(f).__name__})")
+    return fs
+
+
+def _takes_metrics(f: Callable) -> bool:
+    """Whether ``f`` accepts two positional arguments, ``f(step, metrics)``."""
+    try:
+        params = list(inspect.signature(f).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: the one-argument form
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
+def _step_callbacks(on_step: Any) -> list[StepCallback]:
+    """``on_step`` as ``f(step, metrics)`` callables; ``f(step)`` ones are wrapped (arity read once)."""
+    return [f if _takes_metrics(f) else (lambda step, metrics, f=f: f(step)) for f in _callables(on_step, "on_step")]
+
+
 def fit(
     model: nn.Module,
     data: object,
@@ -81,25 +114,49 @@ def fit(
     out: str | Path | None = None,
     resume: bool = False,
     evaluate: Evaluate | None = None,
-    on_step: Sequence[Callable[[int], None]] = (),
+    on_step: Sequence[StepCallback] = (),
+    on_log: Sequence[LogCallback] = (),
     **overrides: Any,
 ) -> TrainResult:
     """Train ``model`` on ``data`` with ``recipe`` (vanilla if None).
 
     Args:
         model: any classifier taking [0, 1] images (normalization inside).
-        data: a Dataset of (image, label) or an ``(images, labels)`` tuple.
+        data: an ``(images, labels)`` pair of tensors, a map-style Dataset
+            of (image, label) or a DataLoader. In-memory data is sliced;
+            anything else is streamed by one DataLoader with ``workers``
+            processes kept across epochs, prefetching, pinned memory on CUDA
+            (memory flat in the dataset's size). A DataLoader gives its
+            dataset, batch size and worker settings (``batch_size=`` and
+            ``workers=`` may not contradict it), not its order: robustlab
+            draws its own seeded order, the same for any world size
+            (exact resume, DDP). Images may be float in [0, 1] or uint8
+            (scaled on the device). A dataset from :mod:`robustlab.data`
+            with an augmentation draws it from (seed, epoch, index): bit-exact
+            resume whatever the workers; a plain dataset's own random
+            transforms draw from its workers' RNG (not resume-exact).
         recipe: from :func:`robustlab.train.recipes.create`.
         options: :class:`TrainOptions`; keyword ``overrides`` replace fields
             (``fit(model, data, epochs=3, lr=0.05)``).
         out: run directory for ``metrics.jsonl``, checkpoints and the exported
             model (``model.safetensors`` + ``model.json`` when the model was
-            made by ``create_model``). Nothing is written without it.
+            made by ``create_model``), and ``tensorboard/`` with
+            ``log=["jsonl", "tensorboard"]``. Nothing is written without it.
         resume: continue from the newest checkpoint in ``out`` (bit for bit on
             CPU); starts afresh if there is none.
         evaluate: ``evaluate(model) -> {name: value}`` run on rank 0 after
             every ``eval_every`` epochs, the model in eval mode; logged.
-        on_step: callables ``f(step)`` run after every optimizer step.
+        on_step: callables run on every rank after every optimizer step, as
+            ``f(step)`` or, when ``f`` takes two positional arguments (read
+            once, before training), ``f(step, metrics)``: the step's logs
+            (``loss``, the recipe's accuracies …) as 0-d detached tensors of
+            this process (not averaged over DDP ranks), still on the device so
+            that no step waits for the GPU (``float(v)`` does), and ``"lr"``,
+            the step's learning rate (a float).
+        on_log: callables ``f(record)`` run on rank 0 with every record
+            ``metrics.jsonl`` gets (train records every ``log_every`` steps,
+            epoch records; averaged over ranks), with or without ``out``:
+            the place to forward metrics to wandb, MLflow …
     """
     opts = options or TrainOptions()
     if overrides:
@@ -109,28 +166,48 @@ def fit(
         raise TypeError(f"recipe must come from robustlab.train.recipes.create; got {type(recipe).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    step_callbacks, log_callbacks = _step_callbacks(on_step), _callables(on_log, "on_log")
+    if out is not None:
+        sinks.require(opts.log)  # a missing tensorboard fails before any folder or training
     recipe.check_model(model)
-    dataset = as_dataset(data)
+    dataset, settings, loader_batch = training_data(data)
+    if settings is not None:  # a DataLoader: its batch size and worker settings, robustlab's seeded order
+        opts = _loader_options(opts, overrides, loader_batch, settings)
     info = distributed.setup(opts.device)
     if opts.amp == "fp16" and info.device.type != "cuda":
         raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' or none on CPU")
     batches = EpochBatches(on_device(dataset, info.device), opts.batch_size, rank=info.rank, world=info.world_size,
-                           seed=opts.seed, workers=opts.workers)
-    x0, y0 = next(batches.epoch(0))
-    check_batch(x0, {"y": y0})  # pixels in [0, 1], integer labels: refused before any work
+                           seed=opts.seed, workers=opts.workers, settings=settings, device=info.device)
+    x0, y0 = batches.first()
+    check_batch(to_pixels(x0), {"y": y0})  # pixels in [0, 1], integer labels: refused before any work
     run_dir = Path(out) if out is not None else None
     if run_dir is not None and info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     recipe.label_smoothing = opts.label_smoothing
-    return _Trainer(model, recipe, opts, batches, info, run_dir, evaluate, on_step).run(resume)
+    return _Trainer(model, recipe, opts, batches, info, run_dir, evaluate, step_callbacks, log_callbacks).run(resume)
+
+
+def _loader_options(opts: TrainOptions, overrides: dict[str, Any], batch_size: int | None,
+                    settings: LoaderSettings) -> TrainOptions:
+    """``opts`` with a DataLoader's batch size and workers; an explicit contradicting override is refused."""
+    given = {"batch_size": batch_size, "workers": settings.workers}
+    for key, value in given.items():
+        if key in overrides and value is not None and overrides[key] != value:
+            raise ValueError(f"{key}={overrides[key]!r} contradicts the DataLoader's {key} {value}; "
+                             f"pass one of them (robustlab uses the DataLoader's settings)")
+    if batch_size is None:
+        raise ValueError("data: the DataLoader has no batch_size (it was given a batch_sampler); robustlab draws "
+                         "its own order, so give it batch_size=N")
+    return TrainOptions.from_dict({**opts.to_dict(), **{k: v for k, v in given.items() if v is not None}})
 
 
 class _Trainer:
     def __init__(self, model: nn.Module, recipe: Recipe, opts: TrainOptions, batches: EpochBatches,
                  info: distributed.Dist, run_dir: Path | None, evaluate: Evaluate | None,
-                 on_step: Sequence[Callable[[int], None]]) -> None:
+                 on_step: Sequence[StepCallback], on_log: Sequence[LogCallback]) -> None:
         self.recipe, self.opts, self.batches, self.info = recipe, opts, batches, info
-        self.run_dir, self.evaluate, self.on_step = run_dir, evaluate, on_step
+        self.run_dir, self.evaluate, self.on_step, self.on_log = run_dir, evaluate, on_step, on_log
+        self.sinks: list[sinks.Sink] = []  # opened by run(), on rank 0 only
         self.memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
         self.model = model.to(info.device, memory_format=self.memory_format)
         if opts.sync_bn and info.enabled and info.device.type == "cuda":
@@ -190,9 +267,12 @@ class _Trainer:
         return self.step
 
     def _log(self, record: dict[str, Any]) -> None:
-        if self.run_dir is not None and self.info.is_main:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if not self.info.is_main:
+            return
+        for sink in self.sinks:
+            sink.write(record)
+        for f in self.on_log:
+            f(dict(record))  # a copy: the record is also the history's
 
     def _reduce(self, sums: dict[str, float | Tensor], count: int) -> dict[str, float]:
         if not sums:
@@ -206,12 +286,15 @@ class _Trainer:
     # -- the loop ------------------------------------------------------------
     def run(self, resume: bool) -> TrainResult:
         resumed = self._resume() if resume else None
+        if self.run_dir is not None and self.info.is_main:
+            self.sinks = sinks.open_sinks(self.opts.log, self.run_dir, resumed)
         bar = _progress(self.total, self.step, self.opts.progress and self.info.is_main, self.recipe.name)
         try:
             while self.step < self.total:
                 self._epoch(self.step // self.spe, bar)
         finally:
             bar.close()
+            sinks.close_all(self.sinks)  # a crashed run's records are on disk too
         if self.opts.bn_running_last:
             use_running_stats(self.model, False)
         exported = self.recipe.export(self.model).eval()
@@ -247,8 +330,10 @@ class _Trainer:
                 self._log({"kind": "train", "step": self.step, "epoch": self.step / self.spe,
                            "lr": self.schedule.lr_at(self.step - 1), **record})
                 bar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}")
-            for f in self.on_step:
-                f(self.step)
+            if self.on_step:
+                metrics = {**logs, "lr": self.schedule.lr_at(self.step - 1)}
+                for f in self.on_step:
+                    f(self.step, metrics)
             if opts.checkpoint_every and self.step % opts.checkpoint_every == 0 and self.step % self.spe:
                 mark = self._clock(mark)
                 self._save()
@@ -265,7 +350,7 @@ class _Trainer:
 
     def _train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         dev, opts = self.info.device, self.opts
-        x = x.to(dev, non_blocking=True).contiguous(memory_format=self.memory_format)
+        x = to_pixels(x.to(dev, non_blocking=True)).contiguous(memory_format=self.memory_format)
         y = y.to(dev, non_blocking=True)
         lr = self.schedule.lr_at(self.step)
         for group in self.optimizer.param_groups:

@@ -10,6 +10,7 @@ from torch import nn
 
 from robustlab._checks import check_number
 from robustlab.train.schedule import SCHEDULES
+from robustlab.train.sinks import SINKS
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 AMP = (None, "bf16", "fp16")
@@ -43,6 +44,10 @@ class TrainOptions:
         checkpoint_every: steps between checkpoints (each epoch end is one too).
         keep_checkpoints: how many checkpoints stay on disk.
         log_every: steps between lines of ``metrics.jsonl``.
+        log: where the metric records go (:mod:`robustlab.train.sinks`):
+            ``jsonl`` (``metrics.jsonl``, the run's record; always included) and
+            ``tensorboard`` (``run_dir/tensorboard``; ``pip install
+            'robustlab[tensorboard]'``).
         eval_every: epochs between evaluations (the last epoch is always one).
         seed: seeds initialization-independent randomness: data order, attack
             starts and targets, augmentations.
@@ -73,6 +78,7 @@ class TrainOptions:
     checkpoint_every: int | None = None
     keep_checkpoints: int = 2
     log_every: int = 20
+    log: list[str] = field(default_factory=lambda: ["jsonl"])
     eval_every: int = 1
     seed: int = 0
     device: str = "auto"
@@ -103,6 +109,7 @@ class TrainOptions:
             check_number(self.grad_clip, "grad_clip", low=0.0, low_open=True)
         if self.amp not in AMP:
             raise ValueError(f"amp must be one of {AMP}; got {self.amp!r}")
+        self.log = _sinks(self.log)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainOptions:
@@ -116,6 +123,22 @@ class TrainOptions:
         d = asdict(self)
         d["milestones"] = list(self.milestones)
         return d
+
+
+def _sinks(log: Any) -> list[str]:
+    """``log`` as a list of sink names: a string is one sink; ``jsonl`` must be among them."""
+    names = [log] if isinstance(log, str) else log
+    allowed = ", ".join(SINKS)
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"log must be a sink name or a list of them ({allowed}); got {log!r}")
+    unknown = [n for n in names if n not in SINKS]
+    if unknown:
+        raise ValueError(f"log names unknown sink(s) {unknown}; allowed: {allowed} (forward records to other "
+                         "trackers with fit(on_log=[f]))")
+    if "jsonl" not in names:
+        raise ValueError(f"log must include 'jsonl' (metrics.jsonl is the run's record, which resume and reports "
+                         f"read); got {list(names)}; allowed: {allowed}")
+    return list(dict.fromkeys(names))
 
 
 def make_optimizer(params: list[nn.Parameter], opts: TrainOptions, lr: float) -> torch.optim.Optimizer:
