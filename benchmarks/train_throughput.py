@@ -123,10 +123,11 @@ def main(argv=None) -> None:  # noqa: ANN001
     pgd_kw = dict(eps=EPS, steps=k, step_size=ALPHA, targeted=False, clean_init_prob=0.0)
     tasks = {
         "vanilla": recipes.create("vanilla"),
-        # The peers attack in eval mode (running BN statistics): so does this row.
-        f"pgd{k}_at": recipes.create("madry", bn_stats="running", **pgd_kw),
-        # The thesis's releases attack the training graph (batch statistics): robustlab's default.
-        f"pgd{k}_at_batchstats": recipes.create("madry", **pgd_kw),
+        # The default: BN in testing mode during the attack (running statistics), as the
+        # authors' releases and the peers.
+        f"pgd{k}_at": recipes.create("madry", **pgd_kw),
+        # The option: attack on the training graph's batch statistics (the former default).
+        f"pgd{k}_at_batchstats": recipes.create("madry", bn_stats="batch", **pgd_kw),
         "fast_at": recipes.create("fast", eps=EPS),
         "advprop": recipes.create("advprop", steps=5),
     }

@@ -128,12 +128,22 @@ class AdversarialRecipe(Recipe):
         steps: attack iterations n.
         targeted: attack towards a uniformly random wrong class.
         random_start, clean_init_prob: PGD's initialization (§4.5).
-        bn_stats: BN statistics during the attack: ``batch`` (the training
-            graph's batch statistics with running statistics frozen, as the
-            thesis's releases do) or ``running`` (inference mode, as
-            MadryLab's robustness library does).
+        bn_stats: BN statistics during the attack. ``running`` (default):
+            every BN in testing mode — it normalizes with its running
+            statistics and updates none — and the optimizer step then trains
+            on the adversarial batch in training mode. This is how the
+            authors' releases make the adversarial examples of §4.5 and §5.3
+            (FAIR's and SAT's ``adv_model.py``: ``argscope(BatchNorm,
+            training=False)``, "we use the testing mode of it during attack";
+            reference/NOTES.md). ``batch``: the training graph's batch
+            statistics with the running statistics frozen. Either way the
+            attack updates no running statistic and leaves every module in
+            the train/eval mode it found.
         attack_route: the BN route the attack runs through (mixture-BN
-            models); None keeps the model's current route.
+            models); None keeps the model's current route. With ``running``
+            the attack uses that route's own running statistics: MBN_adv's
+            for mixture BN (§6.4.2), the auxiliary BNs' for AdvProp
+            (Algorithm 2, line 3).
     """
 
     name = "madry"
@@ -141,7 +151,7 @@ class AdversarialRecipe(Recipe):
     def __init__(self, *, attack: str = "pgd", norm: str = "linf", eps: float = presets.EPS_PGD,
                  steps: int = presets.PGD_STEPS, step_size: float = presets.ALPHA, targeted: bool = True,
                  random_start: bool | None = None, clean_init_prob: float | None = presets.CLEAN_INIT_PROB,
-                 bn_stats: str = "batch", attack_route: str | None = None, **kw: Any) -> None:
+                 bn_stats: str = "running", attack_route: str | None = None, **kw: Any) -> None:
         super().__init__(**kw)
         if attack not in ATTACKERS:
             raise ValueError(f"attack must be one of {ATTACKERS}; got {attack!r}")
@@ -173,7 +183,7 @@ class AdversarialRecipe(Recipe):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "attack": self.attack.config() if hasattr(self.attack, "config") else
-                self.attack_name, "attack_route": self.attack_route}
+                self.attack_name, "bn_stats": self.attack.bn_stats, "attack_route": self.attack_route}
 
 
 class MixedRecipe(AdversarialRecipe):
@@ -247,8 +257,10 @@ class MixedRecipe(AdversarialRecipe):
 
 class AdvPropRecipe(AdversarialRecipe):
     """AdvProp, Algorithm 2: the adversarial batch is made through the
-    auxiliary BNs; loss = L_c(clean, main BNs) + L_a(adversarial, auxiliary
-    BNs); the auxiliary BNs are dropped in the exported model (§7.4.3).
+    auxiliary BNs (by default in testing mode, on their own running
+    statistics: see ``bn_stats``); loss = L_c(clean, main BNs) +
+    L_a(adversarial, auxiliary BNs); the auxiliary BNs are dropped in the
+    exported model (§7.4.3).
 
     Defaults are §7.5.1's attacker: PGD, ε = 4, n = ε + 1 = 5, α = 1,
     untargeted. ``attack`` may be ``ifgsm`` or ``gd`` (Table 7.7).
