@@ -21,7 +21,7 @@ from robustlab.app.config import RunConfig
 from robustlab.app.rundir import RunDir, default_path, fingerprint_of
 from robustlab.data import load_dataset
 from robustlab.nn.norm import route, route_names
-from robustlab.train import fit, recipes
+from robustlab.train import fit, recipes, sinks
 from robustlab.units import from_255, parse_eps
 
 _logger = logging.getLogger(__name__)
@@ -175,6 +175,7 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
         raise ValueError("--out is required under torchrun (every process must write to the same run directory)")
     recipe = build_recipe(cfg)
     eval_attack(cfg, recipe)  # bad evaluation options and an absent device fail before any folder or training
+    sinks.require(cfg.train.log)  # so does a missing tensorboard
     device = pick_device(cfg.device)
     main = int(os.environ.get("RANK", "0")) == 0
     out = default_path(out, f"train-{recipe.name}")

@@ -99,7 +99,8 @@ class Attack(ABC):
     uniformly random wrong class per sample.
 
     ``bn_stats="batch"`` runs the attack with batch norms on batch statistics
-    (running statistics untouched), as adversarial training does; per-sample
+    (running statistics untouched), as adversarial training may (the
+    recipes' ``bn_stats="batch"``; their default is ``running``); per-sample
     early stopping and micro-batching then change the statistics a sample
     sees, so training leaves both off.
     """

@@ -78,8 +78,8 @@ class IterativeAttack(Attack):
             few cuDNN plans; see :meth:`Attack.forward`.
         seed: seed of the attack's own random stream.
         bn_stats: ``"running"`` (inference-mode batch norms, the default) or
-            ``"batch"`` (batch statistics, running statistics frozen: how
-            adversarial training attacks, see :class:`Attack`).
+            ``"batch"`` (batch statistics, running statistics frozen: an
+            option of adversarial training, see :class:`Attack`).
     """
 
     def __init__(

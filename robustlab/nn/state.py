@@ -30,11 +30,11 @@ def batch_stats_state(model: nn.Module) -> Iterator[None]:
     """Keep every module's mode, but let batch norms in train mode normalize with
     the batch's own statistics *without* updating their running statistics.
 
-    This is how the thesis's releases attack during training (FAIR's
-    adversarial training freezes BN's update ops around the attacker; AdvProp
-    attacks through the auxiliary BNs of the training graph): the attacker sees
-    the network exactly as the optimizer step will, and the running
-    statistics only ever absorb the images the network is trained on."""
+    The attacker then sees the network exactly as the optimizer step will,
+    and the running statistics only absorb the images the network is trained
+    on. It is the ``bn_stats="batch"`` option of the training recipes; their
+    default, like FAIR's and SAT's releases, attacks in testing mode instead
+    (:func:`inference_state`; reference/NOTES.md)."""
     switched = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
     for m in switched:
         m.track_running_stats = False  # F.batch_norm then gets no running buffers: batch stats, no update

@@ -11,12 +11,16 @@ Mixture BN and AdvProp under DDP: each step makes *one* call to the DDP
 module, whose forward runs every BN route the recipe uses, so every
 parameter, auxiliary BNs included, receives its gradient in the same
 backward (no unused-parameter error, no ``find_unused_parameters`` cost).
-Running statistics of every route are DDP buffers: rank 0's are broadcast to
-the other ranks at each forward (``broadcast_buffers``), so all ranks
-normalize with the same running statistics, each route with its own. Batch
-statistics are per process unless ``sync_bn`` turns every route's BN into a
-``SyncBatchNorm`` (GPUs only), which makes each route's batch statistics
-global.
+Running statistics of every route are averaged over the ranks after every
+step (:func:`average_running_stats`), so every rank holds the same ones —
+when the next step's attack reads them (BN in testing mode), at evaluation,
+at export — and, for equal local batches, the running mean is the one a
+single process would keep for the global batch. (DDP alone broadcasts rank
+0's buffers at the start of each forward, after which each rank's forward
+updates its own copy from its local batch: the copies would differ by one
+update between steps.) Batch statistics are per process unless ``sync_bn``
+turns every route's BN into a ``SyncBatchNorm`` (GPUs only), which makes
+each route's batch statistics global.
 """
 from __future__ import annotations
 
@@ -97,3 +101,21 @@ def mean_over_ranks(info: Dist, values: torch.Tensor) -> torch.Tensor:
     values = values.clone()
     dist.all_reduce(values)
     return values / info.world_size
+
+
+def average_running_stats(info: Dist, model: torch.nn.Module) -> None:
+    """Replace every BN's running mean and variance (each route's) by their mean over the ranks,
+    in one collective."""
+    if not info.enabled or info.world_size == 1:
+        return
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    buffers = [b for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+               for b in (m.running_mean, m.running_var) if b is not None]
+    if not buffers:
+        return
+    flat = _flatten_dense_tensors(buffers)
+    dist.all_reduce(flat)
+    flat /= info.world_size
+    for b, mean in zip(buffers, _unflatten_dense_tensors(flat, buffers)):
+        b.copy_(mean)

@@ -363,6 +363,7 @@ class _Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), opts.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        distributed.average_running_stats(self.info, self.model)  # every rank: the same running statistics
         self.optimizer.zero_grad(set_to_none=True)
         return {k: v.detach().float() for k, v in logs.items()}
 

@@ -192,10 +192,6 @@ def test_ddp_trains_every_route_alike_on_every_rank(route_dumps):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "DDP broadcasts rank 0's buffers at the start of each forward; the forward then updates each rank's "
-    "running statistics with its own local batch, and the loop syncs nothing after the last step (nor before "
-    "the next step's attack, which reads them). Remove this mark when the loop broadcasts the buffers."))
 def test_every_route_has_the_same_running_statistics_on_every_rank(route_dumps):
     _, r0, r1 = route_dumps
     for route in ("clean", "adv"):
