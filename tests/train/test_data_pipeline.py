@@ -298,3 +298,16 @@ def test_tensor_pairs_and_tensor_datasets_train_identically():
     a = rl.train.fit(small_model(digits_train().info), (x, y), **opts)
     b = rl.train.fit(small_model(digits_train().info), TensorDataset(x, y), **opts)
     assert all(torch.equal(p, q) for p, q in zip(_weights(a.model), _weights(b.model)))
+
+
+def test_cifar_with_flip_crop_trains_through_the_cli(tmp_path, monkeypatch):
+    """The path every `datasets.cifar10` study profile takes (it crashed with
+    "data must be a torch Dataset … got AugmentedDataset"), on CIFAR batches
+    written in the python-pickle layout."""
+    from tests.test_security import cifar_folder
+
+    cifar_folder(tmp_path / "data")
+    monkeypatch.setenv("ROBUSTLAB_DATA", str(tmp_path / "data"))
+    res = _tiny(tmp_path, {"name": "cifar10", "eval_limit": 3, "download": False}, "flip_crop",
+                extra=["train.batch_size=5", "eval.limit=3"])
+    assert res["steps"] == 3 and res["config"]["data"]["augment"] == "flip_crop"
