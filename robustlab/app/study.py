@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from robustlab._io import pick_device, write_json
+from robustlab.app.claims import Claim, evaluate_claims, parse_claims
 from robustlab.app.config import RunConfig, apply_overrides, load_yaml, resolve, set_dotted, split_override
 from robustlab.app.rundir import RunDir, study_fingerprint
 from robustlab.nn.norm import route
@@ -54,8 +55,8 @@ from robustlab.train.checkpoint import load_trained_model
 
 _logger = logging.getLogger(__name__)
 
-STUDY_KEYS = ("name", "title", "chapter", "claim", "notes", "kind", "seed", "device", "dataset", "datasets", "limit",
-              "batch_size", "defaults", "models", "evaluations", "smoke")
+STUDY_KEYS = ("name", "title", "chapter", "claim", "claims", "notes", "kind", "seed", "device", "dataset", "datasets",
+              "limit", "batch_size", "defaults", "models", "evaluations", "smoke")
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Study:
     device: str = "auto"
     limit: int | None = 500
     batch_size: int = 250
+    claims: list[Claim] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------ loading
@@ -212,9 +214,10 @@ def resolve_study(raw: dict[str, Any], *, name: str | None = None) -> Study:
     batch_size = raw.get("batch_size", 250)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"study key 'batch_size' must be a whole number >= 1; got {batch_size!r}")
+    claims = parse_claims(raw.get("claims"), evaluations)
     return Study(name=name, title=str(raw.get("title") or name), models=models, raw_models=raw_models,
                  evaluations=evaluations, raw=raw, device=str(raw.get("device", "auto")), limit=limit,
-                 batch_size=batch_size)
+                 batch_size=batch_size, claims=claims)
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None, *, smoke: bool = False) -> Study:
@@ -600,6 +603,7 @@ def _run_study(study: Study, run: RunDir) -> dict[str, Any]:
                "data": next(iter(study.models.values())).data.name, "models": models,
                "evaluations": {k: {kk: vv for kk, vv in v.items() if kk != "key"} for k, v in evaluations.items()},
                "seconds": round(time.perf_counter() - start, 2)}
+    results["claims"] = evaluate_claims(study.claims, results["evaluations"])
     return run.finish(results)
 
 
@@ -607,6 +611,8 @@ def format_study_summary(results: dict[str, Any]) -> str:
     from robustlab.report.html import table_rows
 
     lines = [f"study {results['name']}: {results['title']} ({results['seconds']:.0f} s)"]
+    for c in results.get("claims") or []:
+        lines.append(f"  {c['id']}: {c['verdict'].upper()} — {c['says']}"[:100])
     for name, ev in results["evaluations"].items():
         lines.append(f"\n{name} ({ev['kind']}, {ev.get('n', '?')} images)")
         columns, rows = table_rows(ev["table"])

@@ -1,0 +1,322 @@
+"""A study's claims, computed from its result tables instead of written by hand.
+
+A chapter config declares what the thesis says as comparisons over result
+cells; the study records, for each claim, whether it held on this run and the
+numbers it compared:
+
+    claims:
+      - id: T3.1
+        says: M-DI²-FGSM transfers better than I-FGSM to every black-box network
+        holds_if: 'single[mdi2fgsm, a_w16]."→ {}" > single[ifgsm, a_w16]."→ {}"'
+        for_each: [b_w16, c_w32, d_deep, e_w8]
+
+Grammar of ``holds_if`` (no Python is evaluated)::
+
+    claim  := sum OP sum                      OP: >  >=  <  <=  ==  !=
+    sum    := atom (("+" | "-") atom)*
+    atom   := NUMBER | cell | FUNC "(" cell ")" | "(" sum ")"
+    cell   := EVALUATION "[" key ("," key)* "]" "." column
+    FUNC   := mean | min | max                (over every cell a glob matches)
+
+``EVALUATION`` names one of the study's evaluations; the keys select a row of
+its table by the row's leading text columns in order (``model``, ``route``;
+``attack``, ``source``); ``column`` names a column. Keys and columns are
+words or double-quoted strings and may hold ``*``/``?`` globs, which only a
+function may aggregate (``[bc]`` classes too). With ``for_each``, every ``{}`` is replaced by each
+item in turn and the claim holds only if every instance does.
+
+Verdicts: ``holds``, ``does not hold``, or ``not evaluated`` (with the
+reason) when a cell the claim needs is not in the results (e.g. an
+evaluation a ``--smoke`` form dropped).
+"""
+from __future__ import annotations
+
+import fnmatch
+import operator
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq,
+       "!=": operator.ne}
+FUNCS = {"mean": lambda v: sum(v) / len(v), "min": min, "max": max}
+CLAIM_KEYS = ("id", "says", "holds_if", "for_each")
+VERDICTS = ("holds", "does not hold", "not evaluated")
+
+_TOKEN = re.compile(r"""\s*(?:
+    (?P<number>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)
+  | (?P<string>"[^"]*")
+  | (?P<op>>=|<=|==|!=|>|<)
+  | (?P<punct>[\[\],.()+-])
+  | (?P<word>[A-Za-z_*?][\w*?/\-]*)
+)""", re.VERBOSE)
+
+
+class ClaimError(ValueError):
+    """A claim that cannot be read (bad syntax, an unknown evaluation)."""
+
+
+class MissingCell(LookupError):
+    """A cell the claim needs is not in the results."""
+
+
+# -- parsing -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    evaluation: str
+    keys: tuple[str, ...]
+    column: str
+
+    def __str__(self) -> str:
+        keys = ", ".join(_quote(k) for k in self.keys)
+        return f"{self.evaluation}[{keys}].{_quote(self.column)}"
+
+    @property
+    def glob(self) -> bool:
+        return any(ch in s for s in (*self.keys, self.column) for ch in "*?[")
+
+
+def _quote(s: str) -> str:
+    return s if re.fullmatch(r"[A-Za-z_][\w\-/]*", s) else f'"{s}"'
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    out, pos = [], 0
+    while pos < len(text):
+        if text[pos:].strip() == "":
+            break
+        m = _TOKEN.match(text, pos)
+        if m is None or m.end() == pos:
+            raise ClaimError(f"cannot read {text[pos:]!r}")
+        kind = m.lastgroup
+        value = m.group(kind)
+        out.append((kind, value[1:-1] if kind == "string" else value))
+        pos = m.end()
+    return out
+
+
+class _Parser:
+    """Recursive descent over the tokens; produces a small tree of tuples."""
+
+    def __init__(self, text: str) -> None:
+        self.toks, self.i, self.text = _tokens(text), 0, text
+
+    def peek(self) -> tuple[str, str] | None:
+        return self.toks[self.i] if self.i < len(self.toks) else None
+
+    def take(self, kind: str | None = None, value: str | None = None) -> tuple[str, str]:
+        tok = self.peek()
+        if tok is None or (kind and tok[0] != kind) or (value and tok[1] != value):
+            want = value or kind or "more"
+            raise ClaimError(f"expected {want!r} at {' '.join(t[1] for t in self.toks[self.i:]) or 'the end'!r}")
+        self.i += 1
+        return tok
+
+    def claim(self) -> tuple:
+        left = self.sum()
+        op = self.take("op")[1]
+        right = self.sum()
+        if self.peek() is not None:
+            raise ClaimError(f"unexpected {self.peek()[1]!r} after the comparison")
+        return ("cmp", op, left, right)
+
+    def sum(self) -> tuple:
+        node = self.atom()
+        while self.peek() in (("punct", "+"), ("punct", "-")):
+            op = self.take()[1]
+            node = ("bin", op, node, self.atom())
+        return node
+
+    def atom(self) -> tuple:
+        tok = self.peek()
+        if tok is None:
+            raise ClaimError("the claim ends too early")
+        if tok[0] == "number":
+            self.i += 1
+            return ("num", float(tok[1]))
+        if tok == ("punct", "("):
+            self.i += 1
+            node = self.sum()
+            self.take("punct", ")")
+            return node
+        if tok == ("punct", "-"):
+            self.i += 1
+            return ("bin", "-", ("num", 0.0), self.atom())
+        if tok[0] == "word" and tok[1] in FUNCS and self.toks[self.i + 1: self.i + 2] == [("punct", "(")]:
+            self.i += 2
+            cell = self.cell()
+            self.take("punct", ")")
+            return ("func", tok[1], cell)
+        cell = self.cell()
+        if cell.glob:
+            raise ClaimError(f"{cell} matches several cells: aggregate it with mean(), min() or max()")
+        return ("cell", cell)
+
+    def name(self) -> str:
+        tok = self.peek()
+        if tok is None or tok[0] not in ("word", "string", "number"):
+            raise ClaimError(f"expected a name at {tok[1] if tok else 'the end'!r}")
+        self.i += 1
+        return tok[1]
+
+    def cell(self) -> Cell:
+        evaluation = self.take("word")[1]
+        self.take("punct", "[")
+        keys = [self.name()]
+        while self.peek() == ("punct", ","):
+            self.i += 1
+            keys.append(self.name())
+        self.take("punct", "]")
+        self.take("punct", ".")
+        return Cell(evaluation, tuple(keys), self.name())
+
+
+def _cells(node: tuple) -> list[Cell]:
+    if node[0] == "cell":
+        return [node[1]]
+    if node[0] == "func":
+        return [node[2]]
+    if node[0] in ("bin", "cmp"):
+        return _cells(node[2]) + _cells(node[3])
+    return []
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    says: str
+    holds_if: str
+    for_each: tuple[Any, ...] | None = None
+
+    def instances(self) -> list[str]:
+        if self.for_each is None:
+            return [self.holds_if]
+        return [self.holds_if.replace("{}", str(item)) for item in self.for_each]
+
+
+def parse_claims(raw: Any, evaluations: Mapping[str, Any], where: str = "claims") -> list[Claim]:
+    """The study's ``claims`` list, checked before anything runs: keys, syntax
+    and the evaluations each claim reads."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ClaimError(f"study key '{where}' must be a list of {{id, says, holds_if}} mappings; got {raw!r}")
+    claims, seen = [], set()
+    for n, item in enumerate(raw):
+        label = f"{where}[{n}]"
+        if not isinstance(item, dict):
+            raise ClaimError(f"{label} must be a mapping with id, says and holds_if; got {item!r}")
+        unknown = sorted(set(item) - set(CLAIM_KEYS))
+        missing = [k for k in ("id", "says", "holds_if") if not isinstance(item.get(k), str) or not item[k].strip()]
+        if unknown or missing:
+            raise ClaimError(f"{label}: {'unknown key(s) ' + str(unknown) if unknown else ''}"
+                             f"{'; ' if unknown and missing else ''}"
+                             f"{'missing or empty ' + str(missing) if missing else ''}; a claim has "
+                             f"{', '.join(CLAIM_KEYS)} (for_each optional)")
+        cid = item["id"]
+        if cid in seen:
+            raise ClaimError(f"{label}: claim id {cid!r} is used twice")
+        seen.add(cid)
+        for_each = item.get("for_each")
+        if for_each is not None and (not isinstance(for_each, list) or not for_each):
+            raise ClaimError(f"{label} ({cid}): for_each must be a non-empty list; got {for_each!r}")
+        if for_each is not None and "{}" not in item["holds_if"]:
+            raise ClaimError(f"{label} ({cid}): for_each is given but holds_if has no {{}} to substitute")
+        claim = Claim(cid, item["says"].strip(), item["holds_if"].strip(),
+                      tuple(for_each) if for_each is not None else None)
+        for text in claim.instances():
+            try:
+                tree = _Parser(text).claim()
+            except ClaimError as err:
+                raise ClaimError(f"{label} ({cid}): holds_if {text!r}: {err}") from None
+            bad = sorted({c.evaluation for c in _cells(tree)} - set(evaluations))
+            if bad:
+                raise ClaimError(f"{label} ({cid}): unknown evaluation(s) {bad}; the study has "
+                                 f"{', '.join(evaluations) or 'none'}")
+        claims.append(claim)
+    return claims
+
+
+# -- evaluation ------------------------------------------------------------------
+def _key_columns(row: Mapping[str, Any]) -> list[str]:
+    cols = []
+    for k, v in row.items():
+        if not isinstance(v, str):
+            break
+        cols.append(k)
+    return cols
+
+
+def lookup(cell: Cell, evaluations: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """(label, value) of every table cell ``cell`` matches."""
+    ev = evaluations.get(cell.evaluation)
+    if ev is None:
+        raise MissingCell(f"evaluation {cell.evaluation!r} is not in the results")
+    found = []
+    for row in ev.get("table", []):
+        keys = _key_columns(row)
+        if len(cell.keys) > len(keys):
+            continue
+        values = [str(row[k]) for k in keys[: len(cell.keys)]]
+        if not all(fnmatch.fnmatchcase(v, pattern) for v, pattern in zip(values, cell.keys)):
+            continue
+        for col, value in row.items():
+            if col in keys or not fnmatch.fnmatchcase(col, cell.column):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            found.append((f"{cell.evaluation}[{', '.join(str(row[k]) for k in keys)}].{col}", float(value)))
+    if not found:
+        raise MissingCell(f"no cell {cell} in the results")
+    if not cell.glob and len(found) > 1:
+        raise MissingCell(f"{cell} matches {len(found)} cells ({', '.join(f[0] for f in found)}); "
+                          "name more row keys")
+    return found
+
+
+def _value(node: tuple, evaluations: Mapping[str, Any], used: dict[str, float]) -> float:
+    kind = node[0]
+    if kind == "num":
+        return node[1]
+    if kind == "cell":
+        (label, value), = lookup(node[1], evaluations)
+        used[label] = value
+        return value
+    if kind == "func":
+        cells = lookup(node[2], evaluations)
+        used.update(cells)
+        result = FUNCS[node[1]]([v for _, v in cells])
+        used[f"{node[1]}({node[2]})"] = result
+        return result
+    left, right = _value(node[2], evaluations, used), _value(node[3], evaluations, used)
+    return left + right if node[1] == "+" else left - right
+
+
+def evaluate_claims(claims: list[Claim], evaluations: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each claim's record for ``results.json``: id, says, holds_if, verdict,
+    values (every cell and aggregate compared), and per ``for_each`` item its
+    own verdict."""
+    out = []
+    for claim in claims:
+        values: dict[str, float] = {}
+        parts = []
+        reason = None
+        for text in claim.instances():
+            tree = _Parser(text).claim()
+            try:
+                left = _value(tree[2], evaluations, values)
+                right = _value(tree[3], evaluations, values)
+            except MissingCell as err:
+                reason = str(err)
+                break
+            parts.append({"holds_if": text, "left": left, "right": right, "holds": bool(OPS[tree[1]](left, right))})
+        record: dict[str, Any] = {"id": claim.id, "says": claim.says, "holds_if": claim.holds_if}
+        if reason is not None:
+            record.update(verdict="not evaluated", reason=reason, values=values)
+        else:
+            record.update(verdict="holds" if all(p["holds"] for p in parts) else "does not hold", values=values)
+            if claim.for_each is not None:
+                record["for_each"] = [{"item": item, **p} for item, p in zip(claim.for_each, parts)]
+        out.append(record)
+    return out

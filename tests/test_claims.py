@@ -1,0 +1,95 @@
+"""Computed verdicts: a study's claims are comparisons over its result cells,
+and results.json records whether each held, with the numbers compared."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from robustlab.app.claims import ClaimError, evaluate_claims, parse_claims
+from robustlab.app.cli import main
+from tests.test_study import TINY, _write
+
+EVALS = {
+    "pgd": {"table": [{"model": "plain", "PGD-1": 0.40, "PGD-3": 0.10},
+                      {"model": "at", "PGD-1": 0.80, "PGD-3": 0.70}]},
+    "transfer": {"table": [{"attack": "ifgsm", "source": "a", "→ a": 1.0, "→ b": 0.30, "→ c": 0.20},
+                           {"attack": "mdi2fgsm", "source": "a", "→ a": 0.9, "→ b": 0.40, "→ c": 0.10}]},
+    "routes": {"table": [{"model": "m", "route": "clean", "clean accuracy": 0.9},
+                         {"model": "m", "route": "adv", "clean accuracy": 0.8}]},
+}
+
+
+def _one(holds_if, **kw):
+    claims = parse_claims([{"id": "C1", "says": "something", "holds_if": holds_if, **kw}], EVALS)
+    return evaluate_claims(claims, EVALS)[0]
+
+
+@pytest.mark.parametrize(("holds_if", "verdict"), [
+    ("pgd[at].PGD-3 > pgd[plain].PGD-3", "holds"),
+    ("pgd[at].PGD-3 < pgd[plain].PGD-3", "does not hold"),
+    ("pgd[at].PGD-3 >= pgd[plain].PGD-3 + 0.6", "holds"),          # 0.70 >= 0.70
+    ("pgd[at].PGD-3 - pgd[plain].PGD-3 > 0.61", "does not hold"),
+    ('transfer[mdi2fgsm, a]."→ b" > transfer[ifgsm, a]."→ b"', "holds"),
+    ('mean(transfer[mdi2fgsm, a]."→ [bc]") > mean(transfer[ifgsm, a]."→ [bc]")', "does not hold"),  # 0.25 vs 0.25
+    ('max(transfer[*, a]."→ c") == 0.2', "holds"),
+    ('routes[m, adv]."clean accuracy" < routes[m, clean]."clean accuracy"', "holds"),
+    ("(pgd[at].PGD-1 - pgd[at].PGD-3) < -(pgd[plain].PGD-3 - pgd[plain].PGD-1)", "holds"),  # 0.1 < 0.3
+])
+def test_a_claim_holds_exactly_when_its_comparison_is_true(holds_if, verdict):
+    record = _one(holds_if)
+    assert record["verdict"] == verdict, record
+    assert all(isinstance(v, float) for v in record["values"].values()) and record["values"]
+
+
+def test_for_each_holds_only_if_every_instance_does():
+    record = _one('transfer[mdi2fgsm, a]."→ {}" > transfer[ifgsm, a]."→ {}"', for_each=["b", "c"])
+    assert record["verdict"] == "does not hold"
+    assert [(p["item"], p["holds"]) for p in record["for_each"]] == [("b", True), ("c", False)]
+    assert record["values"]["transfer[mdi2fgsm, a].→ c"] == 0.1
+
+
+def test_a_missing_cell_is_not_evaluated_rather_than_guessed():
+    record = _one("pgd[nosuchmodel].PGD-3 > 0.5")
+    assert record["verdict"] == "not evaluated" and "nosuchmodel" in record["reason"]
+    assert _one("pgd[at].PGD-20 > 0.5")["verdict"] == "not evaluated"
+
+
+@pytest.mark.parametrize(("claim", "match"), [
+    ({"id": "X", "says": "s", "holds_if": "pgd[at].PGD-3 >"}, "ends too early"),
+    ({"id": "X", "says": "s", "holds_if": "pgd[at].PGD-3 ~ 1"}, "cannot read"),
+    ({"id": "X", "says": "s", "holds_if": "nope[at].PGD-3 > 1"}, r"unknown evaluation\(s\) \['nope'\]"),
+    ({"id": "X", "says": "s", "holds_if": "pgd[*].PGD-3 > 1"}, "aggregate it with mean"),
+    ({"id": "X", "says": "s", "holds_if": "pgd[at].PGD-3 > 1", "for_each": ["a"]}, "no {} to substitute"),
+    ({"id": "X", "says": "", "holds_if": "pgd[at].PGD-3 > 1"}, r"missing or empty \['says'\]"),
+    ({"id": "X", "says": "s", "holds_if": "1 > 0", "if": 1}, r"unknown key\(s\) \['if'\]"),
+])
+def test_an_unreadable_claim_is_refused_with_its_id(claim, match):
+    with pytest.raises(ClaimError, match=match):
+        parse_claims([claim], EVALS)
+
+
+def test_a_study_refuses_a_bad_claim_before_training(tmp_path):
+    raw = {**TINY, "claims": [{"id": "T1", "says": "s", "holds_if": "pgd[at].PGD-3 >> 1"}]}
+    out = tmp_path / "run"
+    assert main(["study", str(_write(tmp_path, raw)), "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_study_records_each_claims_verdict_and_values(tmp_path):
+    raw = {**TINY, "models": {k: v for k, v in TINY["models"].items() if k != "plain_b"},
+           "evaluations": {"pgd": TINY["evaluations"]["pgd"]},
+           "claims": [
+               {"id": "T-true", "says": "PGD-AT is more robust than vanilla training",
+                "holds_if": "pgd[at].PGD-3 > pgd[plain].PGD-3"},
+               {"id": "T-false", "says": "a false statement built on purpose",
+                "holds_if": "pgd[at].PGD-3 < pgd[plain].PGD-3"}]}
+    out = tmp_path / "run"
+    assert main(["study", str(_write(tmp_path, raw)), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    claims = {c["id"]: c for c in results["claims"]}
+    table = {row["model"]: row["PGD-3"] for row in results["evaluations"]["pgd"]["table"]}
+    assert claims["T-true"]["values"] == {"pgd[at].PGD-3": table["at"], "pgd[plain].PGD-3": table["plain"]}
+    assert {claims["T-true"]["verdict"], claims["T-false"]["verdict"]} == {"holds", "does not hold"}
+    assert claims["T-true"]["verdict"] == ("holds" if table["at"] > table["plain"] else "does not hold")
