@@ -45,6 +45,7 @@ test: $(STAMP) data browser
 bench: $(STAMP)
 	$(PY) benchmarks/attack_throughput.py
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/data_throughput.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check robustlab tests benchmarks
