@@ -154,10 +154,11 @@ def dag_segmentation(
         labels: (N, H, W) original labels l; default the model's own clean
             predictions. Pixels equal to ``ignore_index`` are never targets.
         target: (N, H, W) adversarial labels l' for a targeted attack (fooling
-            images, §2.3.4: paint any label map). Default: l' = π(l), a random
-            derangement π per image.
-        ignore_background: leave targets whose label is ``background`` alone
-            (footnote 1 of §2.3.3).
+            images, §2.3.4: paint any label map). Every pixel of the map is a
+            target (``ignore_index`` pixels of the map excepted), background
+            included. Default: l' = π(l), a random derangement π per image.
+        ignore_background: untargeted only: leave targets whose label is
+            ``background`` alone (footnote 1 of §2.3.3).
         stop_fraction: stop once at most this fraction of the targets is
             active (the release stops below 1%: 0.01); 0 is Algorithm 1.
     """
@@ -180,13 +181,15 @@ def dag_segmentation(
             _check_map(target, x, "target", num_classes, None)
         for i in range(x.shape[0]):
             lab = labels[i].flatten().to(x.device)
-            valid = lab != ignore_index
-            if ignore_background:
-                valid &= lab != background
-            safe = torch.where(valid, lab, torch.zeros_like(lab))
-            if target is not None:
+            if target is not None:  # a fooling image paints its whole map, background included (§2.3.4)
                 adv = target[i].flatten().to(x.device)
+                valid = adv != ignore_index
+                safe = torch.where(lab != ignore_index, lab, torch.zeros_like(lab))
             else:
+                valid = lab != ignore_index
+                if ignore_background:
+                    valid &= lab != background
+                safe = torch.where(valid, lab, torch.zeros_like(lab))
                 adv = derangement(num_classes, gen, x.device)[safe]
             min_active = int(stop_fraction * int(valid.sum()))
             r, c = dag_single(f, x[i: i + 1], safe, adv, mask=valid, gamma=gamma, max_iter=max_iter,

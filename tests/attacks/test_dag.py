@@ -88,6 +88,26 @@ def test_background_is_left_alone_when_asked(images):
     assert all(c[0] < labels[i].numel() for i, c in enumerate(res.active))
 
 
+def test_a_fooling_image_targets_every_pixel_background_included(images):
+    """§2.3.4: the target map is painted everywhere, whatever ignore_background
+    says (it concerns the untargeted attack): the ch. 2 study once painted only
+    the pixels that already were objects (16 of 256 in the audit)."""
+    model = segmenter()
+    labels = model(images).argmax(1)
+    background = int(labels.flatten().mode().values)
+    target = torch.full_like(labels, (background + 1) % 5)  # every pixel, including the background ones
+    target[:, 2:6, 2:6] = (background + 2) % 5
+    res = dag_segmentation(model, images, labels=torch.full_like(labels, background), target=target,
+                           ignore_background=True, background=background, gamma=G)
+    first = [c[0] for c in res.active]
+    assert first == [int((labels[i] != target[i]).sum()) for i in range(len(labels))]  # every mismatching pixel
+    assert all(n > 0 for n in first)
+    pred = model(images + res.perturbation).argmax(1)
+    on_background = labels == background
+    assert float((pred == target)[on_background].float().mean()) > 0.5  # painted where nothing was an object
+    assert float((pred == target).float().mean()) > float((labels == target).float().mean()) + 0.4
+
+
 def test_dict_output_and_bad_input(images):
     class Dict(nn.Module):
         def __init__(self):
