@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-_logger = logging.getLogger("robustlab")
+_logger = logging.getLogger(__name__)
 
 # Attack options: CLI flag → (keyword, converter). Only flags the user sets
 # are passed on, so every other knob keeps the thesis default of the preset.
@@ -20,45 +20,62 @@ _ATTACK_FLAGS = ("eps", "steps", "step_size", "norm", "mu", "p", "loss", "target
                  "binary_search_steps", "seed")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, unless the help already says it or
+    there is none to show (None, False, an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if "default" in text or d is None or d is False or d == [] or d == argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
 def _add_attack_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("attack")
     g.add_argument("--attack", default="pgd", help="fgsm, ifgsm, mifgsm, di2fgsm, mdi2fgsm, pgd, gd, cw, dcw")
-    g.add_argument("--eps", help="budget: 16 (0-255 units), 16/255, or 0.5px")
+    g.add_argument("--eps", help="budget: 16 (0-255 units), 16/255, or 0.5px (default: the attack's; "
+                   "pgd 16, the ch. 3 family 15)")
     g.add_argument("--steps", type=int, help="iterations N (default: the thesis rule of the attack)")
-    g.add_argument("--step-size", help="step α, same notation as --eps")
-    g.add_argument("--norm", choices=("linf", "l2"))
-    g.add_argument("--mu", type=float, help="momentum decay μ")
-    g.add_argument("--p", type=float, help="input-diversity probability")
-    g.add_argument("--loss", choices=("ce", "cw"))
+    g.add_argument("--step-size", help="step α, same notation as --eps (default: the attack's)")
+    g.add_argument("--norm", choices=("linf", "l2"), help="threat model (default: the attack's, mostly linf)")
+    g.add_argument("--mu", type=float, help="momentum decay μ (default: the attack's; mi-fgsm 1.0)")
+    g.add_argument("--p", type=float, help="input-diversity probability (default: the attack's; di2-fgsm 0.5)")
+    g.add_argument("--loss", choices=("ce", "cw"), help="loss the attack ascends: cross-entropy or C&W margin "
+                   "(default: the attack's)")
     g.add_argument("--targeted", action="store_true", default=None, help="random wrong class as target")
     g.add_argument("--early-stop", action="store_true", default=None, help="retire samples once fooled")
-    g.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=None,
+                   help="start from a random point of the ε-ball (default: the attack's; PGD yes)")
     g.add_argument("--clean-init-prob", type=float, help="PGD: probability of a clean start (default 0.2)")
-    g.add_argument("--smooth-grad", type=float, metavar="ALPHA", help="softplus(α) backward for ReLU (§5.3.2)")
-    g.add_argument("--confidence", type=float, help="C&W κ")
-    g.add_argument("--lr", type=float, help="C&W learning rate")
-    g.add_argument("--binary-search-steps", type=int, help="C&W search rounds over c")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--smooth-grad", type=float, metavar="ALPHA", help="softplus(α) backward for ReLU (§5.3.2; default: "
+                   "none)")
+    g.add_argument("--confidence", type=float, help="C&W κ (default: the attack's)")
+    g.add_argument("--lr", type=float, help="C&W learning rate (default: the attack's)")
+    g.add_argument("--binary-search-steps", type=int, help="C&W search rounds over c (default: the attack's)")
+    g.add_argument("--seed", type=int, default=0, help="seed of every random start, target and transform")
 
 
 def _add_data_options(p: argparse.ArgumentParser, default: str | None = None) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default=default,
                    help="fashion_mnist, mnist, cifar10, cifar100, digits, imagefolder:ROOT (required)")
-    g.add_argument("--split", default="test", choices=("train", "test"))
+    g.add_argument("--split", default="test", choices=("train", "test"), help="dataset split")
     g.add_argument("--data-dir", help="where dataset files are looked for first")
-    g.add_argument("--limit", type=int, help="use the first N samples")
-    g.add_argument("--image-size", type=int, help="resize images (and imagefolder crop size)")
-    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--limit", type=int, help="use the first N samples (default: all)")
+    g.add_argument("--image-size", type=int, help="resize images (and imagefolder crop size; default: as stored)")
+    g.add_argument("--batch-size", type=int, default=128, help="images per batch")
     g.add_argument("--no-download", action="store_true", help="never download missing data")
 
 
 _LISTS = {
     "attacks": ("robustlab.attacks", "names"),
     "activations": ("robustlab.nn.activations", "activation_names"),
-    "denoise": ("robustlab.nn.denoise", "DENOISE_OPS"),
+    "denoise": ("robustlab.nn.denoise", "BLOCK_OPS"),
     "models": ("robustlab.models.factory", "model_names"),
     "datasets": ("robustlab.data.datasets", "dataset_names"),
+    "configs": ("robustlab.app.config", "config_names"),  # packaged: CONFIG by name
 }
 
 
@@ -73,7 +90,8 @@ def _names(kind: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     from robustlab import __version__
 
-    parser = argparse.ArgumentParser(prog="robustlab", description="Robust representation learning toolkit.")
+    parser = argparse.ArgumentParser(prog="robustlab", description="Robust representation learning toolkit.",
+                                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"robustlab {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what each step does")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only results and errors")
@@ -83,9 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log what each step does")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress lines, only results and errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="one of the commands below; robustlab COMMAND --help for its options")
 
-    atk = sub.add_parser("attack", parents=[common],
+    def add(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], formatter_class=_HelpFormatter, **kw)
+
+    atk = add("attack",
                          help="attack a model on a dataset split; write adversarial examples, results.json")
     atk.add_argument("--config", help="YAML file of options (keys as the flags: eps, steps, data, ...); "
                      "flags on the command line win")
@@ -107,10 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gamma", type=float, default=0.5, help="DAG step γ in 0-255 units (eq. 2.3: 0.5)")
     g.add_argument("--nms-iou", type=float, default=0.9, help="detection: RPN NMS IoU of the proposals (§2.3.2)")
     atk.add_argument("--out", help="run directory (default runs/attack-TIMESTAMP)")
-    atk.add_argument("--device", default="auto")
+    atk.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     atk.add_argument("--no-save", action="store_true", help="do not write adversarial.safetensors")
 
-    tr = sub.add_parser("train", parents=[common],
+    tr = add("train",
                         help="train a model with a recipe from a YAML config; write a run directory",
                         description="robustlab train CONFIG.yaml [key.sub=value ...] [--out DIR]; "
                         "robustlab train --resume DIR. Under torchrun every process runs this command.")
@@ -120,13 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="run directory (default runs/train-RECIPE-TIMESTAMP)")
     tr.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
 
-    ev = sub.add_parser("eval", parents=[common],
+    ev = add("eval",
                         help="evaluate any model's robustness (standard: a worst case at least as strong "
                         "as AutoAttack's), or curves, transfer and corruption",
                         description="robustlab eval --model SPEC --data DATA --eps 8/255 [--protocol standard]. "
                         "SPEC: a run directory, timm:NAME, tv:NAME, path/to/file.py:factory or "
-                        "package.module:factory (a factory returns an nn.Module taking [0, 1] pixels).",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        "package.module:factory (a factory returns an nn.Module taking [0, 1] pixels).")
     ev.add_argument("--model", action="append", default=[], metavar="SPEC",
                     help="the model to evaluate (repeat for several; every one is evaluated)")
     ev.add_argument("--checkpoint", action="append", default=[], metavar="RUN_DIR",
@@ -161,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "runs/eval-TIMESTAMP)")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
-    st = sub.add_parser("study", parents=[common],
+    st = add("study",
                         help="the main job: train a chapter's models, evaluate them, write a report",
                         description="robustlab study CONFIG.yaml [key=value ...] [--out DIR] [--smoke]. "
                         "Running the same command again resumes: trained models and finished evaluations "
@@ -172,18 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", help="run directory (default runs/NAME)")
     st.add_argument("--smoke", action="store_true", help="the config's reduced variant (its `smoke:` overrides)")
 
-    rep = sub.add_parser("report", parents=[common], help="(re)write RUN_DIR/report.html from its results.json")
-    rep.add_argument("run_dir")
+    rep = add("report", help="(re)write RUN_DIR/report.html from its results.json")
+    rep.add_argument("run_dir", help="a run directory with a results.json (train, eval, study, attack --dag)")
 
-    lst = sub.add_parser("list", parents=[common], help="list the names the registries accept")
+    lst = add("list", help="list the names the registries accept")
     lst.add_argument("kind", nargs="?", choices=sorted(_LISTS), help="one registry (default: all)")
 
-    demo = sub.add_parser("demo", parents=[common], help="train two small models in seconds and print an attack table")
+    demo = add("demo", help="train two small models in seconds and print an attack table")
     _add_data_options(demo, default="fashion_mnist")
-    demo.add_argument("--train-limit", type=int, default=10000)
+    demo.add_argument("--train-limit", type=int, default=10000, help="training images per model")
     demo.add_argument("--eps", default="16", help="budget (0-255 units)")
     demo.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    demo.add_argument("--device", default="auto")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     demo.set_defaults(limit=500, batch_size=250)
     parser.subcommands = {"attack": atk, "demo": demo, "list": lst}  # for --config
     return parser
@@ -192,10 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
 def apply_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace
                  ) -> argparse.Namespace:
     """Re-parse with a YAML file's options as defaults, so flags still win."""
-    from robustlab.app.config import load_yaml
+    from robustlab.app.config import find_config, load_yaml
 
     sub = parser.subcommands[args.command]
-    cfg = load_yaml(args.config, "--config")
+    cfg = load_yaml(find_config(args.config, "--config"), "--config")
     known = {a.dest for a in sub._actions} - {"help", "config"}
     cfg = {str(k).replace("-", "_"): v for k, v in cfg.items()}
     unknown = sorted(set(cfg) - known)
@@ -274,8 +295,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
         if not args.no_save:
             write_tensors(run.ensure() / "adversarial.safetensors", tensors)
         run.finish(record, report=False)
+    from robustlab.app.summary import path_lines
+
     print(format_attack_table([record]))
-    print(f"wrote {run.path / 'results.json'}")
+    print("\n".join(path_lines("wrote", run.path / "results.json", indent="")))
     return 0
 
 
@@ -353,8 +376,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from robustlab.app.summary import wrap_items
+
     for kind in [args.kind] if args.kind else sorted(_LISTS):
-        print(f"{kind}: {', '.join(_names(kind))}")
+        print("\n".join(wrap_items(f"{kind}: ", _names(kind), indent="  ")))
     return 0
 
 
@@ -365,8 +390,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command not in ("train", "study") or not all("=" in e and not e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.config_and_overrides = [*args.config_and_overrides, *extra]
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    undo = _log_to_stderr(logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.INFO)
+    try:
+        return _run(parser, argv, args)
+    finally:
+        undo()
+
+
+def _log_to_stderr(level: int) -> Callable[[], None]:
+    """The command line's logging: the ``robustlab`` loggers to stderr at
+    ``level`` (INFO: progress lines and what each step does; ``-v`` DEBUG,
+    ``-q`` ERROR). Returns the undo, for ``main`` called in a process that
+    goes on (tests, notebooks)."""
+    from robustlab._progress import LogHandler
+
+    pkg = logging.getLogger("robustlab")
+    level_before, handlers_before = pkg.level, list(pkg.handlers)
+    for h in handlers_before:
+        if isinstance(h, LogHandler):  # a previous main() in this process
+            pkg.removeHandler(h)
+    pkg.addHandler(LogHandler())
+    pkg.setLevel(level)
+
+    def undo() -> None:
+        pkg.setLevel(level_before)
+        pkg.handlers[:] = handlers_before
+
+    return undo
+
+
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace) -> int:
     commands = {"attack": cmd_attack, "list": cmd_list, "train": cmd_train, "eval": cmd_eval, "report": cmd_report,
                 "study": cmd_study}
     try:
@@ -379,7 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from robustlab.app.demo import run_demo
 
-            return run_demo(args)
+            print(run_demo(args))
+            return 0
         return commands[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         print(f"robustlab {args.command}: error: {err}", file=sys.stderr)

@@ -24,7 +24,8 @@ from robustlab.models.factory import create_model
 WEIGHTS, META = "model.safetensors", "model.json"
 _SPEC_KEY = "robustlab.spec"  # the spec's copy in the safetensors header
 _REQUIRED = ("name", "num_classes", "in_channels", "mean", "std")
-_BUILD = ("act", "act_options", "norm", "denoise", "denoise_where", "routes")  # create_model's own options
+# create_model's own options
+_BUILD = ("act", "act_options", "norm", "denoise", "denoise_where", "denoise_options", "routes")
 _OPTIONAL = (*_BUILD, "pretrained", "kwargs")
 _NORMS, _WHERE = ("bn", "mbn", "gn"), ("stages", "all")
 _EXPECTED = (f"a directory written by robustlab.models.save_model: {WEIGHTS} and {META} holding "
@@ -116,7 +117,8 @@ def _read_meta(meta_path: Path) -> tuple[dict[str, Any], str]:
 def _check_spec(spec: object, meta_path: Path) -> None:
     """Required keys present, no unknown keys, values of the right type and known names."""
     from robustlab.models.factory import _builtin
-    from robustlab.nn import DENOISE_OPS, activation_names
+    from robustlab.nn import activation_names
+    from robustlab.nn.denoise import BLOCK_OPS
 
     def bad(key: str, expected: str) -> ValueError:
         value = spec.get(key) if isinstance(spec, dict) else spec
@@ -148,10 +150,10 @@ def _check_spec(spec: object, meta_path: Path) -> None:
         raise bad("std", "a list of positive numbers")
     _check_choice(spec.get("act"), activation_names(), bad("act", f"null or one of {activation_names()}"))
     _check_choice(spec.get("norm"), _NORMS, bad("norm", f"null or one of {list(_NORMS)}"))
-    _check_choice(spec.get("denoise"), DENOISE_OPS, bad("denoise", f"null or one of {list(DENOISE_OPS)}"))
+    _check_choice(spec.get("denoise"), BLOCK_OPS, bad("denoise", f"null or one of {list(BLOCK_OPS)}"))
     _check_choice(spec.get("denoise_where", "stages"), _WHERE, bad("denoise_where", f"one of {list(_WHERE)}"),
                   optional=False)
-    for key in ("act_options", "kwargs", "pretrained"):
+    for key in ("act_options", "denoise_options", "kwargs", "pretrained"):
         if spec.get(key) is not None and not isinstance(spec[key], dict):
             raise bad(key, "null or a JSON object")
     routes = spec.get("routes", [])

@@ -81,6 +81,7 @@ def create_model(
     norm: str | None = None,
     denoise: str | None = None,
     denoise_where: str = "stages",
+    denoise_options: dict[str, Any] | None = None,
     routes: Sequence[str] = DEFAULT_ROUTES,
     **kwargs: Any,
 ) -> nn.Module:
@@ -117,7 +118,11 @@ def create_model(
         norm: ``"bn"`` (as built), ``"mbn"`` (MixtureBatchNorm with ``routes``,
             ch. 6–7) or ``"gn"`` (GroupNorm, §6.4.2).
         denoise: add denoising blocks of this op (``rl.nn.add_denoise_blocks``,
-            ch. 4) at ``denoise_where`` (``stages`` or ``all``).
+            ch. 4) at ``denoise_where`` (``stages`` or ``all``); ``bottleneck``
+            adds standard bottleneck blocks there instead (§4.6.1's capacity
+            control).
+        denoise_options: the blocks' options (Table 4.1's ``conv: false``,
+            ``residual: false``; ``subsample: true`` for all-blocks, §4.6.2).
         kwargs: passed to the network's constructor (``width``/``depth`` for
             smallcnn, ``width`` for the CIFAR ResNets; ``timm.create_model``'s
             options such as ``pretrained_cfg_overlay`` for timm).
@@ -153,7 +158,7 @@ def create_model(
             raise ValueError(f"weights: {weights} does not fit {key}: {err}") from None
         record = {"source": "file", "name": key, "file": str(file.resolve()), "sha256": sha256_file(file)}
     net = _surgery(net, act=act, act_options=act_options or {}, norm=norm, denoise=denoise,
-                   denoise_where=denoise_where, routes=routes)
+                   denoise_where=denoise_where, denoise_options=denoise_options or {}, routes=routes)
     channels = in_channels if builder is not None else 3
     mean = tuple(mean) if mean is not None else (0.0,) * channels
     std = tuple(std) if std is not None else (1.0,) * channels
@@ -162,19 +167,21 @@ def create_model(
     model.robustlab_spec = {  # what load_model needs to rebuild it
         "name": key, "num_classes": num_classes, "in_channels": in_channels,
         "mean": list(mean), "std": list(std), "act": act, "act_options": act_options, "norm": norm, "denoise": denoise,
-        "denoise_where": denoise_where, "routes": list(routes), "kwargs": kwargs, "pretrained": record,
+        "denoise_where": denoise_where, "denoise_options": denoise_options or None, "routes": list(routes),
+        "kwargs": kwargs, "pretrained": record,
     }
     return model
 
 
 def _surgery(net: nn.Module, *, act: str | None, act_options: dict[str, float], norm: str | None,
-             denoise: str | None, denoise_where: str, routes: Sequence[str]) -> nn.Module:
+             denoise: str | None, denoise_where: str, denoise_options: dict[str, Any],
+             routes: Sequence[str]) -> nn.Module:
     """Denoising blocks first (their BN is converted with the rest), then
     activations, then normalization."""
     from robustlab.nn.surgery import add_denoise_blocks, convert_norm, swap_activation
 
     if denoise is not None:
-        net = add_denoise_blocks(net, denoise, denoise_where, inplace=True)
+        net = add_denoise_blocks(net, denoise, denoise_where, inplace=True, **denoise_options)
     if act is not None:
         net = swap_activation(net, act, inplace=True, **act_options)
     elif act_options:

@@ -313,6 +313,31 @@ class NullDenoise(nn.Module):
         return f"{self.channels}"
 
 
+class BottleneckBranch(nn.Module):
+    """The residual branch of a standard bottleneck block (He et al.): Conv1×1
+    (C → C/4), BN, ReLU, Conv3×3 (C/4), BN, ReLU, Conv1×1 (C/4 → C), BN with γ
+    starting at 0. §4.6.1's capacity control "+4 bottleneck" (ResNet-164):
+    :func:`robustlab.nn.add_denoise_blocks` with ``op="bottleneck"`` adds
+    x + branch(x) where the denoising blocks would go (no extra 1×1), the
+    same number of blocks, no denoising."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = _check_channels(channels)
+        mid = max(1, self.channels // 4)
+        self.body = nn.Sequential(
+            nn.Conv2d(self.channels, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+            nn.Conv2d(mid, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+            nn.Conv2d(mid, self.channels, 1, bias=False), nn.BatchNorm2d(self.channels))
+        nn.init.zeros_(self.body[-1].weight)  # a fresh block is the identity, as the denoising blocks are
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(_check_features(x, "x", self.channels))
+
+
+#: Ops whose block is x + op(x) alone: they carry their own 1×1 convolutions.
+OWN_CONV_OPS = ("bottleneck",)
+
 _REGISTRY = {
     "nonlocal_gaussian": partial(NonLocalDenoise, softmax=True),
     "nonlocal_dot": partial(NonLocalDenoise, softmax=False),
@@ -323,8 +348,11 @@ _REGISTRY = {
     "null": NullDenoise,
 }
 
-#: Names accepted by :func:`create_op` and :class:`DenoiseBlock` (§4.4.2, §4.6.1).
+#: The denoising operations (§4.4.2, §4.6.1).
 DENOISE_OPS: tuple[str, ...] = tuple(_REGISTRY)
+#: Names accepted by :func:`create_op`, :class:`DenoiseBlock` and ``create_model(denoise=...)``:
+#: the denoising operations and the bottleneck capacity control.
+BLOCK_OPS: tuple[str, ...] = DENOISE_OPS + OWN_CONV_OPS
 
 # Options that only some ops take: off (None / False) they are dropped for the others, on they are an error.
 _OPTION_SCOPE = {"subsample": "the non-local ops only (§4.6.2)",
@@ -332,10 +360,10 @@ _OPTION_SCOPE = {"subsample": "the non-local ops only (§4.6.2)",
 
 
 def create_op(op: str, channels: int, **kw: object) -> nn.Module:
-    """A denoising operation by name (one of :data:`DENOISE_OPS`): ``create_op("median", 256)``."""
-    if op not in _REGISTRY:
-        raise ValueError(f"op must be one of {', '.join(DENOISE_OPS)}; got {op!r}")
-    factory = _REGISTRY[op]
+    """A denoising operation by name (one of :data:`BLOCK_OPS`): ``create_op("median", 256)``."""
+    if op not in BLOCK_OPS:
+        raise ValueError(f"op must be one of {', '.join(BLOCK_OPS)}; got {op!r}")
+    factory = _REGISTRY.get(op, BottleneckBranch)
     accepted = inspect.signature(factory).parameters
     for key in [k for k in kw if k in _OPTION_SCOPE and k not in accepted]:
         value = kw.pop(key)
@@ -363,7 +391,9 @@ class DenoiseBlock(nn.Module):
         self.residual = bool(residual)
         self.subsample = bool(subsample)
         self.op = create_op(op, self.channels, subsample=self.subsample, embed_channels=embed_channels)
-        if conv:
+        if op in OWN_CONV_OPS and not residual:
+            raise ValueError(f"op={op!r} is the branch of a residual block: it takes no residual=False")
+        if conv and op not in OWN_CONV_OPS:
             self.conv = nn.Conv2d(self.channels, self.channels, 1, bias=False)
             self.bn = nn.BatchNorm2d(self.channels)
             if self.residual:

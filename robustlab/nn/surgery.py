@@ -46,7 +46,7 @@ def _record(model: nn.Module, op: str, before: int, **details: object) -> None:
     history = list(getattr(model, "robustlab_surgery", []))
     history.append(entry)
     model.robustlab_surgery = history
-    _logger.info("surgery %s", entry)
+    _logger.debug("surgery %s", entry)
 
 
 def _target(model: nn.Module, inplace: bool) -> nn.Module:
@@ -177,10 +177,10 @@ def add_denoise_blocks(
     are the identity, so the network's outputs do not change until it trains.
     ``block_kwargs`` go to :class:`DenoiseBlock` (``conv``, ``residual``,
     ``subsample``, ``embed_channels``)."""
-    from robustlab.nn.denoise import DENOISE_OPS, DenoiseBlock
+    from robustlab.nn.denoise import BLOCK_OPS, DenoiseBlock
 
-    if op not in DENOISE_OPS:
-        raise ValueError(f"op must be one of {DENOISE_OPS}; got {op!r}")
+    if op not in BLOCK_OPS:
+        raise ValueError(f"op must be one of {BLOCK_OPS}; got {op!r}")
     if where not in ("stages", "all"):
         raise ValueError(f"where must be 'stages' or 'all'; got {where!r}")
     model = _target(model, inplace)

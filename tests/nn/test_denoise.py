@@ -385,7 +385,7 @@ def test_embedding_init():
 
 
 def test_unknown_op_lists_the_names():
-    with pytest.raises(ValueError, match="op must be one of nonlocal_gaussian, .*null; got 'gaussian'"):
+    with pytest.raises(ValueError, match="op must be one of nonlocal_gaussian, .*null, bottleneck; got 'gaussian'"):
         create_op("gaussian", 4)
     with pytest.raises(ValueError, match="op must be one of"):
         DenoiseBlock(4, "bilateral")
@@ -443,3 +443,33 @@ def test_other_bad_arguments():
     with pytest.raises(ValueError, match="channels must be >= 1"):
         DenoiseBlock(0)
     assert isinstance(DenoiseBlock(1).op.theta, nn.Conv2d)  # C = 1 still embeds to one channel
+
+
+def test_bottleneck_capacity_control_is_a_standard_bottleneck_and_starts_as_identity():
+    """§4.6.1's "+4 bottleneck" (ResNet-164): x + branch(x), branch = 1×1 (C→C/4), 3×3, 1×1 (C/4→C)
+    with BN after each; no extra 1×1, no denoising op."""
+    from robustlab.nn.denoise import DenoiseBlock
+
+    block = DenoiseBlock(64, "bottleneck").eval()
+    assert block.conv is None
+    convs = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [tuple(c.weight.shape) for c in convs] == [(16, 64, 1, 1), (16, 16, 3, 3), (64, 16, 1, 1)]
+    x = torch.randn(2, 64, 6, 6)
+    assert torch.equal(block(x), x)  # γ of the last BN starts at 0
+    with pytest.raises(ValueError, match="residual"):
+        DenoiseBlock(64, "bottleneck", residual=False)
+
+
+def test_table_4_1_ablations_build_through_create_model():
+    import robustlab as rl
+
+    def blocks(**kw):
+        m = rl.models.create_model("resnet20_cifar", 10, **kw)
+        return [b for b in m.modules() if type(b).__name__ == "DenoiseBlock"]
+
+    no_conv = blocks(denoise="nonlocal_gaussian", denoise_options={"conv": False})
+    no_res = blocks(denoise="nonlocal_gaussian", denoise_options={"residual": False})
+    every = blocks(denoise="nonlocal_gaussian", denoise_where="all", denoise_options={"subsample": True})
+    assert len(no_conv) == len(no_res) == 3 and len(every) == 9  # 3 stages; 3 residual blocks each
+    assert all(b.conv is None for b in no_conv) and not any(b.residual for b in no_res)
+    assert all(b.subsample for b in every)
