@@ -2,6 +2,7 @@
 (what ``results.json`` holds) and returns a Figure; :func:`save` writes a PNG."""
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import LogFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
+
+from robustlab.report.format import humanize  # noqa: E402
 
 
 def save(fig: Figure, path: str | Path) -> Path:
@@ -21,34 +25,122 @@ def save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
+def log_steps_axis(ax: Any, values: Sequence[float]) -> None:
+    """A log x-axis labelled at every decade (1, 10, 100 …) with minor ticks
+    between them; it reaches down to the decade below the smallest value so
+    that at least one decade is labelled."""
+    lo, hi = min(values), max(values)
+    ax.set_xscale("log")
+    ax.set_xlim(10 ** math.floor(math.log10(lo)) * 0.9, hi * 1.25)
+    ax.xaxis.set_major_locator(LogLocator(base=10))
+    ax.xaxis.set_major_formatter(LogFormatter(base=10, labelOnlyBase=True))
+    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(2, 10)), numticks=50))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _percent_axis(ax: Any, top: float) -> None:
+    ax.set_ylim(0, min(100.0, max(5.0, top * 1.1 + 2)))
+    ax.set_ylabel("accuracy (%)")
+
+
 def robustness_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], title: str = "") -> Figure:
     """Accuracy vs PGD iterations, log x-axis (Fig. 4.6, 6.2, 6.3).
-    ``curves``: name → {"steps": [...], "accuracy": [...]}."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ``curves``: name → {"steps": [...], "accuracy": [...]}. A 0-iteration
+    point (the clean accuracy) cannot sit on a log axis: it is drawn as a
+    dotted line of the curve's colour."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    top, xs = 0.0, []
     for name, c in curves.items():
-        steps = [max(s, 1) for s in c["steps"]]
-        ax.plot(steps, [100 * a for a in c["accuracy"]], marker="o", label=name)
-    ax.set_xscale("log")
-    ax.set_xlabel("attack iterations")
-    ax.set_ylabel("accuracy (%)")
+        pts = [(s, 100 * a) for s, a in zip(c["steps"], c["accuracy"]) if a is not None]
+        zero = [a for s, a in pts if s <= 0]
+        pts = [(s, a) for s, a in pts if s > 0]
+        line = ax.plot([s for s, _ in pts], [a for _, a in pts], marker="o", label=name)[0]
+        if zero:
+            ax.axhline(zero[0], ls=":", color=line.get_color(), lw=1, label=f"{name}, 0 steps")
+        top = max([top, *(a for _, a in pts), *zero])
+        xs += [s for s, _ in pts]
+    log_steps_axis(ax, xs or [1, 10])
+    ax.set_xlabel("attack iterations (log scale)")
+    _percent_axis(ax, top)
     ax.set_title(title or "white-box PGD")
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="major")
+    ax.grid(alpha=0.12, which="minor")
     ax.legend(fontsize=8)
     return fig
 
 
-def heatmap(rows: Sequence[str], cols: Sequence[str], values: Sequence[Sequence[float]], title: str = "",
-            fmt: str = "{:.1f}") -> Figure:
-    """A labelled matrix, e.g. transfer success rates (%) source × target (Table 3.1)."""
-    fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 2.5, 0.45 * len(rows) + 1.5))
-    im = ax.imshow(values, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(len(rows)), rows, fontsize=8)
-    for i, row in enumerate(values):
+def label_colour(rgba: Sequence[float]) -> str:
+    """Black or white, whichever contrasts more with a background colour
+    (WCAG relative luminance: black wins above L = 0.179)."""
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
+    luminance = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    return "black" if luminance > 0.179 else "white"
+
+
+def heatmap(rows: Sequence[str], cols: Sequence[str], values: Sequence[Sequence[float | None]], title: str = "",
+            fmt: str = "{:.1f}", vmin: float = 0.0, vmax: float = 100.0, label: str = "success rate (%)") -> Figure:
+    """A labelled matrix on one fixed colour scale (``vmin``–``vmax``, shared
+    by every cell and every report), e.g. transfer success rates (%) of
+    (attack, source) rows on target columns (Tables 3.1, 3.2). Each label is
+    black or white, whichever reads better on its cell's colour."""
+    import numpy as np
+
+    data = np.array([[np.nan if v is None else v for v in r] for r in values], dtype=float)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.25 * len(cols) + 2.8), 0.5 * len(rows) + 1.6))
+    cmap = plt.get_cmap("viridis")
+    im = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=20 if len(cols) > 3 else 0, ha="right" if len(cols) > 3
+                  else "center", fontsize=9)
+    ax.set_yticks(range(len(rows)), rows, fontsize=9)
+    for i, row in enumerate(data):
         for j, v in enumerate(row):
-            ax.text(j, i, fmt.format(v), ha="center", va="center", color="w", fontsize=7)
-    fig.colorbar(im, ax=ax)
-    ax.set_title(title)
+            if np.isnan(v):
+                continue
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=9,
+                    color=label_colour(cmap((v - vmin) / (vmax - vmin or 1))))
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def corruption_curves(errors: Mapping[str, Mapping[str, Mapping[Any, float]]], clean: Mapping[str, float] | None = None
+                      ) -> Figure:
+    """Accuracy vs corruption severity, one line per model: the mean over the
+    corruptions first, then one small panel per corruption (ch. 7, ImageNet-C).
+    ``errors``: model → corruption → severity → error; ``clean``: model →
+    clean accuracy, drawn at severity 0."""
+    models = list(errors)
+    names = list(dict.fromkeys(c for m in models for c in errors[m]))
+    panels = ["mean over corruptions", *names]
+    cols = 4
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.3 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, panel in zip(axes.flat, panels):
+        for k, m in enumerate(models):
+            if panel == "mean over corruptions":
+                sev = sorted({int(s) for c in errors[m].values() for s in c})
+                acc = [100 * (1 - sum(errors[m][c].get(str(s), errors[m][c].get(s, 0.0)) for c in errors[m])
+                              / len(errors[m])) for s in sev]
+            else:
+                by = errors[m].get(panel, {})
+                sev = sorted(int(s) for s in by)
+                acc = [100 * (1 - by.get(str(s), by.get(s, 0.0))) for s in sev]
+            if clean and m in clean:
+                sev, acc = [0, *sev], [100 * clean[m], *acc]
+            ax.plot(sev, acc, marker="o", ms=3, color=colors[k % len(colors)], label=m)
+        ax.set_title(panel.replace("_", " "), fontsize=9)
+        ticks = sorted({int(t) for line in ax.get_lines() for t in line.get_xdata()})
+        ax.set_xticks(ticks, ["clean" if t == 0 else str(t) for t in ticks])
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+        ax.set_xlabel("severity", fontsize=8)
+    axes[0][0].set_ylabel("accuracy (%)", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
     return fig
 
 
@@ -72,15 +164,17 @@ def training_curves(history: Sequence[Mapping[str, Any]]) -> Figure:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     epochs = [h["epoch"] for h in history]
     for key in sorted({k for h in history for k in h if k.startswith("train_loss")}):
-        axes[0].plot(epochs, [h.get(key) for h in history], marker="o", label=key)
+        axes[0].plot(epochs, [h.get(key) for h in history], marker="o", label=humanize(key))
     for key in sorted({k for h in history for k in h if k.endswith("_acc") or "_acc_" in k}):
         if key.startswith("train_"):
             continue
         pts = [(e, h[key]) for e, h in zip(epochs, history) if key in h]
-        axes[1].plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=key)
+        axes[1].plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=humanize(key))
     axes[0].set_title("training loss")
     axes[1].set_title("evaluation accuracy (%)")
+    axes[1].set_ylim(bottom=0)
     for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
@@ -123,3 +217,14 @@ def image_grid(images: Any, titles: Sequence[str], rows: int = 1) -> Figure:
                   vmin=0, vmax=1)
         ax.set_title(t, fontsize=7)
     return fig
+
+
+def png_base64(fig: Figure) -> str:
+    """A figure as base64 PNG text (closed afterwards), for inlining in a report."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
