@@ -99,6 +99,7 @@ class Figure:
     alt: str
     caption: str = ""
     kind: str = "figure"
+    wide: bool = False  # many small panels: kept legible on a narrow screen, scrolled in its own frame
 
 
 @dataclass

@@ -23,8 +23,8 @@ from robustlab.report.format import (
 from robustlab.units import to_255
 
 
-def figure(fig: Any, alt: str, caption: str = "") -> Figure:
-    return Figure(plots.png_base64(fig), alt, caption)
+def figure(fig: Any, alt: str, caption: str = "", *, wide: bool = False) -> Figure:
+    return Figure(plots.png_base64(fig), alt, caption, wide=wide)
 
 
 def accuracy_key(key: str) -> bool:
@@ -255,7 +255,7 @@ def curve_sections(res: Mapping[str, Any], title: str = "", *, corruption_plot: 
         if c.get("errors") and corruption_plot:
             clean = {title or "model": res["clean_accuracy"]} if res.get("clean_accuracy") is not None else None
             blocks.append(figure(plots.corruption_curves({title or "model": c["errors"]}, clean),
-                                 "accuracy against corruption severity"))
+                                 "accuracy against corruption severity", wide=True))
         out.append(Section("Corruption robustness",
                            ["no adversary (ε not applicable)", f"protocol corruption: {len(c.get('errors') or {})} "
                             f"corruptions × severities {', '.join(map(str, sev))}", f"n = {n} images"], blocks))
@@ -278,7 +278,8 @@ def eval_curve_sections(res: Mapping[str, Any]) -> list[Section]:
             clean = {m: models[m]["clean_accuracy"] for m in errors if models[m].get("clean_accuracy") is not None}
             out.append(Section("Corruption robustness of every model", ["no adversary (ε not applicable)",
                                                                        f"n = {res.get('n')} images"],
-                               [figure(plots.corruption_curves(errors, clean), "accuracy against severity")]))
+                               [figure(plots.corruption_curves(errors, clean), "accuracy against severity",
+                                       wide=True)]))
     else:
         out += curve_sections(res)
     tr = res.get("transfer")

@@ -135,7 +135,7 @@ def _plots(ev: Mapping[str, Any]) -> list[Figure]:
     if kind == "corruption" and ev.get("errors"):
         clean = {r["model"]: r["clean"] for r in ev.get("table") or [] if isinstance(r.get("clean"), float)}
         return [figure(plots.corruption_curves(ev["errors"], clean), "accuracy against corruption severity, "
-                       "one line per model")]
+                       "one line per model", wide=True)]
     return []
 
 
