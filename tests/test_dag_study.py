@@ -82,7 +82,7 @@ def test_dag_study_runs_reuses_its_work_and_reports_its_numbers(tmp_path, capsys
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
     assert main(["study", str(path), "--out", str(out)]) == 0
-    assert "trained, reusing" in capsys.readouterr().out
+    assert "trained, reusing" in capsys.readouterr().err  # each step's line on stderr
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == stamps  # models and r reused
 
     # robustlab attack --dag on one of the trained models

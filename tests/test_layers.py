@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1] / "robustlab"
 # data → model (models/, altered by nn/) → train (calls attacks/) → eval
 # (calls attacks/ again) → report → app; nn/ knows nothing of attacks.
 FLOORS = {
-    "robustlab": 0, "units": 0, "_checks": 0, "_io": 0,
+    "robustlab": 0, "units": 0, "_checks": 0, "_io": 0, "_progress": 0, "_version": 0,
     "nn": 1,
     "attacks": 2,
     "models": 3,

@@ -156,7 +156,9 @@ def test_study_trains_evaluates_and_reuses_finished_work(tmp_path, capsys):
     path = _write(tmp_path, TINY)
     out = tmp_path / "run"
     assert main(["study", str(path), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err  # the summary on stdout, each step's line on stderr
+    assert all(len(line) <= 100 or Path(line).exists() for line in captured.out.splitlines())  # a path stays whole
     results = json.loads((out / "results.json").read_text())
     assert set(results["models"]) == {"plain", "plain_b", "at"}
     assert set(results["evaluations"]) == set(TINY["evaluations"])
@@ -178,7 +180,7 @@ def test_study_trains_evaluates_and_reuses_finished_work(tmp_path, capsys):
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
     evals = {p: p.read_text() for p in (out / "evaluations").glob("*.json")}
     assert main(["study", str(path), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert printed.count("reusing") == len(TINY["models"]) + len(TINY["evaluations"])
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == stamps
     assert {p: p.read_text() for p in (out / "evaluations").glob("*.json")} == evals
@@ -186,7 +188,7 @@ def test_study_trains_evaluates_and_reuses_finished_work(tmp_path, capsys):
     # a changed evaluation option reruns that evaluation only; a changed model retrains that model only
     assert main(["study", str(path), "--out", str(out), "evaluations.pgd.steps=[1,2]",
                  "models.plain_b.train.lr=0.05"]) == 0
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert "model plain: trained, reusing" in printed and "model plain_b: training" in printed
     assert "evaluation clean: done, reusing" not in printed  # plain_b changed: its clean accuracy is new
     again = json.loads((out / "results.json").read_text())

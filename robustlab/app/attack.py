@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from robustlab._progress import progress as progress_bar
 from robustlab.attacks.base import Attack, AttackResult
 from robustlab.eval.metrics import predict
 
@@ -24,27 +24,45 @@ def attack_dataset(
 ) -> dict[str, Any]:
     """Run ``attack`` over ``loader``; returns a JSON-ready record with clean and
     adversarial accuracy, success, norms, iterations, throughput and an audit,
-    plus ``tensors`` (adversarial images and per-sample outcomes)."""
+    plus ``tensors`` (adversarial images and per-sample outcomes). ``progress``:
+    images done, and the adversarial accuracy so far (:mod:`robustlab._progress`)."""
     parts: dict[str, list[Tensor]] = {k: [] for k in ("x_adv", "y", "clean_pred", "adv_pred", "success", "steps",
                                                        "linf", "l2", "target")}
-    seconds = 0.0
-    bar = tqdm(loader, desc=f"{attack.name}", unit="batch", disable=not progress, leave=False)
-    for x, y in bar:
-        x, y = x.to(device), y.to(device)
-        clean = predict(model, x)
-        start = time.perf_counter()
-        res: AttackResult = attack.run(model, x, y)
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - start
-        parts["x_adv"].append(res.x_adv.cpu() if keep_examples else res.x_adv[:0].cpu())
-        parts["y"].append(y.cpu())
-        parts["clean_pred"].append(clean.cpu())
-        parts["adv_pred"].append(predict(model, res.x_adv).cpu())
-        for k in ("success", "steps", "linf", "l2"):
-            parts[k].append(getattr(res, k).cpu())
-        if res.target is not None:
-            parts["target"].append(res.target.cpu())
+    seconds, right = 0.0, 0
+    dataset = getattr(loader, "dataset", None)
+    total = len(dataset) if hasattr(dataset, "__len__") else None
+    with progress_bar(total, f"attack {attack.name}", "image", enabled=progress) as bar:
+        for x, y in loader:
+            took, still_right = _attack_batch(attack, model, x.to(device), y.to(device), parts, keep_examples)
+            seconds, right = seconds + took, right + still_right
+            bar.update(len(y))
+            bar.set_postfix(adv_acc=f"{right / max(bar.n, 1):.3f}")
+    return _record(attack, parts, seconds, keep_examples)
+
+
+def _attack_batch(attack: Attack, model: nn.Module, x: Tensor, y: Tensor, parts: dict[str, list[Tensor]],
+                  keep_examples: bool) -> tuple[float, int]:
+    """One batch into ``parts``; returns (seconds the attack took, images still classified right)."""
+    clean = predict(model, x)
+    start = time.perf_counter()
+    res: AttackResult = attack.run(model, x, y)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    adv_pred = predict(model, res.x_adv)
+    parts["x_adv"].append(res.x_adv.cpu() if keep_examples else res.x_adv[:0].cpu())
+    parts["y"].append(y.cpu())
+    parts["clean_pred"].append(clean.cpu())
+    parts["adv_pred"].append(adv_pred.cpu())
+    for k in ("success", "steps", "linf", "l2"):
+        parts[k].append(getattr(res, k).cpu())
+    if res.target is not None:
+        parts["target"].append(res.target.cpu())
+    return seconds, int((adv_pred == y).sum())
+
+
+def _record(attack: Attack, parts: dict[str, list[Tensor]], seconds: float, keep_examples: bool
+            ) -> dict[str, Any]:
     t = {k: torch.cat(v) for k, v in parts.items() if v}
     n = int(t["y"].numel())
     correct = t["clean_pred"] == t["y"]

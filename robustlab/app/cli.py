@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -93,12 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robustlab", description="Robust representation learning toolkit.",
                                      formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"robustlab {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what each step does")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs too (every layer swapped, ...)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only results and errors")
     # The same flags after the subcommand: SUPPRESS keeps a flag given before it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="log what each step does")
+                        help="debug logs too (every layer swapped, ...)")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress lines, only results and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
@@ -390,7 +391,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command not in ("train", "study") or not all("=" in e and not e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.config_and_overrides = [*args.config_and_overrides, *extra]
-    undo = _log_to_stderr(logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.INFO)
+    level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.INFO
+    if level == logging.INFO and int(os.environ.get("RANK", "0")) > 0:
+        level = logging.WARNING  # under torchrun, rank 0 alone reports progress
+    undo = _log_to_stderr(level)
     try:
         return _run(parser, argv, args)
     finally:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from robustlab._io import pick_device, write_json, write_tensors
+
+_logger = logging.getLogger(__name__)
 
 DAG_KEYS = ("name", "title", "chapter", "claim", "notes", "kind", "task", "seed", "device", "scenes", "train",
             "models", "attack", "targeted", "pictures", "nms_ious", "smoke", "datasets", "dataset")
@@ -168,12 +171,13 @@ def _train_models(study: DAGStudy, run_dir: Path, train_scenes: Any, device: tor
         full = json.loads(json.dumps(full))  # as model.json stores it
         directory = run_dir / "models" / name
         done = directory / "model.json"
+        tag = f"[{i + 1}/{len(study.models)}] model {name}"
         if done.is_file() and json.loads(done.read_text()).get("dense") == full:
-            print(f"[{i + 1}/{len(study.models)}] model {name}: trained, reusing {directory}", flush=True)
+            _logger.info("%s: trained, reusing %s", tag, directory)
             meta = json.loads(done.read_text())["meta"]
         else:
-            print(f"[{i + 1}/{len(study.models)}] model {name}: training a {study.task} model "
-                  f"(width {spec['width']}, {study.train['epochs']} epochs)", flush=True)
+            _logger.info("%s: training a %s model (width %d, %d epochs)", tag, study.task, spec["width"],
+                         study.train["epochs"])
             torch.manual_seed(spec["seed"])
             model = build_dense(study.task, train_scenes.num_classes, spec["width"])
             fit = train_segmenter if study.task == "segmentation" else train_detector
@@ -182,6 +186,7 @@ def _train_models(study: DAGStudy, run_dir: Path, train_scenes: Any, device: tor
                       lr=study.train["lr"], seed=spec["seed"], device=device)
             meta = {"train_seconds": round(time.perf_counter() - start, 2), "loss": res.history}
             save_dense(res.model.cpu(), directory, full, meta)
+            _logger.info("%s: trained in %.1f s, loss %.4f", tag, meta["train_seconds"], res.history[-1])
         out[name] = {"run_dir": str(directory), "recipe": {"name": study.task, **study.train},
                      "model": {"name": "SmallFCN" if study.task == "segmentation" else "small_faster_rcnn",
                                "width": spec["width"], "seed": spec["seed"]},
@@ -208,9 +213,9 @@ def run_dag(model: nn.Module, task: str, x: Tensor, scenes: Any, attack: dict[st
 
     kw = _attack_kwargs(attack, task)
     if task == "segmentation":
-        return dag_segmentation(model, x, scenes.masks.to(x.device), target, seed=seed, **kw)
+        return dag_segmentation(model, x, scenes.masks.to(x.device), target, seed=seed, progress=True, **kw)
     return dag_detection(model, x, [b.to(x.device) for b in scenes.boxes], [lab.to(x.device) for lab in scenes.labels],
-                         attack["nms_iou"], seed=seed, **kw)
+                         attack["nms_iou"], seed=seed, progress=True, **kw)
 
 
 def _perturbation(study: DAGStudy, run_dir: Path, name: str, model: nn.Module, x: Tensor, scenes: Any
@@ -356,7 +361,7 @@ def _run_dag_study(study: DAGStudy, run: Any) -> dict[str, Any]:
     evaluations: dict[str, Any] = {}
     rs, active, rows = {}, {}, []
     for i, (name, model) in enumerate(models.items()):
-        print(f"[{i + 1}/{len(models)}] DAG on {name} ({len(x)} scenes)", flush=True)
+        _logger.info("[%d/%d] DAG on %s (%d scenes)", i + 1, len(models), name, len(x))
         r, act, iters = _perturbation(study, run_dir, name, model, x, test)
         rs[name], active[name] = r, act
         if study.task == "segmentation":
@@ -365,6 +370,8 @@ def _run_dag_study(study: DAGStudy, run: Any) -> dict[str, Any]:
         else:
             rep = dense.detection_report(model, x, test.boxes, test.labels, r, seed=study.seed)
             metric = "mAP"
+        _logger.info("[%d/%d] DAG on %s: %s %.3f clean, %.3f adversarial, %.1f iterations (mean)", i + 1,
+                     len(models), name, metric, rep["orig"], rep["adv"], sum(iters) / len(iters))
         rows.append({"model": name, f"{metric} clean": rep["orig"], f"{metric} adversarial": rep["adv"],
                      f"{metric} permuted r": rep["perm"], "perceptibility": rep["perceptibility"],
                      "iterations (mean)": sum(iters) / len(iters)})

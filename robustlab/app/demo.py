@@ -50,11 +50,13 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, str]:
                             download=not args.no_download, size=args.image_size)
         return train, test, args.data
     except DataNotFoundError as err:
-        print(f"{args.data} is not available ({str(err).splitlines()[0]}); using scikit-learn's digits instead")
+        _logger.warning("%s is not available (%s); using scikit-learn's digits instead", args.data,
+                        str(err).splitlines()[0])
         return load_dataset("digits", "train"), load_dataset("digits", "test", limit=args.limit), "digits"
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(args: argparse.Namespace) -> str:
+    """Train, attack, write ``results.json``; returns the table the command prints."""
     eps = parse_eps(args.eps)
     device = pick_device(args.device)
     torch.manual_seed(0)
@@ -65,7 +67,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, run: RunDir, eps: float, device: torch.device, train: Any, test: Any,
-         data_name: str) -> int:
+         data_name: str) -> str:
     info, out = train.info, run.ensure()
     models = {}
     for tag, width, seed in (("A", 16, 0), ("B", 16, 1)):
@@ -76,14 +78,15 @@ def _run(args: argparse.Namespace, run: RunDir, eps: float, device: torch.device
         fit_classifier(m, make_loader(train, 64, shuffle=True, seed=seed), epochs=1, device=device, seed=seed)
         models[tag] = m.to(device).eval()
         save_model(m, out / f"model_{tag}", meta={"dataset": data_name, "width": width, "seed": seed})
-        print(f"trained model {tag} (smallcnn width {width}) on {len(train)} {data_name} images "
-              f"in {time.perf_counter() - start:.1f}s")
+        _logger.info("trained model %s (smallcnn width %d) on %d %s images in %.1f s", tag, width, len(train),
+                     data_name, time.perf_counter() - start)
     x, y = test.batch(slice(None))
     x, y = x.to(device), y.to(device)
-    print(f"clean accuracy on {len(y)} test images: A {accuracy(models['A'], x, y):.3f}, "
-          f"B {accuracy(models['B'], x, y):.3f}; ε = {to_255(eps):g}/255\n")
+    clean = (f"clean accuracy on {len(y)} test images: A {accuracy(models['A'], x, y):.3f}, "
+             f"B {accuracy(models['B'], x, y):.3f}; ε = {to_255(eps):g}/255")
     records = []
     for name, kw in _attacks(eps):
+        _logger.info("attack %s %s", name, kw)
         atk = create(name, seed=0, **kw)
         rec = attack_dataset(atk, models["A"], make_loader(test, args.batch_size), device=device,
                              progress=False)
@@ -92,8 +95,7 @@ def _run(args: argparse.Namespace, run: RunDir, eps: float, device: torch.device
         label = atk.name + ("-es" if kw.get("early_stop") else "") + ("-tgt" if kw.get("targeted") else "")
         rec["attack"]["name"] = label
         records.append(rec)
-    print(format_attack_table(records, extra=["transfer_acc_B"]))
     run.finish({"data": data_name, "eps_255": to_255(eps), "records": records}, report=False)
-    print(f"\nadv_acc: model A's accuracy under the attack (white-box); transfer_acc_B: model B's "
-          f"accuracy on the same images (black-box). Results in {out}/results.json")
-    return 0
+    return "\n".join([clean, "", format_attack_table(records, extra=["transfer_acc_B"]), "",
+                      "adv_acc: model A's accuracy under the attack (white-box); transfer_acc_B: model B's",
+                      "accuracy on the same images (black-box). Results:", str(out / "results.json")])

@@ -11,7 +11,7 @@ models), ``corruption`` (15 corruptions × 5 severities) and ``all``.
 """
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from robustlab._io import pick_device, write_tensors
+from robustlab._progress import Progress, progress
 from robustlab.app.rundir import RunDir, fingerprint_of
 from robustlab.data import dataset_info, load_dataset, make_loader
 from robustlab.eval import protocols as protocol_registry
@@ -35,6 +36,8 @@ ROBUST = tuple(protocol_registry.robust_names())
 CURVES = ("whitebox", "transfer", "corruption", "all")
 PROTOCOLS = ROBUST + CURVES
 TRANSFER_ATTACKS = ("ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm")
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -115,30 +118,16 @@ def load_models(spec: EvalSpec, info: Any, device: torch.device) -> dict[str, nn
     return models
 
 
-class Progress:
-    """Samples done per model: a bar redrawn in place on a terminal, plain
-    lines every 10% (or 30 s) otherwise, never a carriage return in a log."""
+class _SamplesDone:
+    """``evaluate``'s progress callback (cumulative counts after each batch of
+    samples) as a :mod:`robustlab._progress` loop of samples."""
 
-    def __init__(self, name: str, total: int, stream: Any = None) -> None:
-        self.name, self.total = name, max(total, 1)
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.start = self.last = time.perf_counter()
-        self.mark = 0
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
 
     def __call__(self, d: dict[str, Any]) -> None:
-        done, now = d["done"], time.perf_counter()
-        if self.tty:
-            width = 30
-            fill = int(width * done / self.total)
-            self.stream.write(f"\r{self.name}: [{'#' * fill}{'.' * (width - fill)}] {done}/{self.total} "
-                              f"({now - self.start:.0f} s)")
-            if done >= self.total:
-                self.stream.write("\n")
-        elif done * 10 // self.total > self.mark or now - self.last > 30 or done >= self.total:
-            self.mark, self.last = done * 10 // self.total, now
-            self.stream.write(f"{self.name}: {done}/{self.total} samples done ({now - self.start:.0f} s)\n")
-        self.stream.flush()
+        self.bar.update(d["done"] - self.bar.n)
+        self.bar.set_postfix(active=d["active"], calls=d["calls"])
 
 
 def _robust(models: dict[str, nn.Module], data: Any, spec: EvalSpec, run: RunDir, device: torch.device,
@@ -147,11 +136,13 @@ def _robust(models: dict[str, nn.Module], data: Any, spec: EvalSpec, run: RunDir
     loader = make_loader(data, spec.batch_size, num_workers=spec.workers)
     for name, model in models.items():
         path = run.ensure()
-        with route(model, spec.route):
+        _logger.info("model %s: %s evaluation of %d images", name, spec.protocol, len(data))
+        with route(model, spec.route), progress(len(data), f"eval {name}", "sample", enabled=not quiet) as bar:
             ev = evaluate(model, loader, eps=spec.eps, norm=spec.norm, protocol=spec.protocol,
                           fallback=spec.fallback, batch_size=spec.batch_size, device=device, seed=spec.seed,
-                          state=path / f"state-{name}.json",
-                          progress=None if quiet else Progress(name, len(data)))
+                          state=path / f"state-{name}.json", progress=_SamplesDone(bar))
+        _logger.info("model %s: clean %.1f%%, robust %.1f%% in %.0f s", name, 100 * ev.clean_accuracy,
+                     100 * ev.robust_accuracy, ev.seconds)
         if ev.examples is not None:
             write_tensors(path / f"examples-{name}.safetensors", ev.examples)
         per_model[name] = ev.to_dict()
@@ -232,11 +223,15 @@ def _curves(models: dict[str, nn.Module], test: Any, spec: EvalSpec, device: tor
         with route(model, spec.route):
             with torch.no_grad():
                 res["clean_accuracy"] = float((model(x).argmax(1) == y).float().mean())
+            _logger.info("model %s: clean accuracy %.3f on %d images", name, res["clean_accuracy"], len(y))
             if spec.protocol in ("whitebox", "all"):
+                _logger.info("model %s: whitebox curves, PGD steps %s", name, spec.steps)
                 res.update(_whitebox(model, x, y, opts, device))
             if spec.protocol in ("corruption", "all"):
+                _logger.info("model %s: 15 corruptions × 5 severities", name)
                 with torch.no_grad():
                     res.update(_corruption(model, x, y, res["clean_accuracy"]))
+                _logger.info("model %s: corruption mean error %.3f", name, res["corruption"]["mean_error"])
         res["routes"] = list(route_names(model))
         stats = bn_statistics(model)
         if stats:  # Fig. 6.5: running statistics per route (or of the plain BNs)
@@ -246,36 +241,42 @@ def _curves(models: dict[str, nn.Module], test: Any, spec: EvalSpec, device: tor
     if len(per_model) == 1:
         out.update(next(iter(per_model.values())))
     if spec.protocol in ("transfer", "all") and len(models) > 1:
+        _logger.info("transfer: %s between %d models", ", ".join(TRANSFER_ATTACKS), len(models))
         out.update(_transfer(models, x, y, opts, device))
     return out
 
 
 def format_eval_summary(results: dict[str, Any]) -> str:
-    lines = [f"{results['protocol']} on {results['data']} ({results['n']} images), ε = "
-             f"{results['eps_255']:.4g}/255 ({results['norm']}):"]
+    """What ``robustlab eval`` prints: every line within 100 columns
+    (:mod:`robustlab.app.summary`); the full figures are in the report."""
+    from robustlab.app.summary import clip, path_lines, wrap_items
+
+    lines = [clip(f"{results['protocol']} on {results['data']} ({results['n']} images), ε = "
+                  f"{results['eps_255']:.4g}/255 ({results['norm']}):")]
     for name, r in results.get("models", {}).items():
         line = f"  {name}: clean {100 * r['clean_accuracy']:.1f}%"
         if "robust_accuracy" in r:
             line += f", robust {100 * r['robust_accuracy']:.1f}%"
             if r.get("fallback", {}).get("used"):
                 line += " (with Square fallback)"
-        lines.append(line)
-        for attack, acc in (r.get("per_attack") or {}).items():
-            lines.append(f"      after {attack}: {100 * acc:.1f}%")
+        lines.append(clip(line))
+        after = [f"{attack} {100 * acc:.1f}%" for attack, acc in (r.get("per_attack") or {}).items()]
+        if after:
+            lines += wrap_items("    after ", after, indent="      ")
         for cname, c in (r.get("whitebox") or {}).items():
-            lines.append(f"    {cname}: " + ", ".join(f"{s}:{a:.3f}" for s, a in zip(c["steps"], c["accuracy"])))
-        for w in r.get("warnings") or []:
-            lines.append(f"    warning: {w[:96]}")
+            lines += wrap_items(f"    {cname}: ", [f"{s}:{a:.3f}" for s, a in zip(c["steps"], c["accuracy"])],
+                                indent="      ")
+        lines += [clip(f"    warning: {w}") for w in r.get("warnings") or []]
         if r.get("sanity"):
             warns = r["sanity"]["warnings"]
-            lines.append("    sanity: " + ("; ".join(f"[{w['check']}] {w['message']}"[:96] for w in warns) if warns
-                                           else "no gradient-masking symptom"))
+            lines += ([clip(f"    sanity: [{w['check']}] {w['message']}") for w in warns] if warns
+                      else ["    sanity: no gradient-masking symptom"])
         if r.get("corruption"):
             c = r["corruption"]
             lines.append(f"    corruption: mean error {c['mean_error']:.3f}, mCE vs AlexNet {c['mce_vs_alexnet']:.1f}")
     if results.get("transfer"):
         for attack, by_src in results["transfer"]["success"].items():
-            lines.append(f"  transfer {attack}: " + "; ".join(
-                f"{s}→{t} {v:.2f}" for s, row in by_src.items() for t, v in row.items()))
-    lines.append(f"  report: {results['report']}")
+            lines += wrap_items(f"  transfer {attack}: ", [f"{s}→{t} {v:.2f}" for s, row in by_src.items()
+                                                           for t, v in row.items()], sep="; ")
+    lines += path_lines("report", results["report"])
     return "\n".join(lines)

@@ -50,6 +50,7 @@ from robustlab._io import pick_device, write_json
 from robustlab.app.claims import Claim, evaluate_claims, parse_claims
 from robustlab.app.config import RunConfig, apply_overrides, load_yaml, resolve, set_dotted, split_override
 from robustlab.app.rundir import RunDir, study_fingerprint
+from robustlab.app.summary import clip, fit_table, metrics_line, path_lines, result_line
 from robustlab.nn.norm import route
 from robustlab.train.checkpoint import load_trained_model
 
@@ -526,14 +527,17 @@ def train_models(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:
         if state is None and run.exists():
             _logger.warning("model %s: its configuration changed; training it again", name)
             shutil.rmtree(run)
+        tag = f"[{i + 1}/{len(study.models)}] model {name}"
         if state:
-            print(f"[{i + 1}/{len(study.models)}] model {name}: trained, reusing {run}", flush=True)
+            _logger.info("%s: trained, reusing %s", tag, run)
         else:
             verb = "resuming" if state is False else "training"
-            print(f"[{i + 1}/{len(study.models)}] model {name}: {verb} ({cfg.recipe['name']}, "
-                  f"{cfg.model['name']}, {cfg.train.epochs} epochs)", flush=True)
+            _logger.info("%s: %s (%s, %s, %d epochs)", tag, verb, cfg.recipe["name"], cfg.model["name"],
+                         cfg.train.epochs)
             run_train(cfg, study.raw_models[name], run, resume=state is False)
         res = json.loads((run / "results.json").read_text())
+        if not state:
+            _logger.info("%s: trained in %.1f s; %s", tag, res["train_seconds"], metrics_line(res["final"]))
         out[name] = {"run_dir": str(run), "recipe": cfg.recipe, "model": cfg.model, "steps": res["steps"],
                      "train_seconds": res["train_seconds"], "final": res["final"]}
     return out
@@ -561,15 +565,17 @@ def run_evaluations(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:
         if path.is_file():
             stored = json.loads(path.read_text())
             if stored.get("key") == key:
-                print(f"[{i + 1}/{len(study.evaluations)}] evaluation {name}: done, reusing", flush=True)
+                _logger.info("[%d/%d] evaluation %s: done, reusing", i + 1, len(study.evaluations), name)
                 out[name] = stored
                 continue
-        print(f"[{i + 1}/{len(study.evaluations)}] evaluation {name} ({opts['kind']})", flush=True)
+        _logger.info("[%d/%d] evaluation %s (%s)", i + 1, len(study.evaluations), name, opts["kind"])
         start = time.perf_counter()
         res = EVALUATORS[opts["kind"]](ctx, opts)
         res = {"kind": opts["kind"], "options": opts, "key": key, "seconds": round(time.perf_counter() - start, 2),
                **res}
         write_json(path, res)
+        _logger.info("[%d/%d] evaluation %s: done in %.1f s; %s", i + 1, len(study.evaluations), name,
+                     res["seconds"], result_line(res))
         out[name] = res
     return out
 
@@ -608,16 +614,15 @@ def _run_study(study: Study, run: RunDir) -> dict[str, Any]:
 
 
 def format_study_summary(results: dict[str, Any]) -> str:
+    """What ``robustlab study`` prints, within 100 columns: wide tables keep
+    their key columns (:func:`~robustlab.app.summary.fit_table`); the report has them whole."""
     from robustlab.report.html import table_rows
 
-    lines = [f"study {results['name']}: {results['title']} ({results['seconds']:.0f} s)"]
+    lines = [clip(f"study {results['name']}: {results['title']} ({results['seconds']:.0f} s)")]
     for c in results.get("claims") or []:
         lines.append(f"  {c['id']}: {c['verdict'].upper()} — {c['says']}"[:100])
     for name, ev in results["evaluations"].items():
-        lines.append(f"\n{name} ({ev['kind']}, {ev.get('n', '?')} images)")
-        columns, rows = table_rows(ev["table"])
-        width = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(columns, width)))
-        lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, width)) for r in rows]
-    lines.append(f"\nreport: {results['report']}")
+        lines += ["", clip(f"{name} ({ev['kind']}, {ev.get('n', '?')} images)")]
+        lines += fit_table(*table_rows(ev["table"]))
+    lines += ["", *path_lines("report", results["report"], indent="")]
     return "\n".join(lines)

@@ -215,7 +215,11 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
 
 
 def format_train_summary(results: dict[str, Any]) -> str:
+    """What ``robustlab train`` prints: the last metrics, wrapped to 100 columns."""
+    from robustlab.app.summary import clip, path_lines, wrap_items
+
     final = {k: v for k, v in results["final"].items() if k not in ("kind",)}
-    cells = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in final.items())
-    return (f"{results['recipe']['name']}: {results['steps']} steps, {results['train_seconds']:.1f} s "
-            f"({results['images_per_second']:.0f} img/s)\n  {cells}\n  run directory: {results['run_dir']}")
+    cells = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in final.items()]
+    head = clip(f"{results['recipe']['name']}: {results['steps']} steps, {results['train_seconds']:.1f} s "
+                f"({results['images_per_second']:.0f} img/s)")
+    return "\n".join([head, *wrap_items("  ", cells), *path_lines("run directory", results["run_dir"])])

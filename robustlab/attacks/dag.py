@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab._checks import check_images, check_number
+from robustlab._progress import progress as progress_bar
 from robustlab.nn.state import inference_state
 
 GAMMA = 0.5 / 255  # eq. (2.3): γ = 0.5 on the 0-255 scale
@@ -144,6 +145,7 @@ def dag_segmentation(
     ignore_index: int = 255,
     stop_fraction: float = 0.0,
     seed: int | None = 0,
+    progress: bool = False,
 ) -> DAGResult:
     """DAG on a segmentation network (every pixel a target, §2.3.2).
 
@@ -161,6 +163,7 @@ def dag_segmentation(
             ``background`` alone (footnote 1 of §2.3.3).
         stop_fraction: stop once at most this fraction of the targets is
             active (the release stops below 1%: 0.01); 0 is Algorithm 1.
+        progress: report the images attacked (:mod:`robustlab._progress`).
     """
     check_images(x, "x")
     check_number(gamma, "gamma", low=0.0, low_open=True)
@@ -169,7 +172,7 @@ def dag_segmentation(
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     f = _pixel_logits(model)
     rs, counts, iters = [], [], []
-    with inference_state(model):
+    with inference_state(model), progress_bar(x.shape[0], "DAG segmentation", "image", enabled=progress) as bar:
         with torch.no_grad():
             out = model(x)
             out = out["out"] if isinstance(out, dict) else out
@@ -197,6 +200,8 @@ def dag_segmentation(
             rs.append(r)
             counts.append(c)
             iters.append(len(c) - 1)
+            bar.update(1)
+            bar.set_postfix(iterations=len(c) - 1)
     r = torch.cat(rs)
     return DAGResult(r, (x + r).clamp(0, 1), counts, iters)
 

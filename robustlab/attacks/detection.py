@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab._checks import check_images, check_number
+from robustlab._progress import progress as progress_bar
 from robustlab.attacks.dag import DETECTION_ITERS, GAMMA, DAGResult, dag_single, derangement
 from robustlab.nn.state import inference_state
 
@@ -174,6 +175,7 @@ def dag_detection(
     max_iter: int = DETECTION_ITERS,
     stop_fraction: float = 0.0,
     seed: int | None = 0,
+    progress: bool = False,
 ) -> DAGResult:
     """DAG on a torchvision two-stage detector (FasterRCNN / GeneralizedRCNN), §2.3.2.
 
@@ -198,6 +200,7 @@ def dag_detection(
         nms_iou: the RPN's NMS IoU for the proposals (Fig. 2.3's knob).
         pre_nms_top_n: pre-NMS candidates per FPN level.
         stop_fraction: stop once at most this fraction of the targets is active.
+        progress: report the images attacked (:mod:`robustlab._progress`).
     Returns:
         DAGResult; ``active`` counts the active positive proposals.
     """
@@ -216,7 +219,7 @@ def dag_detection(
         raise ValueError(f"DAG needs at least 2 object classes besides the background; the model has {num_classes}")
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     rs, counts = [], []
-    with inference_state(model):
+    with inference_state(model), progress_bar(x.shape[0], "DAG detection", "image", enabled=progress) as bar:
         for i in range(x.shape[0]):
             xi = x[i: i + 1]
             proposals, size = _rpn_proposals(model, xi, nms_iou, pre, post)  # fixed from the clean image
@@ -234,5 +237,7 @@ def dag_detection(
                               min_active=int(stop_fraction * int(mask.sum())))
             rs.append(r)
             counts.append(c)
+            bar.update(1)
+            bar.set_postfix(iterations=len(c) - 1)
     r = torch.cat(rs)
     return DAGResult(r, (x + r).clamp(0, 1), counts, [len(c) - 1 for c in counts])

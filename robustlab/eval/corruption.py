@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from robustlab._checks import check_batch
+from robustlab._progress import progress
 from robustlab.data.corruptions import CORRUPTIONS, corrupt
 from robustlab.data.datasets import TensorImageDataset
 from robustlab.data.info import IMAGENET_MEAN, IMAGENET_STD, INFO, DatasetInfo
@@ -101,16 +102,19 @@ def corruption_errors(
     device = param.device if param is not None else x.device
     y = y.to(device)
     table: dict[str, dict[int, float]] = {}
-    for name in names:
-        table[name] = {}
-        for severity in severities:
-            generator = torch.Generator(device=device).manual_seed(seed)
-            wrong = 0
-            for i in range(0, len(x), batch_size):
-                xb = corrupt(x[i: i + batch_size].to(device), name, severity, generator)
-                wrong += int((predict(model, xb, batch_size) != y[i: i + batch_size]).sum())
-            table[name][severity] = wrong / len(x)
-        _logger.debug("corruption %s: errors %s", name, table[name])
+    with progress(len(names) * len(severities), "corruption", "cell") as bar:
+        for name in names:
+            table[name] = {}
+            for severity in severities:
+                generator = torch.Generator(device=device).manual_seed(seed)
+                wrong = 0
+                for i in range(0, len(x), batch_size):
+                    xb = corrupt(x[i: i + batch_size].to(device), name, severity, generator)
+                    wrong += int((predict(model, xb, batch_size) != y[i: i + batch_size]).sum())
+                table[name][severity] = wrong / len(x)
+                bar.update(1)
+            _logger.debug("corruption %s: errors %s", name, table[name])
+            bar.set_postfix(last=name)
     return table
 
 

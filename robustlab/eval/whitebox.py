@@ -19,6 +19,7 @@ Protocols (:data:`PROTOCOLS`):
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from torch import Tensor, nn
 from robustlab.attacks.iterative import IterativeAttack
 from robustlab.eval.metrics import pooled_batches
 from robustlab.units import from_255
+
+_logger = logging.getLogger(__name__)
 
 DEFAULT_STEPS = (10, 20, 50, 100, 200, 500, 1000, 2000)
 
@@ -186,6 +189,9 @@ def whitebox_protocol(
             name = f"PGD {'targeted' if t else 'untargeted'}" + (" (C&W margin)" if loss == "cw" else "")
             curves[name] = robustness_curve(model, loader, steps=steps, eps=eps, step_size=step_size, targeted=t,
                                             restarts=restarts, seed=seed, device=device, loss=loss)
+            c = curves[name]
+            _logger.info("whitebox %s: accuracy %.3f after %d steps (%.0f s)", name, c.accuracy[-1], c.steps[-1],
+                         c.seconds)
     worst = worst_case(list(curves.values())) if len(curves) > 1 else next(iter(curves.values()))
     sanity = (run_sanity_checks(model, loader, eps=eps, steps=10, queries=100, noise_draws=2, limit=100, seed=seed,
                                 device=device) if checklist else None)

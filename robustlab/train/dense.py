@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustlab._progress import progress
 from robustlab.data.scenes import IGNORE_INDEX, Scenes
 
 _logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def _fit(model: nn.Module, n: int, loss_fn: Callable[[Tensor], Tensor], epochs: 
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.2)
     history = []
+    bar = progress(epochs * steps, f"train {type(model).__name__}", "step")
     for epoch in range(epochs):
         order = torch.randperm(n, generator=order_gen)
         total = 0.0
@@ -83,7 +85,10 @@ def _fit(model: nn.Module, n: int, loss_fn: Callable[[Tensor], Tensor], epochs: 
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(index)
+            bar.update(1)
         history.append(total / n)
+        bar.set_postfix(loss=history[-1])
         _logger.info("epoch %d: loss %.4f", epoch + 1, history[-1])
+    bar.close()
     opt.zero_grad(set_to_none=True)
     return DenseFit(model.eval(), history)

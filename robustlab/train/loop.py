@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_batch
 from robustlab._io import atomic_write_text, write_json
+from robustlab._progress import progress
 from robustlab.nn.norm import use_running_stats
 from robustlab.train import distributed, sinks
 from robustlab.train.batches import EpochBatches, LoaderSettings, on_device, to_pixels, training_data
@@ -288,7 +289,8 @@ class _Trainer:
         resumed = self._resume() if resume else None
         if self.run_dir is not None and self.info.is_main:
             self.sinks = sinks.open_sinks(self.opts.log, self.run_dir, resumed)
-        bar = _progress(self.total, self.step, self.opts.progress and self.info.is_main, self.recipe.name)
+        bar = progress(self.total, f"train {self.recipe.name}", "step", initial=self.step,
+                       enabled=self.opts.progress and self.info.is_main)
         try:
             while self.step < self.total:
                 self._epoch(self.step // self.spe, bar)
@@ -383,7 +385,8 @@ class _Trainer:
         record["train_seconds"] = round(self.train_seconds, 3)
         self.history.append(record)
         self._log(record)
-        _logger.info("epoch %d: %s", epoch + 1, {k: v for k, v in record.items() if k != "kind"})
+        _logger.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                          for k, v in record.items() if k not in ("kind", "epoch")))
         self._save()
 
 
@@ -409,14 +412,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
         if record["step"] <= step:
             kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
-def _progress(total: int, done: int, enabled: bool, name: str) -> Any:
-    from tqdm.auto import tqdm
-
-    # disable=None: tqdm shows the bar only on a terminal (no carriage-return noise in CI logs)
-    return tqdm(total=total, initial=done, disable=None if enabled else True, desc=f"train {name}", unit="step",
-                dynamic_ncols=True, leave=False)
 
 
 def _export(model: nn.Module, run_dir: Path, result: TrainResult, recipe: Recipe, opts: TrainOptions) -> None:

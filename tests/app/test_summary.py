@@ -1,0 +1,80 @@
+"""Terminal summaries within 100 columns: wide tables keep their key columns,
+long lists wrap, and nothing of a path is cut."""
+from __future__ import annotations
+
+from robustlab.app.evaluate import format_eval_summary
+from robustlab.app.study import format_study_summary
+from robustlab.app.summary import WIDTH, clip, fit_table, path_lines, result_line, wrap_items
+from robustlab.app.train import format_train_summary
+
+STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
+WIDE = [{"model": f"resnet152_denoise_{i}", "clean accuracy": 0.9 - i / 100,
+         **{f"PGD-{s}": 0.5 - s / 10000 for s in STEPS}} for i in range(30)]
+
+
+def _fits(text: str) -> bool:
+    return all(len(line) <= WIDTH for line in text.splitlines())
+
+
+def test_clip_and_wrap():
+    assert clip("x" * 120) == "x" * 99 + "…" and clip("short") == "short"
+    lines = wrap_items("  metrics: ", [f"key_{i} 0.{i:04d}" for i in range(40)])
+    assert len(lines) > 1 and all(len(line) <= WIDTH for line in lines)
+    assert " ".join(lines).split(", ")[-1].strip() == "key_39 0.0039"  # nothing lost
+
+
+def test_a_wide_table_keeps_its_name_and_last_column_and_names_the_others():
+    columns = list(WIDE[0])
+    rows = [[str(v) for v in r.values()] for r in WIDE]
+    out = fit_table(columns, rows, max_rows=20)
+    assert all(len(line) <= WIDTH for line in out)
+    header = out[0].split()
+    assert header[0] == "model" and header[-1] == "PGD-2000"  # the strongest attack stays
+    assert out[21] == "  … 10 more rows in the report"
+    assert "in the report also" in out[-2] + out[-1] and out[-1].endswith(")")
+    dropped = " ".join(out[22:])
+    assert all(c in dropped or c in out[0] for c in columns)  # every column shown or named
+
+
+def test_a_narrow_table_is_shown_whole():
+    out = fit_table(["model", "clean"], [["a", "0.9"], ["b", "0.8"]])
+    assert out == ["  model  clean", "  a      0.9", "  b      0.8"]
+
+
+def test_a_long_path_stands_alone_and_whole():
+    path = "/a/" + "very_long_directory/" * 8 + "report.html"
+    assert path_lines("report", path) == ["  report:", path]
+    assert path_lines("report", "/short/report.html") == ["  report: /short/report.html"]
+
+
+def test_study_summary_fits():
+    results = {"name": "ch4_denoise", "title": "Feature denoising " * 10, "seconds": 12.0,
+               "claims": [{"id": "c1", "verdict": "holds", "says": "denoising helps " * 10}],
+               "evaluations": {"pgd": {"kind": "pgd", "n": 1000, "table": WIDE}}, "report": "/tmp/r/report.html"}
+    text = format_study_summary(results)
+    assert _fits(text) and "PGD-2000" in text and "resnet152_denoise_0" in text
+    assert result_line({"table": WIDE[:2]}) == "PGD-2000: resnet152_denoise_0 0.3000, resnet152_denoise_1 0.3000"
+
+
+def test_eval_summary_fits():
+    curve = {"steps": STEPS, "accuracy": [0.5 - i / 100 for i in range(len(STEPS))]}
+    model = {"clean_accuracy": 0.9, "robust_accuracy": 0.4, "per_attack": {f"attack-{i}": 0.5 for i in range(12)},
+             "warnings": ["the loss does not grow with the budget " * 5],
+             "whitebox": {"PGD untargeted": curve, "PGD targeted (C&W margin)": curve},
+             "sanity": {"warnings": [{"check": "noise", "message": "random noise beats PGD " * 8}]},
+             "corruption": {"mean_error": 0.3, "mce_vs_alexnet": 80.0}}
+    results = {"protocol": "all", "data": "cifar10", "n": 1000, "eps_255": 8.0, "norm": "linf",
+               "models": {f"model_{i}": model for i in range(3)}, "report": "/tmp/r/report.html",
+               "transfer": {"success": {"mdi2fgsm": {f"model_{i}": {f"model_{j}": 0.5 for j in range(3)}
+                                                      for i in range(3)}}}}
+    text = format_eval_summary(results)
+    assert _fits(text) and "1000:" in text and "model_2→model_2 0.50" in text
+
+
+def test_train_summary_fits():
+    final = {"kind": "epoch", "epoch": 90, "step": 450000, **{f"clean_acc_route_{i}": 0.9 for i in range(10)},
+             "train_loss": 1.23456}
+    results = {"recipe": {"name": "advprop_finegrained"}, "steps": 450000, "train_seconds": 86400.0,
+               "images_per_second": 1234.5, "final": final, "run_dir": "runs/train-advprop"}
+    text = format_train_summary(results)
+    assert _fits(text) and "train_loss 1.2346" in text and "clean_acc_route_9" in text
