@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from robustlab._io import pick_device, write_json
+from robustlab.app import study_kinds, study_models
 from robustlab.app.claims import Claim, evaluate_claims, parse_claims
 from robustlab.app.config import RunConfig, apply_overrides, load_yaml, resolve, set_dotted, split_override
 from robustlab.app.rundir import RunDir, study_fingerprint
@@ -74,6 +75,7 @@ class Study:
     limit: int | None = 500
     batch_size: int = 250
     claims: list[Claim] = field(default_factory=list)
+    init_from: dict[str, str] = field(default_factory=dict)  # model → the model whose weights it starts from
 
 
 # ------------------------------------------------------------------ loading
@@ -177,6 +179,7 @@ def resolve_study(raw: dict[str, Any], *, name: str | None = None) -> Study:
         raise ValueError("study key 'models' must map model names to configs (at least one)")
     models: dict[str, RunConfig] = {}
     raw_models: dict[str, dict[str, Any]] = {}
+    init_from: dict[str, str | None] = {}
     for mname, spec in models_raw.items():
         if not isinstance(mname, str):
             raise ValueError(f"model names must be strings; got {mname!r} (quote YAML words such as null, yes, 1)")
@@ -185,6 +188,7 @@ def resolve_study(raw: dict[str, Any], *, name: str | None = None) -> Study:
         for one_name, one in _sweep(str(mname), copy.deepcopy(spec)).items():
             if not one_name.replace("_", "").replace("-", "").replace(".", "").isalnum():
                 raise ValueError(f"model name {one_name!r}: use letters, digits, '-', '_' and '.'")
+            init_from[one_name] = study_models.pop_init_from(one_name, one)
             merged = _merge(defaults, one)
             _drop_foreign_recipe_options(merged, defaults, one)
             try:
@@ -209,16 +213,19 @@ def resolve_study(raw: dict[str, Any], *, name: str | None = None) -> Study:
             raise ValueError(f"evaluations.{ename} must be a mapping with a 'kind' "
                              f"({', '.join(EVALUATIONS)}); got {spec!r}")
         evaluations[str(ename)] = _check_evaluation(str(ename), dict(spec), list(models))
+        study_kinds.check(str(ename), evaluations[str(ename)], models)  # options that need the models' configs
     limit = raw.get("limit", 500)
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"study key 'limit' must be a positive number of test images or null; got {limit!r}")
     batch_size = raw.get("batch_size", 250)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"study key 'batch_size' must be a whole number >= 1; got {batch_size!r}")
+    init_from = {m: src for m, src in init_from.items() if src is not None}
+    study_models.check_init_from(init_from, models)
     claims = parse_claims(raw.get("claims"), evaluations)
     return Study(name=name, title=str(raw.get("title") or name), models=models, raw_models=raw_models,
                  evaluations=evaluations, raw=raw, device=str(raw.get("device", "auto")), limit=limit,
-                 batch_size=batch_size, claims=claims)
+                 batch_size=batch_size, claims=claims, init_from=init_from)
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None, *, smoke: bool = False) -> Study:
@@ -259,10 +266,13 @@ EVALUATIONS: dict[str, dict[str, Any]] = {
                  "eps": 16, "ensemble": None, "limit": None},
     "blackbox": {"models": "all", "sources": None, "attacks": ["ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm"],
                  "eps": 32, "limit": None},
-    "corruption": {"models": "all", "corruptions": "all", "severities": [1, 2, 3, 4, 5], "limit": None},
+    # baseline: the model whose errors normalize mCE (ImageNet-C's AlexNet; robustlab.app.study_kinds.add_mce)
+    "corruption": {"models": "all", "corruptions": "all", "severities": [1, 2, 3, 4, 5], "baseline": None,
+                   "limit": None},
     # rl.eval.evaluate: protocol standard | thesis | quick (robustlab.eval.protocols)
     "robust": {"models": "all", "protocol": "standard", "eps": 16, "norm": "linf", "options": None,
                "fallback": None, "routes": False, "limit": None},
+    **study_kinds.OPTIONS,  # bn_statistics, stylized, imagenet_a (robustlab.app.study_kinds)
 }
 
 
@@ -327,6 +337,7 @@ def _check_evaluation(name: str, spec: dict[str, Any], model_names: list[str]) -
         bad = [c for c in opts["corruptions"] if c not in CORRUPTIONS]
         if bad:
             raise ValueError(f"evaluations.{name}.corruptions: unknown {bad}; known: {', '.join(CORRUPTIONS)}")
+        study_kinds.check_baseline(name, opts, model_names)
     return opts
 
 
@@ -420,10 +431,15 @@ def _eval_robust(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
                               seed=ctx.study.models[m].seed)
             label = m if not opts["routes"] else f"{m} [{rname}]"
             warnings[label] = ev.warnings
-            if ev.curve:
-                curves[label] = {"steps": ev.curve["steps"], "accuracy": ev.curve["final_accuracy"]}
+            iterates = {}
+            if ev.curve:  # the thesis protocol (§4.6.1, §6.3): the final iterate scored, the best beside it
+                c = ev.curve
+                curves[label] = {"steps": c["steps"], "accuracy": c["final_accuracy"],
+                                 "final_accuracy": c["final_accuracy"], "best_accuracy": c["best_accuracy"]}
+                iterates = {f"final@{c['steps'][-1]}": c["final_accuracy"][-1],
+                            f"best@{c['steps'][-1]}": c["best_accuracy"][-1]}
             rows.append({"model": m, **({"route": rname} if opts["routes"] else {}), "clean": ev.clean_accuracy,
-                         **ev.per_attack, "robust": ev.robust_accuracy,
+                         **ev.per_attack, **iterates, "robust": ev.robust_accuracy,
                          "square fallback": "yes" if ev.fallback["used"] else "no",
                          "masking": ", ".join(w.split("]")[0].strip("[") for w in ev.warnings) or "none"})
     out = {"n": sum(len(y) for _, y in batches), "table": rows, "warnings": warnings}
@@ -486,12 +502,15 @@ def _eval_corruption(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
         per = {c: 1.0 - sum(s.values()) / len(s) for c, s in err.items()}
         rows.append({"model": m, "clean": accuracy(model, x, y), "corrupted (mean)": sum(per.values()) / len(per),
                      **per})
-    return {"n": len(y), "table": rows, "value": "accuracy, mean over severities", "errors": errors}
+    mce = study_kinds.add_mce(rows, errors, opts["baseline"]) if opts.get("baseline") else {}
+    return {"n": len(y), "table": rows, "value": "accuracy, mean over severities" +
+            (f"; mCE and relative mCE in % of {opts['baseline']}'s errors (lower is better)" if mce else ""),
+            "errors": errors, **mce}
 
 
 EVALUATORS: dict[str, Callable[[_Context, dict[str, Any]], dict[str, Any]]] = {
     "accuracy": _eval_accuracy, "whitebox": _eval_whitebox, "robust": _eval_robust, "transfer": _eval_transfer,
-    "blackbox": _eval_blackbox, "corruption": _eval_corruption,
+    "blackbox": _eval_blackbox, "corruption": _eval_corruption, **study_kinds.EVALUATORS,
 }
 
 
@@ -521,9 +540,13 @@ def train_models(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:
     from robustlab.app.train import run_train
 
     out = {}
-    for i, (name, cfg) in enumerate(study.models.items()):
+    for i, name in enumerate(study_models.training_order(list(study.models), study.init_from)):
+        cfg = study.models[name]
         run = run_dir / "models" / name
         state = _trained(run, cfg)
+        init = study_models.init_record(run_dir, study.init_from[name]) if name in study.init_from else None
+        if state is not None and study_models.stored_init(run) != init:
+            state = None  # it started from other weights (its source was trained again)
         if state is None and run.exists():
             _logger.warning("model %s: its configuration changed; training it again", name)
             shutil.rmtree(run)
@@ -534,12 +557,17 @@ def train_models(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:
             verb = "resuming" if state is False else "training"
             _logger.info("%s: %s (%s, %s, %d epochs)", tag, verb, cfg.recipe["name"], cfg.model["name"],
                          cfg.train.epochs)
-            run_train(cfg, study.raw_models[name], run, resume=state is False)
+            if init is not None:
+                study_models.write_init(run, init)
+            run_train(cfg, study.raw_models[name], run, resume=state is False,
+                      init=run_dir / "models" / init["model"] if init else None)
         res = json.loads((run / "results.json").read_text())
         if not state:
             _logger.info("%s: trained in %.1f s; %s", tag, res["train_seconds"], metrics_line(res["final"]))
         out[name] = {"run_dir": str(run), "recipe": cfg.recipe, "model": cfg.model, "steps": res["steps"],
                      "train_seconds": res["train_seconds"], "final": res["final"]}
+        if init is not None:
+            out[name]["init_from"] = init["model"]
     return out
 
 
@@ -560,7 +588,8 @@ def run_evaluations(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:
     for i, (name, opts) in enumerate(study.evaluations.items()):
         used = sorted({m for k in ("models", "sources", "targets", "ensemble") for m in opts.get(k) or []})
         key = _fingerprint({"opts": opts, "limit": study.limit, "data": d.name,
-                            "models": {m: study.models[m].to_dict() for m in used}})
+                            "models": {m: study_models.model_key(study.models[m], run_dir / "models" / m)
+                                       for m in used}})
         path = run_dir / "evaluations" / f"{name}.json"
         if path.is_file():
             stored = json.loads(path.read_text())

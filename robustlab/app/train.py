@@ -168,8 +168,11 @@ def _check_resume(cfg: RunConfig, run_dir: Path) -> RunConfig | None:
     return old
 
 
-def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, resume: bool = False) -> dict[str, Any]:
-    """Train as ``cfg`` says into ``out``; returns what ``results.json`` holds."""
+def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, resume: bool = False,
+              init: str | Path | None = None) -> dict[str, Any]:
+    """Train as ``cfg`` says into ``out``; returns what ``results.json`` holds.
+    ``init``: another run directory whose trained weights the model starts
+    from (fine-tuning, :func:`robustlab.train.finetune.init_from_run`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if out is None and world > 1:
         raise ValueError("--out is required under torchrun (every process must write to the same run directory)")
@@ -185,6 +188,10 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
     train_set = load_dataset(d.name, "train", data_dir=d.data_dir, limit=d.limit, download=d.download,
                              size=d.size, channels=d.channels, augment=d.train_augment())
     model = build_model(cfg, train_set.info, recipe)
+    if init is not None:
+        from robustlab.train.finetune import init_from_run
+
+        init_from_run(model, init)
     run_dir = run.path
     if main:
         changed = config_changes(old, cfg, identity_only=False) if old is not None else None

@@ -50,6 +50,35 @@ def bn_statistics(model: nn.Module, channels: int | None = 20, seed: int = 0) ->
 
 
 @torch.no_grad()
+def batch_statistics(model: nn.Module, x: Tensor, layers: list[str]) -> dict[str, dict[str, Tensor]]:
+    """The per-channel mean and (biased) variance of the input a batch ``x``
+    induces at each of ``layers`` (batch norms or mixture batch norms, by
+    module name): ``{layer: {"mean": (C,), "var": (C,)}}``, from one forward
+    pass in eval mode (through the active BN route); nothing is updated."""
+    modules = dict(model.named_modules())
+    bad = [n for n in layers if not isinstance(modules.get(n), (_BatchNorm, MixtureBatchNorm))]
+    if bad:
+        raise ValueError(f"layers must name batch norms of the model; got {bad}")
+    seen: dict[str, Tensor] = {}
+    handles = [modules[n].register_forward_pre_hook(lambda mod, args, n=n: seen.setdefault(n, args[0].detach()))
+               for n in layers]
+    was = model.training
+    try:
+        model.eval()
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    out = {}
+    for n in layers:
+        feat = seen[n].float()
+        dims = [d for d in range(feat.dim()) if d != 1]
+        out[n] = {"mean": feat.mean(dims), "var": feat.var(dims, unbiased=False)}
+    return out
+
+
+@torch.no_grad()
 def batch_vs_running(model: nn.Module, x: Tensor, layer: str, channels: int | None = 20, seed: int = 0
                      ) -> dict[str, list]:
     """Fig. 6.6: the batch statistics a batch ``x`` induces at batch norm

@@ -33,7 +33,7 @@ from robustlab.nn.norm import use_running_stats
 from robustlab.train import distributed, sinks
 from robustlab.train.batches import EpochBatches, LoaderSettings, on_device, to_pixels, training_data
 from robustlab.train.checkpoint import latest_checkpoint, load_checkpoint, restore, save_checkpoint
-from robustlab.train.options import TrainOptions, make_optimizer
+from robustlab.train.options import TrainOptions, make_optimizer, trainable_parameters
 from robustlab.train.recipes import Recipe
 from robustlab.train.schedule import LRSchedule, scaled_lr
 
@@ -218,7 +218,7 @@ class _Trainer:
         base = scaled_lr(opts.lr, opts.batch_size, opts.base_batch)
         self.schedule = LRSchedule(base, self.spe, opts.epochs, opts.schedule, opts.milestones, opts.gamma,
                                    opts.decay_every, opts.warmup_epochs)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = trainable_parameters(self.model, opts.trainable)
         self.optimizer = make_optimizer(params, opts, self.schedule.lr_at(0))
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opts.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=opts.amp == "fp16")

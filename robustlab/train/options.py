@@ -14,6 +14,7 @@ from robustlab.train.sinks import SINKS
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 AMP = (None, "bf16", "fp16")
+TRAINABLE = ("all", "bn")
 
 
 @dataclass
@@ -41,6 +42,12 @@ class TrainOptions:
         channels_last: NHWC memory format for model and inputs (GPU speed).
         bn_running_last: train with BN running statistics during the last K
             epochs (§6.4.3: K = 10 of 110).
+        trainable: which parameters the optimizer updates: ``all`` (every
+            parameter that requires a gradient) or ``bn`` (only the batch
+            norms' affine γ and β; every other parameter is frozen,
+            ``requires_grad=False``, so it is neither updated nor decayed).
+            BN running statistics update as usual either way: §6.4.4's "BN
+            re-finetune" of a model started from another's weights.
         checkpoint_every: steps between checkpoints (each epoch end is one too).
         keep_checkpoints: how many checkpoints stay on disk.
         log_every: steps between lines of ``metrics.jsonl``.
@@ -75,6 +82,7 @@ class TrainOptions:
     amp: str | None = None
     channels_last: bool = False
     bn_running_last: int = 0
+    trainable: str = "all"
     checkpoint_every: int | None = None
     keep_checkpoints: int = 2
     log_every: int = 20
@@ -109,6 +117,8 @@ class TrainOptions:
             check_number(self.grad_clip, "grad_clip", low=0.0, low_open=True)
         if self.amp not in AMP:
             raise ValueError(f"amp must be one of {AMP}; got {self.amp!r}")
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"trainable must be one of {TRAINABLE}; got {self.trainable!r}")
         self.log = _sinks(self.log)
 
     @classmethod
@@ -139,6 +149,24 @@ def _sinks(log: Any) -> list[str]:
         raise ValueError(f"log must include 'jsonl' (metrics.jsonl is the run's record, which resume and reports "
                          f"read); got {list(names)}; allowed: {allowed}")
     return list(dict.fromkeys(names))
+
+
+def trainable_parameters(model: nn.Module, trainable: str = "all") -> list[nn.Parameter]:
+    """The parameters the optimizer updates (:attr:`TrainOptions.trainable`):
+    ``all``: those that require a gradient; ``bn``: the batch norms' γ and β
+    only, every other parameter frozen (§6.4.4,
+    :func:`robustlab.nn.norm.bn_finetune_parameters`)."""
+    if trainable == "bn":
+        from robustlab.nn.norm import bn_finetune_parameters
+
+        try:
+            return bn_finetune_parameters(model)
+        except ValueError:
+            raise ValueError("trainable='bn' needs a model with batch norms (γ, β) to train; this one has none "
+                             "(a GroupNorm model? use trainable='all')") from None
+    if trainable != "all":
+        raise ValueError(f"trainable must be one of {TRAINABLE}; got {trainable!r}")
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def make_optimizer(params: list[nn.Parameter], opts: TrainOptions, lr: float) -> torch.optim.Optimizer:
