@@ -3,6 +3,8 @@
 and resampling, motion blur, zoom, grayscale), batched and device-agnostic."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -86,29 +88,57 @@ def _sample(x: Tensor, coords: Tensor, padding: str) -> Tensor:
 
 def _motion_blur(x: Tensor, radius: float, sigma: float, angle: Tensor) -> Tensor:
     """ImageMagick's ``-motion-blur radius x sigma + angle``: a one-sided line of
-    2·radius + 1 taps at unit spacing with Gaussian weights exp(−i²/2σ²),
-    i = 0, 1, …, along ``angle`` (degrees, one per image). ``radius`` and
-    ``sigma`` are for 224 px; taps sit at i·s pixels, sampled bilinearly with edge
-    replication (ImageMagick rounds each tap to a whole pixel)."""
+    2·radius + 1 taps with Gaussian weights exp(−i²/2σ²), i = 0, 1, …, along
+    ``angle`` (degrees, one per image). Tap i reads the pixel at offset
+    (⌈i·cos θ − ½⌉, ⌈i·sin θ − ½⌉), ImageMagick's rounding to whole pixels, with
+    edge replication; ``radius`` and ``sigma`` are for 224 px and the offsets
+    are × s, sampled bilinearly (whole pixels, hence ImageMagick's output, at
+    224 px)."""
     n, _, h, w = x.shape
     taps = torch.arange(2 * int(radius) + 1, dtype=torch.float64)
     weights = torch.exp(-taps ** 2 / (2 * sigma ** 2))
     weights = (weights / weights.sum()).tolist()
-    rad = torch.deg2rad(angle)
-    step = torch.stack((torch.cos(rad) / w, torch.sin(rad) / h), -1) * 2 * _scale(x)  # one tap, in grid units
+    rad = torch.deg2rad(angle.to(torch.float64))
+    direction = torch.stack((torch.cos(rad), torch.sin(rad)), -1)  # (N, 2): (x, y) per tap
+    to_grid = torch.tensor([2 / w, 2 / h], dtype=torch.float64) * _scale(x)  # pixels at 224 px → grid units
     grid = _normalized(_base_grid(n, h, w, x), h, w)
     out = weights[0] * x
     for i, wt in enumerate(weights[1:], 1):
         if wt < 1e-6:  # beyond ~5σ: no visible contribution
             break
-        shifted = grid + (i * step)[:, None, None, :]
+        # Rounded in float64 on the 224-px grid, so that the whole-pixel offsets are ImageMagick's exactly.
+        step = (torch.ceil(i * direction - 0.5) * to_grid).to(x.device, x.dtype)
+        shifted = grid + step[:, None, None, :]
         out += wt * F.grid_sample(x, shifted, mode="bilinear", padding_mode="border", align_corners=False)
     return out
 
 
+def _clipped_zoom_map(factor: float) -> tuple[float, float]:
+    """(scale, shift) of the original's ``clipped_zoom`` at 224 px as a map of
+    grid_sample's [−1, 1] coordinates, output g → input scale·g + shift.
+
+    The original crops c = ⌈224 / factor⌉ pixels from offset (224 − c) // 2,
+    zooms them with scipy's order-1 ``zoom`` to o = round(c · factor) pixels
+    (corner-aligned: output j reads crop pixel j·(c − 1)/(o − 1)) and keeps 224
+    from (o − 224) // 2: output pixel j reads input pixel top + (j + trim)·step.
+    The whole-pixel crop and trim move the centre by up to half a pixel and
+    round the factor; stated in image-relative coordinates, the same map applies
+    at every size (the original's exactly at 224 px)."""
+    size = REFERENCE_SIZE
+    crop = math.ceil(size / factor)
+    out = round(crop * factor)
+    top, trim = (size - crop) // 2, (out - size) // 2
+    step = (crop - 1) / (out - 1)
+    # Pixel j ↔ relative position u = (j + ½) / size ↔ grid coordinate g = 2u − 1.
+    offset = (top + (trim - 0.5) * step + 0.5) / size
+    return step, step + 2 * offset - 1
+
+
 def _zoom(x: Tensor, factor: float) -> Tensor:
-    """Zoom into the image centre by ``factor`` (scipy's clipped zoom, bilinear)."""
-    theta = torch.tensor([[1 / factor, 0, 0], [0, 1 / factor, 0]], device=x.device, dtype=x.dtype)
+    """Zoom into the image centre by ``factor`` as the original's
+    ``clipped_zoom`` (bilinear; see :func:`_clipped_zoom_map`)."""
+    scale, shift = _clipped_zoom_map(factor)
+    theta = torch.tensor([[scale, 0, shift], [0, scale, shift]], device=x.device, dtype=x.dtype)
     grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
