@@ -12,7 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from robustlab._version import __version__ as __version__  # the one place it is written
+
 _SUBMODULES = ("app", "attacks", "data", "eval", "models", "nn", "report", "train", "units")
 
 

@@ -15,6 +15,7 @@ written as a fraction or in pixels (``robustlab.units.parse_eps``).
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,47 @@ def parse_value(text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+
+
+_PACKAGED_NAME = re.compile(r"^(?:\./)?(?:configs/)?((?:[A-Za-z0-9_.-]+/)?[A-Za-z0-9_.-]+?)(?:\.ya?ml)?$")
+
+
+def packaged_configs() -> dict[str, Path]:
+    """The configs shipped inside the package (``robustlab/configs``), by name:
+    ``quickstart``, ``train_madry``, ``imagenet/sat_resnet50``, ..."""
+    from importlib.resources import files
+
+    root = Path(str(files("robustlab") / "configs"))
+    return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.glob("**/*.yaml"))}
+
+
+def config_names() -> list[str]:
+    """Names of the packaged configs (``robustlab list configs``)."""
+    return sorted(packaged_configs())
+
+
+def find_config(name_or_path: str | Path, what: str = "config") -> Path:
+    """The YAML file a CONFIG argument names: an existing file wins; otherwise a
+    packaged config by name — ``quickstart``, ``train_madry.yaml``,
+    ``imagenet/sat_resnet50``, ``configs/ch3_transfer.yaml`` (the source
+    tree's path, so the documented commands work from an installed wheel).
+
+    Raises:
+        FileNotFoundError: neither a file nor a packaged name; for a name
+            (no directory but ``configs/`` or one below it) the message lists
+            the packaged names.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    match = _PACKAGED_NAME.match(str(name_or_path))
+    if match is None:  # a path, not a name: say only that it is missing
+        raise FileNotFoundError(f"cannot read {what} {name_or_path}: No such file or directory")
+    packaged = packaged_configs()
+    if match.group(1) in packaged:
+        return packaged[match.group(1)]
+    raise FileNotFoundError(f"cannot read {what} {name_or_path}: no such file, nor a packaged config of that name; "
+                            f"packaged configs: {', '.join(sorted(packaged))}")
 
 
 def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
@@ -295,6 +337,7 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, dict[str, Any]]:
-    """(resolved config, raw dict with overrides applied) of a YAML file."""
-    raw = apply_overrides(load_yaml(path), overrides or [])
+    """(resolved config, raw dict with overrides applied) of a YAML file or a
+    packaged config's name (:func:`find_config`)."""
+    raw = apply_overrides(load_yaml(find_config(path)), overrides or [])
     return resolve(raw), raw

@@ -83,7 +83,8 @@ def load_dataset(
 
     Args:
         name: ``fashion_mnist``, ``mnist``, ``cifar10``, ``cifar100``, ``digits``
-            (scikit-learn's 8×8 digits, shipped with the package) or
+            (scikit-learn's 8×8 digits, shipped with scikit-learn: ``pip install
+            'robustlab[digits]'``) or
             ``imagefolder:ROOT`` (ROOT/SPLIT/CLASS/IMAGE, split ``val`` or ``test``).
         split: ``train`` or ``test``.
         data_dir: where to look first (then $ROBUSTLAB_DATA, ~/.cache/robustlab,
@@ -133,7 +134,11 @@ def load_dataset(
 
 def _digits(split: str) -> tuple[Tensor, np.ndarray]:
     """scikit-learn's 1797 digits (0–16 gray levels), a fixed 80/20 split."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise ImportError(f"the digits data set comes with scikit-learn: pip install 'robustlab[digits]' ({err})"
+                          ) from None
 
     d = load_digits()
     order = np.random.RandomState(0).permutation(len(d.target))

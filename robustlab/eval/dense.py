@@ -4,13 +4,15 @@ mAP of detections on clean, adversarial and permuted-perturbation images
 (Tables 2.2–2.4), and the detection mAP against the RPN's NMS IoU (Fig. 2.3).
 
 mIoU follows the VOC protocol: one confusion matrix accumulated over the
-whole set (torchmetrics), IoU_c = TP / (TP + FP + FN) per class, averaged
+whole set (one ``torch.bincount``), IoU_c = TP / (TP + FP + FN) per class, averaged
 over the classes that occur in the prediction or the ground truth.
 
 mAP follows VOC's: AP at box IoU 0.5 per class, averaged over the classes of
 the ground truth (torchmetrics' MeanAveragePrecision; its AP interpolates
 precision at 101 recall points, as COCO — VOC2007's 11-point AP differs by
-a fraction of a point; VOC's "difficult" objects are not modelled).
+a fraction of a point; VOC's "difficult" objects are not modelled). mAP
+needs the ``dense`` extra (``pip install 'robustlab[dense]'``: torchmetrics
+and faster-coco-eval), imported when first computed; mIoU needs nothing.
 """
 from __future__ import annotations
 
@@ -34,13 +36,25 @@ from robustlab.nn.state import inference_state
 PERMUTATION_DRAWS = 3  # Table 2.1: "we randomly permute r for three times and report the average"
 
 
-def confusion(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = 255) -> Tensor:
-    """(num_classes, num_classes) counts, rows = ground truth, columns = prediction."""
-    from torchmetrics.functional.classification import multiclass_confusion_matrix
+INSTALL_HINT = "pip install 'robustlab[dense]'"
 
+
+def confusion(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = 255) -> Tensor:
+    """(num_classes, num_classes) counts, rows = ground truth, columns = prediction; pixels whose
+    ground truth is ``ignore_index`` (VOC's 255 borders) are not counted."""
     if pred.shape != target.shape:
         raise ValueError(f"pred and target must have the same shape; got {tuple(pred.shape)}, {tuple(target.shape)}")
-    return multiclass_confusion_matrix(pred.flatten(), target.flatten(), num_classes, ignore_index=ignore_index)
+    pred, target = pred.flatten().long(), target.flatten().long()
+    if ignore_index is not None:
+        keep = target != ignore_index
+        pred, target = pred[keep], target[keep]
+    for what, labels in (("target", target), ("pred", pred)):
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise ValueError(f"{what} labels must lie in [0, {num_classes}) (or be ignore_index={ignore_index}); "
+                             f"got {int(labels.min())}..{int(labels.max())}")
+    # One bincount over (row, column) pairs: the confusion matrix without a metrics library.
+    return torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes).view(num_classes,
+                                                                                                 num_classes)
 
 
 def miou_from_confusion(cm: Tensor) -> float:
@@ -121,12 +135,14 @@ def detect(model: nn.Module, x: Tensor, *, batch_size: int = 8) -> list[dict[str
 
 
 def _map_metric() -> Any:
-    from torchmetrics.detection import MeanAveragePrecision
-    from torchmetrics.utilities.imports import _FASTER_COCO_EVAL_AVAILABLE, _PYCOCOTOOLS_AVAILABLE
-
+    try:
+        from torchmetrics.detection import MeanAveragePrecision
+        from torchmetrics.utilities.imports import _FASTER_COCO_EVAL_AVAILABLE, _PYCOCOTOOLS_AVAILABLE
+    except ImportError as err:
+        raise ImportError(f"detection mAP needs torchmetrics and faster-coco-eval: {INSTALL_HINT} ({err})") from None
     if not (_FASTER_COCO_EVAL_AVAILABLE or _PYCOCOTOOLS_AVAILABLE):
-        raise ImportError("detection mAP needs torchmetrics' COCO backend: pip install faster-coco-eval")
-    # faster_coco_eval first (NOTES.md): same numbers as pycocotools, faster, and sane for any max_detection_thresholds.
+        raise ImportError(f"detection mAP needs torchmetrics' COCO backend faster-coco-eval: {INSTALL_HINT}")
+    # faster_coco_eval first: same numbers as pycocotools, faster, and sane for any max_detection_thresholds.
     return MeanAveragePrecision(iou_type="bbox", iou_thresholds=[VOC_AP_IOU],
                                 backend="faster_coco_eval" if _FASTER_COCO_EVAL_AVAILABLE else "pycocotools")
 

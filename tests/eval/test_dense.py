@@ -6,7 +6,14 @@ import torch
 from torch import nn
 
 from robustlab.attacks.dag import dag_segmentation
-from robustlab.eval.dense import mean_iou, permute_perturbation, segment, segmentation_report, transfer_table
+from robustlab.eval.dense import (
+    confusion,
+    mean_iou,
+    permute_perturbation,
+    segment,
+    segmentation_report,
+    transfer_table,
+)
 
 
 def test_mean_iou_against_a_hand_computed_example():
@@ -17,6 +24,25 @@ def test_mean_iou_against_a_hand_computed_example():
     assert mean_iou(target.clamp(max=2), target.clamp(max=2), 3, ignore_index=None) == 1.0
     with pytest.raises(ValueError, match="same shape"):
         mean_iou(pred[0], target, 4)
+
+
+def test_confusion_equals_a_naive_count_and_torchmetrics():
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 5, (3, 9, 11), generator=g)
+    target[target == 4] = 255  # ignored pixels
+    pred = torch.randint(0, 4, (3, 9, 11), generator=g)
+    cm = confusion(pred, target, 4)
+    naive = torch.zeros(4, 4, dtype=torch.long)
+    for t, q in zip(target.flatten().tolist(), pred.flatten().tolist()):
+        if t != 255:
+            naive[t, q] += 1
+    assert torch.equal(cm, naive)
+    tm = pytest.importorskip("torchmetrics.functional.classification")
+    assert torch.equal(cm, tm.multiclass_confusion_matrix(pred.flatten(), target.flatten(), 4, ignore_index=255))
+    with pytest.raises(ValueError, match="pred labels"):
+        confusion(pred + 4, target, 4)
+    with pytest.raises(ValueError, match="target labels"):
+        confusion(pred, target, 4, ignore_index=None)
 
 
 def test_permutation_keeps_values_and_moves_them():
