@@ -49,7 +49,15 @@ from torch import nn
 from robustlab._io import pick_device, write_json
 from robustlab.app import study_kinds, study_models
 from robustlab.app.claims import Claim, evaluate_claims, parse_claims
-from robustlab.app.config import RunConfig, apply_overrides, load_yaml, resolve, set_dotted, split_override
+from robustlab.app.config import (
+    RunConfig,
+    apply_overrides,
+    find_config,
+    load_yaml,
+    resolve,
+    set_dotted,
+    split_override,
+)
 from robustlab.app.rundir import RunDir, study_fingerprint
 from robustlab.app.summary import clip, fit_table, metrics_line, path_lines, result_line
 from robustlab.nn.norm import route
@@ -231,7 +239,7 @@ def resolve_study(raw: dict[str, Any], *, name: str | None = None) -> Study:
 def load_study(path: str | Path, overrides: list[str] | None = None, *, smoke: bool = False) -> Study:
     """Read a study YAML; ``dataset=NAME`` among the overrides also applies the
     file's ``datasets.NAME`` overrides; ``smoke`` applies its ``smoke`` ones."""
-    path = Path(path)
+    path = find_config(path, "study config")  # a file, or a packaged study by name (quickstart, ch3_transfer)
     raw = apply_study_overrides(load_yaml(path, "study config"), overrides or [], "overrides")
     if raw.get("dataset") and raw.get("datasets") and raw["dataset"] in raw["datasets"]:
         profile = raw["datasets"][raw["dataset"]]
