@@ -1,7 +1,7 @@
 """Input validation shared by every public entry point.
 
 Bad input is rejected before any work starts, with a message that names the
-argument and the form it should have (DESIGN.md: pixel space [0, 1], NCHW).
+argument and the form it should have (pixel space [0, 1], NCHW).
 """
 from __future__ import annotations
 

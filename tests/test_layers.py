@@ -1,4 +1,4 @@
-"""The import graph of the package: data flows one way (DESIGN.md), no library
+"""The import graph of the package: data flows one way, no library
 package imports the application, and no two modules import each other.
 
 Imports are read from the source (ast), module-level and function-level alike,

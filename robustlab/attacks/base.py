@@ -1,7 +1,7 @@
 """What every attack shares: the result type, input checks, model-state care,
 seeded randomness.
 
-DESIGN.md: an attack never changes the model. It runs with BN in inference
+An attack never changes the model. It runs with BN in inference
 mode, restores the train/eval mode of every module it found, and leaves BN
 running statistics and parameter ``.grad`` untouched (gradients are taken with
 ``torch.autograd.grad`` with respect to the input only).

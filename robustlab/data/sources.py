@@ -7,7 +7,7 @@ Search order for a dataset's files: the ``data_dir`` given, ``$ROBUSTLAB_DATA``,
 are allowed, the files are fetched into the first writable location; when
 that fails too, the error names every path tried.
 
-Nothing read here can execute code (DESIGN.md): downloads go over https and
+Nothing read here can execute code: downloads go over https and
 are checked against the digests in :data:`CHECKSUMS` (a file without an entry
 is never fetched), and the CIFAR python batches, which are pickles, are read
 with :class:`CifarUnpickler`, which admits only the numpy arrays, lists,

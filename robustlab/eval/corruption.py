@@ -30,8 +30,8 @@ _logger = logging.getLogger(__name__)
 SEVERITIES = (1, 2, 3, 4, 5)
 
 # AlexNet's top-1 error on each ImageNet-C corruption, averaged over severities
-# 1–5: the normalizer of CE (NOTES.md, "Corruption benchmarks"; the ImageNet-C
-# authors' figures). Keyed by name since peers order the corruptions differently.
+# 1–5: the normalizer of CE (the ImageNet-C authors' figures, Hendrycks &
+# Dietterich 2019). Keyed by name since peers order the corruptions differently.
 ALEXNET_ERRORS: dict[str, float] = {
     "gaussian_noise": 0.886428, "shot_noise": 0.894468, "impulse_noise": 0.922640,
     "defocus_blur": 0.819880, "glass_blur": 0.826268, "motion_blur": 0.785948, "zoom_blur": 0.798360,

@@ -25,8 +25,8 @@ def robust_accuracy(
     batches into pools of at least that many images; memory grows with it, so
     the default keeps the loader's batches). With an early-stopping attack and
     ``micro_batch`` set, every model call stays full while the active set
-    shrinks, so the cost follows the samples that resist, not the batch size
-    (DESIGN.md). Accuracy is counted as the thesis does (§4.6): the prediction
+    shrinks, so the cost follows the samples that resist, not the batch size.
+    Accuracy is counted as the thesis does (§4.6): the prediction
     on the adversarial image equals the true label, whatever the target.
 
     Returns ``n``, ``robust_accuracy``, ``success_rate``, ``steps_mean`` and

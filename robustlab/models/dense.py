@@ -8,7 +8,7 @@ trainable on a CPU in minutes on :func:`robustlab.data.make_scenes` canvases
 - :func:`small_faster_rcnn`: torchvision's Faster R-CNN (§2.3.3) with a small
   single-map backbone; its RPN proposals are the DAG targets (§2.3.2).
 
-Both take images in [0, 1] (DESIGN.md): the FCN standardizes inside
+Both take images in [0, 1], as every robustlab model: the FCN standardizes inside
 (``Normalize`` first layer), the detector through torchvision's transform
 (``image_mean``, ``image_std``).
 """

@@ -1,4 +1,4 @@
-"""Input normalization as the model's first layer (DESIGN.md).
+"""Input normalization as the model's first layer.
 
 Attacks work in pixel space [0, 1]; mean/std standardization is part of the
 model, so ε is always stated in pixels.

@@ -120,7 +120,7 @@ def _dot_product(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Dot-product eq. (4.1), f = θ_iᵀφ_j, C = M: q (N, d, HW), k (N, d, M), v (N, C, M) -> (N, C, HW)."""
     (_, d, hw), (c, m) = q.shape, v.shape[1:]
     if d * c <= hw * m:
-        # Associativity (NOTES.md): θᵀ(φ gᵀ) builds a d×C matrix instead of the HW×M affinity.
+        # Associativity: θᵀ(φ gᵀ) builds a d×C matrix instead of the HW×M affinity.
         return (k @ v.transpose(1, 2) / m).transpose(1, 2) @ q
     return v @ (k.transpose(1, 2) @ q) / m
 
@@ -376,7 +376,7 @@ class DenoiseBlock(nn.Module):
     """The denoising block of §4.4.1, Figure 4.4: y = x + BN(Conv1×1(op(x))).
 
     The 1×1 conv has no bias and BN's γ starts at 0, so a fresh block is
-    exactly the identity (NOTES.md). Table 4.1 ablations: ``conv=False`` gives
+    exactly the identity (as in the authors' release). Table 4.1 ablations: ``conv=False`` gives
     y = x + op(x); ``residual=False`` gives y = BN(Conv1×1(op(x))), whose γ
     then starts at 1 (at 0 the block would output zeros). ``subsample`` is the
     §4.6.2 trick of the non-local ops; ``embed_channels`` is d of the Gaussian

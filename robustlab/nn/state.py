@@ -34,7 +34,7 @@ def batch_stats_state(model: nn.Module) -> Iterator[None]:
     and the running statistics only absorb the images the network is trained
     on. It is the ``bn_stats="batch"`` option of the training recipes; their
     default, like FAIR's and SAT's releases, attacks in testing mode instead
-    (:func:`inference_state`; reference/NOTES.md)."""
+    (:func:`inference_state`)."""
     switched = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
     for m in switched:
         m.track_running_stats = False  # F.batch_norm then gets no running buffers: batch stats, no update

@@ -1,4 +1,4 @@
-"""Model surgery: pure functions over nn.Module trees (DESIGN.md).
+"""Model surgery: pure functions over nn.Module trees.
 
 ``swap_activation``, ``add_denoise_blocks`` and ``convert_norm`` take a model —
 built-in, timm or torchvision (ResNet, ResNeXt, EfficientNet) — and return a

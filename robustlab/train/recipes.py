@@ -134,8 +134,8 @@ class AdversarialRecipe(Recipe):
             on the adversarial batch in training mode. This is how the
             authors' releases make the adversarial examples of §4.5 and §5.3
             (FAIR's and SAT's ``adv_model.py``: ``argscope(BatchNorm,
-            training=False)``, "we use the testing mode of it during attack";
-            reference/NOTES.md). ``batch``: the training graph's batch
+            training=False)``, "we use the testing mode of it during attack").
+            ``batch``: the training graph's batch
             statistics with the running statistics frozen. Either way the
             attack updates no running statistic and leaves every module in
             the train/eval mode it found.

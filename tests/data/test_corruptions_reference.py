@@ -9,8 +9,8 @@ and scikit-image, ImageMagick); nothing here needs those packages.
 - Deterministic corruptions (defocus and zoom blur, brightness, contrast,
   pixelate, JPEG) are compared pixel by pixel, and motion blur too at the angles
   the original drew.
-- Every corruption's mean absolute change from the clean image (the README's
-  measure) and its sharpness (mean absolute finite difference of the output)
+- Every corruption's mean absolute change from the clean image (the measure
+  docs/evaluation.md quotes) and its sharpness (mean absolute finite difference of the output)
   are compared per severity, averaged over the four images and several seeded
   draws: the bands below are what robustlab's tensor approximations reach, and
   are narrower than the change between neighbouring severities for most

@@ -1,5 +1,5 @@
 """BN during the training attack: testing mode by default, as the authors'
-releases (FAIR's and SAT's adv_model.py; reference/NOTES.md), through the
+releases (FAIR's and SAT's adv_model.py), through the
 attack route's own running statistics, and never updating any of them."""
 from __future__ import annotations
 
