@@ -22,6 +22,22 @@ evaluations and writes ``results.json`` and ``report.html``.
     smoke:                           # dotted overrides applied by --smoke
       defaults.data.limit: 1000
 
+The attack list of a transfer, blackbox, holdout or nips2017 evaluation takes
+per-attack options and sweeps, each row labelled by what differs (budgets in
+0–255 notation; checked against the attack's options when the study loads;
+:mod:`robustlab.app.study_attacks`)::
+
+      attacks: [ifgsm, {name: di2fgsm, p: 0.3}, {name: cw, steps: 100, label: cw},
+                {sweep: {attack: di2fgsm, p: [0.0, 0.5, 1.0]}},          # "di2fgsm p=0", ...
+                {sweep: {attack: mdi2fgsm, step_size: [1, 3], steps: [15, 5], zip: true}}]
+
+Chapter 3's ensemble protocols are the kinds ``holdout`` (Table 3.3: each
+model held out of an ensemble of the others) and ``nips2017`` (§3.4.5: a
+random ε per batch; :mod:`robustlab.app.study_ch3`). ``kind: sweep`` runs a
+whole study once per value of one of its keys (e.g. ``defaults.data.size``,
+which one study cannot vary) and combines the results
+(:mod:`robustlab.app.study_sweep`).
+
 The run directory (``runs/NAME`` unless ``--out``) holds ``models/NAME/`` (one
 ``robustlab train`` run directory each), ``evaluations/NAME.json`` (one per
 evaluation) and the study's ``results.json`` / ``report.html``. A killed study
@@ -59,6 +75,7 @@ from robustlab.app.config import (
     split_override,
 )
 from robustlab.app.rundir import RunDir, study_fingerprint
+from robustlab.app.study_ch3 import CH3_EVALUATIONS, CH3_EVALUATORS, check_ch3_evaluation
 from robustlab.app.summary import clip, fit_table, metrics_line, path_lines, result_line
 from robustlab.nn.norm import route
 from robustlab.train.checkpoint import load_trained_model
@@ -110,6 +127,10 @@ def apply_study_overrides(raw: dict[str, Any], overrides: Mapping[str, Any] | li
         from robustlab.app.dag import DAG_KEYS
 
         keys = DAG_KEYS if raw.get("kind") == "dag" else STUDY_KEYS
+        if raw.get("kind") == "sweep":
+            from robustlab.app.study_sweep import SWEEP_KEYS
+
+            keys = SWEEP_KEYS
     for key, value in items:
         top = str(key).split(".")[0]
         if top not in keys:
@@ -257,8 +278,12 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, smoke: b
         from robustlab.app.dag import resolve_dag_study
 
         return resolve_dag_study(raw, name=path.stem)
+    if raw.get("kind") == "sweep":  # one study per value of a key, e.g. the resolution (robustlab.app.study_sweep)
+        from robustlab.app.study_sweep import resolve_sweep_study
+
+        return resolve_sweep_study(raw, name=path.stem)
     if raw.get("kind") not in (None, "study"):
-        raise ValueError(f"study key 'kind' must be study (the default) or dag; got {raw['kind']!r}")
+        raise ValueError(f"study key 'kind' must be study (the default), dag or sweep; got {raw['kind']!r}")
     raw.pop("kind", None)
     return resolve_study(raw, name=path.stem)
 
@@ -280,6 +305,7 @@ EVALUATIONS: dict[str, dict[str, Any]] = {
     # rl.eval.evaluate: protocol standard | thesis | quick (robustlab.eval.protocols)
     "robust": {"models": "all", "protocol": "standard", "eps": 16, "norm": "linf", "options": None,
                "fallback": None, "routes": False, "limit": None},
+    **CH3_EVALUATIONS,  # holdout, nips2017 (robustlab.app.study_ch3)
     **study_kinds.OPTIONS,  # bn_statistics, stylized, imagenet_a (robustlab.app.study_kinds)
 }
 
@@ -332,11 +358,11 @@ def _check_evaluation(name: str, spec: dict[str, Any], model_names: list[str]) -
         if not isinstance(steps, list) or not steps or not all(isinstance(s, int) and s >= 0 for s in steps):
             raise ValueError(f"evaluations.{name}.steps must be a list of iteration counts; got {steps!r}")
     if kind in ("transfer", "blackbox"):
-        from robustlab.attacks import names as attack_names
+        from robustlab.app.study_attacks import resolve_attacks
 
-        bad = [a for a in opts["attacks"] if a not in attack_names()]
-        if bad:
-            raise ValueError(f"evaluations.{name}.attacks: unknown attack(s) {bad}; known: {', '.join(attack_names())}")
+        resolve_attacks(name, opts)  # names, per-attack options and sweeps → labels (robustlab.app.study_attacks)
+    if kind in CH3_EVALUATIONS:
+        check_ch3_evaluation(name, opts, model_names)
     if kind == "corruption":
         from robustlab.data.corruptions import CORRUPTIONS
 
@@ -457,13 +483,10 @@ def _eval_robust(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def _eval_transfer(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
-    from robustlab.attacks import create
+    from robustlab.app.study_attacks import configs, factories
     from robustlab.eval.transfer import transfer_matrix
-    from robustlab.units import parse_eps
 
-    eps = parse_eps(opts["eps"], "eps")
-    attacks = {a: (lambda a=a: create(a, eps=eps, seed=ctx.study.models[opts["sources"][0]].seed))
-               for a in opts["attacks"]}
+    attacks = factories(opts, ctx.study.models[(opts["sources"] or opts["ensemble"])[0]].seed)
     sources = {s: ctx.model(s) for s in opts["sources"]}
     if opts["ensemble"]:  # §3.3.5: one source whose logits are the average of the members' (eq. 3.8)
         from robustlab.attacks.ensemble import Ensemble
@@ -474,20 +497,18 @@ def _eval_transfer(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
     rows = [{"attack": a, "source": s, **{f"→ {t}": v for t, v in row.items()}}
             for a, by_src in res["success"].items() for s, row in by_src.items()]
     return {"n": res["n"], "table": rows, "value": "success rate on images every model classifies correctly",
-            "raw": res}
+            "raw": res, "attack_configs": configs(opts)}
 
 
 def _eval_blackbox(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
     """§4.6.2, Table 4.2: every attack made on every source model is one
     attacker; a defender is right on an image only if it classifies every
     attacker's version of it correctly (CAAD 2018's all-or-nothing, ε = 32)."""
-    from robustlab.attacks import create
+    from robustlab.app.study_attacks import factories
     from robustlab.eval.transfer import adversarial_sets, all_or_nothing
-    from robustlab.units import parse_eps
 
-    eps = parse_eps(opts["eps"], "eps")
-    attackers = {f"{a}@{src}": (lambda a=a: create(a, eps=eps, seed=0), ctx.model(src))
-                 for src in opts["sources"] for a in opts["attacks"]}
+    attackers = {f"{a}@{src}": (make, ctx.model(src))
+                 for src in opts["sources"] for a, make in factories(opts, 0).items()}
     sets = adversarial_sets(attackers, ctx.batches(opts), device=ctx.device)
     rows = []
     for m in opts["models"]:
@@ -518,7 +539,7 @@ def _eval_corruption(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
 
 EVALUATORS: dict[str, Callable[[_Context, dict[str, Any]], dict[str, Any]]] = {
     "accuracy": _eval_accuracy, "whitebox": _eval_whitebox, "robust": _eval_robust, "transfer": _eval_transfer,
-    "blackbox": _eval_blackbox, "corruption": _eval_corruption, **study_kinds.EVALUATORS,
+    "blackbox": _eval_blackbox, "corruption": _eval_corruption, **CH3_EVALUATORS, **study_kinds.EVALUATORS,
 }
 
 
@@ -624,6 +645,10 @@ def run_study(study: Any, out: str | Path | None = None) -> dict[str, Any]:
 
     if isinstance(study, DAGStudy):
         return run_dag_study(study, out)
+    from robustlab.app.study_sweep import SweepStudy, run_sweep_study
+
+    if isinstance(study, SweepStudy):
+        return run_sweep_study(study, out)
 
     for where, device in (("device", study.device), *((f"models.{n}.device", c.device) for n, c in
                                                           study.models.items())):

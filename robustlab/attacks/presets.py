@@ -236,6 +236,13 @@ def create(name: str, **kwargs: Any) -> Attack:
         raise err
 
 
+def accepted_options(name: str) -> set[str]:
+    """The keyword options :func:`create` accepts for attack ``name`` (its
+    preset's own and those of the attack class it builds), e.g. for checking
+    a config before anything runs."""
+    return _accepted_keywords(_REGISTRY[canonical_name(name)])
+
+
 def _accepted_keywords(factory: Callable[..., Attack]) -> set[str]:
     own = {p for p in inspect.signature(factory).parameters if p != "kw"}
     target = CarliniWagnerL2 if factory in (cw, dcw) else IterativeAttack
