@@ -19,6 +19,8 @@ TINY = {
     "models": {"a": {"width": 4}, "b": {"width": 4, "seed": 1}},
     "attack": {"max_iter": 3}, "pictures": 1,
     "smoke": {"scenes.test": 1},
+    "claims": [{"id": "self", "says": "DAG does not raise mIoU",
+                "holds_if": 'table_2_1[a]."mIoU adversarial" <= table_2_1[a]."mIoU clean"'}],
 }
 
 
@@ -72,6 +74,9 @@ def test_dag_study_runs_reuses_its_work_and_reports_its_numbers(tmp_path, capsys
     assert all(r["iterations (mean)"] <= 3 for r in rows)
     transfer = [r["perturbation"] for r in res["evaluations"]["transfer"]["table"]]
     assert transfer == ["ORIG", "a", "b", "a+b"]
+    (claim,) = res["claims"]  # a DAG study's claims are computed from its tables, as every study's
+    assert claim["verdict"] == "holds" and claim["values"] == {
+        "table_2_1[a].mIoU adversarial": rows[0]["mIoU adversarial"], "table_2_1[a].mIoU clean": rows[0]["mIoU clean"]}
     html = (out / "report.html").read_text()
     for ev in res["evaluations"].values():
         _, cells = table_rows(ev["table"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -160,6 +160,24 @@ def select_targets(proposals: Tensor, probs: Tensor, boxes: Tensor, labels: Tens
     return torch.where(mask, labels.to(best.device)[best], torch.zeros_like(best)), mask
 
 
+def _positive_logits(model: nn.Module, proposals: Tensor, mask: Tensor) -> Callable[[Tensor], Tensor]:
+    """f(X_m, t_n) for every proposal, computed for the positive ones only.
+
+    The other proposals are never targets (Algorithm 1 masks them out of T_m
+    and of the gain), and a proposal's logits depend on its own box alone
+    (RoIAlign and the box head work per RoI), so their rows are left at 0:
+    the same attack at a fraction of the cost — on a CPU a 64×64 scene has
+    ~2500 dense proposals and ~50 positive ones, 25× less time per step."""
+    keep = mask.nonzero().squeeze(1)
+    positives = proposals[keep]
+
+    def f(xm: Tensor) -> Tensor:
+        z = _classify(model, xm, positives)
+        return z.new_zeros(len(proposals), z.shape[1]).index_copy(0, keep, z)
+
+    return f
+
+
 def dag_detection(
     model: nn.Module,
     x: Tensor,
@@ -232,7 +250,7 @@ def dag_detection(
             lab, mask = select_targets(proposals, logits.softmax(1), gt, labels[i].to(x.device),
                                        select_iou=select_iou, score_thresh=score_thresh)
             pi = torch.cat([torch.zeros(1, dtype=torch.long), derangement(logits.shape[1] - 1, gen) + 1])
-            r, c = dag_single(lambda xm, p=proposals: _classify(model, xm, p), xi, lab, pi.to(x.device)[lab],
+            r, c = dag_single(_positive_logits(model, proposals, mask), xi, lab, pi.to(x.device)[lab],
                               mask=mask, gamma=gamma, max_iter=max_iter,
                               min_active=int(stop_fraction * int(mask.sum())))
             rs.append(r)

@@ -119,13 +119,15 @@ def test_attack_follows_algorithm_1_on_fixed_dense_proposals(scene, monkeypatch)
         h.remove()
     # The proposals are computed once from the clean image and used, unchanged, at every iteration.
     dense = dense_proposals(model, x)[0]
-    assert len(seen["proposals"]) >= 3 and all(torch.equal(p, seen["proposals"][0]) for p in seen["proposals"])
     torch.testing.assert_close(seen["proposals"][0] * CANVAS / 48, dense)
     # The targets are the positive proposals of §2.3.2, selected in x's own coordinates by hand here.
     probs = proposal_logits(model, x, dense).softmax(1)
     lab, mask = select_targets(dense, probs, boxes[0], labels[0])
     assert 0 < int(mask.sum()) < len(dense)
     assert torch.equal(calls[0]["mask"], mask) and torch.equal(calls[0]["labels"], lab)
+    # The clean pass scores every dense proposal; the iterations only the positive ones (the same ones each time).
+    assert len(seen["proposals"]) >= 3 and all(torch.equal(p, seen["proposals"][1]) for p in seen["proposals"][1:])
+    torch.testing.assert_close(seen["proposals"][1], seen["proposals"][0][mask])
     # l' = π(l), π a derangement of the object classes (one l' per l, never l, never the background).
     adv = calls[0]["adv"][mask]
     assert bool((adv != lab[mask]).all()) and bool((adv >= 1).all())
@@ -144,6 +146,17 @@ def test_attack_follows_algorithm_1_on_fixed_dense_proposals(scene, monkeypatch)
         assert c == int(((pred == lab) & mask).sum())
     assert all(c > 0 for c in counts[:-1]) and counts[-1] == 0 and res.iterations[0] < 150
     assert torch.equal(res.x_adv, (x + res.perturbation).clamp(0, 1))
+
+
+def test_scoring_only_the_positive_proposals_is_the_same_attack(scene, monkeypatch):
+    """Algorithm 1 over every dense proposal (the unmasked ones never active) gives the same r."""
+    x, boxes, labels = scene
+    model = detector(size=48)
+    fast = dag_detection(model, x, boxes, labels, gamma=G, max_iter=4)
+    monkeypatch.setattr(dag_module, "_positive_logits", lambda m, p, mask: lambda xm: dag_module._classify(m, xm, p))
+    full = dag_detection(model, x, boxes, labels, gamma=G, max_iter=4)
+    assert fast.active == full.active and fast.iterations == full.iterations
+    torch.testing.assert_close(fast.perturbation, full.perturbation, rtol=1e-5, atol=1e-6)
 
 
 def test_gradient_reaches_the_pixels_through_the_transform():

@@ -1,0 +1,173 @@
+"""The dense models of a DAG study and the work a study keeps in its run
+directory: models built, trained and saved (``models/NAME``), the test
+scenes, DAG's perturbation of each model (``perturbations/NAME``, cached by
+model, scenes and attack), and the drawing helpers of its pictures.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from robustlab._io import write_json, write_tensors
+from robustlab.app.dag_spec import DAGStudy
+
+_logger = logging.getLogger(__name__)
+
+PALETTE = torch.tensor([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                        [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 190]],
+                       dtype=torch.float32) / 255
+
+
+# ------------------------------------------------------------------ models
+
+
+def build_dense(task: str, num_classes: int, width: int) -> nn.Module:
+    from robustlab.models.dense import SmallFCN, small_faster_rcnn
+
+    if task == "segmentation":
+        return SmallFCN(3, num_classes, width)
+    return small_faster_rcnn(num_classes, width=width)
+
+
+def save_dense(model: nn.Module, directory: Path, spec: dict[str, Any], meta: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    write_tensors(directory / "model.safetensors", model.state_dict())
+    write_json(directory / "model.json", {"spec": None, "dense": spec, "meta": meta})
+
+
+def load_dense(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A dense model saved by a DAG study: (model in eval mode, its spec)."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    path = directory / "model.json"
+    if not path.is_file() or not (directory / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no dense model in {directory}: expected model.json and model.safetensors "
+                                "written by a DAG study (robustlab study configs/ch2_dag_*.yaml)")
+    info = json.loads(path.read_text())
+    spec = info.get("dense")
+    if not spec:
+        raise ValueError(f"{path} is not a dense (segmentation/detection) model; --dag needs one from a DAG study")
+    model = build_dense(spec["task"], spec["num_classes"], spec["width"])
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    return model.eval(), spec
+
+
+def study_scenes(cfg: dict[str, Any], split: str, seed: int) -> Any:
+    from robustlab.data.scenes import make_scenes
+
+    return make_scenes(cfg["train"] if split == "train" else cfg["test"], source=cfg["source"], size=cfg["size"],
+                       max_objects=cfg["max_objects"], split=split, seed=seed, data_dir=cfg["data_dir"])
+
+
+def train_study_models(study: DAGStudy, run_dir: Path, train_scenes: Any, device: torch.device) -> dict[str, Any]:
+    from robustlab.train.dense import train_detector, train_segmenter
+
+    out = {}
+    for i, (name, spec) in enumerate(study.models.items()):
+        task = study.task_of(name)
+        train = study.train_of(task)
+        full = {"task": task, "num_classes": train_scenes.num_classes, "width": spec["width"],
+                "seed": spec["seed"], "train": train, "scenes": study.scenes,
+                "classes": list(train_scenes.classes)}
+        full = json.loads(json.dumps(full))  # as model.json stores it
+        directory = run_dir / "models" / name
+        done = directory / "model.json"
+        tag = f"[{i + 1}/{len(study.models)}] model {name}"
+        if done.is_file() and json.loads(done.read_text()).get("dense") == full:
+            _logger.info("%s: trained, reusing %s", tag, directory)
+            meta = json.loads(done.read_text())["meta"]
+        else:
+            _logger.info("%s: training a %s model (width %d, %d epochs)", tag, task, spec["width"],
+                         train["epochs"])
+            torch.manual_seed(spec["seed"])
+            model = build_dense(task, train_scenes.num_classes, spec["width"])
+            fit = train_segmenter if task == "segmentation" else train_detector
+            start = time.perf_counter()
+            res = fit(model, train_scenes, epochs=train["epochs"], batch_size=train["batch_size"],
+                      lr=train["lr"], seed=spec["seed"], device=device)
+            meta = {"train_seconds": round(time.perf_counter() - start, 2), "loss": res.history}
+            save_dense(res.model.cpu(), directory, full, meta)
+            _logger.info("%s: trained in %.1f s, loss %.4f", tag, meta["train_seconds"], res.history[-1])
+        out[name] = {"run_dir": str(directory), "recipe": {"name": task, **train},
+                     "model": {"name": "SmallFCN" if task == "segmentation" else "small_faster_rcnn",
+                               "width": spec["width"], "seed": spec["seed"]},
+                     "steps": train["epochs"], "train_seconds": meta["train_seconds"],
+                     "final": {"train_loss": meta["loss"][-1]}}
+    return out
+
+
+# ------------------------------------------------------------------ attacks
+
+
+def attack_kwargs(study_attack: dict[str, Any], task: str) -> dict[str, Any]:
+    kw = {k: v for k, v in study_attack.items() if k != "gamma"}
+    kw["gamma"] = study_attack["gamma"] / 255  # the thesis's 0-255 units → [0, 1] pixels
+    if task == "detection":
+        kw.pop("nms_iou")
+    return kw
+
+
+def run_dag(model: nn.Module, task: str, x: Tensor, scenes: Any, attack: dict[str, Any], seed: int,
+            target: Tensor | None = None) -> Any:
+    """DAG on one model: ground-truth labels (masks or boxes) as l (Algorithm 1's input)."""
+    from robustlab.attacks import dag_detection, dag_segmentation
+
+    kw = attack_kwargs(attack, task)
+    if task == "segmentation":
+        return dag_segmentation(model, x, scenes.masks.to(x.device), target, seed=seed, progress=True, **kw)
+    return dag_detection(model, x, [b.to(x.device) for b in scenes.boxes], [lab.to(x.device) for lab in scenes.labels],
+                         attack["nms_iou"], seed=seed, progress=True, **kw)
+
+
+def study_perturbation(study: DAGStudy, run_dir: Path, name: str, model: nn.Module, x: Tensor, scenes: Any
+                  ) -> tuple[Tensor, list[list[int]], list[int]]:
+    """r of DAG on ``name`` (cached in perturbations/NAME.safetensors, keyed by model, scenes and attack)."""
+    from safetensors.torch import load_file
+
+    task = study.task_of(name)
+    key = json.dumps({"model": study.models[name], "scenes": study.scenes, "attack": study.attack_of(task),
+                      "train": study.train_of(task), "seed": study.seed}, sort_keys=True)
+    path = run_dir / "perturbations" / f"{name}.safetensors"
+    meta_path = path.with_suffix(".json")
+    if path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") == key:
+            return load_file(str(path))["r"].to(x.device), meta["active"], meta["iterations"]
+    res = run_dag(model, task, x, scenes, study.attack_of(task), study.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_tensors(path, {"r": res.perturbation})
+    write_json(meta_path, {"key": key, "active": res.active, "iterations": res.iterations})
+    return res.perturbation, res.active, res.iterations
+
+
+# ------------------------------------------------------------------ picture helpers
+
+
+def png(fig: Any) -> str:
+    from robustlab.report.html import png_base64
+
+    return png_base64(fig)
+
+
+def colorize(labels: Tensor) -> Tensor:
+    """Label map (H, W) → RGB (3, H, W) in [0, 1] (background black, 255 grey)."""
+    lab = labels.long().cpu()
+    out = PALETTE[lab.clamp(max=len(PALETTE) - 1) % len(PALETTE)].permute(2, 0, 1)
+    return torch.where((lab == 255)[None], torch.full_like(out, 0.5), out)
+
+
+def with_boxes(image: Tensor, det: dict[str, Tensor], score: float = 0.5) -> Tensor:
+    from torchvision.utils import draw_bounding_boxes
+
+    keep = det["scores"] >= score if "scores" in det else torch.ones(len(det["boxes"]), dtype=torch.bool)
+    boxes, labels = det["boxes"][keep], det["labels"][keep]
+    img = (image.detach().cpu().clamp(0, 1) * 255).to(torch.uint8)
+    colors = [tuple(int(c * 255) for c in PALETTE[int(lab) % len(PALETTE)]) for lab in labels]
+    return draw_bounding_boxes(img, boxes, colors=colors or None, width=1).float() / 255
