@@ -52,6 +52,7 @@ import hashlib
 import itertools
 import json
 import logging
+import re
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -456,7 +457,7 @@ def _eval_robust(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
 
     eps = parse_eps(opts["eps"], "eps")
     batches = ctx.batches(opts)
-    rows, warnings, curves = [], {}, {}
+    rows, warnings, curves, kept = [], {}, {}, {}
     for m in opts["models"]:
         for rname, model, r in ctx.routes(m, opts["routes"]):
             with route(model, r):
@@ -472,14 +473,35 @@ def _eval_robust(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
                                  "final_accuracy": c["final_accuracy"], "best_accuracy": c["best_accuracy"]}
                 iterates = {f"final@{c['steps'][-1]}": c["final_accuracy"][-1],
                             f"best@{c['steps'][-1]}": c["best_accuracy"][-1]}
+            if ev.examples is not None:
+                kept[label] = ev.examples
             rows.append({"model": m, **({"route": rname} if opts["routes"] else {}), "clean": ev.clean_accuracy,
                          **ev.per_attack, **iterates, "robust": ev.robust_accuracy,
                          "square fallback": "yes" if ev.fallback["used"] else "no",
                          "masking": ", ".join(w.split("]")[0].strip("[") for w in ev.warnings) or "none"})
-    out = {"n": sum(len(y) for _, y in batches), "table": rows, "warnings": warnings}
+    out = {"n": sum(len(y) for _, y in batches), "table": rows, "warnings": warnings, KEPT: kept}
     if curves:
         out["curves"] = curves
     return out
+
+
+#: An evaluator's adversarial examples ({label: {"clean", "adversarial", "index"}}), written by
+#: run_evaluations to evaluations/NAME/examples-LABEL.safetensors (the report's image grids).
+KEPT = "_examples"
+
+
+def _keep_examples(res: dict[str, Any], folder: Path, run_dir: Path) -> None:
+    from robustlab._io import write_tensors
+
+    kept = res.pop(KEPT, None) or {}
+    paths = {}
+    for label, tensors in kept.items():
+        path = folder / f"examples-{re.sub(r'[^A-Za-z0-9_.-]+', '_', label).strip('_')}.safetensors"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_tensors(path, tensors)
+        paths[label] = str(path.relative_to(run_dir))
+    if paths:
+        res["examples"] = paths
 
 
 def _eval_transfer(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
@@ -629,6 +651,7 @@ def run_evaluations(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:
         _logger.info("[%d/%d] evaluation %s (%s)", i + 1, len(study.evaluations), name, opts["kind"])
         start = time.perf_counter()
         res = EVALUATORS[opts["kind"]](ctx, opts)
+        _keep_examples(res, run_dir / "evaluations" / name, run_dir)
         res = {"kind": opts["kind"], "options": opts, "key": key, "seconds": round(time.perf_counter() - start, 2),
                **res}
         write_json(path, res)
