@@ -129,9 +129,9 @@ def apply_study_overrides(raw: dict[str, Any], overrides: Mapping[str, Any] | li
 
         keys = DAG_KEYS if raw.get("kind") == "dag" else STUDY_KEYS
         if raw.get("kind") == "sweep":
-            from robustlab.app.study_sweep import SWEEP_KEYS
+            from robustlab.app.study_sweep import SWEEP_EXTRA_KEYS
 
-            keys = SWEEP_KEYS
+            keys = (*STUDY_KEYS, *SWEEP_EXTRA_KEYS)
     for key, value in items:
         top = str(key).split(".")[0]
         if top not in keys:
@@ -280,9 +280,10 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, smoke: b
 
         return resolve_dag_study(raw, name=path.stem)
     if raw.get("kind") == "sweep":  # one study per value of a key, e.g. the resolution (robustlab.app.study_sweep)
-        from robustlab.app.study_sweep import resolve_sweep_study
+        from robustlab.app.study_sweep import Inner, resolve_sweep_study
 
-        return resolve_sweep_study(raw, name=path.stem)
+        return resolve_sweep_study(raw, Inner(STUDY_KEYS, apply_study_overrides, resolve_study, run_study),
+                                   name=path.stem)
     if raw.get("kind") not in (None, "study"):
         raise ValueError(f"study key 'kind' must be study (the default), dag or sweep; got {raw['kind']!r}")
     raw.pop("kind", None)

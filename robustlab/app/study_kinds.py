@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from robustlab.app.config import RunConfig
 from robustlab.nn.norm import MixtureBatchNorm, route, route_names
 
-if TYPE_CHECKING:
-    from robustlab.app.study import _Context
+# Evaluators take robustlab.app.study's _Context (not imported: that module imports this one).
+_Context = Any
 
 # kind → (option → default), merged into robustlab.app.study.EVALUATIONS
 OPTIONS: dict[str, dict[str, Any]] = {

@@ -30,19 +30,31 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from robustlab.app.claims import Claim, evaluate_claims, parse_claims
 from robustlab.app.config import RunConfig
-from robustlab.app.study import STUDY_KEYS, Study, apply_study_overrides, resolve_study, run_study
 
 _logger = logging.getLogger(__name__)
 
-SWEEP_KEYS = (*STUDY_KEYS, "sweep", "gaps")
+#: The keys a sweep adds to a study's.
+SWEEP_EXTRA_KEYS = ("sweep", "gaps")
 SWEEP_SPEC_KEYS = ("name", "key", "values", "per_value")
 GAPS_KEYS = ("evaluation", "differences")
+
+
+@dataclass(frozen=True)
+class Inner:
+    """What a sweep needs of :mod:`robustlab.app.study`, handed over by that module when it
+    dispatches a ``kind: sweep`` study here (so this module never imports it back)."""
+
+    keys: tuple[str, ...]                  # STUDY_KEYS
+    apply: Callable[..., dict[str, Any]]   # apply_study_overrides
+    resolve: Callable[[dict[str, Any]], Any]
+    run: Callable[[Any, Path], dict[str, Any]]
 
 
 @dataclass
@@ -53,8 +65,9 @@ class SweepStudy:
     title: str
     label: str
     key: str
-    studies: dict[str, Study]
+    studies: dict[str, Any]                # value → robustlab.app.study.Study
     gaps: dict[str, Any] | None
+    inner: Inner | None = None
     raw: dict[str, Any] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
     device: str = "auto"
@@ -74,7 +87,7 @@ class SweepStudy:
         return f"{self.label}_{value}"
 
 
-def _spec(raw: dict[str, Any]) -> tuple[str, str, list[Any], dict[str, Any]]:
+def _spec(raw: dict[str, Any], study_keys: tuple[str, ...]) -> tuple[str, str, list[Any], dict[str, Any]]:
     spec = raw.get("sweep")
     if not isinstance(spec, dict):
         raise ValueError("a sweep study needs sweep: {key: DOTTED.KEY, values: [...], name: ..., per_value: ...}")
@@ -82,7 +95,7 @@ def _spec(raw: dict[str, Any]) -> tuple[str, str, list[Any], dict[str, Any]]:
     if unknown:
         raise ValueError(f"unknown key(s) {[f'sweep.{k}' for k in unknown]}; known: {', '.join(SWEEP_SPEC_KEYS)}")
     key, values = spec.get("key"), spec.get("values")
-    if not isinstance(key, str) or key.split(".")[0] not in STUDY_KEYS or key.split(".")[0] in ("name", "kind"):
+    if not isinstance(key, str) or key.split(".")[0] not in study_keys or key.split(".")[0] in ("name", "kind"):
         raise ValueError(f"sweep.key must be a dotted study key (e.g. defaults.data.size); got {key!r}")
     if not isinstance(values, list) or not values or isinstance(values[0], (dict, list)):
         raise ValueError(f"sweep.values must be a non-empty list of values; got {values!r}")
@@ -104,7 +117,7 @@ def _spec(raw: dict[str, Any]) -> tuple[str, str, list[Any], dict[str, Any]]:
     return label, key, values, {str(v): o for v, o in per_value.items()}
 
 
-def _check_gaps(gaps: Any, studies: dict[str, Study]) -> dict[str, Any] | None:
+def _check_gaps(gaps: Any, studies: dict[str, Any]) -> dict[str, Any] | None:
     if gaps is None:
         return None
     if not isinstance(gaps, dict) or sorted(set(gaps) - set(GAPS_KEYS)):
@@ -125,21 +138,23 @@ def _check_gaps(gaps: Any, studies: dict[str, Study]) -> dict[str, Any] | None:
     return {"evaluation": str(ename), "differences": {k: list(v) for k, v in diffs.items()}}
 
 
-def resolve_sweep_study(raw: dict[str, Any], *, name: str | None = None) -> SweepStudy:
+def resolve_sweep_study(raw: dict[str, Any], inner_study: Inner, *, name: str | None = None) -> SweepStudy:
     """A ``kind: sweep`` mapping (overrides applied) → :class:`SweepStudy`;
     every inner study is resolved (checked) before anything runs."""
-    unknown = sorted(set(raw) - set(SWEEP_KEYS))
+    keys = (*inner_study.keys, *SWEEP_EXTRA_KEYS)
+    unknown = sorted(set(raw) - set(keys))
     if unknown:
-        raise ValueError(f"unknown study key(s) {unknown}; known: {', '.join(SWEEP_KEYS)}")
+        raise ValueError(f"unknown study key(s) {unknown}; known: {', '.join(keys)}")
     name = str(raw.get("name") or name or "sweep")
-    label, key, values, per_value = _spec(raw)
+    label, key, values, per_value = _spec(raw, inner_study.keys)
+    apply_study_overrides, resolve_study, study_keys = inner_study.apply, inner_study.resolve, inner_study.keys
     inner_raw = {k: copy.deepcopy(v) for k, v in raw.items() if k not in ("kind", "sweep", "gaps", "claims")}
-    studies: dict[str, Study] = {}
+    studies: dict[str, Any] = {}
     for value in values:
         tag = str(value)
         where = f"sweep value {tag}"
-        inner = apply_study_overrides(inner_raw, {key: value}, where, keys=STUDY_KEYS)
-        inner = apply_study_overrides(inner, per_value.get(tag, {}), f"sweep.per_value.{tag}", keys=STUDY_KEYS)
+        inner = apply_study_overrides(inner_raw, {key: value}, where, keys=study_keys)
+        inner = apply_study_overrides(inner, per_value.get(tag, {}), f"sweep.per_value.{tag}", keys=study_keys)
         inner["name"] = f"{name}_{tag}"
         inner["title"] = f"{raw.get('title') or name} ({label} {tag})"
         try:
@@ -147,7 +162,8 @@ def resolve_sweep_study(raw: dict[str, Any], *, name: str | None = None) -> Swee
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
     study = SweepStudy(name=name, title=str(raw.get("title") or name), label=label, key=key, studies=studies,
-                       gaps=_check_gaps(raw.get("gaps"), studies), raw=raw, device=str(raw.get("device", "auto")))
+                       gaps=_check_gaps(raw.get("gaps"), studies), raw=raw, device=str(raw.get("device", "auto")),
+                       inner=inner_study)
     study.claims = parse_claims(raw.get("claims"), study.evaluations)
     return study
 
@@ -229,7 +245,7 @@ def run_sweep_study(study: SweepStudy, out: str | Path | None = None) -> dict[st
         inner = {}
         for i, (tag, st) in enumerate(study.studies.items()):
             _logger.info("[%d/%d] %s %s: study %s", i + 1, len(study.studies), study.label, tag, st.name)
-            inner[tag] = run_study(st, run.path / study.folder(tag))
+            inner[tag] = study.inner.run(st, run.path / study.folder(tag))
         first = next(iter(study.studies.values()))
         evaluations = {f"{e}_{tag}": ev for tag, res in inner.items() for e, ev in res["evaluations"].items()}
         if study.gaps is not None:

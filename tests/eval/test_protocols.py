@@ -10,7 +10,7 @@ from robustlab.eval import holdout_evaluation, nips2017_attack, run_nips2017
 
 @pytest.fixture(scope="module")
 def third_model():
-    from conftest import train_digits_cnn
+    from tests.conftest import train_digits_cnn
 
     return train_digits_cnn(seed=2, width=8)
 
