@@ -215,7 +215,10 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
         import torch.distributed as dist
 
         if dist.is_initialized():
-            dist.destroy_process_group()
+            try:  # every rank tears down together: rank 0 may still be writing results and the report
+                dist.barrier()
+            finally:
+                dist.destroy_process_group()
         if main:
             run.close()
     return results

@@ -149,6 +149,7 @@ assert res.steps == 5
 # fit trains the model it is given in place (on CPU .to() returns the same module);
 # res.model is the export, which for AdvProp has lost the auxiliary BNs.
 save_file(state(), os.path.join(out, f"rank{rank}.safetensors"))
+dist.barrier()  # both ranks tear down together
 dist.destroy_process_group()
 '''
 

@@ -6,24 +6,12 @@ import math
 
 import pytest
 import torch
-from train_helpers import ATTACK, digits_train, model_for, small_model
+from train_helpers import ATTACK, Killed, digits_train, kill_at, model_for, small_model
 
 import robustlab as rl
 from robustlab.train import recipes
 from robustlab.train.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
 from robustlab.train.schedule import LRSchedule, scaled_lr
-
-
-class Killed(Exception):
-    pass
-
-
-def _kill_at(step):
-    def hook(s):
-        if s == step:
-            raise Killed
-
-    return hook
 
 
 def _same_weights(a, b):
@@ -46,7 +34,7 @@ def test_kill_and_resume_is_bit_exact(tmp_path, name):
     make = lambda: recipes.create(name, targeted=True, **ATTACK) if name == "madry" else recipes.create(name, **ATTACK)  # noqa: E731
     whole = rl.train.fit(model_for(make(), ds.info), ds, make(), out=tmp_path / "whole", **opts)
     with pytest.raises(Killed):
-        rl.train.fit(model_for(make(), ds.info), ds, make(), out=tmp_path / "cut", on_step=[_kill_at(31)], **opts)
+        rl.train.fit(model_for(make(), ds.info), ds, make(), out=tmp_path / "cut", on_step=[kill_at(31)], **opts)
     assert latest_checkpoint(tmp_path / "cut").name == "step-00000028"
     resumed = rl.train.fit(model_for(make(), ds.info, seed=123), ds, make(), out=tmp_path / "cut", resume=True, **opts)
     assert resumed.resumed_from == 28

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from train_helpers import digits_train, small_model
+from train_helpers import Killed, digits_train, kill_at, small_model
 
 import robustlab as rl
 from robustlab.app.config import resolve
@@ -16,16 +16,6 @@ OPTS = dict(epochs=2, batch_size=64, lr=0.05, progress=False, log_every=5)
 BOTH = ["jsonl", "tensorboard"]
 
 
-class Killed(Exception):
-    pass
-
-
-def _kill_at(step):
-    def hook(s):
-        if s == step:
-            raise Killed
-
-    return hook
 
 
 def _records(run_dir):
@@ -90,7 +80,7 @@ def test_resume_with_tensorboard_shows_each_step_once(tmp_path):
     ds = digits_train()
     opts = dict(OPTS, checkpoint_every=7, log=BOTH)
     with pytest.raises(Killed):
-        rl.train.fit(small_model(ds.info), ds, out=tmp_path, on_step=[_kill_at(26)], **opts)
+        rl.train.fit(small_model(ds.info), ds, out=tmp_path, on_step=[kill_at(26)], **opts)
     assert latest_checkpoint(tmp_path).name == "step-00000022"
     assert [s for s, _ in _events(tmp_path)["train/loss"]] == [5, 10, 15, 20, 25]
     resumed = rl.train.fit(small_model(ds.info, seed=3), ds, out=tmp_path, resume=True, **opts)

@@ -29,3 +29,16 @@ def model_for(recipe, info, seed: int = 0, **kw):
 
 # Budgets for 8×8 digits: large enough to matter, few steps to stay fast.
 ATTACK = {"eps": 0.1, "steps": 2, "step_size": 0.05}
+
+
+class Killed(Exception):
+    """Raised by :func:`kill_at`: a training run stopped as a crash would stop it."""
+
+
+def kill_at(step: int):
+    """An ``on_step`` callback that raises :class:`Killed` after optimizer step ``step``."""
+    def hook(s):
+        if s == step:
+            raise Killed
+
+    return hook
