@@ -42,7 +42,7 @@ from robustlab.app.dag_models import (
     run_dag,
     study_perturbation,
     study_scenes,
-    train_study_models,
+    trained_models,
     with_boxes,
 )
 from robustlab.app.dag_spec import (
@@ -204,10 +204,7 @@ def _run_dag_study(study: DAGStudy, run: Any) -> dict[str, Any]:
     run_dir = run.path
     device = pick_device(study.device)
     start = time.perf_counter()
-    train_scenes = study_scenes(study.scenes, "train", study.seed)
-    test = study_scenes(study.scenes, "test", study.seed)
-    models_info = train_study_models(study, run_dir, train_scenes, device)
-    models = {name: load_dense(run_dir / "models" / name)[0].to(device) for name in study.models}
+    test, models_info, models = trained_models(study, run_dir, device)
     x = test.images.to(device)
     k = test.num_classes
     evaluations: dict[str, Any] = {}

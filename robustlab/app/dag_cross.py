@@ -34,11 +34,9 @@ from torch import Tensor, nn
 from robustlab._io import pick_device, write_tensors
 from robustlab.app.dag_models import (
     colorize,
-    load_dense,
     png,
     study_perturbation,
-    study_scenes,
-    train_study_models,
+    trained_models,
     with_boxes,
 )
 from robustlab.app.dag_spec import (
@@ -214,10 +212,7 @@ def run_cross_task(study: DAGStudy, run: Any) -> dict[str, Any]:
     run_dir = run.path
     device = pick_device(study.device)
     start = time.perf_counter()
-    train_scenes = study_scenes(study.scenes, "train", study.seed)
-    test = study_scenes(study.scenes, "test", study.seed)
-    models_info = train_study_models(study, run_dir, train_scenes, device)
-    models = {name: load_dense(run_dir / "models" / name)[0].to(device) for name in study.models}
+    test, models_info, models = trained_models(study, run_dir, device)
     tasks = {name: study.task_of(name) for name in models}
     x = test.images.to(device)
     rs, rows = {}, []

@@ -106,6 +106,17 @@ def train_study_models(study: DAGStudy, run_dir: Path, train_scenes: Any, device
 # ------------------------------------------------------------------ attacks
 
 
+def trained_models(study: DAGStudy, run_dir: Path, device: torch.device) -> tuple[Any, dict[str, Any],
+                                                                                 dict[str, nn.Module]]:
+    """(test scenes, each model's training summary, the trained models on ``device``) of a DAG
+    study: its scenes made, its models trained (or reused) in ``run_dir/models``."""
+    train_scenes = study_scenes(study.scenes, "train", study.seed)
+    test = study_scenes(study.scenes, "test", study.seed)
+    info = train_study_models(study, run_dir, train_scenes, device)
+    models = {name: load_dense(run_dir / "models" / name)[0].to(device) for name in study.models}
+    return test, info, models
+
+
 def attack_kwargs(study_attack: dict[str, Any], task: str) -> dict[str, Any]:
     kw = {k: v for k, v in study_attack.items() if k != "gamma"}
     kw["gamma"] = study_attack["gamma"] / 255  # the thesis's 0-255 units → [0, 1] pixels
