@@ -37,6 +37,7 @@ from robustlab._io import pick_device, write_tensors
 from robustlab.app.dag_models import (
     attack_kwargs,
     colorize,
+    finish_study,
     load_dense,
     png,
     run_dag,
@@ -198,7 +199,6 @@ def run_dag_study(study: DAGStudy, out: str | Path | None = None) -> dict[str, A
 
 
 def _run_dag_study(study: DAGStudy, run: Any) -> dict[str, Any]:
-    from robustlab.app.claims import evaluate_claims
     from robustlab.eval import dense
 
     run_dir = run.path
@@ -254,12 +254,7 @@ def _run_dag_study(study: DAGStudy, run: Any) -> dict[str, Any]:
                                   "n": len(x), "table": [{"RPN NMS IoU": t, "proposals per image": v["proposals"],
                                                           "mAP after DAG": v["self"]} for t, v in curve.items()],
                                   "value": "denser proposals (higher NMS IoU) make DAG stronger (Fig. 2.3)"}
-    results = {"kind": "study", "name": study.name, "title": study.title, "claim": study.raw.get("claim"),
-               "chapter": study.raw.get("chapter", 2), "notes": study.raw.get("notes"),
-               "data": f"scenes:{study.scenes['source']} ({study.scenes['size']}×{study.scenes['size']})",
-               "models": models_info, "evaluations": evaluations, "seconds": round(time.perf_counter() - start, 2)}
-    results["claims"] = evaluate_claims(study.claims, evaluations)
-    return run.finish(results)
+    return finish_study(study, run, models_info, evaluations, start)
 
 
 # ------------------------------------------------------------------ robustlab attack --dag

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from robustlab._io import pick_device, write_tensors
 from robustlab.app.dag_models import (
     colorize,
+    finish_study,
     png,
     study_perturbation,
     trained_models,
@@ -206,7 +207,6 @@ def _white_box(task: str, model: nn.Module, x: Tensor, test: Any, r: Tensor, see
 def run_cross_task(study: DAGStudy, run: Any) -> dict[str, Any]:
     """Scenes → segmenters and detectors → DAG on each → Tables 2.1 and 2.4,
     Fig. 2.6 and the claims → results.json + report.html."""
-    from robustlab.app.claims import evaluate_claims
     from robustlab.eval.dense import PERMUTATION_DRAWS
 
     run_dir = run.path
@@ -249,9 +249,4 @@ def run_cross_task(study: DAGStudy, run: Any) -> dict[str, Any]:
                                "cross-task (§2.4.3), summed heterogeneous perturbations and their permuted control "
                                "(§2.4.4; Table 2.4)"},
     }
-    results = {"kind": "study", "name": study.name, "title": study.title, "claim": study.raw.get("claim"),
-               "chapter": study.raw.get("chapter", 2), "notes": study.raw.get("notes"),
-               "data": f"scenes:{study.scenes['source']} ({study.scenes['size']}×{study.scenes['size']})",
-               "models": models_info, "evaluations": evaluations, "seconds": round(time.perf_counter() - start, 2)}
-    results["claims"] = evaluate_claims(study.claims, evaluations)
-    return run.finish(results)
+    return finish_study(study, run, models_info, evaluations, start)

@@ -117,6 +117,21 @@ def trained_models(study: DAGStudy, run_dir: Path, device: torch.device) -> tupl
     return test, info, models
 
 
+def finish_study(study: DAGStudy, run: Any, models_info: dict[str, Any], evaluations: dict[str, Any],
+                 start: float) -> dict[str, Any]:
+    """A DAG study's ``results.json`` (its claims evaluated on ``evaluations``) and report, written by ``run``."""
+    import time
+
+    from robustlab.app.claims import evaluate_claims
+
+    results = {"kind": "study", "name": study.name, "title": study.title, "claim": study.raw.get("claim"),
+               "chapter": study.raw.get("chapter", 2), "notes": study.raw.get("notes"),
+               "data": f"scenes:{study.scenes['source']} ({study.scenes['size']}×{study.scenes['size']})",
+               "models": models_info, "evaluations": evaluations, "seconds": round(time.perf_counter() - start, 2)}
+    results["claims"] = evaluate_claims(study.claims, evaluations)
+    return run.finish(results)
+
+
 def attack_kwargs(study_attack: dict[str, Any], task: str) -> dict[str, Any]:
     kw = {k: v for k, v in study_attack.items() if k != "gamma"}
     kw["gamma"] = study_attack["gamma"] / 255  # the thesis's 0-255 units → [0, 1] pixels
