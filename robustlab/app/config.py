@@ -245,6 +245,18 @@ def check_device(name: Any, what: str = "config key device") -> str:
     return name
 
 
+def check_available(device: str, models: dict[str, RunConfig], prefix: str = "") -> None:
+    """Refuse, before any folder is made, a study whose device (or a model's) is absent here;
+    the error names the study key (after ``prefix``, e.g. ``"sweep value 56: "``)."""
+    from robustlab._io import pick_device
+
+    for where, name in (("device", device), *((f"models.{n}.device", c.device) for n, c in models.items())):
+        try:
+            pick_device(name)
+        except ValueError as err:
+            raise ValueError(f"{prefix}study key {where}: {err}") from None
+
+
 def _check_data(d: DataConfig) -> None:
     from robustlab.data.augment import create_augment
 

@@ -69,6 +69,7 @@ from robustlab.app.claims import Claim, evaluate_claims, parse_claims
 from robustlab.app.config import (
     RunConfig,
     apply_overrides,
+    check_available,
     find_config,
     load_yaml,
     resolve,
@@ -674,12 +675,7 @@ def run_study(study: Any, out: str | Path | None = None) -> dict[str, Any]:
     if isinstance(study, SweepStudy):
         return run_sweep_study(study, out)
 
-    for where, device in (("device", study.device), *((f"models.{n}.device", c.device) for n, c in
-                                                          study.models.items())):
-        try:
-            pick_device(device)  # an absent GPU is refused before the folder is made
-        except ValueError as err:
-            raise ValueError(f"study key {where}: {err}") from None
+    check_available(study.device, study.models)  # an absent GPU is refused before the folder is made
     with RunDir(out if out is not None else Path("runs") / study.name, "study", study_fingerprint(study.name)) as run:
         run.write_config(study.raw, "study.yaml")
         return _run_study(study, run)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from robustlab.app.claims import Claim, evaluate_claims, parse_claims
-from robustlab.app.config import RunConfig
+from robustlab.app.config import RunConfig, check_available
 
 _logger = logging.getLogger(__name__)
 
@@ -229,16 +229,10 @@ def _gaps_png(study: SweepStudy, rows: list[dict[str, Any]]) -> str | None:
 
 def run_sweep_study(study: SweepStudy, out: str | Path | None = None) -> dict[str, Any]:
     """Each value's study in its folder, then the combined results and report."""
-    from robustlab._io import pick_device
     from robustlab.app.rundir import RunDir, study_fingerprint
 
-    for tag, st in study.studies.items():
-        for where, device in (("device", st.device), *((f"models.{n}.device", c.device)
-                                                        for n, c in st.models.items())):
-            try:
-                pick_device(device)  # an absent GPU is refused before any folder is made
-            except ValueError as err:
-                raise ValueError(f"sweep value {tag}: study key {where}: {err}") from None
+    for tag, st in study.studies.items():  # an absent GPU is refused before any folder is made
+        check_available(st.device, st.models, f"sweep value {tag}: ")
     with RunDir(out if out is not None else Path("runs") / study.name, "study", study_fingerprint(study.name)) as run:
         run.write_config(study.raw, "study.yaml")
         start = time.perf_counter()
