@@ -48,6 +48,32 @@ def test_attack_thesis_notation_and_options(tmp_path, checkpoint):
     assert not (out / "adversarial.safetensors").exists()
 
 
+
+def test_attack_writes_a_report_with_its_grid_and_numbers(tmp_path, checkpoint, capsys):
+    """robustlab attack renders report.html itself: the numbers of results.json
+    as percentages with n, and a grid of clean / adversarial / perturbation
+    images kept even with --no-save (examples.safetensors, a few images)."""
+    import re
+
+    out = tmp_path / "run"
+    assert main(["attack", "--model", str(checkpoint), "--data", "digits", "--limit", "40", "--attack", "pgd",
+                 "--eps", "32", "--steps", "5", "--no-save", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report.html'}" in printed
+    assert not (out / "adversarial.safetensors").exists()
+    kept = load_file(str(out / "examples.safetensors"))
+    assert kept["clean"].shape == kept["adversarial"].shape == (8, 1, 8, 8)
+    assert float((kept["adversarial"] - kept["clean"]).abs().max()) <= 32 / 255 + 1e-6
+    res = json.loads((out / "results.json").read_text())
+    page = (out / "report.html").read_text()
+    for key in ("clean_accuracy", "adversarial_accuracy"):
+        assert f"{100 * res[key]:.1f}%" in page
+    assert page.count("n=40") >= 3
+    alts = re.findall(r'<img[^>]* alt="([^"]*)"', page)
+    assert sum(a.startswith("adversarial example") for a in alts) == 8
+    assert sum(a.startswith("perturbation") for a in alts) == 8
+    assert "ε = 32/255" in page and "5 steps" in page
+
 @pytest.mark.parametrize("argv,match", [
     (["--attack", "deepfool"], "unknown attack 'deepfool'"),
     (["--eps", "-3"], "--eps must be finite and >= 0"),

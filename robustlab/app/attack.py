@@ -20,29 +20,43 @@ def attack_dataset(
     *,
     device: torch.device | str = "cpu",
     keep_examples: bool = True,
+    examples: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run ``attack`` over ``loader``; returns a JSON-ready record with clean and
     adversarial accuracy, success, norms, iterations, throughput and an audit,
-    plus ``tensors`` (adversarial images and per-sample outcomes). ``progress``:
-    images done, and the adversarial accuracy so far (:mod:`robustlab._progress`)."""
+    plus ``tensors`` (adversarial images and per-sample outcomes). ``examples``:
+    the first that many images are also kept, clean and adversarial, under
+    ``examples`` (``index``, ``clean``, ``adversarial``, ``y``, ``clean_pred``,
+    ``adv_pred``: the report's grid, kept even without ``keep_examples``).
+    ``progress``: images done, and the adversarial accuracy so far
+    (:mod:`robustlab._progress`)."""
     parts: dict[str, list[Tensor]] = {k: [] for k in ("x_adv", "y", "clean_pred", "adv_pred", "success", "steps",
                                                        "linf", "l2", "target")}
-    seconds, right = 0.0, 0
+    kept: dict[str, list[Tensor]] = {k: [] for k in ("clean", "adversarial", "y", "clean_pred", "adv_pred")}
+    seconds, right, seen = 0.0, 0, 0
     dataset = getattr(loader, "dataset", None)
     total = len(dataset) if hasattr(dataset, "__len__") else None
     with progress_bar(total, f"attack {attack.name}", "image", enabled=progress) as bar:
         for x, y in loader:
-            took, still_right = _attack_batch(attack, model, x.to(device), y.to(device), parts, keep_examples)
-            seconds, right = seconds + took, right + still_right
+            room = max(examples - seen, 0)
+            took, still_right = _attack_batch(attack, model, x.to(device), y.to(device), parts, keep_examples,
+                                              kept if room else None, room)
+            seconds, right, seen = seconds + took, right + still_right, seen + len(y)
             bar.update(len(y))
             bar.set_postfix(adv_acc=f"{right / max(bar.n, 1):.3f}")
-    return _record(attack, parts, seconds, keep_examples)
+    record = _record(attack, parts, seconds, keep_examples)
+    if examples and kept["clean"]:
+        record["examples"] = {k: torch.cat(v) for k, v in kept.items()}
+        record["examples"]["index"] = torch.arange(len(record["examples"]["y"]))
+    return record
 
 
 def _attack_batch(attack: Attack, model: nn.Module, x: Tensor, y: Tensor, parts: dict[str, list[Tensor]],
-                  keep_examples: bool) -> tuple[float, int]:
-    """One batch into ``parts``; returns (seconds the attack took, images still classified right)."""
+                  keep_examples: bool, kept: dict[str, list[Tensor]] | None = None, room: int = 0
+                  ) -> tuple[float, int]:
+    """One batch into ``parts`` (and its first ``room`` images into ``kept``);
+    returns (seconds the attack took, images still classified right)."""
     clean = predict(model, x)
     start = time.perf_counter()
     res: AttackResult = attack.run(model, x, y)
@@ -58,6 +72,10 @@ def _attack_batch(attack: Attack, model: nn.Module, x: Tensor, y: Tensor, parts:
         parts[k].append(getattr(res, k).cpu())
     if res.target is not None:
         parts["target"].append(res.target.cpu())
+    if kept is not None:
+        for k, v in (("clean", x), ("adversarial", res.x_adv), ("y", y), ("clean_pred", clean),
+                     ("adv_pred", adv_pred)):
+            kept[k].append(v[:room].detach().cpu())
     return seconds, int((adv_pred == y).sum())
 
 

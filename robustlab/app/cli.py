@@ -255,6 +255,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from robustlab.app.rundir import RunDir, fingerprint_of
     from robustlab.attacks import create
     from robustlab.data import dataset_info, make_loader
+    from robustlab.eval.evaluate import EXAMPLES
     from robustlab.models import resolve_model
     from robustlab.nn import route
 
@@ -288,18 +289,21 @@ def cmd_attack(args: argparse.Namespace) -> int:
     routed = route(model, args.route or None)
     with routed:
         record = attack_dataset(atk, model, make_loader(data, args.batch_size), device=device,
-                                keep_examples=not args.no_save)
-    tensors = record.pop("tensors")
+                                keep_examples=not args.no_save, examples=EXAMPLES)
+    tensors, examples = record.pop("tensors"), record.pop("examples", None)
     record.update(model=str(args.model), weights=args.weights, route=args.route, architecture=arch,
                   data={"name": args.data, "split": args.split, "limit": args.limit, "n": len(data)})
     with run:
         if not args.no_save:
             write_tensors(run.ensure() / "adversarial.safetensors", tensors)
-        run.finish(record, report=False)
+        if examples is not None:  # the report's grid: a few clean / adversarial pairs, kept even with --no-save
+            write_tensors(run.ensure() / "examples.safetensors", examples)
+        done = run.finish(record)
     from robustlab.app.summary import path_lines
 
     print(format_attack_table([record]))
-    print("\n".join(path_lines("wrote", run.path / "results.json", indent="")))
+    print("\n".join(path_lines("wrote", run.path / "results.json", indent="")
+                    + path_lines("report", done["report"], indent="")))
     return 0
 
 

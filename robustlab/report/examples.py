@@ -8,11 +8,14 @@ Where the images come from:
   the samples' positions in the data (their fate is in ``per_sample``);
 - ``robustlab study``: the same format, one file per evaluation and model at
   ``evaluations/EVALUATION/examples-MODEL.safetensors``;
-- ``robustlab attack``: ``adversarial.safetensors`` with ``x_adv``, ``y``,
-  ``clean_pred``, ``adv_pred``, ``linf`` per sample and, where recorded,
-  ``clean``; without it the clean images are read again from the data the
-  run names, and used only if they give back the run's own per-sample
-  ‖δ‖∞ (the same images, in the same order).
+- ``robustlab attack``: ``examples.safetensors`` with the first few images'
+  ``index``, ``clean``, ``adversarial``, ``y``, ``clean_pred`` and
+  ``adv_pred`` (written even with ``--no-save``); failing that (older runs),
+  ``adversarial.safetensors`` with ``x_adv``, ``y``, ``clean_pred``,
+  ``adv_pred``, ``linf`` per sample and, where recorded, ``clean``; without
+  it the clean images are read again from the data the run names, and used
+  only if they give back the run's own per-sample ‖δ‖∞ (the same images, in
+  the same order).
 """
 from __future__ import annotations
 
@@ -133,9 +136,16 @@ def _clean_from_data(data: Mapping[str, Any], k: int) -> Tensor | None:
 
 
 def attack_examples(run_dir: Path | None, results: Mapping[str, Any]) -> Examples | None:
-    """The grid of a ``robustlab attack`` run (``adversarial.safetensors``)."""
-    path = None if run_dir is None else run_dir / "adversarial.safetensors"
-    t = _read(path) if path is not None and path.is_file() else None
+    """The grid of a ``robustlab attack`` run (``examples.safetensors``, else ``adversarial.safetensors``)."""
+    if run_dir is None:
+        return None
+    kept = run_dir / "examples.safetensors"
+    t = _read(kept) if kept.is_file() else None
+    if t and "clean" in t and "adversarial" in t:
+        t = {**t, "x_adv": t["adversarial"]}
+    else:
+        path = run_dir / "adversarial.safetensors"
+        t = _read(path) if path.is_file() else None
     if not t or "x_adv" not in t or not len(t["x_adv"]):
         return None
     k = min(SHOWN, len(t["x_adv"]))
@@ -156,8 +166,9 @@ def attack_examples(run_dir: Path | None, results: Mapping[str, Any]) -> Example
         clean, note = adv, ("the run stored no clean images and the data could not be read again: the "
                             "adversarial images are shown, without their perturbation")
     captions = []
+    index = t["index"].tolist() if "index" in t else list(range(k))
     for i in range(k):
-        parts = [f"#{i}"]
+        parts = [f"#{index[i]}"]
         if "y" in t and "adv_pred" in t:
             y, a = int(t["y"][i]), int(t["adv_pred"][i])
             c = int(t["clean_pred"][i]) if "clean_pred" in t else y

@@ -205,12 +205,15 @@ def test_attack_report_shows_clean_adversarial_and_perturbation(tmp_path):
 
 
 def test_a_real_attack_run_reports_its_examples(tmp_path, capsys):
-    """robustlab attack on digits: the run stores no clean images; the report
-    reads them back from the data and checks them against the run's own ‖δ‖∞."""
+    """robustlab attack on digits, its examples.safetensors removed (as in a run
+    made before it was written): adversarial.safetensors holds no clean images;
+    the report reads them back from the data and checks them against the run's
+    own ‖δ‖∞."""
     out = tmp_path / "att"
     assert main(["attack", "--model", "smallcnn", "--data", "digits", "--limit", "6", "--attack", "pgd",
                  "--eps", "16", "--steps", "3", "--out", str(out), "-q"]) == 0
     capsys.readouterr()
+    (out / "examples.safetensors").unlink()
     page = write_report(out).read_text()
     alts = _example_alts(page)
     assert sum(a.startswith("adversarial example") for a in alts) == 6
