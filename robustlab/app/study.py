@@ -435,21 +435,45 @@ def _eval_whitebox(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
     eps, alpha = parse_eps(opts["eps"], "eps"), parse_eps(opts["step_size"], "step_size")
     losses = ("ce", "cw") if opts["loss"] == "both" else (opts["loss"],)
     batches = ctx.batches(opts)
-    rows, curves, warnings = [], {}, {}
+    rows, curves, warnings, kept, fates = [], {}, {}, {}, {}
     for m in opts["models"]:
         for rname, model, r in ctx.routes(m, opts["routes"]):
+            label = m if not opts["routes"] else f"{m} [{rname}]"
             with route(model, r):
                 res = whitebox_protocol(model, batches, steps=opts["steps"], eps=eps, step_size=alpha, losses=losses,
                                         targeted=(opts["targeted"],), restarts=opts["restarts"],
                                         seed=ctx.study.models[m].seed, device=ctx.device)
+                kept[label], fates[label] = _whitebox_examples(model, *ctx.data(opts), eps, alpha, opts, losses[0],
+                                                               ctx.study.models[m].seed, ctx.device)
             curve, check = res["worst"], res["sanity"]
-            label = m if not opts["routes"] else f"{m} [{rname}]"
             curves[label] = {"steps": curve.steps, "accuracy": curve.accuracy}
             warnings[label] = [str(w) for w in check.warnings]
             rows.append({"model": m, **({"route": rname} if opts["routes"] else {}),
                          **{f"PGD-{s}": a for s, a in zip(curve.steps, curve.accuracy)},
                          "masking": ", ".join(w.check for w in check.warnings) or "none"})
-    return {"n": sum(len(y) for _, y in batches), "table": rows, "curves": curves, "warnings": warnings}
+    return {"n": sum(len(y) for _, y in batches), "table": rows, "curves": curves, "warnings": warnings,
+            "per_sample": fates, KEPT: kept}
+
+
+def _whitebox_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
+                       opts: Mapping[str, Any], loss: str, seed: int, device: torch.device
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, list]]:
+    """The report's grid of a whitebox evaluation: its first few images (as many
+    as ``evaluate`` keeps) attacked once more by the curve's PGD run (max(steps)
+    iterations, the first loss, the first start), and their fates (``per_sample``
+    for those images: the iteration that broke each, None if none did)."""
+    from robustlab.eval.evaluate import EXAMPLES
+    from robustlab.eval.metrics import predict
+    from robustlab.eval.whitebox import pgd_for_curve
+
+    x, y = x[:EXAMPLES].to(device), y[:EXAMPLES].to(device)
+    atk = pgd_for_curve(eps, alpha, max(opts["steps"]), targeted=opts["targeted"], seed=seed, loss=loss)
+    res = atk.run(model, x, y)
+    clean_right = (predict(model, x) == y).tolist()
+    broken = res.success.tolist()
+    fates = {"broken_by": [None if not b else "PGD" if c else "clean" for b, c in zip(broken, clean_right)],
+             "broken_at": [int(s) if b and c else None for b, c, s in zip(broken, clean_right, res.steps.tolist())]}
+    return {"index": torch.arange(len(y)), "clean": x.detach().cpu(), "adversarial": res.x_adv.detach().cpu()}, fates
 
 
 def _eval_robust(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
