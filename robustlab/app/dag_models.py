@@ -27,36 +27,24 @@ PALETTE = torch.tensor([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25],
 # ------------------------------------------------------------------ models
 
 
-def build_dense(task: str, num_classes: int, width: int) -> nn.Module:
-    from robustlab.models.dense import SmallFCN, small_faster_rcnn
+def load_dense(directory: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """A dense model saved by a DAG study: (model in eval mode, its spec);
+    :func:`robustlab.models.load_checkpoint` restricted to the dense kinds."""
+    from robustlab.models.checkpoint import DENSE_KINDS, load_checkpoint
 
-    if task == "segmentation":
-        return SmallFCN(3, num_classes, width)
-    return small_faster_rcnn(num_classes, width=width)
-
-
-def save_dense(model: nn.Module, directory: Path, spec: dict[str, Any], meta: dict[str, Any]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    write_tensors(directory / "model.safetensors", model.state_dict())
-    write_json(directory / "model.json", {"spec": None, "dense": spec, "meta": meta})
+    model, info = load_checkpoint(directory, map_location, kind=DENSE_KINDS)
+    return model, info.spec
 
 
-def load_dense(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """A dense model saved by a DAG study: (model in eval mode, its spec)."""
-    from safetensors.torch import load_file
+def _trained(directory: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The metadata of the model saved in ``directory`` when it has ``spec``, else None."""
+    from robustlab.models.checkpoint import read_model_info
 
-    directory = Path(directory)
-    path = directory / "model.json"
-    if not path.is_file() or not (directory / "model.safetensors").is_file():
-        raise FileNotFoundError(f"no dense model in {directory}: expected model.json and model.safetensors "
-                                "written by a DAG study (robustlab study configs/ch2_dag_*.yaml)")
-    info = json.loads(path.read_text())
-    spec = info.get("dense")
-    if not spec:
-        raise ValueError(f"{path} is not a dense (segmentation/detection) model; --dag needs one from a DAG study")
-    model = build_dense(spec["task"], spec["num_classes"], spec["width"])
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
-    return model.eval(), spec
+    try:
+        info = read_model_info(directory)
+    except (FileNotFoundError, ValueError):
+        return None
+    return info.meta if info.spec == spec else None
 
 
 def study_scenes(cfg: dict[str, Any], split: str, seed: int) -> Any:
@@ -67,6 +55,8 @@ def study_scenes(cfg: dict[str, Any], split: str, seed: int) -> Any:
 
 
 def train_study_models(study: DAGStudy, run_dir: Path, train_scenes: Any, device: torch.device) -> dict[str, Any]:
+    from robustlab.models.checkpoint import save_model
+    from robustlab.models.dense import create_dense
     from robustlab.train.dense import train_detector, train_segmenter
 
     out = {}
@@ -78,22 +68,21 @@ def train_study_models(study: DAGStudy, run_dir: Path, train_scenes: Any, device
                 "classes": list(train_scenes.classes)}
         full = json.loads(json.dumps(full))  # as model.json stores it
         directory = run_dir / "models" / name
-        done = directory / "model.json"
         tag = f"[{i + 1}/{len(study.models)}] model {name}"
-        if done.is_file() and json.loads(done.read_text()).get("dense") == full:
+        meta = _trained(directory, full)
+        if meta is not None:
             _logger.info("%s: trained, reusing %s", tag, directory)
-            meta = json.loads(done.read_text())["meta"]
         else:
             _logger.info("%s: training a %s model (width %d, %d epochs)", tag, task, spec["width"],
                          train["epochs"])
             torch.manual_seed(spec["seed"])
-            model = build_dense(task, train_scenes.num_classes, spec["width"])
+            model = create_dense(task, train_scenes.num_classes, spec["width"])
             fit = train_segmenter if task == "segmentation" else train_detector
             start = time.perf_counter()
             res = fit(model, train_scenes, epochs=train["epochs"], batch_size=train["batch_size"],
                       lr=train["lr"], seed=spec["seed"], device=device)
             meta = {"train_seconds": round(time.perf_counter() - start, 2), "loss": res.history}
-            save_dense(res.model.cpu(), directory, full, meta)
+            save_model(res.model.cpu(), directory, meta, spec=full)
             _logger.info("%s: trained in %.1f s, loss %.4f", tag, meta["train_seconds"], res.history[-1])
         out[name] = {"run_dir": str(directory), "recipe": {"name": task, **train},
                      "model": {"name": "SmallFCN" if task == "segmentation" else "small_faster_rcnn",

@@ -1,17 +1,31 @@
 """Model checkpoints: ``model.safetensors`` + ``model.json`` in a directory.
 
-The JSON holds what :func:`create_model` needs to rebuild the network (the
-``spec``), the SHA-256 of ``model.safetensors`` and any metadata the caller
-adds. The spec is also stored in the safetensors header, which the digest
-covers, so an edit to either file is caught. :func:`load_model` verifies the
-digest, the spec (required keys, known names) and that every weight is finite
-before it builds anything; each failure is a ``ValueError`` naming the file.
-Writes are atomic (write, then rename).
+One layout for every kind of model (:data:`KINDS`)::
+
+    {"kind": "classifier" | "segmenter" | "detector", "spec": {...}, "sha256": "...", "meta": {...}}
+
+The ``spec`` is what rebuilds the network: :func:`create_model`'s arguments
+for a classifier; ``{task, num_classes, width}`` (plus the provenance a DAG
+study records: ``seed``, ``train``, ``scenes``, ``classes``) for the dense
+models of ch. 2 (:func:`robustlab.models.dense.create_dense`). The kind and
+the spec are also stored in the safetensors header, which the SHA-256 of
+``model.safetensors`` covers, so an edit to either file is caught.
+:func:`load_model` verifies the digest, the spec (required keys, known names)
+and that every weight is finite before it builds anything; each failure is a
+``ValueError`` naming the file. Only safetensors are read: nothing is
+unpickled. Writes are atomic (write, then rename).
+
+Older layouts still load: a classifier's ``model.json`` without ``kind``, and
+a DAG study's dense model written before the kind existed (``{"spec": null,
+"dense": {...}, "meta": ...}``, no digest: its weights are checked for
+finiteness and against the architecture only).
 """
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,43 +36,138 @@ from robustlab._io import atomic_write, finite_state, sha256_file, write_json
 from robustlab.models.factory import create_model
 
 WEIGHTS, META = "model.safetensors", "model.json"
-_SPEC_KEY = "robustlab.spec"  # the spec's copy in the safetensors header
+KINDS = ("classifier", "segmenter", "detector")
+DENSE_KINDS = ("segmenter", "detector")
+KIND_OF_TASK = {"segmentation": "segmenter", "detection": "detector"}
+_SPEC_KEY, _KIND_KEY = "robustlab.spec", "robustlab.kind"  # their copies in the safetensors header
 _REQUIRED = ("name", "num_classes", "in_channels", "mean", "std")
 # create_model's own options
 _BUILD = ("act", "act_options", "norm", "denoise", "denoise_where", "denoise_options", "routes")
 _OPTIONAL = (*_BUILD, "pretrained", "kwargs")
+_DENSE_REQUIRED = ("task", "num_classes", "width")
+_DENSE_OPTIONAL = ("seed", "train", "scenes", "classes")  # where a DAG study's model came from
 _NORMS, _WHERE = ("bn", "mbn", "gn"), ("stages", "all")
 _EXPECTED = (f"a directory written by robustlab.models.save_model: {WEIGHTS} and {META} holding "
-             '{"spec": {name, num_classes, in_channels, mean, std, ...}, "sha256": ..., "meta": {...}}')
+             '{"kind": "classifier" | "segmenter" | "detector", "spec": {name, num_classes, in_channels, mean, '
+             'std, ...} (a dense model: {task, num_classes, width}), "sha256": ..., "meta": {...}}')
 
 
-def save_model(model: nn.Module, directory: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Save a model made by :func:`create_model` into ``directory``."""
-    from safetensors.torch import save_file
+@dataclass(frozen=True)
+class ModelInfo:
+    """A checked ``model.json``: the model's kind, its spec, the recorded
+    SHA-256 of its weights (``None`` for the old dense layout) and the
+    caller's metadata."""
 
-    spec = getattr(model, "robustlab_spec", None)
-    if spec is None:
-        raise ValueError("model was not made by robustlab.models.create_model; its architecture cannot be recorded")
-    spec = json.loads(json.dumps(spec))  # as model.json stores it (tuples become lists)
+    kind: str
+    spec: dict[str, Any]
+    sha256: str | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def save_model(model: nn.Module, directory: str | Path, meta: dict[str, Any] | None = None, *,
+               spec: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` into ``directory`` (``model.safetensors`` + ``model.json``).
+
+    A model made by :func:`create_model` records its own spec (kind
+    ``classifier``). A dense model of ch. 2 passes ``spec`` = ``{task,
+    num_classes, width}`` (``task``: ``segmentation`` → kind ``segmenter``,
+    ``detection`` → ``detector``), optionally with its provenance (``seed``,
+    ``train``, ``scenes``, ``classes``); the spec is checked before anything is
+    written.
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    header = {_SPEC_KEY: json.dumps(spec, sort_keys=True)}
-    atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p), metadata=header))
-    write_json(directory / META, {"spec": spec, "sha256": sha256_file(directory / WEIGHTS), "meta": meta or {}})
+    if spec is None:
+        spec = getattr(model, "robustlab_spec", None)
+        if spec is None:
+            raise ValueError("model was not made by robustlab.models.create_model; its architecture cannot be "
+                             "recorded (a dense model of robustlab.models.dense passes spec={task, num_classes, "
+                             "width})")
+        kind = "classifier"
+    else:
+        spec = json.loads(json.dumps(spec))
+        _check_dense_spec(spec, directory / META)
+        kind = KIND_OF_TASK[spec["task"]]
+    _write(model, directory, kind, spec, meta)
     return directory
 
 
-def load_model(path: str | Path, map_location: str = "cpu") -> nn.Module:
+def save_weights(model: nn.Module, directory: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """The weights of a model whose architecture robustlab cannot record (a
+    user's ``nn.Module``), with ``meta`` beside them. ``model.json`` has
+    ``"kind": null, "spec": null``: :func:`load_model` refuses it (there is
+    nothing to rebuild); ``create_model(name, weights=FILE)`` or
+    ``load_state_dict`` read the weights."""
+    directory = Path(directory)
+    _write(model, directory, None, None, meta)
+    return directory
+
+
+def _write(model: nn.Module, directory: Path, kind: str | None, spec: dict[str, Any] | None,
+           meta: dict[str, Any] | None) -> None:
+    """The one ``model.json`` writer: weights first, then the JSON naming their digest."""
+    from safetensors.torch import save_file
+
+    spec = json.loads(json.dumps(spec))  # as model.json stores it (tuples become lists)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    header = {} if kind is None else {_SPEC_KEY: json.dumps(spec, sort_keys=True), _KIND_KEY: kind}
+    atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p), metadata=header))
+    write_json(directory / META, {"kind": kind, "spec": spec, "sha256": sha256_file(directory / WEIGHTS),
+                                  "meta": meta or {}})
+
+
+def load_model(path: str | Path, map_location: str = "cpu", *, kind: str | Sequence[str] | None = None
+               ) -> nn.Module:
     """Rebuild a model saved by :func:`save_model` (a directory, its model.json
-    or its model.safetensors), after checking the files' integrity.
+    or its model.safetensors), after checking the files' integrity; in eval mode.
+
+    ``kind``: the kind(s) the caller accepts (``"classifier"``,
+    ``("segmenter", "detector")``); ``None`` accepts any.
 
     Raises:
         FileNotFoundError: nothing of a checkpoint is there.
-        ValueError: a checksum mismatch, non-finite weights, a spec with a
-            missing key or an unknown name, or a directory written by another
-            tool; the message names the file.
+        ValueError: a model of another kind than asked for, a checksum
+            mismatch, non-finite weights, a spec with a missing key or an
+            unknown name, or a directory written by another tool; the message
+            names the file.
     """
+    return load_checkpoint(path, map_location, kind=kind)[0]
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu", *, kind: str | Sequence[str] | None = None
+                    ) -> tuple[nn.Module, ModelInfo]:
+    """:func:`load_model`, and the checked ``model.json`` (:class:`ModelInfo`)
+    it was built from."""
+    meta_path, weights_path = _paths(path)
+    info = _read_meta(meta_path)
+    if kind is not None:
+        wanted = (kind,) if isinstance(kind, str) else tuple(kind)
+        if info.kind not in wanted:
+            what = "a dense model (segmenter or detector)" if set(wanted) == set(DENSE_KINDS) else (
+                " or ".join(wanted))
+            raise ValueError(f"{meta_path} holds a {info.kind}, not {what}")
+    if info.sha256 is not None:
+        actual = sha256_file(weights_path)
+        if actual != info.sha256:
+            raise ValueError(f"{weights_path} is corrupted or truncated: its sha256 {actual} differs from "
+                             f"{info.sha256} recorded in {meta_path}")
+    state = _read_weights(weights_path, info, meta_path, map_location)
+    model = _build(info, meta_path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{weights_path} does not fit the model {META} describes: {err}") from None
+    return model.eval(), info
+
+
+def read_model_info(path: str | Path) -> ModelInfo:
+    """The checked ``model.json`` of a checkpoint (a directory or one of its
+    files), without reading the weights."""
+    return _read_meta(_paths(path)[0])
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    """(model.json, model.safetensors) of a checkpoint, both present."""
     path = Path(path)
     directory = path.parent if path.suffix in (".json", ".safetensors") else path
     meta_path, weights_path = directory / META, directory / WEIGHTS
@@ -70,48 +179,79 @@ def load_model(path: str | Path, map_location: str = "cpu") -> nn.Module:
                          "create_model(name, weights=FILE)")
     if not weights_path.is_file():
         raise ValueError(f"{meta_path} has no {WEIGHTS} beside it; load_model expects {_EXPECTED}")
-    spec, digest = _read_meta(meta_path)
-    actual = sha256_file(weights_path)
-    if actual != digest:
-        raise ValueError(f"{weights_path} is corrupted or truncated: its sha256 {actual} differs from {digest} "
-                         f"recorded in {meta_path}")
-    state = _read_weights(weights_path, spec, meta_path, map_location)
+    return meta_path, weights_path
+
+
+def _build(info: ModelInfo, meta_path: Path) -> nn.Module:
+    """The architecture ``info.spec`` describes, freshly initialized."""
+    spec = info.spec
+    if info.kind in DENSE_KINDS:
+        from robustlab.models.dense import create_dense
+
+        return create_dense(spec["task"], spec["num_classes"], spec["width"])
     # the architecture only: spec.pretrained records where the weights first came
     # from, but the checkpoint holds them, so nothing is downloaded or read again
     kwargs = {k: v for k, v in (spec.get("kwargs") or {}).items() if k not in ("pretrained", "weights")}
     try:
-        model = create_model(
+        return create_model(
             spec["name"], spec["num_classes"], in_channels=spec["in_channels"], mean=spec["mean"], std=spec["std"],
             **{k: spec[k] for k in _BUILD if k in spec}, **kwargs,
         )
     except (ValueError, TypeError, KeyError) as err:
         raise ValueError(f"{meta_path}: its spec does not build a model: {err}") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{weights_path} does not fit the model {META} describes: {err}") from None
-    return model.eval()
 
 
-def _read_meta(meta_path: Path) -> tuple[dict[str, Any], str]:
-    """(spec, sha256) of a model.json, checked."""
+def _read_meta(meta_path: Path) -> ModelInfo:
+    """The model.json at ``meta_path``, checked (the old dense layout read as a dense kind)."""
     try:
         doc = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{meta_path} is not valid JSON ({err}); load_model expects {_EXPECTED}") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{meta_path} holds a JSON {type(doc).__name__}; load_model expects {_EXPECTED}")
+    meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else {}
+    if doc.get("spec") is None and "dense" in doc:  # a DAG study's model, before the kind
+        spec = doc["dense"]
+        _check_dense_spec(spec, meta_path)
+        return ModelInfo(KIND_OF_TASK[spec["task"]], spec, None, meta)
     spec = doc.get("spec")
     if spec is None:
-        what = "a dense (ch. 2) model: load it with robustlab.app.dag.load_dense" if "dense" in doc else (
-            "no robustlab model spec (a model not made by create_model, or exported by another tool)")
-        raise ValueError(f"{meta_path} describes {what}; load_model expects {_EXPECTED}")
-    _check_spec(spec, meta_path)
+        raise ValueError(f"{meta_path} describes no robustlab model spec (a model not made by create_model, or "
+                         f"exported by another tool); load_model expects {_EXPECTED}")
+    kind = doc.get("kind", "classifier")  # a classifier's model.json before the kind
+    if kind not in KINDS:
+        raise ValueError(f"{meta_path}: kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    if kind in DENSE_KINDS:
+        _check_dense_spec(spec, meta_path)
+        if KIND_OF_TASK[spec["task"]] != kind:
+            raise ValueError(f"{meta_path}: kind {kind!r} disagrees with spec.task {spec['task']!r}")
+    else:
+        _check_spec(spec, meta_path)
     digest = doc.get("sha256")
     if not isinstance(digest, str) or len(digest) != 64:
         raise ValueError(f"{meta_path} records no sha256 of {WEIGHTS} (key 'sha256', 64 hex digits); got "
                          f"{digest!r}. Re-export the model with robustlab.models.save_model")
-    return spec, digest
+    return ModelInfo(kind, spec, digest, meta)
+
+
+def _check_dense_spec(spec: object, meta_path: Path) -> None:
+    """A dense model's spec: task, num_classes, width (and known provenance keys only)."""
+    what = f"{meta_path}: a dense (ch. 2) model's spec"
+    if not isinstance(spec, dict):
+        raise ValueError(f"{what} must be a JSON object; got {type(spec).__name__}")
+    missing = [k for k in _DENSE_REQUIRED if k not in spec]
+    if missing:
+        raise ValueError(f"{what} is missing the key(s) {', '.join(missing)}; load_model expects {_EXPECTED}")
+    unknown = sorted(set(spec) - set(_DENSE_REQUIRED) - set(_DENSE_OPTIONAL))
+    if unknown:
+        raise ValueError(f"{what} has unknown key(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(_DENSE_REQUIRED + _DENSE_OPTIONAL)}")
+    if not isinstance(spec["task"], str) or spec["task"] not in KIND_OF_TASK:
+        raise ValueError(f"{what}: task must be one of {', '.join(KIND_OF_TASK)}; got {spec['task']!r}")
+    for key, low in (("num_classes", 2), ("width", 1)):
+        v = spec[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{what}: {key} must be an integer >= {low}; got {v!r}")
 
 
 def _check_spec(spec: object, meta_path: Path) -> None:
@@ -167,10 +307,11 @@ def _check_choice(value: object, choices: Any, error: ValueError, optional: bool
     raise error
 
 
-def _read_weights(weights_path: Path, spec: dict[str, Any], meta_path: Path, map_location: str
+def _read_weights(weights_path: Path, info: ModelInfo, meta_path: Path, map_location: str
                   ) -> dict[str, torch.Tensor]:
-    """The state dict, after checking the header's spec agrees with model.json's
-    and every floating-point weight is finite."""
+    """The state dict, after checking the header's kind and spec agree with
+    model.json's (the old dense layout has none) and every floating-point
+    weight is finite."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -180,13 +321,23 @@ def _read_weights(weights_path: Path, spec: dict[str, Any], meta_path: Path, map
         state = load_file(str(weights_path), device=map_location)
     except Exception as err:  # safetensors raises its own error types on a damaged file
         raise ValueError(f"{weights_path} is corrupted or truncated: {err}") from None
+    if info.sha256 is not None:
+        _check_header(header, info, weights_path, meta_path)
+    return finite_state(state, weights_path)
+
+
+def _check_header(header: dict[str, str], info: ModelInfo, weights_path: Path, meta_path: Path) -> None:
     try:
         stored = json.loads(header[_SPEC_KEY])
     except (KeyError, json.JSONDecodeError):
         raise ValueError(f"{weights_path} carries no robustlab spec in its header (written by another tool?); "
                          f"load_model expects {_EXPECTED}") from None
+    stored_kind = header.get(_KIND_KEY, "classifier")  # a classifier saved before the kind
+    if stored_kind != info.kind:
+        raise ValueError(f"{meta_path} was edited: its kind {info.kind!r} disagrees with the one saved with the "
+                         f"weights ({stored_kind!r} in {WEIGHTS})")
+    spec = info.spec
     if stored != spec:
         keys = sorted(k for k in set(stored) | set(spec) if stored.get(k) != spec.get(k))
         diff = "; ".join(f"{k}: {spec.get(k)!r} in {META}, {stored.get(k)!r} in {WEIGHTS}" for k in keys)
         raise ValueError(f"{meta_path} was edited: its spec disagrees with the one saved with the weights ({diff})")
-    return finite_state(state, weights_path)

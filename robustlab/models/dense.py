@@ -141,3 +141,14 @@ def small_faster_rcnn(
                       image_std=list(image_std), rpn_anchor_generator=anchors, box_roi_pool=roi_pool,
                       box_head=box_head, box_predictor=FastRCNNPredictor(representation_size, num_classes),
                       **options)
+
+
+def create_dense(task: str, num_classes: int, width: int) -> nn.Module:
+    """The dense model of a DAG study: a :class:`SmallFCN` (``task="segmentation"``)
+    or a :func:`small_faster_rcnn` (``"detection"``) on 3-channel images;
+    what :func:`robustlab.models.load_model` rebuilds from a dense ``model.json``."""
+    if task == "segmentation":
+        return SmallFCN(3, num_classes, width)
+    if task == "detection":
+        return small_faster_rcnn(num_classes, width=width)
+    raise ValueError(f"task must be segmentation or detection; got {task!r}")

@@ -89,7 +89,7 @@ def resolve_model(spec: str | Path, *, weights: str | Path | None = None, **kwar
             raise ValueError(f"{surgery}: a checkpoint records its own architecture; drop these options")
         if not (path / META).is_file() and not path.is_file():
             raise FileNotFoundError(f"model: {path} holds no {META}")
-        return load_model(path)
+        return load_model(path, kind="classifier")
     key = str(spec)
     if is_factory_spec(key):
         model = load_factory(key)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab._checks import check_batch
-from robustlab._io import atomic_write_text, write_json
+from robustlab._io import atomic_write_text
 from robustlab._progress import progress
 from robustlab.nn.norm import use_running_stats
 from robustlab.train import distributed, sinks
@@ -415,13 +415,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _export(model: nn.Module, run_dir: Path, result: TrainResult, recipe: Recipe, opts: TrainOptions) -> None:
-    from robustlab._io import write_tensors
-    from robustlab.models.checkpoint import save_model
+    from robustlab.models.checkpoint import save_model, save_weights
 
     meta = {"recipe": recipe.config(), "train": opts.to_dict(), "steps": result.steps,
             "final": result.history[-1] if result.history else {}}
     if getattr(model, "robustlab_spec", None) is not None:
         save_model(model, run_dir, meta=meta)
     else:  # a model from elsewhere: its weights, and the metadata beside them
-        write_tensors(run_dir / "model.safetensors", model.state_dict())
-        write_json(run_dir / "model.json", {"spec": None, "meta": meta})
+        save_weights(model, run_dir, meta=meta)
