@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from robustlab._checks import check_number
+from robustlab.app.spec import SpecError, check_keys, check_mapping, from_mapping
 from robustlab.train.options import TrainOptions
 from robustlab.units import parse_eps
 
@@ -206,18 +207,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def _typed(cls: type, values: Any, section: str) -> Any:
-    if values is None:
-        return cls()
-    if not isinstance(values, dict):
-        raise ValueError(f"config section {section!r} must be a mapping; got {values!r}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown key(s) {[f'{section}.{k}' for k in unknown]}; known: {', '.join(sorted(known))}")
-    return cls(**values)
-
-
 def _whole(value: Any, key: str, low: int = 1, optional: bool = True) -> Any:
     """``value`` as a whole number >= ``low`` (or None when ``optional``); the error names ``key``."""
     if value is None and optional:
@@ -294,16 +283,15 @@ def _check_eval(ev: EvalConfig) -> None:
 def _train_options(train: dict[str, Any]) -> TrainOptions:
     """:class:`TrainOptions` of the ``train`` section; errors name the key (``train.epochs``)."""
     known = {f.name for f in fields(TrainOptions)}
-    unknown = sorted(set(train) - known)
-    if unknown:
-        raise ValueError(f"unknown training option(s) {[f'train.{k}' for k in unknown]}; "
-                         f"known: {', '.join(sorted(known))}")
+    check_keys(train, sorted(known), "train", noun="training option")
     milestones = train.get("milestones")
     if milestones is not None and (not isinstance(milestones, (list, tuple)) or not all(
             isinstance(m, (int, float)) and not isinstance(m, bool) for m in milestones)):
         raise ValueError(f"config key train.milestones must be a list of epochs (numbers); got {milestones!r}")
     try:
-        return TrainOptions.from_dict(train)
+        return from_mapping(TrainOptions, train, "train", noun="training option")
+    except SpecError:
+        raise
     except (TypeError, ValueError) as err:
         msg = str(err)
         # TrainOptions' messages start with the option's name ("epochs must be ...")
@@ -315,9 +303,7 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
     """A nested dict (YAML with overrides applied) → :class:`RunConfig`."""
     if not isinstance(raw, dict):
         raise ValueError("a config must be a mapping of sections (model, data, recipe, train, eval)")
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        raise ValueError(f"unknown config section(s) {unknown}; known: {', '.join(SECTIONS)}")
+    check_keys(raw, SECTIONS, noun="config section")
     for section in ("model", "recipe"):
         if not isinstance(raw.get(section) or {}, dict):
             raise ValueError(f"config section {section!r} must be a mapping; got {raw[section]!r}")
@@ -326,13 +312,11 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
     for section, d in (("model", model), ("recipe", recipe)):
         if not isinstance(d.get("name"), str):
             raise ValueError(f"config key {section}.name must be a string; got {d.get('name')!r}")
-    ev = _typed(EvalConfig, raw.get("eval"), "eval")
+    ev = from_mapping(EvalConfig, raw.get("eval"), "eval", what="config section")
     _check_eval(ev)
-    data = _typed(DataConfig, raw.get("data"), "data")
+    data = from_mapping(DataConfig, raw.get("data"), "data", what="config section")
     _check_data(data)
-    train = raw.get("train") or {}
-    if not isinstance(train, dict):
-        raise ValueError(f"config section 'train' must be a mapping; got {train!r}")
+    train = check_mapping(raw.get("train"), "train", "config section")
     cfg = RunConfig(
         seed=_whole(raw.get("seed", 0), "seed", low=0, optional=False),
         device=check_device(raw.get("device", "auto")), model=model, data=data, recipe=recipe,

@@ -58,6 +58,7 @@ from robustlab.app.dag_spec import (
     dag_claims,
     resolve_section,
 )
+from robustlab.app.spec import check_keys
 
 _logger = logging.getLogger(__name__)
 
@@ -66,9 +67,7 @@ def resolve_dag_study(raw: dict[str, Any], *, name: str | None = None) -> DAGStu
     """A ``kind: dag`` study mapping → :class:`DAGStudy`, checked before any work."""
     from robustlab.data.scenes import SOURCES
 
-    unknown = sorted(set(raw) - set(DAG_KEYS))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in a DAG study; known: {', '.join(DAG_KEYS)}")
+    check_keys(raw, DAG_KEYS, where=" in a DAG study")
     task = raw.get("task")
     if task not in (*TASKS, CROSS_TASK):
         raise ValueError(f"a DAG study needs task: segmentation or detection (or {CROSS_TASK}: both, Table 2.4); "

@@ -9,6 +9,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from robustlab.app.spec import check_keys, check_mapping
+
 DAG_KEYS = ("name", "title", "chapter", "claim", "claims", "notes", "kind", "task", "seed", "device", "scenes",
             "train", "models", "attack", "targeted", "pictures", "nms_ious", "sums", "smoke", "datasets", "dataset")
 TASKS = ("segmentation", "detection")
@@ -57,12 +59,8 @@ class DAGStudy:
 
 def resolve_section(values: Any, key: str, defaults: dict[str, Any]) -> dict[str, Any]:
     """A study section (``values``, named ``key`` in errors) over its defaults; unknown keys refused."""
-    values = values or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"study key {key!r} must be a mapping; got {values!r}")
-    unknown = sorted(set(values) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown key(s) {[f'{key}.{k}' for k in unknown]}; known: {', '.join(defaults)}")
+    values = check_mapping(values, key, "study key")
+    check_keys(values, defaults, key)
     return {**copy.deepcopy(defaults), **values}
 
 

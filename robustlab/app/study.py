@@ -77,6 +77,7 @@ from robustlab.app.config import (
     split_override,
 )
 from robustlab.app.rundir import RunDir, study_fingerprint
+from robustlab.app.spec import check_keys
 from robustlab.app.study_ch3 import CH3_EVALUATIONS, CH3_EVALUATORS, check_ch3_evaluation
 from robustlab.app.summary import clip, fit_table, metrics_line, path_lines, result_line
 from robustlab.nn.norm import route
@@ -190,9 +191,7 @@ def resolve_study(raw: dict[str, Any], *, name: str | None = None) -> Study:
     model config and every evaluation is checked before anything runs."""
     if not isinstance(raw, dict):
         raise ValueError("a study config must be a mapping (name, defaults, models, evaluations, ...)")
-    unknown = sorted(set(raw) - set(STUDY_KEYS))
-    if unknown:
-        raise ValueError(f"unknown study key(s) {unknown}; known: {', '.join(STUDY_KEYS)}")
+    check_keys(raw, STUDY_KEYS, noun="study key")
     name = str(raw.get("name") or name or "study")
     if not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"study name must be letters, digits, '-' and '_'; got {name!r}")
@@ -320,10 +319,10 @@ def _check_evaluation(name: str, spec: dict[str, Any], model_names: list[str]) -
     if kind not in EVALUATIONS:
         raise ValueError(f"evaluations.{name}.kind must be one of {', '.join(EVALUATIONS)}; got {kind!r}")
     defaults = EVALUATIONS[kind]
-    unknown = sorted(set(spec) - set(defaults))
-    if unknown:
-        raise ValueError(f"evaluations.{name}: unknown option(s) {unknown} for kind {kind!r}; "
-                         f"known: {', '.join(defaults)}")
+    try:
+        check_keys(spec, defaults, noun="option", where=f" for kind {kind!r}")
+    except ValueError as err:
+        raise ValueError(f"evaluations.{name}: {err}") from None
     opts = {"kind": kind, **copy.deepcopy(defaults), **spec}
 
     def names(key: str) -> list[str]:

@@ -37,6 +37,7 @@ from typing import Any
 
 from robustlab.app.claims import Claim, evaluate_claims, parse_claims
 from robustlab.app.config import RunConfig, check_available
+from robustlab.app.spec import check_keys
 
 _logger = logging.getLogger(__name__)
 
@@ -91,9 +92,7 @@ def _spec(raw: dict[str, Any], study_keys: tuple[str, ...]) -> tuple[str, str, l
     spec = raw.get("sweep")
     if not isinstance(spec, dict):
         raise ValueError("a sweep study needs sweep: {key: DOTTED.KEY, values: [...], name: ..., per_value: ...}")
-    unknown = sorted(set(spec) - set(SWEEP_SPEC_KEYS))
-    if unknown:
-        raise ValueError(f"unknown key(s) {[f'sweep.{k}' for k in unknown]}; known: {', '.join(SWEEP_SPEC_KEYS)}")
+    check_keys(spec, SWEEP_SPEC_KEYS, "sweep")
     key, values = spec.get("key"), spec.get("values")
     if not isinstance(key, str) or key.split(".")[0] not in study_keys or key.split(".")[0] in ("name", "kind"):
         raise ValueError(f"sweep.key must be a dotted study key (e.g. defaults.data.size); got {key!r}")
@@ -142,9 +141,7 @@ def resolve_sweep_study(raw: dict[str, Any], inner_study: Inner, *, name: str | 
     """A ``kind: sweep`` mapping (overrides applied) → :class:`SweepStudy`;
     every inner study is resolved (checked) before anything runs."""
     keys = (*inner_study.keys, *SWEEP_EXTRA_KEYS)
-    unknown = sorted(set(raw) - set(keys))
-    if unknown:
-        raise ValueError(f"unknown study key(s) {unknown}; known: {', '.join(keys)}")
+    check_keys(raw, keys, noun="study key")
     name = str(raw.get("name") or name or "sweep")
     label, key, values, per_value = _spec(raw, inner_study.keys)
     apply_study_overrides, resolve_study, study_keys = inner_study.apply, inner_study.resolve, inner_study.keys
