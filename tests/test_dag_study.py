@@ -8,9 +8,10 @@ import pytest
 import yaml
 
 from robustlab.app.cli import main
-from robustlab.app.dag import colorize, load_dense, resolve_dag_study
+from robustlab.app.dag import load_dense, resolve_dag_study
 from robustlab.app.study import load_study
 from robustlab.report.html import table_rows
+from robustlab.report.plots import colorize
 
 TINY = {
     "kind": "dag", "task": "segmentation", "name": "tiny_dag", "seed": 0,

@@ -36,15 +36,12 @@ from torch import Tensor, nn
 from robustlab._io import pick_device, write_tensors
 from robustlab.app.dag_models import (
     attack_kwargs,
-    colorize,
     finish_study,
     load_dense,
-    png,
     run_dag,
     study_perturbation,
     study_scenes,
     trained_models,
-    with_boxes,
 )
 from robustlab.app.dag_spec import (
     ATTACK_DEFAULTS,
@@ -112,50 +109,13 @@ def resolve_dag_study(raw: dict[str, Any], *, name: str | None = None) -> DAGStu
 
 
 def pictures(task: str, model: nn.Module, x: Tensor, r: Tensor, scenes: Any, count: int) -> list[dict[str, str]]:
-    """Fig. 2.1/2.2 for the first ``count`` images: clean, perturbation ×10
-    (+0.5), adversarial, and the predictions before and after."""
-    from robustlab.eval.dense import detect, segment
+    """Fig. 2.1/2.2 for the first ``count`` images, as report images
+    (drawn by :func:`robustlab.report.plots.dag_pictures`)."""
     from robustlab.report import plots
 
-    n = min(count, x.shape[0])
-    if n == 0:
-        return []
-    x, r = x[:n], r[:n]
-    adv = (x + r).clamp(0, 1)
-    panels, titles = [], []
-    if task == "segmentation":
-        before, after = segment(model, x).cpu(), segment(model, adv).cpu()
-        for i in range(n):
-            panels += [x[i].cpu(), (10 * r[i] + 0.5).cpu(), adv[i].cpu(), colorize(scenes.masks[i]),
-                       colorize(before[i]), colorize(after[i])]
-        titles = ["clean", "perturbation ×10", "adversarial", "ground truth", "prediction (clean)",
-                  "prediction (adversarial)"] * n
-    else:
-        before, after = detect(model, x), detect(model, adv)
-        for i in range(n):
-            panels += [x[i].cpu(), (10 * r[i] + 0.5).cpu(), adv[i].cpu(),
-                       with_boxes(x[i], {"boxes": scenes.boxes[i], "labels": scenes.labels[i]}),
-                       with_boxes(x[i], before[i]), with_boxes(adv[i], after[i])]
-        titles = ["clean", "perturbation ×10", "adversarial", "ground truth", "detections (clean)",
-                  "detections (adversarial)"] * n
-    fig = plots.image_grid(panels, titles, rows=n)
-    return [{"title": "clean / perturbation / adversarial / predictions (Fig. 2.1, 2.2)", "png": png(fig)}]
-
-
-def _active_plot(active: dict[str, list[list[int]]]) -> dict[str, str]:
-    from robustlab.report import plots
-
-    fig, ax = plots.plt.subplots(figsize=(5.5, 3.4))
-    for name, per_image in active.items():
-        steps = max(len(a) for a in per_image)
-        mean = [sum(a[min(t, len(a) - 1)] / max(a[0], 1) for a in per_image) / len(per_image) for t in range(steps)]
-        ax.plot(range(steps), [100 * m for m in mean], label=name)
-    ax.set_xlabel("DAG iteration")
-    ax.set_ylabel("active targets (% of the first iteration)")
-    ax.set_title("active targets per iteration (Fig. 2.4)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return {"title": "active targets (Fig. 2.4)", "png": png(fig)}
+    fig = plots.dag_pictures(task, model, x, r, scenes, count)
+    return [] if fig is None else [{"title": "clean / perturbation / adversarial / predictions (Fig. 2.1, 2.2)",
+                                    "png": plots.png_base64(fig)}]
 
 
 # ------------------------------------------------------------------ the study
@@ -174,14 +134,15 @@ def _fooling(model: nn.Module, x: Tensor, scenes: Any, attack: dict[str, Any], s
     res = run_dag(model, "segmentation", x[:1], scenes.subset([0]), attack, seed, target=target)
     pred = segment(model, res.x_adv)
     hit = float((pred == target).float().mean())
-    fig_panels = [x[0].cpu(), (10 * res.perturbation[0] + 0.5).cpu(), res.x_adv[0].cpu(), colorize(target[0]),
-                  colorize(pred[0])]
     from robustlab.report import plots
 
+    fig_panels = [x[0].cpu(), (10 * res.perturbation[0] + 0.5).cpu(), res.x_adv[0].cpu(),
+                  plots.colorize(target[0]), plots.colorize(pred[0])]
     fig = plots.image_grid(fig_panels, ["clean", "perturbation ×10", "adversarial", "target map", "prediction"])
     return {"row": {"pixels predicted as the target map": hit, "iterations": res.iterations[0],
                     "perceptibility": float(perceptibility(res.perturbation).mean())},
-            "image": {"title": "fooling image: a square painted into the prediction (§2.3.4)", "png": png(fig)}}
+            "image": {"title": "fooling image: a square painted into the prediction (§2.3.4)",
+                      "png": plots.png_base64(fig)}}
 
 
 def run_dag_study(study: DAGStudy, out: str | Path | None = None) -> dict[str, Any]:
@@ -199,6 +160,7 @@ def run_dag_study(study: DAGStudy, out: str | Path | None = None) -> dict[str, A
 
 def _run_dag_study(study: DAGStudy, run: Any) -> dict[str, Any]:
     from robustlab.eval import dense
+    from robustlab.report import plots
 
     run_dir = run.path
     device = pick_device(study.device)
@@ -227,7 +189,7 @@ def _run_dag_study(study: DAGStudy, run: Any) -> dict[str, Any]:
     table21 = {"kind": "dag", "options": {"task": study.task, "attack": study.attack, "scenes": study.scenes},
                "n": len(x), "table": rows, "value": f"{metric} on clean / Trunc(X + r) / X + permuted r (Table 2.1)",
                "images": pictures(study.task, models[first], x, rs[first], test, study.pictures)
-               + [_active_plot(active)]}
+               + [{"title": "active targets (Fig. 2.4)", "png": plots.png_base64(plots.active_targets(active))}]}
     evaluations["table_2_1"] = table21
     perts = dict(rs)
     if len(rs) > 1:

@@ -32,14 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab._io import pick_device, write_tensors
-from robustlab.app.dag_models import (
-    colorize,
-    finish_study,
-    png,
-    study_perturbation,
-    trained_models,
-    with_boxes,
-)
+from robustlab.app.dag_models import finish_study, study_perturbation, trained_models
 from robustlab.app.dag_spec import (
     ATTACK_DEFAULTS,
     CROSS_TASK,
@@ -169,7 +162,7 @@ def summed_picture(models: dict[str, nn.Module], tasks: dict[str, str], x: Tenso
     then a row of the perturbation ×10 (+0.5), Trunc(X + r) and each network's
     prediction on it."""
     from robustlab.eval.dense import detect, segment
-    from robustlab.report import plots
+    from robustlab.report.plots import colorize, png_base64, summed_pictures, with_boxes
 
     n = min(count, x.shape[0])
     if n == 0:
@@ -182,15 +175,9 @@ def summed_picture(models: dict[str, nn.Module], tasks: dict[str, str], x: Tenso
             preds[m] = [[colorize(p) for p in segment(model, img).cpu()] for img in (x, adv)]
         else:
             preds[m] = [[with_boxes(img[i], d) for i, d in enumerate(detect(model, img))] for img in (x, adv)]
-    panels, titles = [], []
-    for i in range(n):
-        truth = with_boxes(colorize(test.masks[i]), {"boxes": test.boxes[i], "labels": test.labels[i]})
-        panels += [x[i].cpu(), truth] + [preds[m][0][i] for m in models]
-        titles += ["clean", "ground truth"] + [f"{m} (clean)" for m in models]
-        panels += [(10 * r[i] + 0.5).cpu(), adv[i].cpu()] + [preds[m][1][i] for m in models]
-        titles += ["perturbation ×10", "adversarial (sum)"] + [f"{m} (sum)" for m in models]
-    fig = plots.image_grid(panels, titles, rows=2 * n)
-    return {"title": title, "png": png(fig)}
+    truth = [with_boxes(colorize(test.masks[i]), {"boxes": test.boxes[i], "labels": test.labels[i]})
+             for i in range(n)]
+    return {"title": title, "png": png_base64(summed_pictures(x, r, truth, preds))}
 
 
 # ------------------------------------------------------------------ the study

@@ -1,7 +1,7 @@
 """The dense models of a DAG study and the work a study keeps in its run
 directory: models built, trained and saved (``models/NAME``), the test
 scenes, DAG's perturbation of each model (``perturbations/NAME``, cached by
-model, scenes and attack), and the drawing helpers of its pictures.
+model, scenes and attack). The pictures are drawn by :mod:`robustlab.report.plots`.
 """
 from __future__ import annotations
 
@@ -18,11 +18,6 @@ from robustlab._io import write_json, write_tensors
 from robustlab.app.dag_spec import DAGStudy
 
 _logger = logging.getLogger(__name__)
-
-PALETTE = torch.tensor([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-                        [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 190]],
-                       dtype=torch.float32) / 255
-
 
 # ------------------------------------------------------------------ models
 
@@ -160,29 +155,3 @@ def study_perturbation(study: DAGStudy, run_dir: Path, name: str, model: nn.Modu
     write_tensors(path, {"r": res.perturbation})
     write_json(meta_path, {"key": key, "active": res.active, "iterations": res.iterations})
     return res.perturbation, res.active, res.iterations
-
-
-# ------------------------------------------------------------------ picture helpers
-
-
-def png(fig: Any) -> str:
-    from robustlab.report.html import png_base64
-
-    return png_base64(fig)
-
-
-def colorize(labels: Tensor) -> Tensor:
-    """Label map (H, W) → RGB (3, H, W) in [0, 1] (background black, 255 grey)."""
-    lab = labels.long().cpu()
-    out = PALETTE[lab.clamp(max=len(PALETTE) - 1) % len(PALETTE)].permute(2, 0, 1)
-    return torch.where((lab == 255)[None], torch.full_like(out, 0.5), out)
-
-
-def with_boxes(image: Tensor, det: dict[str, Tensor], score: float = 0.5) -> Tensor:
-    from torchvision.utils import draw_bounding_boxes
-
-    keep = det["scores"] >= score if "scores" in det else torch.ones(len(det["boxes"]), dtype=torch.bool)
-    boxes, labels = det["boxes"][keep], det["labels"][keep]
-    img = (image.detach().cpu().clamp(0, 1) * 255).to(torch.uint8)
-    colors = [tuple(int(c * 255) for c in PALETTE[int(lab) % len(PALETTE)]) for lab in labels]
-    return draw_bounding_boxes(img, boxes, colors=colors or None, width=1).float() / 255

@@ -230,15 +230,8 @@ def _pictures(m: str, fig: Mapping[str, Any], routes: tuple[str, ...]) -> list[d
         out.append({"title": f"Fig. 6.5: running mean and variance of {m}'s BN routes, {k} random channels of {layer}",
                     "png": png_base64(plots.bn_statistics({layer: fig["running"]}, layer))})
     for r, d in fig["batch"].items():
-        f, axes = plots.plt.subplots(1, 2, figsize=(8, 3))
-        for ax, key in zip(axes, ("mean", "var")):
-            ax.plot(d[f"running_{key}"], marker="o", ls="", label="running")
-            ax.plot(d[f"batch_{key}"], marker="x", ls="", label=f"batch ({d['images']})")
-            ax.set_title(f"{key} — {layer}" + (f" [{r}]" if r != "-" else ""), fontsize=9)
-            ax.set_xlabel("sampled channel")
-            ax.legend(fontsize=8)
         out.append({"title": f"Fig. 6.6: batch vs running statistics of {m}" + (f" (route {r})" if r != "-" else "")
-                             + f" at {layer}", "png": png_base64(f)})
+                             + f" at {layer}", "png": png_base64(plots.batch_vs_running(d, layer, r))})
     return out
 
 

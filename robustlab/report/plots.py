@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import torch
+from torch import Tensor, nn
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -184,8 +186,6 @@ def training_curves(history: Sequence[Mapping[str, Any]]) -> Figure:
 def activation_curves(names: Sequence[str] = ("relu", "softplus", "psoftplus", "silu", "gelu", "elu", "smoothrelu")
                       ) -> Figure:
     """Activation functions and their derivatives on [−4, 4] (Fig. 5.2)."""
-    import torch
-
     from robustlab.nn.activations import create_activation
 
     x = torch.linspace(-4, 4, 801, requires_grad=True)
@@ -228,3 +228,112 @@ def png_base64(fig: Figure) -> str:
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
+
+
+# ------------------------------------------------------------------ dense predictions (ch. 2)
+
+# the class colours of label maps and boxes, (11, 3) in [0, 1]: background black, then
+# ten colours far apart from each other (the start of Sasha Trubetskoy's list of 20)
+PALETTE = torch.tensor([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                        [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 190]],
+                       dtype=torch.float32) / 255
+
+
+def colorize(labels: Tensor) -> Tensor:
+    """Label map (H, W) → RGB (3, H, W) in [0, 1] (background black, 255 grey)."""
+    lab = labels.long().cpu()
+    out = PALETTE[lab.clamp(max=len(PALETTE) - 1) % len(PALETTE)].permute(2, 0, 1)
+    return torch.where((lab == 255)[None], torch.full_like(out, 0.5), out)
+
+
+def with_boxes(image: Tensor, det: Mapping[str, Tensor], score: float = 0.5) -> Tensor:
+    """``image`` (3, H, W) in [0, 1] with the boxes of ``det`` ({boxes, labels[, scores]})
+    scoring at least ``score`` drawn in their class colours."""
+    from torchvision.utils import draw_bounding_boxes
+
+    keep = det["scores"] >= score if "scores" in det else torch.ones(len(det["boxes"]), dtype=torch.bool)
+    boxes, labels = det["boxes"][keep], det["labels"][keep]
+    img = (image.detach().cpu().clamp(0, 1) * 255).to(torch.uint8)
+    colors = [tuple(int(c * 255) for c in PALETTE[int(lab) % len(PALETTE)]) for lab in labels]
+    return draw_bounding_boxes(img, boxes, colors=colors or None, width=1).float() / 255
+
+
+def dag_pictures(task: str, model: nn.Module, x: Tensor, r: Tensor, scenes: Any, count: int) -> Figure | None:
+    """Fig. 2.1/2.2 for the first ``count`` images: clean, perturbation ×10
+    (+0.5), adversarial, the ground truth and the predictions before and
+    after (``task``: segmentation or detection; ``x``, ``r``: (N, 3, H, W),
+    ``scenes``: their masks or boxes). None when there is nothing to draw."""
+    from robustlab.eval.dense import detect, segment
+
+    n = min(count, x.shape[0])
+    if n == 0:
+        return None
+    x, r = x[:n], r[:n]
+    adv = (x + r).clamp(0, 1)
+    panels = []
+    if task == "segmentation":
+        before, after = segment(model, x).cpu(), segment(model, adv).cpu()
+        for i in range(n):
+            panels += [x[i].cpu(), (10 * r[i] + 0.5).cpu(), adv[i].cpu(), colorize(scenes.masks[i]),
+                       colorize(before[i]), colorize(after[i])]
+        titles = ["clean", "perturbation ×10", "adversarial", "ground truth", "prediction (clean)",
+                  "prediction (adversarial)"] * n
+    else:
+        before, after = detect(model, x), detect(model, adv)
+        for i in range(n):
+            panels += [x[i].cpu(), (10 * r[i] + 0.5).cpu(), adv[i].cpu(),
+                       with_boxes(x[i], {"boxes": scenes.boxes[i], "labels": scenes.labels[i]}),
+                       with_boxes(x[i], before[i]), with_boxes(adv[i], after[i])]
+        titles = ["clean", "perturbation ×10", "adversarial", "ground truth", "detections (clean)",
+                  "detections (adversarial)"] * n
+    return image_grid(panels, titles, rows=n)
+
+
+def summed_pictures(x: Tensor, r: Tensor, truth: Sequence[Tensor],
+                    predictions: Mapping[str, Sequence[Sequence[Tensor]]]) -> Figure:
+    """Fig. 2.6: one summed perturbation against every network. Per image, a
+    row of the clean image, its ground truth (``truth[i]``, RGB) and each
+    network's prediction (``predictions[name][0][i]``, RGB), then a row of
+    the perturbation ×10 (+0.5), Trunc(X + r) and each network's prediction
+    on it (``predictions[name][1][i]``)."""
+    adv = (x + r).clamp(0, 1)
+    panels, titles = [], []
+    for i in range(len(truth)):
+        panels += [x[i].cpu(), truth[i]] + [p[0][i] for p in predictions.values()]
+        titles += ["clean", "ground truth"] + [f"{m} (clean)" for m in predictions]
+        panels += [(10 * r[i] + 0.5).cpu(), adv[i].cpu()] + [p[1][i] for p in predictions.values()]
+        titles += ["perturbation ×10", "adversarial (sum)"] + [f"{m} (sum)" for m in predictions]
+    return image_grid(panels, titles, rows=2 * len(truth))
+
+
+def active_targets(active: Mapping[str, Sequence[Sequence[int]]]) -> Figure:
+    """Fig. 2.4: DAG's active targets per iteration, as a percentage of the
+    first iteration's, averaged over the images of each model
+    (``active``: model → per image, the count at each iteration; an image
+    that stopped early keeps its last count)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for name, per_image in active.items():
+        steps = max(len(a) for a in per_image)
+        mean = [sum(a[min(t, len(a) - 1)] / max(a[0], 1) for a in per_image) / len(per_image) for t in range(steps)]
+        ax.plot(range(steps), [100 * m for m in mean], label=name)
+    ax.set_xlabel("DAG iteration")
+    ax.set_ylabel("active targets (% of the first iteration)")
+    ax.set_title("active targets per iteration (Fig. 2.4)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def batch_vs_running(stats: Mapping[str, Any], layer: str, route: str = "-") -> Figure:
+    """Fig. 6.6: the batch statistics a batch induces at ``layer`` against the
+    running ones, on sampled channels (``stats``: ``batch_mean``, ``batch_var``,
+    ``running_mean``, ``running_var`` lists and ``images``, what the batch
+    held; ``route``: the BN route, ``"-"`` for a plain BN)."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, key in zip(axes, ("mean", "var")):
+        ax.plot(stats[f"running_{key}"], marker="o", ls="", label="running")
+        ax.plot(stats[f"batch_{key}"], marker="x", ls="", label=f"batch ({stats['images']})")
+        ax.set_title(f"{key} — {layer}" + (f" [{route}]" if route != "-" else ""), fontsize=9)
+        ax.set_xlabel("sampled channel")
+        ax.legend(fontsize=8)
+    return fig

@@ -58,3 +58,44 @@ def test_corruption_curves_one_line_per_model_per_panel():
     mean = panels[0].get_lines()[1].get_ydata()
     assert list(mean) == pytest.approx([80.0, 80.0, 60.0, 40.0])  # b: clean 0.8, then 1 - 0.2·severity/…
     plots.plt.close(fig)
+
+
+def test_dag_pictures_show_each_image_with_its_predictions_and_boxes_take_class_colours():
+    import torch
+
+    from robustlab.data.scenes import make_scenes
+    from robustlab.models.dense import create_dense
+
+    torch.manual_seed(0)
+    scenes = make_scenes(2, source="shapes", size=32, max_objects=2, split="test", seed=0)
+    x, r = scenes.images, torch.zeros_like(scenes.images)
+    fig = plots.dag_pictures("segmentation", create_dense("segmentation", scenes.num_classes, 2).eval(), x, r,
+                             scenes, 2)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(titles) == 12 and titles[:6] == ["clean", "perturbation ×10", "adversarial", "ground truth",
+                                                "prediction (clean)", "prediction (adversarial)"]
+    plots.plt.close(fig)
+    assert plots.dag_pictures("segmentation", None, x[:0], r[:0], scenes, 3) is None
+    img = torch.zeros(3, 16, 16)
+    drawn = plots.with_boxes(img, {"boxes": torch.tensor([[2.0, 2.0, 10.0, 10.0]]), "labels": torch.tensor([2])})
+    assert torch.allclose(drawn[:, 2, 5], plots.PALETTE[2], atol=1 / 255) and float(drawn[:, 5, 5].sum()) == 0
+    faint = {"boxes": torch.tensor([[2.0, 2.0, 10.0, 10.0]]), "labels": torch.tensor([2]),
+             "scores": torch.tensor([0.1])}
+    assert float(plots.with_boxes(img, faint).sum()) == 0  # below the score threshold: not drawn
+
+
+def test_active_targets_average_per_iteration_and_hold_an_early_stop():
+    fig = plots.active_targets({"a": [[10, 5, 0], [4, 2]]})
+    (line,) = fig.axes[0].get_lines()
+    # iteration 2: 0/10 for the first image, 2/4 held by the second (it stopped after iteration 1)
+    assert list(line.get_ydata()) == pytest.approx([100.0, 50.0, 25.0])
+    plots.plt.close(fig)
+
+
+def test_batch_vs_running_draws_both_statistics_per_panel():
+    stats = {"images": "adversarial", "batch_mean": [0.1, 0.3], "batch_var": [1, 1], "running_mean": [0.2, 0.2],
+             "running_var": [1.1, 0.9]}
+    fig = plots.batch_vs_running(stats, "layer1", "adv")
+    assert [ax.get_title() for ax in fig.axes] == ["mean — layer1 [adv]", "var — layer1 [adv]"]
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["running", "batch (adversarial)"]
+    plots.plt.close(fig)
