@@ -141,13 +141,30 @@ def test_slug_matches_github():
         "rlevalevaluate-vs-autoattack-benchmarkseval_strengthpy"
 
 
+#: The repository's address as pyproject.toml's [project.urls] gives it: README.md
+#: links its files there (a relative link does not resolve on PyPI's page).
+REPO = re.search(r'^Source\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1).rstrip("/")
+IN_REPO = re.compile(re.escape(REPO) + r"/(?:blob|tree)/main/(?P<path>[^#]*)(?P<anchor>#.*)?$")
+
+
+def test_readme_links_files_by_their_repository_address():
+    text = CODE.sub("", README.read_text(encoding="utf-8"))
+    relative = [m.group("target") for m in LINK.finditer(text)
+                if not re.match(r"[a-z][a-z0-9+.-]*:", m.group("target")) and not m.group("target").startswith("#")]
+    assert not relative, f"README.md is PyPI's page too: link files as {REPO}/blob/main/PATH; got {relative}"
+
+
 @pytest.mark.parametrize("doc", [README, *DOCS], ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(doc):
+    """Relative links, and README.md's links into the repository (checked against the checkout)."""
     text = CODE.sub("", doc.read_text(encoding="utf-8"))
     broken = []
     for m in LINK.finditer(text):
         target = m.group("target")
-        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
+        local = IN_REPO.match(target)
+        if local:
+            target = os.path.relpath(ROOT / local.group("path"), doc.parent) + (local.group("anchor") or "")
+        elif re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
             continue
         path, _, anchor = target.partition("#")
         dest = (doc.parent / path).resolve() if path else doc
