@@ -255,11 +255,15 @@ class Cascade:
         """(Re)initialize the state of ``rows`` for their stage in ``stage_ids``."""
         x, n = rows["x"], rows["x"].shape[0]
         x_adv = x.clone()
+        for sid in stage_ids.unique().tolist():
+            if self.stages[sid].kind == "square":
+                at = (stage_ids == sid).nonzero().flatten()
+                x_adv[at] = self._square_init(x[at], rows["idx"][at], sid)
         for i in range(n):
             st = self.stages[int(stage_ids[i])]
             if st.kind == "square":
-                x_adv[i] = self._square_init(x[i: i + 1], rows["idx"][i: i + 1], int(stage_ids[i]))[0]
-            elif st.random_start:
+                continue
+            if st.random_start:
                 gen = torch.Generator(device=x.device).manual_seed(
                     sample_seed(self.seed, int(rows["idx"][i]), int(stage_ids[i])))
                 delta = self.threat.random_delta(x[i: i + 1], gen)
@@ -537,50 +541,121 @@ class Cascade:
             t["x_adv"][rows] = x_new
 
     def _square_init(self, x: Tensor, idx: Tensor, stage: int) -> Tensor:
-        """Vertical stripes of ±ε (L∞, Square's start); for L2 the same stripes
-        scaled to ‖δ‖₂ = ε."""
+        """Square's start. L∞: vertical stripes of ±ε. L2: a grid of
+        pseudo-Gaussian bumps of side h/5 with a random sign per channel and
+        bump, scaled to ‖δ‖₂ = ε (Andriushchenko et al., Alg. 3)."""
         n, c, h, w = x.shape
-        u = keyed_uniform(idx, c * w, salt=self.seed * 131 + stage)
-        sign = ((u.view(n, c, 1, w) < 0.5).float() * 2 - 1).expand(n, c, h, w)
         if self.threat.name == "linf":
+            u = keyed_uniform(idx, c * w, salt=self.seed * 131 + stage)
+            sign = ((u.view(n, c, 1, w) < 0.5).float() * 2 - 1).expand(n, c, h, w)
             return (x + self.eps * sign).clamp(0, 1)
-        delta = sign * (self.eps / math.sqrt(c * h * w))
-        return self.threat.project(x + delta, x, self._box(x))
+        side = max(min(h, w) // 5, 1)
+        start = (h - 5 * side) // 2
+        rows, cols = max(h // side, 1), max(w // side, 1)
+        u = keyed_uniform(idx, rows * cols * (c + 1), salt=self.seed * 131 + stage).view(n, rows * cols, c + 1)
+        # Each pixel's bump (tiles of side s from `start`, as the authors' loops) and its place in it.
+        i = torch.arange(h, device=x.device)[:, None] - start
+        j = torch.arange(w, device=x.device)[None, :] - start
+        br, bc = i.div(side, rounding_mode="floor"), j.div(side, rounding_mode="floor")
+        tiled = (i >= 0) & (j >= 0) & (br < rows) & (bc < cols)
+        bump = (br.clamp(0, rows - 1) * cols + bc.clamp(0, cols - 1)).expand(h, w).reshape(-1)
+        draws = u[:, bump].view(n, h, w, c + 1)
+        local = torch.arange(side, device=x.device)
+        base = _pseudo_gaussian(torch.full((1, 1, 1), side, device=x.device), local[None, :, None],
+                                local[None, None, :], torch.zeros(1, 1, 1, dtype=torch.bool, device=x.device))[0]
+        r, q = (i - br * side).clamp(0, side - 1).expand(h, w), (j - bc * side).clamp(0, side - 1).expand(h, w)
+        shape = torch.where(draws[..., 0] < 0.5, base.T[r, q], base[r, q]) * tiled
+        sign = (draws[..., 1:] < 0.5).float().permute(0, 3, 1, 2) * 2 - 1
+        delta = shape[:, None] * sign
+        norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(n, 1, 1, 1)
+        return self.threat.project(x + delta / norm * self.eps, x, self._box(x))
 
     def _square_proposal(self, st: Stage, rows: Tensor) -> Tensor:
-        """The next query from the best point: one random square redrawn per image."""
+        """The next query from the best point: L∞ redraws one random square
+        per image at ±ε; L2 moves the mass of a second window into a fresh
+        pseudo-Gaussian square (:func:`_l2_square_step`)."""
         t = self.pool.t
         x, best, it = t["x"][rows], t["x_best"][rows], t["it"][rows]
         n, c, h, w = x.shape
         p = square_fraction(st.p_init, it, st.steps)
-        side = (p * h * w).sqrt().round().long().clamp_(min=1, max=max(min(h, w) - 1, 1))
         key = t["idx"][rows] * 100_003 + it
-        u = keyed_uniform(key, 2 + c, salt=self.seed * 977 + int(t["stage"][rows[0]]))
-        top = (u[:, 0] * (h - side + 1).double().float()).long().clamp_(min=0)
-        left = (u[:, 1] * (w - side + 1).double().float()).long().clamp_(min=0)
-        ar_h = torch.arange(h, device=x.device)[None, :, None]
-        ar_w = torch.arange(w, device=x.device)[None, None, :]
-        s3 = side.view(-1, 1, 1)
-        inside = ((ar_h >= top.view(-1, 1, 1)) & (ar_h < top.view(-1, 1, 1) + s3)
-                  & (ar_w >= left.view(-1, 1, 1)) & (ar_w < left.view(-1, 1, 1) + s3))[:, None]
-        sign = ((u[:, 2:] < 0.5).float() * 2 - 1).view(n, c, 1, 1)
+        u = keyed_uniform(key, 5 + c, salt=self.seed * 977 + int(t["stage"][rows[0]]))
         box = self._box(x)
-        if self.threat.name == "linf":
+        if self.threat.name == "linf":  # u: top, left, a sign per channel
+            sign = ((u[:, 2: 2 + c] < 0.5).float() * 2 - 1).view(n, c, 1, 1)
+            side = (p * h * w).sqrt().round().long().clamp_(min=1, max=max(min(h, w) - 1, 1))
+            inside = _window(u[:, 0], u[:, 1], side, h, w)[:, None]
             return self.threat.project(torch.where(inside, x + self.eps * sign, best), x, box)
-        return self.threat.project(_l2_square_step(x, best, inside, sign, self.eps), x, box)
+        # Alg. 3: side ≥ 3 and odd, strictly inside the image (randint(0, h − s) in the authors' code).
+        side = (p * h * w).sqrt().round().long().clamp_(min=3)
+        side = side + (side % 2 == 0).long()
+        side = torch.minimum(side, torch.full_like(side, max(min(h, w) - 1, 1)))
+        sign = ((u[:, 5:] < 0.5).float() * 2 - 1).view(n, c, 1, 1)  # u: W₁, W₂, transpose, a sign per channel
+        return self.threat.project(_l2_square_step(x, best, u, side, sign, self.eps), x, box)
 
 
-def _l2_square_step(x: Tensor, best: Tensor, inside: Tensor, sign: Tensor, eps: float) -> Tensor:
-    """Square L2's update, simplified: move the mass of one square to a fresh
-    ±pulse of the same energy plus the budget left, keeping ‖δ‖₂ ≤ ε."""
+def _window(u_top: Tensor, u_left: Tensor, side: Tensor, h: int, w: int) -> Tensor:
+    """(n, h, w) masks of one square per image, of side ``side``, at a position drawn from the uniforms."""
+    top = (u_top * (h - side + 1).float()).long().clamp_(min=0)
+    left = (u_left * (w - side + 1).float()).long().clamp_(min=0)
+    ar_h = torch.arange(h, device=side.device)[None, :, None]
+    ar_w = torch.arange(w, device=side.device)[None, None, :]
+    s3 = side.view(-1, 1, 1)
+    return ((ar_h >= top.view(-1, 1, 1)) & (ar_h < top.view(-1, 1, 1) + s3)
+            & (ar_w >= left.view(-1, 1, 1)) & (ar_w < left.view(-1, 1, 1) + s3))
+
+
+def _pseudo_gaussian(side: Tensor, r: Tensor, q: Tensor, transpose: Tensor) -> Tensor:
+    """Square L2's perturbation of a square of ``side`` s at local coordinates
+    (r, q) (0 outside the square), per image: two s/2 × s rectangles of
+    opposite sign, each a sum of nested rectangles around its centre with
+    weights 1/(k+1)², normalized to unit L2 norm together (the authors'
+    ``meta_pseudo_gaussian_pert``); ``transpose`` turns it by 90°."""
+    r, q = torch.where(transpose, q, r), torch.where(transpose, r, q)
+    half = side // 2
+    inside = (r >= 0) & (q >= 0) & (r < side) & (q < side)
+    upper = r < half
+    rows = torch.where(upper, half, side - half)
+    rr = torch.where(upper, r, r - half)
+    d = torch.maximum((rr - rows // 2).abs(), (q - side // 2).abs())
+    # weight of a pixel at Chebyshev distance d: sum_{k=d}^{s/2} 1/(k+1)² (nested rectangles k = 0 … s/2)
+    k = torch.arange(1, int(side.max()) + 2, device=side.device, dtype=torch.float32)
+    tails = torch.cat([torch.zeros(1, device=side.device), (1 / k**2).cumsum(0)])
+    val = (tails[(half + 1).expand_as(d).clamp(max=len(tails) - 1)] - tails[d.clamp(0, len(tails) - 1)])
+    val = torch.where(inside, val, torch.zeros_like(val))
+    dims = tuple(range(1, val.dim()))
+    norm_up = (val * upper).pow(2).sum(dims, keepdim=True).sqrt().clamp_min(1e-12)
+    norm_low = (val * ~upper).pow(2).sum(dims, keepdim=True).sqrt().clamp_min(1e-12)
+    return torch.where(upper, val / norm_up, -val / norm_low) / math.sqrt(2)
+
+
+def _l2_square_step(x: Tensor, best: Tensor, u: Tensor, side: Tensor, sign: Tensor, eps: float) -> Tensor:
+    """Square L2's update (Andriushchenko et al. 2020, Alg. 3, as the authors'
+    code): per channel, the square W₁ gets a fresh ±pseudo-Gaussian bump plus
+    its old perturbation (unit-normalized), rescaled to the energy of W₁ ∪ W₂
+    plus the budget left; W₂ is emptied; the whole δ is then rescaled to
+    ‖δ‖₂ = ε."""
+    n, c, h, w = x.shape
     delta = best - x
-    n = x.shape[0]
-    area = inside.flatten(1).sum(1).clamp_min(1).float().view(n, 1, 1, 1)
-    in_energy = (delta * inside).flatten(1).pow(2).sum(1).view(n, 1, 1, 1)
-    total = delta.flatten(1).pow(2).sum(1).view(n, 1, 1, 1)
-    budget = (eps**2 - total + in_energy).clamp_min(0)
-    pulse = sign * (budget / (area * x.shape[1])).sqrt()
-    return x + torch.where(inside, pulse, delta)
+    w1 = _window(u[:, 0], u[:, 1], side, h, w)[:, None]
+    w2 = _window(u[:, 2], u[:, 3], side, h, w)[:, None]
+    ar_h = torch.arange(h, device=x.device)[None, :, None]
+    ar_w = torch.arange(w, device=x.device)[None, None, :]
+    first = w1.flatten(2).float().argmax(2).view(n)
+    top, left = first // w, first % w
+    bump = _pseudo_gaussian(side.view(n, 1, 1), ar_h - top.view(n, 1, 1), ar_w - left.view(n, 1, 1),
+                            (u[:, 4] < 0.5).view(n, 1, 1))[:, None]                    # (n, 1, h, w)
+
+    def energy(t: Tensor) -> Tensor:  # per image and channel
+        return t.pow(2).sum((2, 3), keepdim=True)
+
+    old = delta * w1
+    new = bump * sign + old / (energy(old).sqrt() + 1e-10)
+    left_over = (eps**2 - delta.pow(2).sum((1, 2, 3), keepdim=True)).clamp_min(0) / c
+    new = new / energy(new * w1).sqrt().clamp_min(1e-12) * (left_over + energy(delta * (w1 | w2))).sqrt()
+    delta = torch.where(w1, new, torch.where(w2, torch.zeros_like(delta), delta))
+    total = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(n, 1, 1, 1)
+    return x + delta / total * eps
 
 
 def run_batch(forward: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, stages: list[Stage], *, eps: float,

@@ -16,6 +16,7 @@ from robustlab.attacks.cascade import (
     run_batch,
     square_fraction,
 )
+from robustlab.attacks.cascade import _l2_square_step, _pseudo_gaussian, _window
 
 # -- keyed randomness ------------------------------------------------------------
 
@@ -150,6 +151,83 @@ def test_square_stage_is_keyed_per_sample(trained_model, digits):
     assert torch.equal(whole.stage, small.stage) and torch.equal(whole.step, small.step)
     other_seed = run_batch(fwd, x, y, st, eps=0.2, seed=2)
     assert not torch.equal(other_seed.step, whole.step)
+
+
+def _authors_rectangle(a: int, b: int) -> list[list[float]]:
+    """``pseudo_gaussian_pert_rectangles`` of the Square Attack authors' code, written out."""
+    delta = [[0.0] * b for _ in range(a)]
+    xc, yc = a // 2 + 1, b // 2 + 1
+    c0, c1 = xc - 1, yc - 1
+    for k in range(max(xc, yc)):
+        for i in range(max(c0, 0), min(c0 + 2 * k + 1, a)):
+            for j in range(max(c1, 0), min(c1 + 2 * k + 1, b)):
+                delta[i][j] += 1.0 / (k + 1) ** 2
+        c0, c1 = c0 - 1, c1 - 1
+    norm = sum(v * v for row in delta for v in row) ** 0.5
+    return [[v / norm for v in row] for row in delta]
+
+
+def _authors_meta(s: int) -> torch.Tensor:
+    """``meta_pseudo_gaussian_pert`` (two halves of opposite sign, unit norm), written out."""
+    rows = _authors_rectangle(s // 2, s) + [[-v for v in row] for row in _authors_rectangle(s - s // 2, s)]
+    t = torch.tensor(rows, dtype=torch.float64)
+    return (t / t.norm()).float()
+
+
+@pytest.mark.parametrize("side", [2, 3, 4, 5, 7, 8, 11, 16])
+def test_square_l2_bump_is_the_authors_pseudo_gaussian(side):
+    r, q = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    for turned in (False, True):
+        got = _pseudo_gaussian(torch.tensor([[[side]]]), r[None], q[None], torch.tensor([[[turned]]]))[0]
+        want = _authors_meta(side).T if turned else _authors_meta(side)
+        assert torch.allclose(got, want, atol=1e-6), (side, turned)
+    # Outside its square the bump is zero.
+    big = torch.arange(side + 4)
+    rr, qq = torch.meshgrid(big - 2, big - 2, indexing="ij")
+    out = _pseudo_gaussian(torch.tensor([[[side]]]), rr[None], qq[None], torch.tensor([[[False]]]))[0]
+    inside = (rr >= 0) & (rr < side) & (qq >= 0) & (qq < side)
+    assert bool((out[~inside] == 0).all()) and torch.allclose(out[inside].view(side, side), _authors_meta(side),
+                                                               atol=1e-6)
+
+
+def test_square_l2_step_keeps_the_budget_and_empties_the_second_window():
+    torch.manual_seed(0)
+    n, c, h, w, eps = 6, 3, 16, 16, 1.5
+    x = torch.rand(n, c, h, w)
+    d = torch.randn(n, c, h, w)
+    best = x + d / d.flatten(1).norm(dim=1).view(n, 1, 1, 1) * eps
+    u = torch.rand(n, 5)
+    side = torch.full((n,), 5)
+    sign = (torch.rand(n, c, 1, 1) < 0.5).float() * 2 - 1
+    new = _l2_square_step(x, best, u, side, sign, eps)
+    delta = new - x
+    assert torch.allclose(delta.flatten(1).norm(dim=1), torch.full((n,), eps), atol=1e-5)
+    w1 = _window(u[:, 0], u[:, 1], side, h, w)[:, None].expand(n, c, h, w)
+    w2 = _window(u[:, 2], u[:, 3], side, h, w)[:, None].expand(n, c, h, w)
+    assert bool((w1.flatten(1).sum(1) == 25 * c).all())
+    # W2 (outside W1) is emptied; outside both windows δ keeps its direction (one common rescale per image).
+    assert bool((delta[w2 & ~w1] == 0).all())
+    rest = ~(w1 | w2)
+    for i in range(n):
+        m = rest[i]
+        ratio = delta[i][m] / (best - x)[i][m]
+        assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4)
+
+
+def test_square_l2_at_least_as_strong_as_torchattacks(trained_model, digits):
+    """Square L2 (Alg. 3) against the authors' algorithm as AutoAttack ships it (torchattacks' port), same budget."""
+    torchattacks = pytest.importorskip("torchattacks")
+    x, y = digits
+    eps, queries = 1.0, 300
+    ours = run_batch(model_forward(trained_model), x, y, [Stage("square", "square", queries)], eps=eps, norm="l2",
+                     seed=0)
+    assert float((ours.x_adv - x).flatten(1).norm(dim=1).max()) <= eps + 1e-5
+    theirs = torchattacks.Square(trained_model, norm="L2", eps=eps, n_queries=queries, n_restarts=1, p_init=0.8,
+                                 loss="margin", seed=0)(x, y)
+    ours_robust = int((_predict(trained_model, ours.x_adv) == y).sum())
+    theirs_robust = int((_predict(trained_model, theirs) == y).sum())
+    assert theirs_robust > 0, "the budget leaves the reference something to fail on"
+    assert ours_robust <= theirs_robust + 3, (ours_robust, theirs_robust)
 
 
 def test_apgd_ce_at_least_as_strong_as_torchattacks(trained_model, digits):
