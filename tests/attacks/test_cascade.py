@@ -10,13 +10,15 @@ from torch import nn
 from robustlab.attacks.cascade import (
     SURVIVED,
     Stage,
+    _l2_square_step,
+    _pseudo_gaussian,
+    _window,
     apgd_checkpoints,
     keyed_uniform,
     model_forward,
     run_batch,
     square_fraction,
 )
-from robustlab.attacks.cascade import _l2_square_step, _pseudo_gaussian, _window
 
 # -- keyed randomness ------------------------------------------------------------
 
