@@ -194,8 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", help="run directory (default runs/NAME)")
     st.add_argument("--smoke", action="store_true", help="the config's reduced variant (its `smoke:` overrides)")
 
-    rep = add("report", help="(re)write RUN_DIR/report.html from its results.json")
-    rep.add_argument("run_dir", help="a run directory with a results.json (train, eval, study, attack --dag)")
+    rep = add("report", help="(re)write RUN_DIR/report.html from its results.json; --markdown: the studies' "
+              "verdicts as markdown",
+              description="robustlab report RUN_DIR... writes each RUN_DIR/report.html. With --markdown, each "
+              "study run becomes a markdown section (title, chapter, conditions, a verdict table with the "
+              "numbers compared), printed, written to --out, or put into --update FILE's generated blocks "
+              "(<!-- results:begin --> ... <!-- results:end -->, <!-- results-summary:begin --> ... "
+              "<!-- results-summary:end -->).")
+    rep.add_argument("run_dir", nargs="+", metavar="RUN_DIR",
+                     help="a run directory with a results.json (train, eval, study, attack --dag)")
+    rep.add_argument("--markdown", action="store_true", help="the study runs' verdicts as markdown instead")
+    rep.add_argument("--out", metavar="FILE", help="--markdown: write the markdown to FILE (default: print it)")
+    rep.add_argument("--update", metavar="FILE", help="--markdown: regenerate the marked blocks of FILE "
+                     "(README.md, docs/results.md) from the runs")
 
     lst = add("list", help="list the names the registries accept")
     lst.add_argument("kind", nargs="?", choices=sorted(_LISTS), help="one registry (default: all)")
@@ -374,9 +385,30 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from robustlab.report import write_report
+    if not args.markdown:
+        if args.out or args.update:
+            raise ValueError("--out and --update go with --markdown (report.html is always RUN_DIR/report.html)")
+        from robustlab.report import write_report
 
-    print(write_report(args.run_dir))
+        for run_dir in args.run_dir:
+            print(write_report(run_dir))
+        return 0
+    from pathlib import Path
+
+    from robustlab._io import atomic_write_text
+    from robustlab.report.markdown import read_study, studies_markdown, update_file
+
+    for run_dir in args.run_dir:  # every folder checked before anything is written
+        read_study(run_dir)
+    if args.update:
+        blocks = update_file(args.update, args.run_dir)
+        print(f"{args.update}: regenerated {', '.join(blocks)} from {len(args.run_dir)} run(s)")
+    text = studies_markdown(args.run_dir)
+    if args.out:
+        atomic_write_text(Path(args.out), text)
+        print(args.out)
+    elif not args.update:
+        print(text, end="")
     return 0
 
 
