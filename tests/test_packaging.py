@@ -213,7 +213,7 @@ def test_cli_commands_take_a_packaged_config_by_name(tmp_path, monkeypatch, caps
     cfg, _ = load_config("imagenet/sat_resnet50")
     assert cfg.data.name.startswith("imagefolder:")
     cfg, _ = load_config("train_madry", ["train.epochs=1"])
-    assert cfg.recipe["name"] == "madry" and cfg.train.epochs == 1
+    assert cfg.recipe.name == "madry" and cfg.train.epochs == 1
     assert main(["list", "configs"]) == 0
     assert "imagenet/sat_resnet50" in capsys.readouterr().out
 

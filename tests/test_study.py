@@ -54,8 +54,8 @@ def test_defaults_merge_under_each_model_and_sweeps_expand():
                               "deep": {"model": {"depth": 2}, "recipe": {"name": "vanilla"}}}, "evaluations": {}}
     study = resolve_study(raw)
     assert list(study.models) == ["mix-clean_ratio0.0", "mix-clean_ratio0.5", "deep"]
-    assert study.models["mix-clean_ratio0.5"].recipe == {"name": "mixed", "clean_ratio": 0.5}
-    assert study.models["deep"].model == {"name": "smallcnn", "width": 8, "depth": 2}
+    assert study.models["mix-clean_ratio0.5"].recipe.to_dict() == {"name": "mixed", "clean_ratio": 0.5}
+    assert study.models["deep"].model.to_dict() == {"name": "smallcnn", "width": 8, "depth": 2}
     assert study.models["deep"].data.name == "digits" and study.models["deep"].train.epochs == 2
 
 
@@ -64,9 +64,9 @@ def test_a_model_with_another_recipe_inherits_only_the_options_its_recipe_takes(
            "models": {"at": {}, "plain": {"recipe": {"name": "vanilla"}}, "mix": {"recipe": {"name": "mixed"}}},
            "evaluations": {}}
     study = resolve_study(raw)
-    assert study.models["at"].recipe == {"name": "madry", "eps": 25, "steps": 3}
-    assert study.models["plain"].recipe == {"name": "vanilla"}
-    assert study.models["mix"].recipe == {"name": "mixed", "eps": 25, "steps": 3}
+    assert study.models["at"].recipe.to_dict() == {"name": "madry", "eps": 25, "steps": 3}
+    assert study.models["plain"].recipe.to_dict() == {"name": "vanilla"}
+    assert study.models["mix"].recipe.to_dict() == {"name": "mixed", "eps": 25, "steps": 3}
 
 
 @pytest.mark.parametrize("change, message", [

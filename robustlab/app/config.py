@@ -68,28 +68,72 @@ class EvalConfig:
 
 
 @dataclass
+class ModelSpec:
+    """The network (``robustlab.models.create_model``): a factory name and
+    its options, which depend on the factory (``act``, ``norm``, ``width``, ...)."""
+
+    name: str = "smallcnn"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, values: Any, path: str = "model") -> ModelSpec:
+        spec = {"name": cls.name, **check_mapping(values, path, "config section")}
+        if not isinstance(spec["name"], str):
+            raise ValueError(f"config key {path}.name must be a string; got {spec['name']!r}")
+        return cls(spec.pop("name"), spec)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as written (``config.yaml``, the run's fingerprint)."""
+        return {"name": self.name, **copy.deepcopy(self.options)}
+
+
+@dataclass
+class RecipeSpec:
+    """The training recipe (``robustlab.train.recipes.create``): its name, the
+    attacker's budgets ``eps`` / ``step_size`` parsed once into pixel units
+    (None: the recipe's default), and its other options."""
+
+    name: str = "vanilla"
+    eps: float | None = None
+    step_size: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    written: dict[str, Any] = field(default_factory=dict, repr=False)  # as the config says it (to_dict)
+
+    @classmethod
+    def from_mapping(cls, values: Any, path: str = "recipe") -> RecipeSpec:
+        written = {"name": cls.name, **check_mapping(values, path, "config section")}
+        if not isinstance(written["name"], str):
+            raise ValueError(f"config key {path}.name must be a string; got {written['name']!r}")
+        options = {k: v for k, v in written.items() if k != "name" and k not in BUDGET_KEYS}
+        if options.get("routes") is not None:
+            options["routes"] = tuple(options["routes"])
+        budgets = {k: parse_eps(written[k], f"{path}.{k}") if written.get(k) is not None else None
+                   for k in BUDGET_KEYS}
+        return cls(written["name"], options=options, written=copy.deepcopy(written), **budgets)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as written, budgets in the config's notation (``config.yaml``, the run's fingerprint)."""
+        return copy.deepcopy(self.written)
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     device: str = "auto"
-    model: dict[str, Any] = field(default_factory=lambda: {"name": "smallcnn"})
+    model: ModelSpec = field(default_factory=ModelSpec)
     data: DataConfig = field(default_factory=DataConfig)
-    recipe: dict[str, Any] = field(default_factory=lambda: {"name": "vanilla"})
+    recipe: RecipeSpec = field(default_factory=lambda: RecipeSpec.from_mapping(None))
     train: TrainOptions = field(default_factory=TrainOptions)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "device": self.device, "model": dict(self.model), "data": asdict(self.data),
-                "recipe": dict(self.recipe), "train": self.train.to_dict(), "eval": asdict(self.eval)}
+        return {"seed": self.seed, "device": self.device, "model": self.model.to_dict(), "data": asdict(self.data),
+                "recipe": self.recipe.to_dict(), "train": self.train.to_dict(), "eval": asdict(self.eval)}
 
     def recipe_options(self) -> dict[str, Any]:
-        """Options for ``recipes.create``, budgets converted to pixel units."""
-        opts = {k: v for k, v in self.recipe.items() if k != "name"}
-        for key in BUDGET_KEYS:
-            if opts.get(key) is not None:
-                opts[key] = parse_eps(opts[key], f"recipe.{key}")
-        if "routes" in opts and opts["routes"] is not None:
-            opts["routes"] = tuple(opts["routes"])
-        return opts
+        """Options for ``recipes.create``: budgets in pixel units (parsed once, by :class:`RecipeSpec`)."""
+        r = self.recipe
+        return {**r.options, **{k: getattr(r, k) for k in BUDGET_KEYS if k in r.written}}
 
 
 def parse_value(text: str) -> Any:
@@ -304,14 +348,8 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
     if not isinstance(raw, dict):
         raise ValueError("a config must be a mapping of sections (model, data, recipe, train, eval)")
     check_keys(raw, SECTIONS, noun="config section")
-    for section in ("model", "recipe"):
-        if not isinstance(raw.get(section) or {}, dict):
-            raise ValueError(f"config section {section!r} must be a mapping; got {raw[section]!r}")
-    model = {"name": "smallcnn", **(raw.get("model") or {})}
-    recipe = {"name": "vanilla", **(raw.get("recipe") or {})}
-    for section, d in (("model", model), ("recipe", recipe)):
-        if not isinstance(d.get("name"), str):
-            raise ValueError(f"config key {section}.name must be a string; got {d.get('name')!r}")
+    model = ModelSpec.from_mapping(raw.get("model"))
+    recipe = RecipeSpec.from_mapping(raw.get("recipe"))
     ev = from_mapping(EvalConfig, raw.get("eval"), "eval", what="config section")
     _check_eval(ev)
     data = from_mapping(DataConfig, raw.get("data"), "data", what="config section")

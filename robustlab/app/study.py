@@ -223,10 +223,10 @@ def resolve_study(raw: dict[str, Any], *, name: str | None = None) -> Study:
             _drop_foreign_recipe_options(merged, defaults, one)
             try:
                 models[one_name] = resolve(merged)
-                from robustlab.app.train import build_recipe, eval_attack
+                from robustlab.app.train import build_recipe, eval_plan
 
                 # recipe and evaluation options checked now, not after training the others
-                eval_attack(models[one_name], build_recipe(models[one_name]))
+                eval_plan(models[one_name], build_recipe(models[one_name]))
             except (ValueError, TypeError) as err:
                 raise ValueError(f"models.{one_name}: {err}") from None
             raw_models[one_name] = merged
@@ -631,7 +631,7 @@ def train_models(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:
             _logger.info("%s: trained, reusing %s", tag, run)
         else:
             verb = "resuming" if state is False else "training"
-            _logger.info("%s: %s (%s, %s, %d epochs)", tag, verb, cfg.recipe["name"], cfg.model["name"],
+            _logger.info("%s: %s (%s, %s, %d epochs)", tag, verb, cfg.recipe.name, cfg.model.name,
                          cfg.train.epochs)
             if init is not None:
                 study_models.write_init(run, init)
@@ -640,8 +640,8 @@ def train_models(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:
         res = json.loads((run / "results.json").read_text())
         if not state:
             _logger.info("%s: trained in %.1f s; %s", tag, res["train_seconds"], metrics_line(res["final"]))
-        out[name] = {"run_dir": str(run), "recipe": cfg.recipe, "model": cfg.model, "steps": res["steps"],
-                     "train_seconds": res["train_seconds"], "final": res["final"]}
+        out[name] = {"run_dir": str(run), "recipe": cfg.recipe.to_dict(), "model": cfg.model.to_dict(),
+                     "steps": res["steps"], "train_seconds": res["train_seconds"], "final": res["final"]}
         if init is not None:
             out[name]["init_from"] = init["model"]
     return out

@@ -68,7 +68,7 @@ def check(name: str, opts: dict[str, Any], models: Mapping[str, RunConfig]) -> N
     before anything trains (a missing folder, a bad layout, a GroupNorm model)."""
     kind = opts["kind"]
     if kind == "bn_statistics":
-        no_bn = [m for m in opts["models"] if models[m].model.get("norm") == "gn"]
+        no_bn = [m for m in opts["models"] if models[m].model.options.get("norm") == "gn"]
         if no_bn:
             raise ValueError(f"evaluations.{name}: model(s) {no_bn} have GroupNorm, no BN statistics")
         ch = opts["channels"]

@@ -50,8 +50,9 @@ def check_init_from(init_from: Mapping[str, str], models: Mapping[str, RunConfig
         if src not in models:
             raise ValueError(f"models.{name}.init_from: unknown model {src!r}; the study has {', '.join(models)}")
         if models[name].model != models[src].model:
-            raise ValueError(f"models.{name}.init_from: {src} is another network (model {models[src].model}; "
-                             f"{name} has {models[name].model}); fine-tuning starts from the same network")
+            raise ValueError(f"models.{name}.init_from: {src} is another network (model "
+                             f"{models[src].model.to_dict()}; {name} has {models[name].model.to_dict()}); "
+                             "fine-tuning starts from the same network")
         mine, theirs = _routes(models[name]), _routes(models[src])
         if mine and theirs and mine != theirs:
             raise ValueError(f"models.{name}.init_from: {src} trains BN routes {list(theirs)}, {name} "

@@ -28,7 +28,7 @@ _logger = logging.getLogger(__name__)
 
 
 def build_recipe(cfg: RunConfig) -> recipes.Recipe:
-    return recipes.create(cfg.recipe["name"], **cfg.recipe_options())
+    return recipes.create(cfg.recipe.name, **cfg.recipe_options())
 
 
 def build_model(cfg: RunConfig, info: Any, recipe: recipes.Recipe) -> nn.Module:
@@ -36,8 +36,7 @@ def build_model(cfg: RunConfig, info: Any, recipe: recipes.Recipe) -> nn.Module:
     a mixture-BN model with those routes unless the config says otherwise."""
     from robustlab.models import create_model
 
-    spec = dict(cfg.model)
-    name = spec.pop("name")
+    spec, name = dict(cfg.model.options), cfg.model.name
     if recipe.routes:
         if spec.get("norm") not in (None, "bn", "mbn"):
             raise ValueError(f"recipe {recipe.name!r} trains BN routes {recipe.routes}; model.norm must be mbn, "

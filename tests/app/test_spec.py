@@ -59,3 +59,36 @@ def test_run_config_sections_go_through_the_one_check(raw, message):
     with pytest.raises(ValueError) as err:
         resolve(raw)
     assert message in str(err.value)
+
+
+RAW = {"seed": 3, "model": {"name": "smallcnn", "width": 8, "norm": "mbn", "act": "silu"},
+       "recipe": {"name": "advprop", "eps": "8/255", "step_size": 2, "steps": 3, "routes": ["adv"]},
+       "data": {"name": "digits", "limit": 64}, "train": {"epochs": 2, "milestones": [1]}}
+
+
+def test_model_and_recipe_specs_parse_budgets_once_and_keep_the_written_form():
+    from robustlab.app.config import ModelSpec, RecipeSpec
+
+    cfg = resolve(RAW)
+    assert cfg.model == ModelSpec("smallcnn", {"width": 8, "norm": "mbn", "act": "silu"})
+    assert isinstance(cfg.recipe, RecipeSpec) and cfg.recipe.name == "advprop"
+    assert cfg.recipe.eps == pytest.approx(8 / 255) and cfg.recipe.step_size == pytest.approx(2 / 255)
+    assert cfg.recipe.options == {"steps": 3, "routes": ("adv",)}
+    assert cfg.recipe_options() == {"steps": 3, "routes": ("adv",), "eps": cfg.recipe.eps,
+                                    "step_size": cfg.recipe.step_size}
+    assert cfg.to_dict()["recipe"] == RAW["recipe"] and cfg.to_dict()["model"] == RAW["model"]
+    assert resolve({}).recipe_options() == {} and resolve({}).to_dict()["recipe"] == {"name": "vanilla"}
+    with pytest.raises(ValueError, match="recipe.eps must be a number"):
+        resolve({"recipe": {"name": "madry", "eps": "abc"}})
+    with pytest.raises(ValueError, match="config key model.name must be a string"):
+        resolve({"model": {"name": 3}})
+
+
+def test_the_run_fingerprint_of_an_existing_config_is_unchanged():
+    """The fingerprint written by runs made before the typed specs: a resume must still find it."""
+    from robustlab.app.rundir import fingerprint_of
+    from robustlab.app.train import identity
+
+    cfg = resolve(RAW)
+    assert fingerprint_of(identity(cfg)) == "f3599065197cdf2b3e3b49ecc45e7ed05a00687cf04d232953301046e50b8a9f"
+    assert fingerprint_of(cfg.to_dict()) == "699db400e7f3f699eef956ed79a25ff12d491863a92c9256b79c349d28e7b6fe"

@@ -47,8 +47,8 @@ def test_sweep_resolves_one_study_per_value_with_its_overrides(tmp_path):
     study = load_study(_write(tmp_path, SWEEP), smoke=True)
     assert list(study.studies) == ["8", "16"]
     assert study.studies["8"].models["a"].data.size == 8 and study.studies["16"].models["a"].data.size == 16
-    assert study.studies["16"].models["b"].model == {"name": "smallcnn", "width": 4, "stages": 4}
-    assert "stages" not in study.studies["8"].models["b"].model
+    assert study.studies["16"].models["b"].model.to_dict() == {"name": "smallcnn", "width": 4, "stages": 4}
+    assert "stages" not in study.studies["8"].models["b"].model.options
     assert study.studies["16"].models["a"].train.epochs == 1  # the smoke override reaches every inner study
     assert set(study.models) == {f"{m}_{v}" for m in "abc" for v in (8, 16)}
     assert set(study.evaluations) == {"clean_8", "transfer_8", "clean_16", "transfer_16", "gaps"}
@@ -120,7 +120,8 @@ def test_ch3_resolution_config_is_the_thesis_setting():
     for value, st in full.studies.items():
         ev = st.evaluations["transfer"]
         assert ev["attacks"] == ["ifgsm", "di2fgsm", "mifgsm", "mdi2fgsm"] and ev["eps"] == 15
-        assert {m.model.get("stages", 3) for m in st.models.values()} == {{"28": 3, "56": 4, "112": 5}[value]}
+        stages = {m.model.options.get("stages", 3) for m in st.models.values()}
+        assert stages == {{"28": 3, "56": 4, "112": 5}[value]}
         assert {m.data.size for m in st.models.values()} == {int(value)}
     from robustlab.app.study_attacks import configs
 

@@ -36,25 +36,27 @@ def test_each_recipe_states_its_section_and_trains_on_an_image_folder(tmp_path, 
     out = tmp_path / "run"
     assert main(["-q", "train", str(path), f"data.name=imagefolder:{tiny}", *SMOKE, "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["steps"] == 1 and results["recipe"]["name"] == cfg.recipe["name"]
-    assert results["recipe"]["attack"]["eps_255"] == cfg.recipe["eps"]  # the thesis's attacker, not overridden
+    assert results["steps"] == 1 and results["recipe"]["name"] == cfg.recipe.name
+    assert results["recipe"]["attack"]["eps_255"] == cfg.recipe.to_dict()["eps"]  # the thesis's attacker
     model = rl.models.load_model(out)
-    assert model.robustlab_spec["name"] == cfg.model["name"] and model.robustlab_spec["num_classes"] == 3
+    assert model.robustlab_spec["name"] == cfg.model.name and model.robustlab_spec["num_classes"] == 3
     assert not rl.nn.norm.mixture_layers(model)  # AdvProp's auxiliary BNs are dropped on export
 
 
 def test_the_recipes_carry_the_thesis_hyper_parameters():
     by = {p.stem: load_config(p)[0] for p in CONFIGS}
     d = by["denoise_resnet152"]
-    assert (d.model["denoise"], d.recipe["eps"], d.recipe["steps"], d.recipe["step_size"], d.recipe["targeted"]) == \
+    r = d.recipe.to_dict()  # as the config writes it (0-255 budgets)
+    assert (d.model.options["denoise"], r["eps"], r["steps"], r["step_size"], r["targeted"]) == \
         ("nonlocal_gaussian", 16, 30, 1, True)
     assert d.train.milestones == (35.0, 70.0, 95.0) and d.train.epochs == 110 and d.train.warmup_epochs == 5
     assert d.train.label_smoothing == 0.1 and d.train.lr * d.train.batch_size / d.train.base_batch == 0.1
     s = by["sat_resnet50"]
-    assert (s.model["act"], s.recipe["name"], s.recipe["eps"], s.recipe["step_size"]) == ("silu", "fast", 4, 4)
+    r = s.recipe.to_dict()
+    assert (s.model.options["act"], s.recipe.name, r["eps"], r["step_size"]) == ("silu", "fast", 4, 4)
     assert s.train.milestones == (30.0, 60.0, 90.0) and s.train.epochs == 100 and s.train.weight_decay == 1e-4
     a = by["advprop_efficientnet_b0"]
     assert (a.train.optimizer, a.train.momentum, a.train.weight_decay, a.train.gamma, a.train.decay_every) == \
         ("rmsprop", 0.9, 1e-5, 0.97, 2.4)
     assert a.train.lr * 4096 / a.train.base_batch == pytest.approx(0.256) and a.data.augment == "autoaugment"
-    assert (a.recipe["eps"], a.recipe["steps"], a.model["bn_momentum"]) == (1, 1, 0.01)
+    assert (a.recipe.to_dict()["eps"], a.recipe.to_dict()["steps"], a.model.options["bn_momentum"]) == (1, 1, 0.01)
