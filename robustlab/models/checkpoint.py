@@ -7,9 +7,10 @@ One layout for every kind of model (:data:`KINDS`)::
 The ``spec`` is what rebuilds the network: :func:`create_model`'s arguments
 for a classifier; ``{task, num_classes, width}`` (plus the provenance a DAG
 study records: ``seed``, ``train``, ``scenes``, ``classes``) for the dense
-models of ch. 2 (:func:`robustlab.models.dense.create_dense`). The kind and
-the spec are also stored in the safetensors header, which the SHA-256 of
-``model.safetensors`` covers, so an edit to either file is caught.
+models of ch. 2 (:func:`robustlab.models.dense.create_dense`). The spec is
+also stored in the safetensors header, which the SHA-256 of
+``model.safetensors`` covers, and the kind must agree with it (a dense
+spec's ``task``), so an edit to either file is caught.
 :func:`load_model` verifies the digest, the spec (required keys, known names)
 and that every weight is finite before it builds anything; each failure is a
 ``ValueError`` naming the file. Only safetensors are read: nothing is
@@ -39,7 +40,10 @@ WEIGHTS, META = "model.safetensors", "model.json"
 KINDS = ("classifier", "segmenter", "detector")
 DENSE_KINDS = ("segmenter", "detector")
 KIND_OF_TASK = {"segmentation": "segmenter", "detection": "detector"}
-_SPEC_KEY, _KIND_KEY = "robustlab.spec", "robustlab.kind"  # their copies in the safetensors header
+# the spec's copy in the safetensors header: one key, since safetensors writes its metadata
+# in no fixed order (two keys would make the same model's file differ byte for byte); a dense
+# spec's task names the kind, so the kind needs no copy of its own
+_SPEC_KEY = "robustlab.spec"
 _REQUIRED = ("name", "num_classes", "in_channels", "mean", "std")
 # create_model's own options
 _BUILD = ("act", "act_options", "norm", "denoise", "denoise_where", "denoise_options", "routes")
@@ -110,7 +114,7 @@ def _write(model: nn.Module, directory: Path, kind: str | None, spec: dict[str, 
     spec = json.loads(json.dumps(spec))  # as model.json stores it (tuples become lists)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    header = {} if kind is None else {_SPEC_KEY: json.dumps(spec, sort_keys=True), _KIND_KEY: kind}
+    header = {} if kind is None else {_SPEC_KEY: json.dumps(spec, sort_keys=True)}
     atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p), metadata=header))
     write_json(directory / META, {"kind": kind, "spec": spec, "sha256": sha256_file(directory / WEIGHTS),
                                   "meta": meta or {}})
@@ -309,7 +313,7 @@ def _check_choice(value: object, choices: Any, error: ValueError, optional: bool
 
 def _read_weights(weights_path: Path, info: ModelInfo, meta_path: Path, map_location: str
                   ) -> dict[str, torch.Tensor]:
-    """The state dict, after checking the header's kind and spec agree with
+    """The state dict, after checking the header's spec agrees with
     model.json's (the old dense layout has none) and every floating-point
     weight is finite."""
     from safetensors import safe_open
@@ -332,10 +336,6 @@ def _check_header(header: dict[str, str], info: ModelInfo, weights_path: Path, m
     except (KeyError, json.JSONDecodeError):
         raise ValueError(f"{weights_path} carries no robustlab spec in its header (written by another tool?); "
                          f"load_model expects {_EXPECTED}") from None
-    stored_kind = header.get(_KIND_KEY, "classifier")  # a classifier saved before the kind
-    if stored_kind != info.kind:
-        raise ValueError(f"{meta_path} was edited: its kind {info.kind!r} disagrees with the one saved with the "
-                         f"weights ({stored_kind!r} in {WEIGHTS})")
     spec = info.spec
     if stored != spec:
         keys = sorted(k for k in set(stored) | set(spec) if stored.get(k) != spec.get(k))
