@@ -47,10 +47,10 @@ def test_shipped_dag_configs_resolve_with_the_thesis_attack_settings():
     root = Path(__file__).resolve().parents[1] / "configs"
     seg = load_study(root / "ch2_dag_segmentation.yaml")
     det = load_study(root / "ch2_dag_detection.yaml")
-    assert seg.task == "segmentation" and seg.attack["gamma"] == 0.5 and seg.attack["max_iter"] == 200
-    assert det.task == "detection" and det.attack["max_iter"] == 150 and det.attack["nms_iou"] == 0.9
-    assert det.attack["select_iou"] == 0.1 and det.attack["score_thresh"] == 0.1
-    assert load_study(root / "ch2_dag_segmentation.yaml", smoke=True).scenes["test"] < seg.scenes["test"]
+    assert seg.task == "segmentation" and seg.attack.gamma == 0.5 and seg.attack.max_iter == 200
+    assert det.task == "detection" and det.attack.max_iter == 150 and det.attack.nms_iou == 0.9
+    assert det.attack.select_iou == 0.1 and det.attack.score_thresh == 0.1
+    assert load_study(root / "ch2_dag_segmentation.yaml", smoke=True).scenes.test < seg.scenes.test
 
 
 def test_colorize_maps_classes_to_distinct_colours():

@@ -35,7 +35,6 @@ from torch import Tensor, nn
 
 from robustlab._io import pick_device, write_tensors
 from robustlab.app.dag_models import (
-    attack_kwargs,
     finish_study,
     load_dense,
     run_dag,
@@ -44,13 +43,15 @@ from robustlab.app.dag_models import (
     trained_models,
 )
 from robustlab.app.dag_spec import (
-    ATTACK_DEFAULTS,
+    ATTACK_SPECS,
     CROSS_TASK,
     DAG_KEYS,
-    SCENE_DEFAULTS,
     TASKS,
-    TRAIN_DEFAULTS,
+    TRAIN_SPECS,
+    DAGAttackSpec,
+    DAGModelSpec,
     DAGStudy,
+    SceneSpec,
     check_gamma,
     dag_claims,
     resolve_section,
@@ -69,20 +70,20 @@ def resolve_dag_study(raw: dict[str, Any], *, name: str | None = None) -> DAGStu
     if task not in (*TASKS, CROSS_TASK):
         raise ValueError(f"a DAG study needs task: segmentation or detection (or {CROSS_TASK}: both, Table 2.4); "
                          f"got {task!r}")
-    scenes = resolve_section(raw.get("scenes"), "scenes", SCENE_DEFAULTS)
-    if scenes["source"] not in SOURCES:
-        raise ValueError(f"scenes.source must be one of {SOURCES}; got {scenes['source']!r}")
+    scenes = resolve_section(raw.get("scenes"), "scenes", SceneSpec)
+    if scenes.source not in SOURCES:
+        raise ValueError(f"scenes.source must be one of {SOURCES}; got {scenes.source!r}")
     for key in ("size", "max_objects", "train", "test"):
-        if not isinstance(scenes[key], int) or scenes[key] < 1:
-            raise ValueError(f"scenes.{key} must be a positive integer; got {scenes[key]!r}")
+        if not isinstance(getattr(scenes, key), int) or getattr(scenes, key) < 1:
+            raise ValueError(f"scenes.{key} must be a positive integer; got {getattr(scenes, key)!r}")
     if task == CROSS_TASK:
         from robustlab.app.dag_cross import resolve_cross_task
 
         return resolve_cross_task(raw, scenes, name=name)
     if "sums" in raw:
         raise ValueError(f"study key 'sums' belongs to task: {CROSS_TASK}; a {task} study sums all its models")
-    train = resolve_section(raw.get("train"), "train", TRAIN_DEFAULTS[task])
-    attack = resolve_section(raw.get("attack"), "attack", ATTACK_DEFAULTS[task])
+    train = resolve_section(raw.get("train"), "train", TRAIN_SPECS[task])
+    attack = resolve_section(raw.get("attack"), "attack", ATTACK_SPECS[task])
     check_gamma(attack, "attack")
     models = raw.get("models")
     if not isinstance(models, dict) or not models:
@@ -92,8 +93,8 @@ def resolve_dag_study(raw: dict[str, Any], *, name: str | None = None) -> DAGStu
         spec = spec or {}
         if not isinstance(spec, dict) or set(spec) - {"width", "seed"}:
             raise ValueError(f"models.{mname} takes width and seed; got {spec!r}")
-        out[str(mname)] = {"width": int(spec.get("width", 12 if task == "segmentation" else 16)),
-                           "seed": int(spec.get("seed", raw.get("seed", 0)))}
+        out[str(mname)] = DAGModelSpec(width=int(spec.get("width", 12 if task == "segmentation" else 16)),
+                                       seed=int(spec.get("seed", raw.get("seed", 0))))
     nms = raw.get("nms_ious", [0.7, 0.9])
     if not isinstance(nms, list) or not all(isinstance(t, (int, float)) and 0 < t <= 1 for t in nms):
         raise ValueError(f"nms_ious must be a list of IoUs in (0, 1]; got {nms!r}")
@@ -121,7 +122,7 @@ def pictures(task: str, model: nn.Module, x: Tensor, r: Tensor, scenes: Any, cou
 # ------------------------------------------------------------------ the study
 
 
-def _fooling(model: nn.Module, x: Tensor, scenes: Any, attack: dict[str, Any], seed: int) -> dict[str, Any]:
+def _fooling(model: nn.Module, x: Tensor, scenes: Any, attack: DAGAttackSpec, seed: int) -> dict[str, Any]:
     """§2.3.4: a target label map — a centred square of class 1 on background —
     painted into the prediction of the first image by targeted DAG."""
     from robustlab.eval.analysis import perceptibility
@@ -186,7 +187,8 @@ def _run_dag_study(study: DAGStudy, run: Any) -> dict[str, Any]:
                      f"{metric} permuted r": rep["perm"], "perceptibility": rep["perceptibility"],
                      "iterations (mean)": sum(iters) / len(iters)})
     first = next(iter(models))
-    table21 = {"kind": "dag", "options": {"task": study.task, "attack": study.attack, "scenes": study.scenes},
+    table21 = {"kind": "dag", "options": {"task": study.task, "attack": study.attack_options(),
+                                          "scenes": study.scenes.to_dict()},
                "n": len(x), "table": rows, "value": f"{metric} on clean / Trunc(X + r) / X + permuted r (Table 2.1)",
                "images": pictures(study.task, models[first], x, rs[first], test, study.pictures)
                + [{"title": "active targets (Fig. 2.4)", "png": plots.png_base64(plots.active_targets(active))}]}
@@ -208,7 +210,7 @@ def _run_dag_study(study: DAGStudy, run: Any) -> dict[str, Any]:
                                   "table": [{"model": first, **fool["row"]}], "images": [fool["image"]],
                                   "value": "targeted DAG, a label map painted into the prediction (§2.3.4)"}
     if study.task == "detection" and study.nms_ious:
-        kw = attack_kwargs(study.attack, "detection")
+        kw = study.attack.kwargs()
         curve = dense.nms_iou_curve(models[first], x, test.boxes, test.labels, study.nms_ious, seed=study.seed,
                                     **kw)
         evaluations["nms_iou"] = {"kind": "dag proposals", "options": {"model": first, "nms_ious": study.nms_ious},
@@ -234,15 +236,14 @@ def attack_dense(model_dir: str | Path, *, limit: int = 8, out: str | Path | Non
     model, spec = load_dense(model_dir)
     dev = pick_device(device)
     model = model.to(dev)
-    cfg = {**spec["scenes"], "test": limit}
-    test = study_scenes(cfg, "test", spec.get("seed", 0))
-    attack = {**ATTACK_DEFAULTS[spec["task"]], "gamma": gamma}
+    test = study_scenes(SceneSpec(**{**spec["scenes"], "test": limit}), "test", spec.get("seed", 0))
+    attack = ATTACK_SPECS[spec["task"]](gamma=gamma)
     if max_iter is not None:
-        attack["max_iter"] = max_iter
+        attack.max_iter = max_iter
     if spec["task"] == "detection":
-        attack["nms_iou"] = nms_iou
+        attack.nms_iou = nms_iou
     run = RunDir(out, "attack-dag", fingerprint_of({"model": str(model_dir), "limit": limit, "seed": seed,
-                                                    **attack}))  # another run there: refused before the attack
+                                                    **attack.to_dict()}))  # another run there: refused first
     x = test.images.to(dev)
     start = time.perf_counter()
     res = run_dag(model, spec["task"], x, test, attack, seed)
@@ -256,7 +257,8 @@ def attack_dense(model_dir: str | Path, *, limit: int = 8, out: str | Path | Non
     metric = "mIoU" if spec["task"] == "segmentation" else "mAP"
     results = {"kind": "study", "name": "attack-dag", "title": f"DAG on {model_dir}", "data": "scenes",
                "models": {}, "seconds": round(seconds, 2),
-               "evaluations": {"dag": {"kind": "dag", "options": {"model": str(model_dir), **attack}, "n": limit,
+               "evaluations": {"dag": {"kind": "dag", "options": {"model": str(model_dir), **attack.to_dict()},
+                                       "n": limit,
                                        "table": [{"model": Path(model_dir).name, f"{metric} clean": rep["orig"],
                                                   f"{metric} adversarial": rep["adv"],
                                                   f"{metric} permuted r": rep["perm"],

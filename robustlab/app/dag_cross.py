@@ -34,11 +34,13 @@ from torch import Tensor, nn
 from robustlab._io import pick_device, write_tensors
 from robustlab.app.dag_models import finish_study, study_perturbation, trained_models
 from robustlab.app.dag_spec import (
-    ATTACK_DEFAULTS,
+    ATTACK_SPECS,
     CROSS_TASK,
     TASKS,
-    TRAIN_DEFAULTS,
+    TRAIN_SPECS,
+    DAGModelSpec,
     DAGStudy,
+    SceneSpec,
     check_gamma,
     dag_claims,
     resolve_section,
@@ -52,14 +54,14 @@ EVALUATIONS = ("table_2_1", "table_2_4")
 SINGLE_TASK_KEYS = ("nms_ious", "targeted")
 
 
-def resolve_cross_task(raw: dict[str, Any], scenes: dict[str, Any], *, name: str | None = None) -> DAGStudy:
+def resolve_cross_task(raw: dict[str, Any], scenes: SceneSpec, *, name: str | None = None) -> DAGStudy:
     """A ``task: cross-task`` DAG study → :class:`DAGStudy` with ``train`` and
     ``attack`` per task and a task per model, checked before any work."""
     for key in SINGLE_TASK_KEYS:
         if key in raw:
             raise ValueError(f"study key {key!r} is a single-task DAG option; task: {CROSS_TASK} does not take it")
-    train = {t: resolve_section(v, f"train.{t}", TRAIN_DEFAULTS[t]) for t, v in _per_task(raw, "train").items()}
-    attack = {t: resolve_section(v, f"attack.{t}", ATTACK_DEFAULTS[t]) for t, v in _per_task(raw, "attack").items()}
+    train = {t: resolve_section(v, f"train.{t}", TRAIN_SPECS[t]) for t, v in _per_task(raw, "train").items()}
+    attack = {t: resolve_section(v, f"attack.{t}", ATTACK_SPECS[t]) for t, v in _per_task(raw, "attack").items()}
     for t, a in attack.items():
         check_gamma(a, f"attack.{t}")
     models = raw.get("models")
@@ -70,8 +72,9 @@ def resolve_cross_task(raw: dict[str, Any], scenes: dict[str, Any], *, name: str
         if not isinstance(spec, dict) or set(spec) - {"task", "width", "seed"} or spec.get("task") not in TASKS:
             raise ValueError(f"models.{mname} takes task (segmentation or detection), width and seed; got {spec!r}")
         width = spec.get("width", 12 if spec["task"] == "segmentation" else 16)
-        out[str(mname)] = {"task": spec["task"], "width": int(width), "seed": int(spec.get("seed", raw.get("seed", 0)))}
-    missing = [t for t in TASKS if not any(s["task"] == t for s in out.values())]
+        out[str(mname)] = DAGModelSpec(task=spec["task"], width=int(width),
+                                       seed=int(spec.get("seed", raw.get("seed", 0))))
+    missing = [t for t in TASKS if not any(s.task == t for s in out.values())]
     if missing:
         raise ValueError(f"a {CROSS_TASK} study needs at least one model of each task; no {missing[0]} model in "
                          f"{list(out)}")
@@ -224,7 +227,8 @@ def run_cross_task(study: DAGStudy, run: Any) -> dict[str, Any]:
     picture = summed_picture(models, tasks, x, sums[first][0], test, study.pictures,
                              f"{first}: one perturbation against every network (Fig. 2.6)")
     evaluations = {
-        "table_2_1": {"kind": "dag", "options": {"task": CROSS_TASK, "attack": study.attack, "scenes": study.scenes},
+        "table_2_1": {"kind": "dag", "options": {"task": CROSS_TASK, "attack": study.attack_options(),
+                                                 "scenes": study.scenes.to_dict()},
                       "n": len(x), "table": rows,
                       "value": "each network's metric (mIoU or mAP) on clean / Trunc(X + r) / X + permuted r, r its "
                                "own DAG perturbation (Table 2.1; the diagonal of Table 2.4)"},

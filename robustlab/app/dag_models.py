@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab._io import write_json, write_tensors
-from robustlab.app.dag_spec import DAGStudy
+from robustlab.app.dag_spec import DAGStudy, SceneSpec
 
 _logger = logging.getLogger(__name__)
 
@@ -42,11 +42,11 @@ def _trained(directory: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
     return info.meta if info.spec == spec else None
 
 
-def study_scenes(cfg: dict[str, Any], split: str, seed: int) -> Any:
+def study_scenes(cfg: SceneSpec, split: str, seed: int) -> Any:
     from robustlab.data.scenes import make_scenes
 
-    return make_scenes(cfg["train"] if split == "train" else cfg["test"], source=cfg["source"], size=cfg["size"],
-                       max_objects=cfg["max_objects"], split=split, seed=seed, data_dir=cfg["data_dir"])
+    return make_scenes(cfg.train if split == "train" else cfg.test, source=cfg.source, size=cfg.size,
+                       max_objects=cfg.max_objects, split=split, seed=seed, data_dir=cfg.data_dir)
 
 
 def train_study_models(study: DAGStudy, run_dir: Path, train_scenes: Any, device: torch.device) -> dict[str, Any]:
@@ -58,8 +58,8 @@ def train_study_models(study: DAGStudy, run_dir: Path, train_scenes: Any, device
     for i, (name, spec) in enumerate(study.models.items()):
         task = study.task_of(name)
         train = study.train_of(task)
-        full = {"task": task, "num_classes": train_scenes.num_classes, "width": spec["width"],
-                "seed": spec["seed"], "train": train, "scenes": study.scenes,
+        full = {"task": task, "num_classes": train_scenes.num_classes, "width": spec.width,
+                "seed": spec.seed, "train": train.to_dict(), "scenes": study.scenes.to_dict(),
                 "classes": list(train_scenes.classes)}
         full = json.loads(json.dumps(full))  # as model.json stores it
         directory = run_dir / "models" / name
@@ -68,21 +68,21 @@ def train_study_models(study: DAGStudy, run_dir: Path, train_scenes: Any, device
         if meta is not None:
             _logger.info("%s: trained, reusing %s", tag, directory)
         else:
-            _logger.info("%s: training a %s model (width %d, %d epochs)", tag, task, spec["width"],
-                         train["epochs"])
-            torch.manual_seed(spec["seed"])
-            model = create_dense(task, train_scenes.num_classes, spec["width"])
+            _logger.info("%s: training a %s model (width %d, %d epochs)", tag, task, spec.width,
+                         train.epochs)
+            torch.manual_seed(spec.seed)
+            model = create_dense(task, train_scenes.num_classes, spec.width)
             fit = train_segmenter if task == "segmentation" else train_detector
             start = time.perf_counter()
-            res = fit(model, train_scenes, epochs=train["epochs"], batch_size=train["batch_size"],
-                      lr=train["lr"], seed=spec["seed"], device=device)
+            res = fit(model, train_scenes, epochs=train.epochs, batch_size=train.batch_size,
+                      lr=train.lr, seed=spec.seed, device=device)
             meta = {"train_seconds": round(time.perf_counter() - start, 2), "loss": res.history}
             save_model(res.model.cpu(), directory, meta, spec=full)
             _logger.info("%s: trained in %.1f s, loss %.4f", tag, meta["train_seconds"], res.history[-1])
-        out[name] = {"run_dir": str(directory), "recipe": {"name": task, **train},
+        out[name] = {"run_dir": str(directory), "recipe": {"name": task, **train.to_dict()},
                      "model": {"name": "SmallFCN" if task == "segmentation" else "small_faster_rcnn",
-                               "width": spec["width"], "seed": spec["seed"]},
-                     "steps": train["epochs"], "train_seconds": meta["train_seconds"],
+                               "width": spec.width, "seed": spec.seed},
+                     "steps": train.epochs, "train_seconds": meta["train_seconds"],
                      "final": {"train_loss": meta["loss"][-1]}}
     return out
 
@@ -110,30 +110,22 @@ def finish_study(study: DAGStudy, run: Any, models_info: dict[str, Any], evaluat
 
     results = {"kind": "study", "name": study.name, "title": study.title, "claim": study.raw.get("claim"),
                "chapter": study.raw.get("chapter", 2), "notes": study.raw.get("notes"),
-               "data": f"scenes:{study.scenes['source']} ({study.scenes['size']}×{study.scenes['size']})",
+               "data": f"scenes:{study.scenes.source} ({study.scenes.size}×{study.scenes.size})",
                "models": models_info, "evaluations": evaluations, "seconds": round(time.perf_counter() - start, 2)}
     results["claims"] = evaluate_claims(study.claims, evaluations)
     return run.finish(results)
 
 
-def attack_kwargs(study_attack: dict[str, Any], task: str) -> dict[str, Any]:
-    kw = {k: v for k, v in study_attack.items() if k != "gamma"}
-    kw["gamma"] = study_attack["gamma"] / 255  # the thesis's 0-255 units → [0, 1] pixels
-    if task == "detection":
-        kw.pop("nms_iou")
-    return kw
-
-
-def run_dag(model: nn.Module, task: str, x: Tensor, scenes: Any, attack: dict[str, Any], seed: int,
+def run_dag(model: nn.Module, task: str, x: Tensor, scenes: Any, attack: Any, seed: int,
             target: Tensor | None = None) -> Any:
     """DAG on one model: ground-truth labels (masks or boxes) as l (Algorithm 1's input)."""
     from robustlab.attacks import dag_detection, dag_segmentation
 
-    kw = attack_kwargs(attack, task)
+    kw = attack.kwargs()  # a DAGAttackSpec / DetectorAttackSpec (robustlab.app.dag_spec)
     if task == "segmentation":
         return dag_segmentation(model, x, scenes.masks.to(x.device), target, seed=seed, progress=True, **kw)
     return dag_detection(model, x, [b.to(x.device) for b in scenes.boxes], [lab.to(x.device) for lab in scenes.labels],
-                         attack["nms_iou"], seed=seed, progress=True, **kw)
+                         attack.nms_iou, seed=seed, progress=True, **kw)
 
 
 def study_perturbation(study: DAGStudy, run_dir: Path, name: str, model: nn.Module, x: Tensor, scenes: Any
@@ -142,8 +134,9 @@ def study_perturbation(study: DAGStudy, run_dir: Path, name: str, model: nn.Modu
     from safetensors.torch import load_file
 
     task = study.task_of(name)
-    key = json.dumps({"model": study.models[name], "scenes": study.scenes, "attack": study.attack_of(task),
-                      "train": study.train_of(task), "seed": study.seed}, sort_keys=True)
+    key = json.dumps({"model": study.models[name].to_dict(), "scenes": study.scenes.to_dict(),
+                      "attack": study.attack_of(task).to_dict(), "train": study.train_of(task).to_dict(),
+                      "seed": study.seed}, sort_keys=True)
     path = run_dir / "perturbations" / f"{name}.safetensors"
     meta_path = path.with_suffix(".json")
     if path.is_file() and meta_path.is_file():

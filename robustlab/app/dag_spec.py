@@ -5,24 +5,113 @@ thesis's defaults, and :class:`DAGStudy`, the resolved form that
 """
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from robustlab.app.spec import check_keys, check_mapping
+from robustlab.app.spec import from_mapping
 
 DAG_KEYS = ("name", "title", "chapter", "claim", "claims", "notes", "kind", "task", "seed", "device", "scenes",
             "train", "models", "attack", "targeted", "pictures", "nms_ious", "sums", "smoke", "datasets", "dataset")
 TASKS = ("segmentation", "detection")
 CROSS_TASK = "cross-task"  # segmenters and detectors on the same scenes (§2.4.3, Table 2.4): robustlab.app.dag_cross
-SCENE_DEFAULTS = {"source": "fashion_mnist", "size": 64, "max_objects": 3, "train": 2000, "test": 40,
-                  "data_dir": None}
-TRAIN_DEFAULTS = {"segmentation": {"epochs": 8, "batch_size": 32, "lr": 1e-2},
-                  "detection": {"epochs": 10, "batch_size": 16, "lr": 2e-3}}
-ATTACK_DEFAULTS = {"segmentation": {"gamma": 0.5, "max_iter": 200, "ignore_background": False,
-                                    "stop_fraction": 0.0},
-                   "detection": {"gamma": 0.5, "max_iter": 150, "nms_iou": 0.9, "select_iou": 0.1,
-                                 "score_thresh": 0.1, "post_nms_top_n": 3000}}
+@dataclass
+class SceneSpec:
+    """The scenes (``robustlab.data.make_scenes``): objects of ``source`` on a
+    ``size``² canvas, ``train`` / ``test`` scenes made from a seed."""
+
+    source: str = "fashion_mnist"
+    size: int = 64
+    max_objects: int = 3
+    train: int = 2000
+    test: int = 40
+    data_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DAGTrainSpec:
+    """How a segmenter is trained (``robustlab.train.dense``)."""
+
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 1e-2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DetectorTrainSpec(DAGTrainSpec):
+    """How a detector is trained (``robustlab.train.dense``)."""
+
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 2e-3
+
+
+@dataclass
+class DAGAttackSpec:
+    """DAG on a segmenter (``robustlab.attacks.dag_segmentation``); ``gamma``
+    in the thesis's 0-255 units (γ = 0.5, §2.3.1)."""
+
+    gamma: float = 0.5
+    max_iter: int = 200
+    ignore_background: bool = False
+    stop_fraction: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the DAG attack, γ in [0, 1] pixels."""
+        kw = {k: v for k, v in self.to_dict().items() if k != "gamma"}
+        kw["gamma"] = self.gamma / 255  # the thesis's 0-255 units → [0, 1] pixels
+        return kw
+
+
+@dataclass
+class DetectorAttackSpec:
+    """DAG on a detector (``robustlab.attacks.dag_detection``): the RPN's NMS
+    IoU (denser proposals, §2.2.3) and the proposals it attacks."""
+
+    gamma: float = 0.5
+    max_iter: int = 150
+    nms_iou: float = 0.9
+    select_iou: float = 0.1
+    score_thresh: float = 0.1
+    post_nms_top_n: int = 3000
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the DAG attack but ``nms_iou`` (a positional argument), γ in [0, 1] pixels."""
+        kw = {k: v for k, v in self.to_dict().items() if k not in ("gamma", "nms_iou")}
+        kw["gamma"] = self.gamma / 255
+        return kw
+
+
+#: The thesis's settings per task; every field has its default in the class.
+TRAIN_SPECS: dict[str, type[DAGTrainSpec]] = {"segmentation": DAGTrainSpec, "detection": DetectorTrainSpec}
+ATTACK_SPECS: dict[str, type[DAGAttackSpec] | type[DetectorAttackSpec]] = {
+    "segmentation": DAGAttackSpec, "detection": DetectorAttackSpec}
+
+
+@dataclass
+class DAGModelSpec:
+    """One dense model: its width, its seed and (cross-task studies) its task."""
+
+    width: int
+    seed: int
+    task: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the perturbation cache keys it (no ``task`` in a single-task study)."""
+        return {**({"task": self.task} if self.task is not None else {}), "width": self.width, "seed": self.seed}
+
+
 
 
 @dataclass
@@ -33,10 +122,10 @@ class DAGStudy:
     name: str
     title: str
     task: str
-    models: dict[str, dict[str, Any]]
-    scenes: dict[str, Any]
-    train: dict[str, Any]
-    attack: dict[str, Any]
+    models: dict[str, DAGModelSpec]
+    scenes: SceneSpec
+    train: Any  # DAGTrainSpec; cross-task: {task: DAGTrainSpec}
+    attack: Any  # DAGAttackSpec / DetectorAttackSpec; cross-task: {task: ...}
     raw: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     device: str = "auto"
@@ -48,25 +137,30 @@ class DAGStudy:
 
     def task_of(self, model: str) -> str:
         """The task of one model: a cross-task study mixes segmenters and detectors."""
-        return self.models[model].get("task", self.task)
+        return self.models[model].task or self.task
 
-    def train_of(self, task: str) -> dict[str, Any]:
+    def train_of(self, task: str) -> DAGTrainSpec:
         return self.train[task] if self.task == CROSS_TASK else self.train
 
-    def attack_of(self, task: str) -> dict[str, Any]:
+    def attack_of(self, task: str) -> Any:
         return self.attack[task] if self.task == CROSS_TASK else self.attack
 
+    def attack_options(self) -> dict[str, Any]:
+        """The attack section as results.json records it (per task for a cross-task study)."""
+        if self.task == CROSS_TASK:
+            return {t: a.to_dict() for t, a in self.attack.items()}
+        return self.attack.to_dict()
 
-def resolve_section(values: Any, key: str, defaults: dict[str, Any]) -> dict[str, Any]:
-    """A study section (``values``, named ``key`` in errors) over its defaults; unknown keys refused."""
-    values = check_mapping(values, key, "study key")
-    check_keys(values, defaults, key)
-    return {**copy.deepcopy(defaults), **values}
+
+def resolve_section(values: Any, key: str, cls: type) -> Any:
+    """A study section (``values``, named ``key`` in errors) as ``cls``, over its thesis defaults;
+    a non-mapping and unknown keys refused (:func:`robustlab.app.spec.from_mapping`)."""
+    return from_mapping(cls, values, key, what="study key")
 
 
-def check_gamma(attack: dict[str, Any], where: str) -> None:
-    if not attack["gamma"] > 0:
-        raise ValueError(f"{where}.gamma must be > 0 (0-255 units; the thesis's 0.5); got {attack['gamma']!r}")
+def check_gamma(attack: Any, where: str) -> None:
+    if not attack.gamma > 0:
+        raise ValueError(f"{where}.gamma must be > 0 (0-255 units; the thesis's 0.5); got {attack.gamma!r}")
 
 
 def dag_claims(raw: dict[str, Any], evaluations: list[str]) -> list[Any]:

@@ -64,11 +64,11 @@ def test_the_shipped_cross_task_config_resolves_with_the_thesis_attacks():
     root = Path(__file__).resolve().parents[2] / "configs"
     study = load_study(root / "ch2_cross_task.yaml")
     assert {study.task_of(m) for m in study.models} == {"segmentation", "detection"}
-    assert study.attack_of("segmentation")["gamma"] == 0.5 and study.attack_of("segmentation")["max_iter"] == 200
-    assert study.attack_of("detection")["max_iter"] == 150 and study.attack_of("detection")["nms_iou"] == 0.9
+    assert study.attack_of("segmentation").gamma == 0.5 and study.attack_of("segmentation").max_iter == 200
+    assert study.attack_of("detection").max_iter == 150 and study.attack_of("detection").nms_iou == 0.9
     assert study.sums == [list(study.models)] and study.claims
     smoke = load_study(root / "ch2_cross_task.yaml", smoke=True)
-    assert smoke.models == study.models and smoke.scenes["train"] < study.scenes["train"]
+    assert smoke.models == study.models and smoke.scenes.train < study.scenes.train
     assert [c.id for c in smoke.claims] == [c.id for c in study.claims]
 
 
