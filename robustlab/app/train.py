@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,35 +53,99 @@ def build_model(cfg: RunConfig, info: Any, recipe: recipes.Recipe) -> nn.Module:
 EVAL_BATCH = 250  # images attacked at once by the training-time evaluation
 
 
-def eval_attack(cfg: RunConfig, recipe: recipes.Recipe) -> Any:
-    """The seeded attack of the training-time evaluation (None for ``eval.attack: null``);
+@dataclass(frozen=True)
+class EvalPlan:
+    """What the training-time evaluation measures besides clean accuracy:
+    robust accuracy, logged as ``metric`` (``pgd_acc``, ``fgsm_acc`` ...).
+
+    ``eval.attack: pgd`` runs the ``quick`` protocol of the registry
+    (:mod:`robustlab.eval.protocols`, the one ``robustlab eval --protocol
+    quick`` and studies run): CE PGD with ``eval.steps`` steps, a random
+    start, α = ``eval.step_size`` or 2.5·ε/steps, towards a random wrong
+    class with ``eval.targeted``, keyed on ``eval.seed``; no masking
+    checklist and no fallback, so it stays cheap. Any other ``eval.attack``
+    (an attack preset such as ``fgsm`` or ``mi-fgsm``, which no protocol
+    expresses) runs that seeded preset, made afresh at every evaluation,
+    over the same batches (``protocol`` is None, ``options`` are the
+    preset's)."""
+
+    attack: str
+    eps: float
+    protocol: str | None
+    options: dict[str, Any]
+
+    @property
+    def metric(self) -> str:
+        return f"{self.attack}_acc"
+
+
+def eval_plan(cfg: RunConfig, recipe: recipes.Recipe) -> EvalPlan | None:
+    """The training-time evaluation's attack (None for ``eval.attack: null``);
     ε defaults to the recipe's. Built once before training too, so bad options fail first."""
-    from robustlab.attacks import create as create_attack
+    from robustlab.eval import protocols
 
     ev = cfg.eval
     if not ev.attack:
         return None
     eps = parse_eps(ev.eps, "eval.eps") if ev.eps is not None else \
         getattr(getattr(recipe, "attack", None), "eps", from_255(8))
+    step_size = parse_eps(ev.step_size, "eval.step_size") if ev.step_size is not None else None
+    if ev.attack == "pgd":
+        if not 0 < eps <= 1:
+            raise ValueError(f"eval.eps must be > 0 (the quick protocol's budget); got {ev.eps!r}")
+        options = {"steps": ev.steps if ev.steps is not None else protocols.QUICK_STEPS, "step_size": step_size,
+                   "targeted": ev.targeted}
+        try:
+            protocols.stages_for("quick", eps, options)
+        except ValueError as err:  # "option steps ..." → "eval.steps ...": the config key
+            raise ValueError(f"{str(err).replace('option ', 'eval.', 1)} (eval.attack pgd runs the quick "
+                             "protocol)") from None
+        return EvalPlan(ev.attack, eps, "quick", options)
     kw: dict[str, Any] = {"eps": eps, "seed": ev.seed, "targeted": ev.targeted}
     if ev.steps is not None and ev.attack != "fgsm":
         kw["steps"] = ev.steps
-    if ev.step_size is not None:
-        kw["step_size"] = parse_eps(ev.step_size, "eval.step_size")
+    if step_size is not None:
+        kw["step_size"] = step_size
+    plan = EvalPlan(ev.attack, eps, None, kw)
+    _preset(plan)
+    return plan
+
+
+def _preset(plan: EvalPlan) -> Any:
+    """The seeded attack preset of a plan without a protocol."""
+    from robustlab.attacks import create as create_attack
+
     try:
-        return create_attack(ev.attack, **kw)
+        return create_attack(plan.attack, **plan.options)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"eval (attack {ev.attack!r}): {err}") from None
+        raise ValueError(f"eval (attack {plan.attack!r}): {err}") from None
+
+
+def _robust(plan: EvalPlan, model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+            seed: int, device: torch.device) -> float:
+    """Robust accuracy of ``model`` under ``plan`` on ``batches`` (each at most EVAL_BATCH images)."""
+    if plan.protocol is None:
+        from robustlab.eval.robust import robust_accuracy
+
+        return robust_accuracy(_preset(plan), model, batches, device=device)["robust_accuracy"]
+    from robustlab.eval.evaluate import evaluate
+
+    ev = evaluate(model, batches, eps=plan.eps, protocol=plan.protocol, options=plan.options, fallback=False,
+                  checklist=False, batch_size=EVAL_BATCH, device=device, seed=seed)
+    for w in ev.warnings:
+        _logger.info("training-time evaluation: %s", w)
+    return ev.robust_accuracy
 
 
 def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device) -> Callable[[nn.Module], dict]:
-    """Clean accuracy on every BN route and, unless ``eval.attack`` is null,
-    robust accuracy under a seeded attack (``pgd`` is the evaluation PGD: a
-    random start always, §6.3), in batches of ``EVAL_BATCH`` images."""
+    """Clean accuracy on every BN route (``clean_acc``, ``clean_acc_ROUTE``)
+    and, unless ``eval.attack`` is null, robust accuracy on the first
+    ``eval.limit`` images (``{attack}_acc``, ``{attack}_acc_ROUTE``), as
+    :class:`EvalPlan` says, in batches of at most ``EVAL_BATCH`` images."""
     from robustlab.eval.metrics import accuracy
-    from robustlab.eval.robust import robust_accuracy
 
     d, ev = cfg.data, cfg.eval
+    plan = eval_plan(cfg, recipe)
     test = load_dataset(d.name, d.eval_split, data_dir=d.data_dir, limit=d.eval_limit, download=d.download,
                         size=d.size, channels=d.channels)
     n_adv = len(test) if ev.limit is None else min(ev.limit, len(test))
@@ -109,9 +174,8 @@ def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device) 
                     right += round(accuracy(model, xb, yb) * len(yb))
                     seen += len(yb)
                 out[f"clean_acc{tag}"] = right / seen
-                if ev.attack:
-                    res = robust_accuracy(eval_attack(cfg, recipe), model, batches(n_adv), device=device)
-                    out[f"{ev.attack}_acc{tag}"] = res["robust_accuracy"]
+                if plan is not None:
+                    out[f"{plan.metric}{tag}"] = _robust(plan, model, batches(n_adv), ev.seed, device)
         return out
 
     return evaluate
@@ -176,7 +240,7 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
     if out is None and world > 1:
         raise ValueError("--out is required under torchrun (every process must write to the same run directory)")
     recipe = build_recipe(cfg)
-    eval_attack(cfg, recipe)  # bad evaluation options and an absent device fail before any folder or training
+    eval_plan(cfg, recipe)  # bad evaluation options and an absent device fail before any folder or training
     sinks.require(cfg.train.log)  # so does a missing tensorboard
     device = pick_device(cfg.device)
     main = int(os.environ.get("RANK", "0")) == 0

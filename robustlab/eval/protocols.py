@@ -15,7 +15,9 @@ cascades of attack stages (:class:`robustlab.attacks.cascade.Stage`):
               Scored on the final iterate (as the thesis and FAIR's code do),
               with the best-iterate figure beside it.
 ``quick``     one CE PGD-20 (α = 2.5·ε/20, random start): training-time
-              monitoring.
+              monitoring (``robustlab train``'s ``eval.attack: pgd``, which
+              sets ``steps``, ``step_size`` and ``targeted``: towards a
+              uniformly random wrong class, scored as accuracy).
 
 The other protocol kinds (``transfer``, ``blackbox``, ``holdout``,
 ``corruption``, ``accuracy``, ``dense``) evaluate several models or other
@@ -98,7 +100,15 @@ def _thesis(eps: float, opts: dict[str, Any]) -> list[Stage]:
 
 def _quick(eps: float, opts: dict[str, Any]) -> list[Stage]:
     steps = _positive_int(opts, "steps")
-    return [Stage(f"pgd-{steps}", "pgd", steps, loss="ce", step_size=2.5 * eps / steps)]
+    alpha, targeted = opts["step_size"], opts["targeted"]
+    if alpha is None:
+        alpha = 2.5 * eps / steps
+    elif isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
+        raise ValueError(f"option step_size must be None (2.5·ε/steps) or in (0, 1] pixel units; got {alpha!r}")
+    if not isinstance(targeted, bool):
+        raise ValueError(f"option targeted must be true or false; got {targeted!r}")
+    return [Stage(f"pgd-{steps}" + ("-targeted" if targeted else ""), "pgd", steps, loss="ce",
+                  target="random" if targeted else None, step_size=float(alpha))]
 
 
 ROBUST: dict[str, RobustProtocol] = {
@@ -111,8 +121,8 @@ ROBUST: dict[str, RobustProtocol] = {
                              {"steps": THESIS_STEPS, "step_size": THESIS_ALPHA, "queries": SQUARE_QUERIES,
                               "p_init": SQUARE_P_INIT},
                              False, "§4.6.1/§6.3: targeted random-target PGD, α = 1, final iterate scored"),
-    "quick": RobustProtocol("quick", _quick, {"steps": QUICK_STEPS, "queries": SQUARE_QUERIES,
-                                              "p_init": SQUARE_P_INIT},
+    "quick": RobustProtocol("quick", _quick, {"steps": QUICK_STEPS, "step_size": None, "targeted": False,
+                                              "queries": SQUARE_QUERIES, "p_init": SQUARE_P_INIT},
                             False, "one CE PGD-20"),
 }
 
