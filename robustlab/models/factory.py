@@ -2,7 +2,10 @@
 
 Built-in: ``smallcnn`` (width/depth knobs), ``resnet18_cifar``,
 ``resnet34_cifar`` and ``resnet{6n+2}_cifar`` (20, 32, 56, 110, ... for the
-"going deeper" study of §6.5; a ``width`` knob). External:
+"going deeper" study of §6.5; a ``width`` knob); bottleneck ResNets of any
+depth at ImageNet shape, ``resnet`` with ``depth=`` (50, 101, 152, 200, 338,
+638, ...) or ``layers=[3, 4, 23, 3]``, also named ``resnet{depth}``
+(:mod:`robustlab.models.resnet`; §5.5.1, §6.5). External:
 ``timm:NAME`` and ``tv:NAME`` (torchvision). Weights come from a local file
 (``weights=PATH``) or, for external models, from the library's own pretrained
 weights and cache (``pretrained=True``; ``weights="DEFAULT"`` for torchvision;
@@ -28,6 +31,7 @@ from robustlab.models.pretrained import (
     torchvision_pretrained,
     torchvision_weights,
 )
+from robustlab.models.resnet import bottleneck_resnet, is_bottleneck_depth
 from robustlab.models.small import CifarResNet, SmallCNN
 from robustlab.nn.norm import DEFAULT_ROUTES
 
@@ -58,13 +62,28 @@ def _builtin(name: str) -> Callable[..., nn.Module] | None:
     if m:
         depth = int(m.group(1))
         return lambda in_channels, num_classes, **kw: _resnet_cifar(depth, in_channels, num_classes, **kw)
+    if name == "resnet":
+        return lambda in_channels, num_classes, **kw: bottleneck_resnet(in_channels=in_channels,
+                                                                       num_classes=num_classes, **kw)
+    m = re.fullmatch(r"resnet(\d+)", name)
+    if m and is_bottleneck_depth(int(m.group(1))):  # resnet101, resnet638 (resnet9000 is not 3n+2)
+        depth = int(m.group(1))
+        return lambda in_channels, num_classes, **kw: bottleneck_resnet(depth, in_channels=in_channels,
+                                                                       num_classes=num_classes, **kw)
     return None
 
 
+def _imagenet_shaped(name: str) -> bool:
+    """Built-in nets made for ImageNet: without mean/std they normalize with ImageNet's statistics."""
+    return re.fullmatch(r"resnet\d*", name) is not None
+
+
 def model_names() -> list[str]:
-    """Built-in names (any ``resnet{6n+2}_cifar`` depth works); external models
+    """Built-in names (any ``resnet{6n+2}_cifar`` depth works, and any
+    bottleneck ``resnet{3n+2}`` from 50 up: ``resnet338``); external models
     are ``timm:NAME`` or ``tv:NAME``."""
-    return ["resnet18_cifar", "resnet20_cifar", "resnet34_cifar", "resnet56_cifar", "resnet110_cifar", "smallcnn"]
+    return ["resnet18_cifar", "resnet20_cifar", "resnet34_cifar", "resnet56_cifar", "resnet110_cifar", "smallcnn",
+            "resnet", "resnet50", "resnet101", "resnet152", "resnet200"]
 
 
 def create_model(
@@ -160,6 +179,8 @@ def create_model(
     net = _surgery(net, act=act, act_options=act_options or {}, norm=norm, denoise=denoise,
                    denoise_where=denoise_where, denoise_options=denoise_options or {}, routes=routes)
     channels = in_channels if builder is not None else 3
+    if mean is None and std is None and _imagenet_shaped(key) and channels == 3:
+        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     mean = tuple(mean) if mean is not None else (0.0,) * channels
     std = tuple(std) if std is not None else (1.0,) * channels
     model = NormalizedModel(net, mean, std)
