@@ -4,8 +4,8 @@ edge; errors name the full dotted path of the key, e.g. ``models.a.recipe.epz``)
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import fields
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -68,3 +68,46 @@ def from_mapping(cls: type[T], values: Any, path: str, *, defaults: Mapping[str,
     values = check_mapping(values, path, what)
     check_keys(values, sorted(spec_fields(cls)), path, noun=noun)
     return cls(**{**(defaults or {}), **values})
+
+
+#: An evaluation's budgets, in the study's notation (0-255 unless a fraction or ``px``).
+EVALUATION_BUDGETS = ("eps", "step_size")
+#: The options of an evaluation that name the study's models.
+MODEL_KEYS = ("models", "sources", "targets", "ensemble")
+
+
+@dataclass(frozen=True, eq=False)
+class EvaluationSpec(Mapping[str, Any]):
+    """One resolved evaluation of a study: its ``kind``, its ``options`` over
+    the kind's defaults as the study states them (read through the mapping
+    interface: ``spec["models"]``; ``evaluations/NAME.json`` records them and
+    the reuse key hashes them, so budgets keep the study's notation), and its
+    budgets ``eps`` / ``step_size`` parsed once into pixel units (None where
+    the kind has none)."""
+
+    kind: str
+    options: dict[str, Any] = field(default_factory=dict)
+    eps: float | None = None
+    step_size: float | None = None
+
+    @property
+    def used_models(self) -> list[str]:
+        """Every model the evaluation reads (models, sources, targets, ensemble members), sorted."""
+        return sorted({m for k in MODEL_KEYS for m in self.options.get(k) or []})
+
+    def __getitem__(self, key: str) -> Any:
+        return self.options[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.options)
+
+    def __len__(self) -> int:
+        return len(self.options)
+
+
+def parse_budgets(name: str, options: Mapping[str, Any]) -> dict[str, float]:
+    """The budgets among an evaluation's ``options`` (``eps``, ``step_size``) in pixel units,
+    parsed once by :func:`robustlab.units.parse_eps`; errors name ``evaluations.NAME.KEY``."""
+    from robustlab.units import parse_eps
+
+    return {k: parse_eps(options[k], f"evaluations.{name}.{k}") for k in EVALUATION_BUDGETS if k in options}

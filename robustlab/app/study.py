@@ -77,7 +77,7 @@ from robustlab.app.config import (
     split_override,
 )
 from robustlab.app.rundir import RunDir, study_fingerprint
-from robustlab.app.spec import check_keys
+from robustlab.app.spec import EvaluationSpec, check_keys, parse_budgets
 from robustlab.app.study_ch3 import CH3_EVALUATIONS, CH3_EVALUATORS, check_ch3_evaluation
 from robustlab.app.summary import clip, fit_table, metrics_line, path_lines, result_line
 from robustlab.nn.norm import route
@@ -97,7 +97,7 @@ class Study:
     title: str
     models: dict[str, RunConfig]
     raw_models: dict[str, dict[str, Any]]
-    evaluations: dict[str, dict[str, Any]]
+    evaluations: dict[str, EvaluationSpec]
     raw: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
     limit: int | None = 500
@@ -312,9 +312,7 @@ EVALUATIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def _check_evaluation(name: str, spec: dict[str, Any], model_names: list[str]) -> dict[str, Any]:
-    from robustlab.units import parse_eps
-
+def _check_evaluation(name: str, spec: dict[str, Any], model_names: list[str]) -> EvaluationSpec:
     kind = spec.pop("kind")
     if kind not in EVALUATIONS:
         raise ValueError(f"evaluations.{name}.kind must be one of {', '.join(EVALUATIONS)}; got {kind!r}")
@@ -341,9 +339,7 @@ def _check_evaluation(name: str, spec: dict[str, Any], model_names: list[str]) -
             continue
         if key in opts:
             opts[key] = names(key)
-    for key in ("eps", "step_size"):
-        if key in opts:
-            parse_eps(opts[key], f"evaluations.{name}.{key}")
+    budgets = parse_budgets(name, opts)  # once: the evaluators read spec.eps / spec.step_size
     if kind == "robust":
         from robustlab.eval import protocols
 
@@ -374,7 +370,7 @@ def _check_evaluation(name: str, spec: dict[str, Any], model_names: list[str]) -
         if bad:
             raise ValueError(f"evaluations.{name}.corruptions: unknown {bad}; known: {', '.join(CORRUPTIONS)}")
         study_kinds.check_baseline(name, opts, model_names)
-    return opts
+    return EvaluationSpec(kind, opts, **budgets)
 
 
 @dataclass
@@ -427,11 +423,10 @@ def _eval_accuracy(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
     return {"n": len(y), "table": rows}
 
 
-def _eval_whitebox(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
+def _eval_whitebox(ctx: _Context, opts: EvaluationSpec) -> dict[str, Any]:
     from robustlab.eval.whitebox import whitebox_protocol
-    from robustlab.units import parse_eps
 
-    eps, alpha = parse_eps(opts["eps"], "eps"), parse_eps(opts["step_size"], "step_size")
+    eps, alpha = opts.eps, opts.step_size
     losses = ("ce", "cw") if opts["loss"] == "both" else (opts["loss"],)
     batches = ctx.batches(opts)
     rows, curves, warnings, kept, fates = [], {}, {}, {}, {}
@@ -475,12 +470,11 @@ def _whitebox_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     return {"index": torch.arange(len(y)), "clean": x.detach().cpu(), "adversarial": res.x_adv.detach().cpu()}, fates
 
 
-def _eval_robust(ctx: _Context, opts: dict[str, Any]) -> dict[str, Any]:
+def _eval_robust(ctx: _Context, opts: EvaluationSpec) -> dict[str, Any]:
     """rl.eval.evaluate on every model (and route), through the protocol registry."""
     from robustlab.eval.evaluate import evaluate
-    from robustlab.units import parse_eps
 
-    eps = parse_eps(opts["eps"], "eps")
+    eps = opts.eps
     batches = ctx.batches(opts)
     rows, warnings, curves, kept = [], {}, {}, {}
     for m in opts["models"]:
@@ -662,8 +656,8 @@ def run_evaluations(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:
     (run_dir / "evaluations").mkdir(parents=True, exist_ok=True)
     out = {}
     for i, (name, opts) in enumerate(study.evaluations.items()):
-        used = sorted({m for k in ("models", "sources", "targets", "ensemble") for m in opts.get(k) or []})
-        key = _fingerprint({"opts": opts, "limit": study.limit, "data": d.name,
+        used = opts.used_models
+        key = _fingerprint({"opts": opts.options, "limit": study.limit, "data": d.name,
                             "models": {m: study_models.model_key(study.models[m], run_dir / "models" / m)
                                        for m in used}})
         path = run_dir / "evaluations" / f"{name}.json"
@@ -677,7 +671,7 @@ def run_evaluations(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:
         start = time.perf_counter()
         res = EVALUATORS[opts["kind"]](ctx, opts)
         _keep_examples(res, run_dir / "evaluations" / name, run_dir)
-        res = {"kind": opts["kind"], "options": opts, "key": key, "seconds": round(time.perf_counter() - start, 2),
+        res = {"kind": opts.kind, "options": opts.options, "key": key, "seconds": round(time.perf_counter() - start, 2),
                **res}
         write_json(path, res)
         _logger.info("[%d/%d] evaluation %s: done in %.1f s; %s", i + 1, len(study.evaluations), name,

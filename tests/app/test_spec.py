@@ -92,3 +92,25 @@ def test_the_run_fingerprint_of_an_existing_config_is_unchanged():
     cfg = resolve(RAW)
     assert fingerprint_of(identity(cfg)) == "f3599065197cdf2b3e3b49ecc45e7ed05a00687cf04d232953301046e50b8a9f"
     assert fingerprint_of(cfg.to_dict()) == "699db400e7f3f699eef956ed79a25ff12d491863a92c9256b79c349d28e7b6fe"
+
+
+def test_study_evaluations_are_typed_with_budgets_parsed_once():
+    from robustlab.app.spec import EvaluationSpec
+    from robustlab.app.study import resolve_study
+
+    study = resolve_study({
+        "name": "s", "defaults": {"data": {"name": "digits"}},
+        "models": {"a": {}, "b": {"seed": 1}},
+        "evaluations": {"pgd": {"kind": "whitebox", "eps": "8/255", "step_size": 2, "steps": [1]},
+                        "tr": {"kind": "transfer", "sources": ["a"], "targets": ["b"], "attacks": ["ifgsm"]},
+                        "clean": {"kind": "accuracy"}}})
+    pgd, tr, clean = (study.evaluations[k] for k in ("pgd", "tr", "clean"))
+    assert all(isinstance(e, EvaluationSpec) for e in (pgd, tr, clean))
+    assert pgd.kind == "whitebox" and pgd.eps == pytest.approx(8 / 255) and pgd.step_size == pytest.approx(2 / 255)
+    assert pgd["eps"] == "8/255" and pgd["step_size"] == 2  # the options as the study writes them
+    assert dict(pgd) == pgd.options and pgd == pgd.options and pgd.options["kind"] == "whitebox"
+    assert tr.eps == pytest.approx(16 / 255) and tr.step_size is None and tr.used_models == ["a", "b"]
+    assert clean.eps is None and clean.used_models == ["a", "b"]
+    with pytest.raises(ValueError, match=r"evaluations.pgd.eps must be a number"):
+        resolve_study({"name": "s", "models": {"a": {}},
+                       "evaluations": {"pgd": {"kind": "whitebox", "eps": "abc"}}})
