@@ -226,14 +226,16 @@ def apply_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None, ar
                  ) -> argparse.Namespace:
     """Re-parse with a YAML file's options as defaults, so flags still win."""
     from robustlab.app.config import find_config, load_yaml
+    from robustlab.app.spec import check_keys
 
     sub = parser.subcommands[args.command]
     cfg = load_yaml(find_config(args.config, "--config"), "--config")
     known = {a.dest for a in sub._actions} - {"help", "config"}
     cfg = {str(k).replace("-", "_"): v for k, v in cfg.items()}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ValueError(f"--config: unknown option(s) {unknown}; known: {', '.join(sorted(known))}")
+    try:
+        check_keys(cfg, sorted(known), noun="option")
+    except ValueError as err:
+        raise ValueError(f"--config: {err}") from None
     sub.set_defaults(**{k: (str(v) if k in ("eps", "step_size") else v) for k, v in cfg.items()})
     return parser.parse_args(argv)
 
