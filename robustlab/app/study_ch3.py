@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-#: kind → (option → default), merged into the study's EVALUATIONS.
+#: kind → (option → default), merged into robustlab.app.study_eval.EVALUATIONS.
 CH3_EVALUATIONS: dict[str, dict[str, Any]] = {
     "holdout": {"models": "all", "attacks": ["ifgsm", "di2fgsm", "mifgsm", "mdi2fgsm"], "eps": 15,
                 "weights": None, "limit": None},

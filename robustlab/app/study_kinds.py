@@ -25,10 +25,10 @@ from torch import Tensor, nn
 from robustlab.app.config import RunConfig
 from robustlab.nn.norm import MixtureBatchNorm, route, route_names
 
-# Evaluators take robustlab.app.study's _Context (not imported: that module imports this one).
+# Evaluators take robustlab.app.study_eval's Context (not imported: that module imports this one).
 _Context = Any
 
-# kind → (option → default), merged into robustlab.app.study.EVALUATIONS
+# kind → (option → default), merged into robustlab.app.study_eval.EVALUATIONS
 OPTIONS: dict[str, dict[str, Any]] = {
     # layer: the BN drawn in the pictures (default: the middle one, as the thesis's res3 of ResNet-152)
     "bn_statistics": {"models": "all", "channels": 20, "layer": None, "seed": 0, "limit": None},
