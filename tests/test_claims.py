@@ -49,6 +49,23 @@ def test_for_each_holds_only_if_every_instance_does():
     assert record["values"]["transfer[mdi2fgsm, a].→ c"] == 0.1
 
 
+def test_the_record_leads_with_the_comparison_itself():
+    """Two numbers and an operator, however many cells an aggregate read."""
+    record = _one("min(pgd[at].\"PGD-*\") > min(pgd[plain].\"PGD-*\")")
+    assert (record["left"], record["op"], record["right"]) == (0.70, ">", 0.10)
+    assert record["difference"] == pytest.approx(0.60)
+    assert record["left_term"] == 'min(pgd[at]."PGD-*")' and record["left_term"] in record["values"]
+    assert len(record["values"]) == 6  # the four cells and the two minima, still recorded
+    unary = _one("(pgd[at].PGD-1 - pgd[at].PGD-3) < -(pgd[plain].PGD-3 - pgd[plain].PGD-1)")
+    assert unary["right_term"] == "-(pgd[plain].PGD-3 - pgd[plain].PGD-1)"
+    assert unary["right"] == pytest.approx(0.3) and unary["op"] == "<"
+    each = _one('transfer[mdi2fgsm, a]."→ {}" > transfer[ifgsm, a]."→ {}"', for_each=["b", "c"])
+    assert "left" not in each  # one comparison per item instead
+    assert [(p["item"], p["left"], p["op"], p["right"]) for p in each["for_each"]] == \
+        [("b", 0.40, ">", 0.30), ("c", 0.10, ">", 0.20)]
+    assert each["for_each"][1]["difference"] == pytest.approx(-0.10)
+
+
 def test_a_missing_cell_is_not_evaluated_rather_than_guessed():
     record = _one("pgd[nosuchmodel].PGD-3 > 0.5")
     assert record["verdict"] == "not evaluated" and "nosuchmodel" in record["reason"]

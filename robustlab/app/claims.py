@@ -28,6 +28,11 @@ item in turn and the claim holds only if every instance does.
 Verdicts: ``holds``, ``does not hold``, or ``not evaluated`` (with the
 reason) when a cell the claim needs is not in the results (e.g. an
 evaluation a ``--smoke`` form dropped).
+
+Each record keeps the comparison itself beside every cell it read:
+``left``, ``op``, ``right`` (the two numbers compared, e.g. the two minima
+of a ``min(...) > min(...)`` claim), ``difference`` = left − right and the
+terms they are (``left_term``, ``right_term``); with ``for_each``, per item.
 """
 from __future__ import annotations
 
@@ -293,24 +298,49 @@ def _value(node: tuple, evaluations: Mapping[str, Any], used: dict[str, float]) 
     return left + right if node[1] == "+" else left - right
 
 
+def _text(node: tuple) -> str:
+    """One side of a comparison as the claim writes it (``min(pgd[at]."PGD-*")``)."""
+    kind = node[0]
+    if kind == "num":
+        return f"{node[1]:g}"
+    if kind == "cell":
+        return str(node[1])
+    if kind == "func":
+        return f"{node[1]}({node[2]})"
+    right = _text(node[3])
+    right = f"({right})" if node[3][0] == "bin" else right  # the parser groups to the left: these were bracketed
+    if node[2] == ("num", 0.0) and node[1] == "-":  # unary minus
+        return f"-{right}"
+    return f"{_text(node[2])} {node[1]} {right}"
+
+
+def _compare(text: str, evaluations: Mapping[str, Any], values: dict[str, float]) -> dict[str, Any]:
+    """One instance of a claim: its two sides (``left``, ``op``, ``right``,
+    and the terms they are, ``left_term``, ``right_term``), whether the
+    comparison is true, and ``difference`` = left − right."""
+    tree = _Parser(text).claim()
+    left = _value(tree[2], evaluations, values)
+    right = _value(tree[3], evaluations, values)
+    return {"holds_if": text, "left_term": _text(tree[2]), "left": left, "op": tree[1], "right_term": _text(tree[3]),
+            "right": right, "difference": left - right, "holds": bool(OPS[tree[1]](left, right))}
+
+
 def evaluate_claims(claims: list[Claim], evaluations: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Each claim's record for ``results.json``: id, says, holds_if, verdict,
-    values (every cell and aggregate compared), and per ``for_each`` item its
-    own verdict."""
+    values (every cell and aggregate compared), the comparison itself
+    (``left``, ``op``, ``right``, ``difference`` = left − right, and the terms
+    compared) and, with ``for_each``, the same per item with its own verdict."""
     out = []
     for claim in claims:
         values: dict[str, float] = {}
         parts = []
         reason = None
         for text in claim.instances():
-            tree = _Parser(text).claim()
             try:
-                left = _value(tree[2], evaluations, values)
-                right = _value(tree[3], evaluations, values)
+                parts.append(_compare(text, evaluations, values))
             except MissingCell as err:
                 reason = str(err)
                 break
-            parts.append({"holds_if": text, "left": left, "right": right, "holds": bool(OPS[tree[1]](left, right))})
         record: dict[str, Any] = {"id": claim.id, "says": claim.says, "holds_if": claim.holds_if}
         if reason is not None:
             record.update(verdict="not evaluated", reason=reason, values=values)
@@ -318,5 +348,7 @@ def evaluate_claims(claims: list[Claim], evaluations: Mapping[str, Any]) -> list
             record.update(verdict="holds" if all(p["holds"] for p in parts) else "does not hold", values=values)
             if claim.for_each is not None:
                 record["for_each"] = [{"item": item, **p} for item, p in zip(claim.for_each, parts)]
+            else:
+                record.update({k: v for k, v in parts[0].items() if k not in ("holds_if", "holds")})
         out.append(record)
     return out

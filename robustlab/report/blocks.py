@@ -161,6 +161,7 @@ class Verdict:
     values: list[tuple[str, str]]
     holds_if: str = ""  # the comparison, as the study wrote it
     reason: str = ""  # why it was not evaluated
+    comparisons: list[tuple[str, str]] = field(default_factory=list)  # (for_each item, "0.532 > 0.006 (…)")
 
     @property
     def cls(self) -> str:

@@ -102,6 +102,43 @@ def short(v: Any) -> str:
     return str(v)
 
 
+# ------------------------------------------------------------------ claims
+
+_OPS = (">=", "<=", "==", "!=", ">", "<")
+
+
+def _side(v: Any) -> str:
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return str(v)
+    return f"{v:.3f}" if abs(v) <= 1 else f"{v:.4g}"
+
+
+def difference_text(left: float, right: float) -> str:
+    """``+52.6 points`` (percentage points, both sides in [0, 1]) or ``difference +3.1``."""
+    d = float(left) - float(right)
+    if abs(left) <= 1 and abs(right) <= 1:
+        return f"{100 * d:+.1f} points"
+    return f"difference {d:+.4g}"
+
+
+def comparisons(claim: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What a claim compared, leading its row in the verdict tables: one
+    ``(item, "0.532 > 0.006 (+52.6 points)")`` per comparison (the
+    ``for_each`` item, or "" for a single comparison); empty for a claim
+    not evaluated or a record written before results.json kept the
+    comparison (its cells are all there is)."""
+    parts = claim.get("for_each") if isinstance(claim.get("for_each"), list) else [claim]
+    out = []
+    for part in parts:
+        if not isinstance(part, Mapping) or not all(isinstance(part.get(k), (int, float)) for k in ("left", "right")):
+            continue
+        op = part.get("op") or next((o for o in _OPS if o in str(part.get("holds_if", ""))), "vs")
+        left, right = float(part["left"]), float(part["right"])
+        text = f"{_side(left)} {op} {_side(right)} ({difference_text(left, right)})"
+        out.append((str(part.get("item", "")) if part is not claim else "", text))
+    return out
+
+
 # ------------------------------------------------------------------ budgets
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from robustlab._io import atomic_write_text
-from robustlab.report.format import short
+from robustlab.report.format import comparisons, short
 
 #: Marker comments of the generated blocks: name → renderer over run directories.
 BLOCKS = ("results", "results-summary")
@@ -156,9 +156,25 @@ def compared(claim: Mapping[str, Any], evaluations: Mapping[str, Any]) -> list[s
     return out
 
 
+def numbers_cell(claim: Mapping[str, Any], evaluations: Mapping[str, Any]) -> str:
+    """The verdict table's last cell: the comparison itself first
+    (``**0.532 > 0.006** (+52.6 points)``, one per ``for_each`` item), then
+    every value behind it folded in a ``<details>`` (GitHub renders it in a
+    table cell); without a recorded comparison, the values as they are."""
+    numbers = compared(claim, evaluations)
+    if claim.get("reason"):
+        numbers.insert(0, f"({claim['reason']})")
+    lead = [(f"{item}: " if item else "") + "**" + text.replace(" (", "** (", 1) for item, text in comparisons(claim)]
+    if not lead:
+        return _cell("; ".join(numbers)) or "—"
+    folded = f"<details><summary>values compared ({len(numbers)})</summary>{'; '.join(numbers)}</details>"
+    return _cell("; ".join(lead) + " " + folded)
+
+
 def verdict_table(results: Mapping[str, Any]) -> list[str]:
     """The markdown table of the run's claims: id, what it says, verdict,
-    numbers compared (with n); a claim not evaluated gives its reason."""
+    numbers compared (the comparison first, then its cells with their n);
+    a claim not evaluated gives its reason."""
     claims = [c for c in results.get("claims") or [] if isinstance(c, Mapping)]
     if not claims:
         return ["This study declares no claims."]
@@ -166,11 +182,8 @@ def verdict_table(results: Mapping[str, Any]) -> list[str]:
     lines = ["| claim | says | verdict | numbers compared |", "|---|---|---|---|"]
     for c in claims:
         verdict = str(c.get("verdict", "not recorded"))
-        numbers = compared(c, evaluations)
-        if c.get("reason"):
-            numbers.insert(0, f"({c['reason']})")
         lines.append(f"| {_cell(c.get('id', ''))} | {_cell(c.get('says', ''))} | **{_cell(verdict)}** | "
-                     f"{_cell('; '.join(numbers)) or '—'} |")
+                     f"{numbers_cell(c, evaluations)} |")
     return lines
 
 

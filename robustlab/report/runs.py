@@ -14,6 +14,7 @@ from robustlab.report.examples import attack_examples, kept_examples
 from robustlab.report.format import (
     attack_label,
     budget,
+    comparisons,
     humanize,
     number,
     recipe_text,
@@ -37,7 +38,8 @@ def accuracy_key(key: str) -> bool:
 
 
 def verdicts(results: Mapping[str, Any]) -> list[Verdict]:
-    """The ``claims`` a study declares (``id``, ``says``, ``verdict``, ``values``)."""
+    """The ``claims`` a study declares (``id``, ``says``, ``verdict``, ``values``), each led by
+    the comparison it made (:func:`~robustlab.report.format.comparisons`)."""
     out = []
     for c in results.get("claims") or []:
         if not isinstance(c, Mapping):
@@ -45,7 +47,7 @@ def verdicts(results: Mapping[str, Any]) -> list[Verdict]:
         values = c.get("values") or {}
         pairs = list(_flat(values)) if isinstance(values, Mapping) else [("", short(values))]
         out.append(Verdict(str(c.get("id", "")), str(c.get("says", "")), str(c.get("verdict", "not recorded")),
-                           pairs, str(c.get("holds_if") or ""), str(c.get("reason") or "")))
+                           pairs, str(c.get("holds_if") or ""), str(c.get("reason") or ""), comparisons(c)))
     return out
 
 

@@ -69,6 +69,20 @@ def test_each_claim_appears_with_its_verdict_and_the_numbers_compared(tmp_path):
     assert "**not evaluated**" in gone and "PGD-50" in gone
 
 
+def test_a_row_leads_with_the_two_numbers_compared_and_folds_the_cells(tmp_path):
+    run = _study_dir(tmp_path)
+    res = json.loads((run / "results.json").read_text())
+    claim = next(c for c in res["claims"] if c["id"] == "Q-mean")
+    numbers = _row(studies_markdown([run]), "Q-mean").split(" | ")[3].removesuffix(" |")
+    lead = f"**{claim['left']:.3f} > {claim['right']:.3f}** ({100 * claim['difference']:+.1f} points)"
+    assert numbers.startswith(lead), numbers
+    folded = numbers[len(lead):]
+    assert folded.startswith(f" <details><summary>values compared ({len(claim['values'])})</summary>")
+    assert all(label in folded for label in claim["values"]) and folded.endswith("</details>")
+    gone = _row(studies_markdown([run]), "Q-gone")
+    assert "<details>" not in gone  # nothing was compared: the reason is all there is
+
+
 def test_conditions_say_smoke_or_full_limit_n_date_and_commit(tmp_path):
     smoke, full = _study_dir(tmp_path, "s"), _study_dir(tmp_path, "f", smoke=False)
     md = studies_markdown([smoke])

@@ -131,6 +131,26 @@ def test_verdicts_come_first_with_both_outcomes_coloured_and_worded(study_dir):
     assert "--ok" in css and "--bad" in css  # green and red, with the words beside the colour
 
 
+def test_a_verdict_leads_with_the_comparison_and_folds_its_cells():
+    from robustlab.app.claims import evaluate_claims, parse_claims
+
+    res = study_results()
+    raw = [{"id": "Q-AT", "says": "PGD-AT is more robust", "holds_if": 'min(pgd[pgd_at]."PGD-*") > 0.05'},
+           {"id": "Q-each", "says": "per step", "holds_if": 'pgd[pgd_at]."PGD-{}" < pgd[vanilla]."PGD-{}"',
+            "for_each": [1, 20]}]
+    res["claims"] = evaluate_claims(parse_claims(raw, res["evaluations"]), res["evaluations"])
+    page = render_study(res)
+    at = res["claims"][0]
+    row = re.search(r"<tr><td class=\"text id\">Q-AT</td>.*?</tr>", page, re.S).group(0)
+    lead = f'<p class="comparison">{at["left"]:.3f} &gt; 0.050 ({100 * (at["left"] - 0.05):+.1f} points)</p>'
+    assert lead in row, row
+    folded = re.search(r'<details class="cells"><summary>values compared \((\d+)\)</summary>(.*?)</details>', row, re.S)
+    assert folded and int(folded.group(1)) == len(at["values"]) == 6
+    assert row.index(lead) < folded.start() and '<span class="k">pgd[pgd_at].PGD-20</span>' in folded.group(2)
+    each = re.search(r"<tr><td class=\"text id\">Q-each</td>.*?</tr>", page, re.S).group(0)
+    assert each.count('<p class="comparison">') == 2 and '<span class="k">20:</span>' in each
+
+
 def test_a_claim_not_evaluated_says_why_and_shows_its_rule():
     claim = {"id": "C9", "says": "s", "holds_if": "pgd[ghost].PGD-3 > 0.5", "verdict": "not evaluated",
              "reason": "no row ghost in pgd", "values": {}}
