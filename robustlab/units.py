@@ -27,7 +27,7 @@ def parse_eps(text: str | float | int, name: str = "eps", *, small_is_pixels: bo
 
     Plain numbers are in the thesis's 0–255 notation (``"16"`` → 16/255); a
     fraction names pixel units explicitly (``"16/255"`` → 16/255, ``"1/2"`` →
-    0.5); a ``px`` suffix marks a pixel-space value (``"0.5px"`` → 0.5, the
+    0.5, ``"0.5/255"``: DAG's γ); a ``px`` suffix marks a pixel-space value (``"0.5px"`` → 0.5, the
     usual way to state an L2 budget).
     """
     raw = str(text).strip()
@@ -35,7 +35,8 @@ def parse_eps(text: str | float | int, name: str = "eps", *, small_is_pixels: bo
         if raw.endswith("px"):
             value = float(raw[:-2])
         elif "/" in raw:
-            value = float(Fraction(raw))
+            num, den = raw.split("/")  # one slash; each side a decimal (exact: "16/255" as Fraction("16/255"))
+            value = float(Fraction(num.strip()) / Fraction(den.strip()))
         elif small_is_pixels and 0 < float(raw) < 1:
             value = float(raw)
         else:

@@ -94,6 +94,14 @@ def _attack(*args: str, model: str = "smallcnn") -> Callable[[Path, Path], list[
                              *args]
 
 
+def _dense(tmp: Path) -> str:
+    """An untrained segmenter saved as a DAG study saves one (a bad --gamma is refused before it runs)."""
+    from robustlab.models import create_dense, save_model
+
+    spec = {"task": "segmentation", "num_classes": 3, "width": 4}
+    return str(save_model(create_dense(**spec), tmp / "segmenter", spec=spec))
+
+
 def _with_file(name: str, text: str, then: Callable[[Path, Path], list[str]]) -> Callable[[Path, Path], list[str]]:
     def make(tmp: Path, run: Path) -> list[str]:
         (tmp / name).write_text(text)
@@ -217,6 +225,12 @@ CASES = [
     ("attack-unknown-activation", _attack("--act", "nosuchact"), "nosuchact"),
     ("attack-steps-zero", _attack("--steps", "0"), "steps"),
     ("attack-dag-without-model", lambda tmp, run: ["attack", "--dag"], "--model"),
+    ("attack-dag-gamma-abc", lambda tmp, run: ["attack", "--dag", "--model", _dense(tmp), "--gamma", "abc"],
+     "--gamma"),
+    ("attack-dag-gamma-zero", lambda tmp, run: ["attack", "--dag", "--model", _dense(tmp), "--gamma", "0"],
+     "--gamma"),
+    ("attack-dag-gamma-300", lambda tmp, run: ["attack", "--dag", "--model", _dense(tmp), "--gamma", "300"],
+     "--gamma"),
     ("attack-no-model", lambda tmp, run: ["attack", "--data", "digits"], "--model"),
     # -- robustlab report, list, and the command itself
     ("report-no-results", lambda tmp, run: ["report", str(tmp)], "results.json"),

@@ -32,6 +32,8 @@ TINY = {
     ({"scenes": {"sizee": 3}}, "unknown key(s) ['scenes.sizee']"),
     ({"scenes": {"test": 0}}, "scenes.test must be a positive integer"),
     ({"attack": {"gamma": 0}}, "attack.gamma must be > 0"),
+    ({"attack": {"gamma": "abc"}}, "attack.gamma must be a number in 0-255 units"),
+    ({"attack": {"gamma": -1}}, "attack.gamma must be finite and >= 0"),
     ({"attack": {"nms_iou": 0.9}}, "unknown key(s) ['attack.nms_iou']"),  # a detection option
     ({"models": {}}, "'models' must map"),
     ({"models": {"a": {"depth": 3}}}, "models.a takes width and seed"),
@@ -48,9 +50,17 @@ def test_shipped_dag_configs_resolve_with_the_thesis_attack_settings():
     seg = load_study(root / "ch2_dag_segmentation.yaml")
     det = load_study(root / "ch2_dag_detection.yaml")
     assert seg.task == "segmentation" and seg.attack.gamma == 0.5 and seg.attack.max_iter == 200
+    assert seg.attack.kwargs()["gamma"] == det.attack.kwargs()["gamma"] == 0.5 / 255  # eq. 2.3's γ, in pixels
     assert det.task == "detection" and det.attack.max_iter == 150 and det.attack.nms_iou == 0.9
     assert det.attack.select_iou == 0.1 and det.attack.score_thresh == 0.1
     assert load_study(root / "ch2_dag_segmentation.yaml", smoke=True).scenes.test < seg.scenes.test
+
+
+@pytest.mark.parametrize("written", [0.5, "0.5", "0.5/255", f"{0.5 / 255!r}px", "1/510"])
+def test_gamma_takes_the_notations_of_a_budget_and_keeps_what_is_written(written):
+    study = resolve_dag_study({**TINY, "attack": {"gamma": written}})
+    assert study.attack.kwargs()["gamma"] == pytest.approx(0.5 / 255, rel=1e-12)
+    assert study.attack.to_dict()["gamma"] == written  # results.json and the perturbation keys as written
 
 
 def test_colorize_maps_classes_to_distinct_colours():
@@ -93,10 +103,13 @@ def test_dag_study_runs_reuses_its_work_and_reports_its_numbers(tmp_path, capsys
 
     # robustlab attack --dag on one of the trained models
     att = tmp_path / "att"
+    assert main(["attack", "--dag", "--model", str(out / "models" / "b"), "--gamma", "abc", "--out", str(att)]) == 2
+    assert "--gamma must be a number" in capsys.readouterr().err and not att.exists()
     assert main(["attack", "--dag", "--model", str(out / "models" / "b"), "--limit", "2", "--steps", "2",
-                 "--out", str(att)]) == 0
-    one = json.loads((att / "results.json").read_text())["evaluations"]["dag"]["table"][0]
-    assert one["model"] == "b" and one["iterations (mean)"] <= 2
+                 "--gamma", "0.5/255", "--out", str(att)]) == 0
+    dag = json.loads((att / "results.json").read_text())["evaluations"]["dag"]
+    one = dag["table"][0]
+    assert one["model"] == "b" and one["iterations (mean)"] <= 2 and dag["options"]["gamma"] == "0.5/255"
     assert (att / "adversarial.safetensors").is_file() and (att / "report.html").is_file()
 
 

@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dag", action="store_true",
                    help="DAG on a segmentation/detection model of a DAG study (--model RUN/models/NAME) on its "
                    "test scenes (--limit, default 8); --steps is DAG's iteration cap")
-    g.add_argument("--gamma", type=float, default=0.5, help="DAG step γ in 0-255 units (eq. 2.3: 0.5)")
+    g.add_argument("--gamma", default=0.5, help="DAG step γ (eq. 2.3), same notation as --eps: 0.5 (0-255 units, "
+                   "the thesis's), 0.5/255 or 0.002px")
     g.add_argument("--nms-iou", type=float, default=0.9, help="detection: RPN NMS IoU of the proposals (§2.3.2)")
     atk.add_argument("--out", help="run directory (default runs/attack-TIMESTAMP)")
     atk.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")

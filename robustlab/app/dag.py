@@ -46,13 +46,13 @@ from robustlab.app.dag_spec import (
     ATTACK_SPECS,
     CROSS_TASK,
     DAG_KEYS,
+    GAMMA,
     TASKS,
     TRAIN_SPECS,
     DAGAttackSpec,
     DAGModelSpec,
     DAGStudy,
     SceneSpec,
-    check_gamma,
     dag_claims,
     resolve_section,
 )
@@ -83,8 +83,7 @@ def resolve_dag_study(raw: dict[str, Any], *, name: str | None = None) -> DAGStu
     if "sums" in raw:
         raise ValueError(f"study key 'sums' belongs to task: {CROSS_TASK}; a {task} study sums all its models")
     train = resolve_section(raw.get("train"), "train", TRAIN_SPECS[task])
-    attack = resolve_section(raw.get("attack"), "attack", ATTACK_SPECS[task])
-    check_gamma(attack, "attack")
+    attack = resolve_section(raw.get("attack"), "attack", ATTACK_SPECS[task])  # γ parsed into pixels
     models = raw.get("models")
     if not isinstance(models, dict) or not models:
         raise ValueError("study key 'models' must map model names to {width: ..., seed: ...} (at least one)")
@@ -224,24 +223,29 @@ def _run_dag_study(study: DAGStudy, run: Any) -> dict[str, Any]:
 
 
 def attack_dense(model_dir: str | Path, *, limit: int = 8, out: str | Path | None = None, seed: int = 0,
-                 gamma: float = 0.5, max_iter: int | None = None, nms_iou: float = 0.9,
+                 gamma: float | str = GAMMA, max_iter: int | None = None, nms_iou: float = 0.9,
                  device: str = "auto") -> dict[str, Any]:
     """``robustlab attack --dag``: DAG on a dense model from a DAG study, on
-    ``limit`` test scenes made as the model's study made them."""
+    ``limit`` test scenes made as the model's study made them; ``gamma`` as
+    ``--gamma`` writes it (0.5 in 0-255 units, 0.5/255 or 0.002px), parsed once
+    by the attack spec before any work."""
     from robustlab.app.rundir import RunDir, fingerprint_of
     from robustlab.eval import dense
 
     if limit < 1:
         raise ValueError(f"--limit must be >= 1 scenes; got {limit}")
     model, spec = load_dense(model_dir)
-    dev = pick_device(device)
-    model = model.to(dev)
-    test = study_scenes(SceneSpec(**{**spec["scenes"], "test": limit}), "test", spec.get("seed", 0))
-    attack = ATTACK_SPECS[spec["task"]](gamma=gamma)
+    try:
+        attack = ATTACK_SPECS[spec["task"]](gamma=gamma)
+    except ValueError as err:  # γ's message starts with its name
+        raise ValueError(f"--{err}") from None
     if max_iter is not None:
         attack.max_iter = max_iter
     if spec["task"] == "detection":
         attack.nms_iou = nms_iou
+    dev = pick_device(device)
+    model = model.to(dev)
+    test = study_scenes(SceneSpec(**{**spec["scenes"], "test": limit}), "test", spec.get("seed", 0))
     run = RunDir(out, "attack-dag", fingerprint_of({"model": str(model_dir), "limit": limit, "seed": seed,
                                                     **attack.to_dict()}))  # another run there: refused first
     x = test.images.to(dev)

@@ -41,7 +41,6 @@ from robustlab.app.dag_spec import (
     DAGModelSpec,
     DAGStudy,
     SceneSpec,
-    check_gamma,
     dag_claims,
     resolve_section,
 )
@@ -62,8 +61,6 @@ def resolve_cross_task(raw: dict[str, Any], scenes: SceneSpec, *, name: str | No
             raise ValueError(f"study key {key!r} is a single-task DAG option; task: {CROSS_TASK} does not take it")
     train = {t: resolve_section(v, f"train.{t}", TRAIN_SPECS[t]) for t, v in _per_task(raw, "train").items()}
     attack = {t: resolve_section(v, f"attack.{t}", ATTACK_SPECS[t]) for t, v in _per_task(raw, "attack").items()}
-    for t, a in attack.items():
-        check_gamma(a, f"attack.{t}")
     models = raw.get("models")
     if not isinstance(models, dict) or not models:
         raise ValueError("study key 'models' must map model names to {task: segmentation|detection, width, seed}")

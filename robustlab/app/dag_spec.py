@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from robustlab.app.spec import from_mapping
+from robustlab.app.spec import SpecError, from_mapping
+from robustlab.units import parse_eps
 
 DAG_KEYS = ("name", "title", "chapter", "claim", "claims", "notes", "kind", "task", "seed", "device", "scenes",
             "train", "models", "attack", "targeted", "pictures", "nms_ious", "sums", "smoke", "datasets", "dataset")
@@ -51,46 +52,69 @@ class DetectorTrainSpec(DAGTrainSpec):
     lr: float = 2e-3
 
 
-@dataclass
-class DAGAttackSpec:
-    """DAG on a segmenter (``robustlab.attacks.dag_segmentation``); ``gamma``
-    in the thesis's 0-255 units (γ = 0.5, §2.3.1)."""
+#: Eq. (2.3)'s step γ (§2.3.1) in the thesis's 0-255 units.
+GAMMA = 0.5
 
-    gamma: float = 0.5
+
+def parse_gamma(value: float | str, name: str = "gamma") -> float:
+    """DAG's γ as a user writes it, in the notations of a budget
+    (:func:`robustlab.units.parse_eps`: ``0.5`` in 0-255 units, ``0.5/255``,
+    ``0.002px``), in [0, 1] pixels; errors name ``name``.
+
+    Raises:
+        ValueError: not a budget, or not > 0.
+    """
+    gamma = parse_eps(value, name)
+    if not gamma > 0:
+        raise ValueError(f"{name} must be > 0 (0-255 units; the thesis's {GAMMA}); got {value!r}")
+    return gamma
+
+
+@dataclass
+class _GammaSpec:
+    """γ as the study or the command line writes it (``gamma``: kept by
+    ``to_dict``, so model keys and results.json read as written) and parsed
+    once, when the spec is made, into pixels (``pixel_gamma``)."""
+
+    gamma: float | str = GAMMA
+    pixel_gamma: float = field(default=0.0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.pixel_gamma = parse_gamma(self.gamma)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "pixel_gamma"}
+
+
+@dataclass
+class DAGAttackSpec(_GammaSpec):
+    """DAG on a segmenter (``robustlab.attacks.dag_segmentation``); ``gamma``
+    in the notations of a budget, 0.5 in the thesis's 0-255 units (§2.3.1)."""
+
     max_iter: int = 200
     ignore_background: bool = False
     stop_fraction: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the DAG attack, γ in [0, 1] pixels."""
-        kw = {k: v for k, v in self.to_dict().items() if k != "gamma"}
-        kw["gamma"] = self.gamma / 255  # the thesis's 0-255 units → [0, 1] pixels
-        return kw
+        return {**{k: v for k, v in self.to_dict().items() if k != "gamma"}, "gamma": self.pixel_gamma}
 
 
 @dataclass
-class DetectorAttackSpec:
+class DetectorAttackSpec(_GammaSpec):
     """DAG on a detector (``robustlab.attacks.dag_detection``): the RPN's NMS
     IoU (denser proposals, §2.2.3) and the proposals it attacks."""
 
-    gamma: float = 0.5
     max_iter: int = 150
     nms_iou: float = 0.9
     select_iou: float = 0.1
     score_thresh: float = 0.1
     post_nms_top_n: int = 3000
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the DAG attack but ``nms_iou`` (a positional argument), γ in [0, 1] pixels."""
-        kw = {k: v for k, v in self.to_dict().items() if k not in ("gamma", "nms_iou")}
-        kw["gamma"] = self.gamma / 255
-        return kw
+        return {**{k: v for k, v in self.to_dict().items() if k not in ("gamma", "nms_iou")},
+                "gamma": self.pixel_gamma}
 
 
 #: The thesis's settings per task; every field has its default in the class.
@@ -154,13 +178,14 @@ class DAGStudy:
 
 def resolve_section(values: Any, key: str, cls: type) -> Any:
     """A study section (``values``, named ``key`` in errors) as ``cls``, over its thesis defaults;
-    a non-mapping and unknown keys refused (:func:`robustlab.app.spec.from_mapping`)."""
-    return from_mapping(cls, values, key, what="study key")
-
-
-def check_gamma(attack: Any, where: str) -> None:
-    if not attack.gamma > 0:
-        raise ValueError(f"{where}.gamma must be > 0 (0-255 units; the thesis's 0.5); got {attack.gamma!r}")
+    a non-mapping and unknown keys refused (:func:`robustlab.app.spec.from_mapping`), a bad
+    value (γ, parsed as the spec is made) named ``KEY.OPTION``."""
+    try:
+        return from_mapping(cls, values, key, what="study key")
+    except SpecError:
+        raise
+    except ValueError as err:  # the spec's own check: the message starts with the option's name
+        raise ValueError(f"{key}.{err}") from None
 
 
 def dag_claims(raw: dict[str, Any], evaluations: list[str]) -> list[Any]:
