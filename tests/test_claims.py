@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from robustlab.app.claims import ClaimError, evaluate_claims, parse_claims
+from robustlab.app.claims import ClaimError, evaluate_claims, noise_interval, parse_claims
 from robustlab.app.cli import main
+from robustlab.report.format import wilson
 from tests.test_study import TINY, _write
 
 EVALS = {
@@ -64,6 +65,71 @@ def test_the_record_leads_with_the_comparison_itself():
     assert [(p["item"], p["left"], p["op"], p["right"]) for p in each["for_each"]] == \
         [("b", 0.40, ">", 0.30), ("c", 0.10, ">", 0.20)]
     assert each["for_each"][1]["difference"] == pytest.approx(-0.10)
+
+
+def _measured(a, b, n=500, kind="whitebox", n_b=None):
+    """Two models' PGD accuracy, each in its own evaluation of ``n`` (and ``n_b``) images."""
+    return {"x": {"kind": kind, "n": n, "table": [{"model": "sat", "PGD-20": a}]},
+            "y": {"kind": kind, "n": n if n_b is None else n_b, "table": [{"model": "at", "PGD-20": b}]}}
+
+
+def _claim(holds_if, evaluations, **kw):
+    return evaluate_claims(parse_claims([{"id": "N", "says": "s", "holds_if": holds_if, **kw}], evaluations),
+                           evaluations)[0]
+
+
+def test_newcombe_interval_matches_the_published_examples():
+    """Newcombe (1998), Table II, method 10: 56/70 − 48/80 and 9/10 − 3/10."""
+    assert noise_interval(56 / 70, 48 / 80, 70, 80) == pytest.approx((0.0524, 0.3339), abs=5e-5)
+    assert noise_interval(9 / 10, 3 / 10, 10, 10) == pytest.approx((0.1705, 0.8090), abs=5e-5)
+    lo, hi = wilson(0.3, 50)  # against an exact number: the Wilson interval, shifted
+    assert noise_interval(0.3, 0.25, 50, None) == pytest.approx((lo - 0.25, hi - 0.25))
+
+
+def test_a_difference_far_inside_sampling_error_is_flagged_within_noise():
+    record = _claim("x[sat].PGD-20 > y[at].PGD-20", _measured(0.530, 0.532))
+    assert record["verdict"] == "does not hold"  # the verdict is unchanged; the flag says how much it means
+    assert record["within_noise"] is True and record["difference"] == pytest.approx(-0.002)
+    ci = record["interval"]
+    assert ci["low"] < -0.05 and ci["high"] > 0.05 and ci["level"] == 0.95 and ci["n"] == [500, 500]
+    assert "Newcombe" in ci["method"] and "conservative" in ci["method"] and ci["paired"] is False
+    assert _claim("x[sat].PGD-20 < y[at].PGD-20", _measured(0.530, 0.532))["within_noise"] is True  # holds, barely
+
+
+def test_a_large_difference_is_not_within_noise_and_min_uses_the_cells_n():
+    evaluations = {"pgd": {"kind": "whitebox", "n": 500, "table": [
+        {"model": "pgd_at", "PGD-1": 0.718, "PGD-20": 0.53}, {"model": "vanilla", "PGD-1": 0.58, "PGD-20": 0.006}]}}
+    record = _claim('min(pgd[pgd_at]."PGD-*") > min(pgd[vanilla]."PGD-*")', evaluations)
+    assert record["verdict"] == "holds" and record["within_noise"] is False
+    assert (record["left"], record["right"]) == (0.53, 0.006) and record["interval"]["n"] == [500, 500]
+    assert 0 < record["interval"]["low"] < 0.524 < record["interval"]["high"]
+    assert record["interval"]["paired"] is True  # one evaluation: the same images
+
+
+@pytest.mark.parametrize(("holds_if", "evaluations"), [
+    ("pgd[at].PGD-3 > pgd[plain].PGD-3", EVALS),                              # no n recorded
+    ("x[sat].PGD-20 > y[at].PGD-20", _measured(0.530, 0.532, n=None)),
+    ("x[sat].PGD-20 > y[at].PGD-20", _measured(0.530, 0.532, kind="dag")),    # mIoU, not a proportion of images
+    ("x[sat].PGD-20 - 0.1 > y[at].PGD-20", _measured(0.530, 0.532)),          # a sum is no proportion
+    ("0.6 > 0.5", _measured(0.530, 0.532)),                                   # nothing measured
+])
+def test_a_claim_without_a_known_n_carries_no_interval(holds_if, evaluations):
+    record = _claim(holds_if, evaluations)
+    assert record["verdict"] in ("holds", "does not hold")
+    assert "interval" not in record and "within_noise" not in record and "difference" in record
+
+
+def test_against_a_number_and_for_each_the_flag_follows_what_the_verdict_rests_on():
+    assert _claim("x[sat].PGD-20 > 0.52", _measured(0.530, 0.5))["within_noise"] is True
+    assert _claim("x[sat].PGD-20 > 0.3", _measured(0.530, 0.5))["within_noise"] is False
+    table = [{"model": "a", "p": 0.50, "q": 0.90, "r": 0.10}, {"model": "b", "p": 0.49, "q": 0.10, "r": 0.90}]
+    evaluations = {"e": {"kind": "accuracy", "n": 500, "table": table}}
+    holds = _claim("e[a].{} > e[b].{}", evaluations, for_each=["p", "q"])  # holds: one item within noise
+    assert holds["verdict"] == "holds" and holds["within_noise"] is True
+    assert [p["within_noise"] for p in holds["for_each"]] == [True, False]
+    fails = _claim("e[a].{} > e[b].{}", evaluations, for_each=["p", "r"])  # fails on r, firmly
+    assert fails["verdict"] == "does not hold" and fails["within_noise"] is False
+    assert _claim("e[a].{} < e[b].{}", evaluations, for_each=["p", "r"])["within_noise"] is True  # fails on p only
 
 
 def test_a_missing_cell_is_not_evaluated_rather_than_guessed():

@@ -33,10 +33,37 @@ Each record keeps the comparison itself beside every cell it read:
 ``left``, ``op``, ``right`` (the two numbers compared, e.g. the two minima
 of a ``min(...) > min(...)`` claim), ``difference`` = left − right and the
 terms they are (``left_term``, ``right_term``); with ``for_each``, per item.
+
+Sampling noise. A verdict is the comparison of two measured numbers and says
+nothing of their error, so each comparison also carries, where it can be
+computed, a 95% ``interval`` for the difference and ``within_noise``, true
+when that interval contains 0 (a verdict noise could flip). The rule:
+
+- a side is a *proportion* when it is one cell, or ``mean``/``min``/``max``
+  of cells, of an evaluation that records its number of images ``n`` (an
+  integer) and whose kind counts images (not the DAG kinds, ``bn_statistics``
+  or ``gaps``), every cell read in [0, 1]; its n is that evaluation's n (an
+  aggregate counts as one proportion on the n images of its cells: for a
+  mean this over-states its spread, for min/max it ignores which cell was
+  picked). A number written in the claim is exact.
+- with both sides proportions, or one a proportion and the other a number,
+  the interval is Newcombe's hybrid score interval for p1 − p2 (method 10
+  of Newcombe 1998), built from the two Wilson intervals; against an exact
+  number it is the proportion's Wilson interval shifted. It treats the two
+  sides as independent samples. Two models scored on the same images (one
+  evaluation: ``paired``) are paired data, for which it is conservative
+  (too wide) when their outcomes are positively correlated, as they usually
+  are.
+- any other side (a sum, an unknown n) gives no interval and no flag.
+
+With ``for_each`` the claim is ``within_noise`` when its verdict rests on a
+comparison within noise: for a claim that holds, any item; for one that does
+not hold, every item that fails.
 """
 from __future__ import annotations
 
 import fnmatch
+import math
 import operator
 import re
 from collections.abc import Mapping
@@ -48,6 +75,10 @@ OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
 FUNCS = {"mean": lambda v: sum(v) / len(v), "min": min, "max": max}
 CLAIM_KEYS = ("id", "says", "holds_if", "for_each")
 VERDICTS = ("holds", "does not hold", "not evaluated")
+#: Evaluation kinds whose cells are not proportions of images (mIoU, mAP, BN statistics, differences).
+NOT_PROPORTIONS = ("dag", "dag transfer", "dag targeted", "dag proposals", "bn_statistics", "gaps")
+NOISE_METHOD = ("Newcombe hybrid score interval (Wilson), independent samples; conservative for paired "
+                "samples (the same images) with positively correlated outcomes")
 
 _TOKEN = re.compile(r"""\s*(?:
     (?P<number>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)
@@ -314,22 +345,78 @@ def _text(node: tuple) -> str:
     return f"{_text(node[2])} {node[1]} {right}"
 
 
+def _sample(node: tuple, evaluations: Mapping[str, Any]) -> tuple[str, int | None] | None:
+    """What one side of a comparison is, for its sampling error: ``("exact",
+    None)`` for a number, ``(EVALUATION, n)`` for a proportion measured on n
+    images (a cell or an aggregate of cells, the module's rule), else None."""
+    if node[0] == "num":
+        return ("exact", None)
+    if node[0] not in ("cell", "func"):
+        return None
+    cell = node[1] if node[0] == "cell" else node[2]
+    ev = evaluations.get(cell.evaluation) or {}
+    n = ev.get("n")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or ev.get("kind") in NOT_PROPORTIONS:
+        return None
+    if not all(0.0 <= v <= 1.0 for _, v in lookup(cell, evaluations)):
+        return None
+    return (cell.evaluation, n)
+
+
+def noise_interval(left: float, right: float, n_left: int | None, n_right: int | None,
+                   z: float = 1.96) -> tuple[float, float]:
+    """95% interval of ``left − right``, two proportions measured on n_left
+    and n_right samples (None: an exact number): Newcombe's hybrid score
+    interval (1998, method 10) from the two Wilson intervals."""
+    from robustlab.report.format import wilson
+
+    l1, u1 = wilson(left, n_left, z) if n_left else (left, left)
+    l2, u2 = wilson(right, n_right, z) if n_right else (right, right)
+    d = left - right
+    return d - math.hypot(left - l1, u2 - right), d + math.hypot(u1 - left, right - l2)
+
+
+def _noise(tree: tuple, left: float, right: float, evaluations: Mapping[str, Any]) -> dict[str, Any]:
+    """``interval`` and ``within_noise`` of one comparison, where the rule gives them."""
+    sides = _sample(tree[2], evaluations), _sample(tree[3], evaluations)
+    if None in sides or all(s[1] is None for s in sides):
+        return {}
+    (ev_l, n_l), (ev_r, n_r) = sides
+    low, high = noise_interval(left, right, n_l, n_r)
+    return {"interval": {"low": low, "high": high, "level": 0.95, "method": NOISE_METHOD, "n": [n_l, n_r],
+                         "paired": ev_l == ev_r},
+            "within_noise": bool(low <= 0.0 <= high)}
+
+
+def _claim_noise(verdict: str, parts: list[dict[str, Any]]) -> bool | None:
+    """A for_each claim's flag: does its verdict rest on a comparison within noise?"""
+    rests_on = parts if verdict == "holds" else [p for p in parts if not p["holds"]]
+    flags = [p.get("within_noise") for p in rests_on]
+    if verdict == "holds":
+        return True if True in flags else (False if flags and all(f is False for f in flags) else None)
+    return False if False in flags else (True if flags and all(f is True for f in flags) else None)
+
+
 def _compare(text: str, evaluations: Mapping[str, Any], values: dict[str, float]) -> dict[str, Any]:
     """One instance of a claim: its two sides (``left``, ``op``, ``right``,
     and the terms they are, ``left_term``, ``right_term``), whether the
-    comparison is true, and ``difference`` = left − right."""
+    comparison is true, ``difference`` = left − right, and its sampling
+    error where the module's rule gives one (``interval``, ``within_noise``)."""
     tree = _Parser(text).claim()
     left = _value(tree[2], evaluations, values)
     right = _value(tree[3], evaluations, values)
     return {"holds_if": text, "left_term": _text(tree[2]), "left": left, "op": tree[1], "right_term": _text(tree[3]),
-            "right": right, "difference": left - right, "holds": bool(OPS[tree[1]](left, right))}
+            "right": right, "difference": left - right, **_noise(tree, left, right, evaluations),
+            "holds": bool(OPS[tree[1]](left, right))}
 
 
 def evaluate_claims(claims: list[Claim], evaluations: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Each claim's record for ``results.json``: id, says, holds_if, verdict,
     values (every cell and aggregate compared), the comparison itself
     (``left``, ``op``, ``right``, ``difference`` = left − right, and the terms
-    compared) and, with ``for_each``, the same per item with its own verdict."""
+    compared), its ``interval`` and ``within_noise`` where the module's rule
+    gives them and, with ``for_each``, the same per item with its own verdict
+    (the claim's ``within_noise`` over them)."""
     out = []
     for claim in claims:
         values: dict[str, float] = {}
@@ -348,6 +435,9 @@ def evaluate_claims(claims: list[Claim], evaluations: Mapping[str, Any]) -> list
             record.update(verdict="holds" if all(p["holds"] for p in parts) else "does not hold", values=values)
             if claim.for_each is not None:
                 record["for_each"] = [{"item": item, **p} for item, p in zip(claim.for_each, parts)]
+                noise = _claim_noise(record["verdict"], parts)
+                if noise is not None:
+                    record["within_noise"] = noise
             else:
                 record.update({k: v for k, v in parts[0].items() if k not in ("holds_if", "holds")})
         out.append(record)

@@ -161,7 +161,8 @@ class Verdict:
     values: list[tuple[str, str]]
     holds_if: str = ""  # the comparison, as the study wrote it
     reason: str = ""  # why it was not evaluated
-    comparisons: list[tuple[str, str]] = field(default_factory=list)  # (for_each item, "0.532 > 0.006 (…)")
+    comparisons: list[tuple[str, str, bool | None]] = field(default_factory=list)  # (item, "0.532 > 0.006 …", noise)
+    within_noise: bool | None = None  # the verdict rests on a difference inside its 95% interval's reach of 0
 
     @property
     def cls(self) -> str:

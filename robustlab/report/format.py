@@ -121,12 +121,13 @@ def difference_text(left: float, right: float) -> str:
     return f"difference {d:+.4g}"
 
 
-def comparisons(claim: Mapping[str, Any]) -> list[tuple[str, str]]:
+def comparisons(claim: Mapping[str, Any]) -> list[tuple[str, str, bool | None]]:
     """What a claim compared, leading its row in the verdict tables: one
-    ``(item, "0.532 > 0.006 (+52.6 points)")`` per comparison (the
-    ``for_each`` item, or "" for a single comparison); empty for a claim
-    not evaluated or a record written before results.json kept the
-    comparison (its cells are all there is)."""
+    ``(item, "0.530 > 0.532 (-0.2 points, 95% CI [-6.4, +6.0])", within_noise)``
+    per comparison (the ``for_each`` item, or "" for a single comparison;
+    the interval and the flag where results.json has them, else None);
+    empty for a claim not evaluated or a record written before results.json
+    kept the comparison (its cells are all there is)."""
     parts = claim.get("for_each") if isinstance(claim.get("for_each"), list) else [claim]
     out = []
     for part in parts:
@@ -134,8 +135,14 @@ def comparisons(claim: Mapping[str, Any]) -> list[tuple[str, str]]:
             continue
         op = part.get("op") or next((o for o in _OPS if o in str(part.get("holds_if", ""))), "vs")
         left, right = float(part["left"]), float(part["right"])
-        text = f"{_side(left)} {op} {_side(right)} ({difference_text(left, right)})"
-        out.append((str(part.get("item", "")) if part is not claim else "", text))
+        diff = difference_text(left, right)
+        ci = part.get("interval") if isinstance(part.get("interval"), Mapping) else {}
+        if isinstance(ci.get("low"), (int, float)) and isinstance(ci.get("high"), (int, float)):
+            level = ci.get("level", 0.95)
+            diff += f", {100 * float(level):.0f}% CI [{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}]"
+        noise = part.get("within_noise") if isinstance(part.get("within_noise"), bool) else None
+        out.append((str(part.get("item", "")) if part is not claim else "", f"{_side(left)} {op} {_side(right)} "
+                    f"({diff})", noise))
     return out
 
 

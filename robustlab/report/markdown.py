@@ -158,13 +158,16 @@ def compared(claim: Mapping[str, Any], evaluations: Mapping[str, Any]) -> list[s
 
 def numbers_cell(claim: Mapping[str, Any], evaluations: Mapping[str, Any]) -> str:
     """The verdict table's last cell: the comparison itself first
-    (``**0.532 > 0.006** (+52.6 points)``, one per ``for_each`` item), then
+    (``**0.532 > 0.006** (+52.6 points, 95% CI [+48.1, +57.0])``, one per
+    ``for_each`` item, marked *within noise* where its interval holds 0), then
     every value behind it folded in a ``<details>`` (GitHub renders it in a
     table cell); without a recorded comparison, the values as they are."""
     numbers = compared(claim, evaluations)
     if claim.get("reason"):
         numbers.insert(0, f"({claim['reason']})")
-    lead = [(f"{item}: " if item else "") + "**" + text.replace(" (", "** (", 1) for item, text in comparisons(claim)]
+    lead = [(f"{item}: " if item else "") + "**" + text.replace(" (", "** (", 1) + (" *within noise*" if item and noise
+                                                                                    else "")
+            for item, text, noise in comparisons(claim)]
     if not lead:
         return _cell("; ".join(numbers)) or "—"
     folded = f"<details><summary>values compared ({len(numbers)})</summary>{'; '.join(numbers)}</details>"
@@ -172,7 +175,8 @@ def numbers_cell(claim: Mapping[str, Any], evaluations: Mapping[str, Any]) -> st
 
 
 def verdict_table(results: Mapping[str, Any]) -> list[str]:
-    """The markdown table of the run's claims: id, what it says, verdict,
+    """The markdown table of the run's claims: id, what it says, verdict
+    ("(within noise)" where the 95% interval of the difference contains 0),
     numbers compared (the comparison first, then its cells with their n);
     a claim not evaluated gives its reason."""
     claims = [c for c in results.get("claims") or [] if isinstance(c, Mapping)]
@@ -182,7 +186,8 @@ def verdict_table(results: Mapping[str, Any]) -> list[str]:
     lines = ["| claim | says | verdict | numbers compared |", "|---|---|---|---|"]
     for c in claims:
         verdict = str(c.get("verdict", "not recorded"))
-        lines.append(f"| {_cell(c.get('id', ''))} | {_cell(c.get('says', ''))} | **{_cell(verdict)}** | "
+        noise = " (within noise)" if c.get("within_noise") is True else ""
+        lines.append(f"| {_cell(c.get('id', ''))} | {_cell(c.get('says', ''))} | **{_cell(verdict)}**{noise} | "
                      f"{numbers_cell(c, evaluations)} |")
     return lines
 

@@ -47,7 +47,8 @@ def verdicts(results: Mapping[str, Any]) -> list[Verdict]:
         values = c.get("values") or {}
         pairs = list(_flat(values)) if isinstance(values, Mapping) else [("", short(values))]
         out.append(Verdict(str(c.get("id", "")), str(c.get("says", "")), str(c.get("verdict", "not recorded")),
-                           pairs, str(c.get("holds_if") or ""), str(c.get("reason") or ""), comparisons(c)))
+                           pairs, str(c.get("holds_if") or ""), str(c.get("reason") or ""), comparisons(c),
+                           c.get("within_noise") if isinstance(c.get("within_noise"), bool) else None))
     return out
 
 

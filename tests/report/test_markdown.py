@@ -74,13 +74,30 @@ def test_a_row_leads_with_the_two_numbers_compared_and_folds_the_cells(tmp_path)
     res = json.loads((run / "results.json").read_text())
     claim = next(c for c in res["claims"] if c["id"] == "Q-mean")
     numbers = _row(studies_markdown([run]), "Q-mean").split(" | ")[3].removesuffix(" |")
-    lead = f"**{claim['left']:.3f} > {claim['right']:.3f}** ({100 * claim['difference']:+.1f} points)"
+    ci = claim["interval"]
+    lead = (f"**{claim['left']:.3f} > {claim['right']:.3f}** ({100 * claim['difference']:+.1f} points, "
+            f"95% CI [{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}])")
     assert numbers.startswith(lead), numbers
     folded = numbers[len(lead):]
     assert folded.startswith(f" <details><summary>values compared ({len(claim['values'])})</summary>")
     assert all(label in folded for label in claim["values"]) and folded.endswith("</details>")
     gone = _row(studies_markdown([run]), "Q-gone")
     assert "<details>" not in gone  # nothing was compared: the reason is all there is
+
+
+def test_a_verdict_within_noise_says_so(tmp_path):
+    run = _study_dir(tmp_path)
+    res = json.loads((run / "results.json").read_text())
+    near = {"id": "Q-near", "says": "1 point apart on 500 images",
+            "holds_if": 'clean[vanilla]."clean accuracy" > clean[pgd_at]."clean accuracy"'}
+    res["claims"] = evaluate_claims(parse_claims([*CLAIMS, near], res["evaluations"]), res["evaluations"])
+    (run / "results.json").write_text(json.dumps(res))
+    md = studies_markdown([run])
+    for claim in res["claims"]:
+        if claim["verdict"] != "not evaluated":
+            assert isinstance(claim["within_noise"], bool)
+            assert ("(within noise)" in _row(md, claim["id"])) == claim["within_noise"]
+    assert any(c.get("within_noise") for c in res["claims"]) and not all(c.get("within_noise") for c in res["claims"])
 
 
 def test_conditions_say_smoke_or_full_limit_n_date_and_commit(tmp_path):

@@ -142,13 +142,33 @@ def test_a_verdict_leads_with_the_comparison_and_folds_its_cells():
     page = render_study(res)
     at = res["claims"][0]
     row = re.search(r"<tr><td class=\"text id\">Q-AT</td>.*?</tr>", page, re.S).group(0)
-    lead = f'<p class="comparison">{at["left"]:.3f} &gt; 0.050 ({100 * (at["left"] - 0.05):+.1f} points)</p>'
+    ci = at["interval"]
+    lead = (f'<p class="comparison"><strong>{at["left"]:.3f} &gt; 0.050</strong> <span class="diff">'
+            f'({100 * (at["left"] - 0.05):+.1f} points, 95% CI [{100 * ci["low"]:+.1f}, {100 * ci["high"]:+.1f}])'
+            '</span></p>')
     assert lead in row, row
+    assert at["within_noise"] is False and "within noise" not in row
     folded = re.search(r'<details class="cells"><summary>values compared \((\d+)\)</summary>(.*?)</details>', row, re.S)
     assert folded and int(folded.group(1)) == len(at["values"]) == 6
     assert row.index(lead) < folded.start() and '<span class="k">pgd[pgd_at].PGD-20</span>' in folded.group(2)
     each = re.search(r"<tr><td class=\"text id\">Q-each</td>.*?</tr>", page, re.S).group(0)
     assert each.count('<p class="comparison">') == 2 and '<span class="k">20:</span>' in each
+
+
+def test_a_verdict_within_noise_carries_a_badge_and_the_rule_is_stated():
+    from robustlab.app.claims import evaluate_claims, parse_claims
+
+    res = study_results()  # clean accuracy of vanilla 0.802 and pgd_at 0.792 on n = 500
+    raw = [{"id": "Q-near", "says": "near",
+            "holds_if": 'clean[vanilla]."clean accuracy" > clean[pgd_at]."clean accuracy"'},
+           {"id": "Q-far", "says": "far", "holds_if": "pgd[vanilla].PGD-1 > pgd[advprop].PGD-20"}]
+    res["claims"] = evaluate_claims(parse_claims(raw, res["evaluations"]), res["evaluations"])
+    assert [c["within_noise"] for c in res["claims"]] == [True, False]
+    page = render_study(res)
+    cells = dict(re.findall(r'<td class="text id">(.*?)</td>.*?<td class="verdict \w+">(.*?)</td>', page, re.S))
+    assert 'class="badge noise"' in cells["Q-near"] and "within noise" in cells["Q-near"]
+    assert "badge" not in cells["Q-far"]
+    assert "Newcombe" in page and "contains 0" in page
 
 
 def test_a_claim_not_evaluated_says_why_and_shows_its_rule():
