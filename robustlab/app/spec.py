@@ -81,14 +81,18 @@ class EvaluationSpec(Mapping[str, Any]):
     """One resolved evaluation of a study: its ``kind``, its ``options`` over
     the kind's defaults as the study states them (read through the mapping
     interface: ``spec["models"]``; ``evaluations/NAME.json`` records them and
-    the reuse key hashes them, so budgets keep the study's notation), and its
+    the reuse key hashes them, so budgets keep the study's notation), its
     budgets ``eps`` / ``step_size`` parsed once into pixel units (None where
-    the kind has none)."""
+    the kind has none), and for an attack list (transfer, blackbox, holdout,
+    nips2017) ``attack_kwargs``: label → the keyword arguments of
+    ``attacks.create`` (``name`` among them), budgets parsed once into pixels
+    (:mod:`robustlab.app.study_attacks`)."""
 
     kind: str
     options: dict[str, Any] = field(default_factory=dict)
     eps: float | None = None
     step_size: float | None = None
+    attack_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def used_models(self) -> list[str]:

@@ -19,7 +19,10 @@ before any model is trained.
 
 The resolved evaluation keeps ``attacks`` as the list of labels (the
 ``attack`` column of its table) and ``attack_specs``: label → ``{"name":
-preset, **options}`` as written.
+preset, **options}`` as written; its
+:attr:`~robustlab.app.spec.EvaluationSpec.attack_kwargs` hold the same attacks
+as keyword arguments of ``attacks.create``, budgets parsed once into pixels
+when the study loads.
 """
 from __future__ import annotations
 
@@ -100,15 +103,17 @@ def _items(where: str, attacks: Any) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def check_attacks(where: str, attacks: Any, eps: Any, *, forbidden: Sequence[str] = (),
-                  build: Callable[[str, dict[str, Any]], Any] | None = None) -> tuple[list[str], dict[str, dict]]:
-    """The labels and specs of an evaluation's ``attacks``, every attack built
-    once to check its options (``build(name, options)`` instead of
-    :func:`make_attack` where a protocol sets the budget itself).
+def check_attacks(where: str, attacks: Any, eps: float | None, *, forbidden: Sequence[str] = (),
+                  build: Callable[[str, dict[str, Any]], Any] | None = None
+                  ) -> tuple[list[str], dict[str, dict], dict[str, dict]]:
+    """The labels, specs (as written) and ``create`` keyword arguments (budgets
+    in pixels) of an evaluation's ``attacks``, every attack built once to check
+    its options (``build(name, options)`` instead of :func:`make_attack` where
+    a protocol sets the budget itself).
 
     Args:
         where: the evaluation's key (``evaluations.NAME.attacks``) for errors.
-        eps: the evaluation's ε (0–255 notation), every attack's default.
+        eps: the evaluation's ε in pixels (parsed once), every attack's default.
         forbidden: options the evaluation's protocol fixes (nips2017: eps, steps).
 
     Raises:
@@ -118,6 +123,7 @@ def check_attacks(where: str, attacks: Any, eps: Any, *, forbidden: Sequence[str
 
     labels: list[str] = []
     specs: dict[str, dict] = {}
+    kwargs: dict[str, dict] = {}
     for label, spec in _items(where, attacks):
         name = spec["name"]
         try:
@@ -138,48 +144,55 @@ def check_attacks(where: str, attacks: Any, eps: Any, *, forbidden: Sequence[str
             raise ValueError(f"{where}: attack label {label!r} may not hold [ ] * ? \" or ','")
         try:
             if build is not None:
+                kw = {"name": name, **options}
                 build(name, options)
             else:
-                make_attack(spec, eps, seed=0)
+                kw = attack_kwargs(spec, eps)
+                make_attack(kw, seed=0)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{where}: attack {label!r}: {err}") from None
         labels.append(label)
         specs[label] = spec
-    return labels, specs
+        kwargs[label] = kw
+    return labels, specs, kwargs
 
 
-def attack_options(spec: dict[str, Any], eps: Any) -> dict[str, Any]:
-    """The keyword arguments of ``create`` for one spec: budgets in pixels."""
+def attack_kwargs(spec: dict[str, Any], eps: float | None) -> dict[str, Any]:
+    """The keyword arguments of ``create`` for one spec (``name`` among them):
+    the attack's own budgets parsed into pixels, else the evaluation's ``eps`` (pixels)."""
     from robustlab.units import parse_eps
 
-    options = {k: v for k, v in spec.items() if k != "name"}
-    options.setdefault("eps", eps)
+    kw = dict(spec)
+    kw.setdefault("eps", eps)
     for key in BUDGETS:
-        if options.get(key) is not None:
-            options[key] = parse_eps(options[key], key)
-    return options
+        if key in spec and spec[key] is not None:
+            kw[key] = parse_eps(spec[key], key)
+    return kw
 
 
-def make_attack(spec: dict[str, Any], eps: Any, seed: int | None) -> Attack:
-    """The attack of one spec (``{"name": preset, **options}``), ``eps`` in 0–255 notation."""
+def make_attack(kwargs: dict[str, Any], seed: int | None) -> Attack:
+    """The attack of one label's :func:`attack_kwargs` (budgets already in pixels)."""
     from robustlab.attacks import create
 
-    return create(spec["name"], **attack_options(spec, eps), seed=seed)
+    return create(**kwargs, seed=seed)
 
 
-def factories(opts: dict[str, Any], seed: int | None) -> dict[str, Callable[[], Attack]]:
-    """label → zero-argument factory (a fresh RNG per source), from a resolved evaluation."""
-    specs = opts["attack_specs"]
-    return {label: (lambda s=specs[label]: make_attack(s, opts["eps"], seed)) for label in opts["attacks"]}
+def factories(opts: Any, seed: int | None) -> dict[str, Callable[[], Attack]]:
+    """label → zero-argument factory (a fresh RNG per source), from a resolved evaluation
+    (an :class:`~robustlab.app.spec.EvaluationSpec`)."""
+    kwargs = opts.attack_kwargs
+    return {label: (lambda kw=kwargs[label]: make_attack(kw, seed)) for label in opts["attacks"]}
 
 
-def configs(opts: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def configs(opts: Any) -> dict[str, dict[str, Any]]:
     """label → the attack's recorded configuration (steps, step size, p, μ ...), for the report."""
-    return {label: make_attack(opts["attack_specs"][label], opts["eps"], 0).config() for label in opts["attacks"]}
+    return {label: make_attack(opts.attack_kwargs[label], 0).config() for label in opts["attacks"]}
 
 
-def resolve_attacks(name: str, opts: dict[str, Any], *, forbidden: Sequence[str] = (),
-                    build: Callable[[str, dict[str, Any]], Any] | None = None) -> None:
-    """Replace ``opts["attacks"]`` by its labels and add ``opts["attack_specs"]`` (in place)."""
-    opts["attacks"], opts["attack_specs"] = check_attacks(f"evaluations.{name}.attacks", opts["attacks"],
-                                                          opts.get("eps"), forbidden=forbidden, build=build)
+def resolve_attacks(name: str, opts: dict[str, Any], eps: float | None, *, forbidden: Sequence[str] = (),
+                    build: Callable[[str, dict[str, Any]], Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Replace ``opts["attacks"]`` by its labels and add ``opts["attack_specs"]`` (in place);
+    returns label → ``create`` keyword arguments (``eps``: the evaluation's, in pixels)."""
+    opts["attacks"], opts["attack_specs"], kwargs = check_attacks(
+        f"evaluations.{name}.attacks", opts["attacks"], eps, forbidden=forbidden, build=build)
+    return kwargs

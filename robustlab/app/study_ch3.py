@@ -53,17 +53,18 @@ def _check_weights(name: str, weights: Any, members: list[str]) -> None:
         raise ValueError(f"evaluations.{name}.weights must be positive numbers; got {bad}")
 
 
-def check_ch3_evaluation(name: str, opts: dict[str, Any], model_names: list[str]) -> None:
+def check_ch3_evaluation(name: str, opts: dict[str, Any], model_names: list[str], eps: float | None
+                         ) -> dict[str, dict[str, Any]]:
     """Options of a holdout / nips2017 evaluation, checked in place (model
-    lists already resolved by the study)."""
+    lists already resolved by the study, ``eps`` parsed into pixels); returns
+    the attacks' keyword arguments (:func:`robustlab.app.study_attacks.resolve_attacks`)."""
     from robustlab.app.study_attacks import resolve_attacks
 
     if opts["kind"] == "holdout":
         if len(opts["models"]) < 2:
             raise ValueError(f"evaluations.{name}.models: a hold-out needs at least 2 models; got {opts['models']}")
         _check_weights(name, opts["weights"], opts["models"])
-        resolve_attacks(name, opts)
-        return
+        return resolve_attacks(name, opts, eps)
     from robustlab.eval.nips2017 import nips2017_attack
     from robustlab.units import from_255
 
@@ -76,8 +77,8 @@ def check_ch3_evaluation(name: str, opts: dict[str, Any], model_names: list[str]
     seed = opts["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"evaluations.{name}.seed must be a whole number >= 0; got {seed!r}")
-    resolve_attacks(name, opts, forbidden=NIPS2017_FIXED,
-                    build=lambda attack, options: nips2017_attack(attack, from_255(16), **options))
+    return resolve_attacks(name, opts, None, forbidden=NIPS2017_FIXED,
+                           build=lambda attack, options: nips2017_attack(attack, from_255(16), **options))
 
 
 def _ensemble(ctx: Any, members: list[str], weights: dict[str, float] | None) -> Any:
@@ -122,9 +123,8 @@ def eval_nips2017(ctx: Any, opts: dict[str, Any]) -> dict[str, Any]:
     targets = {t: ctx.model(t) for t in opts["targets"]}
     rows, eps_used = [], None
     for label in opts["attacks"]:
-        spec = opts["attack_specs"][label]
-        overrides = {k: v for k, v in spec.items() if k != "name"}
-        res = run_nips2017(spec["name"], source, batches, targets, seed=opts["seed"], device=ctx.device,
+        overrides = dict(opts.attack_kwargs[label])  # the protocol sets the budgets; no eps among them
+        res = run_nips2017(overrides.pop("name"), source, batches, targets, seed=opts["seed"], device=ctx.device,
                            **overrides)
         eps_used = res["eps_255_per_batch"]
         rates = {f"→ {t}": v for t, v in res["success"].items()}

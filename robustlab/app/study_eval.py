@@ -81,6 +81,7 @@ def check_evaluation(name: str, spec: dict[str, Any], model_names: list[str]) ->
         if key in opts:
             opts[key] = names(key)
     budgets = parse_budgets(name, opts)  # once: the evaluators read spec.eps / spec.step_size
+    attack_kwargs: dict[str, dict[str, Any]] = {}
     if kind == "robust":
         from robustlab.eval import protocols
 
@@ -99,9 +100,10 @@ def check_evaluation(name: str, spec: dict[str, Any], model_names: list[str]) ->
     if kind in ("transfer", "blackbox"):
         from robustlab.app.study_attacks import resolve_attacks
 
-        resolve_attacks(name, opts)  # names, per-attack options and sweeps → labels (robustlab.app.study_attacks)
+        # names, per-attack options and sweeps → labels, budgets into pixels (robustlab.app.study_attacks)
+        attack_kwargs = resolve_attacks(name, opts, budgets.get("eps"))
     if kind in CH3_EVALUATIONS:
-        check_ch3_evaluation(name, opts, model_names)
+        attack_kwargs = check_ch3_evaluation(name, opts, model_names, budgets.get("eps"))
     if kind == "corruption":
         from robustlab.data.corruptions import CORRUPTIONS
 
@@ -111,7 +113,7 @@ def check_evaluation(name: str, spec: dict[str, Any], model_names: list[str]) ->
         if bad:
             raise ValueError(f"evaluations.{name}.corruptions: unknown {bad}; known: {', '.join(CORRUPTIONS)}")
         study_kinds.check_baseline(name, opts, model_names)
-    return EvaluationSpec(kind, opts, **budgets)
+    return EvaluationSpec(kind, opts, attack_kwargs=attack_kwargs, **budgets)
 
 
 @dataclass
@@ -267,7 +269,7 @@ def _keep_examples(res: dict[str, Any], folder: Path, run_dir: Path) -> None:
         res["examples"] = paths
 
 
-def _eval_transfer(ctx: Context, opts: dict[str, Any]) -> dict[str, Any]:
+def _eval_transfer(ctx: Context, opts: EvaluationSpec) -> dict[str, Any]:
     from robustlab.app.study_attacks import configs, factories
     from robustlab.eval.transfer import transfer_matrix
 
@@ -285,7 +287,7 @@ def _eval_transfer(ctx: Context, opts: dict[str, Any]) -> dict[str, Any]:
             "raw": res, "attack_configs": configs(opts)}
 
 
-def _eval_blackbox(ctx: Context, opts: dict[str, Any]) -> dict[str, Any]:
+def _eval_blackbox(ctx: Context, opts: EvaluationSpec) -> dict[str, Any]:
     """§4.6.2, Table 4.2: every attack made on every source model is one
     attacker; a defender is right on an image only if it classifies every
     attacker's version of it correctly (CAAD 2018's all-or-nothing, ε = 32)."""

@@ -114,3 +114,30 @@ def test_study_evaluations_are_typed_with_budgets_parsed_once():
     with pytest.raises(ValueError, match=r"evaluations.pgd.eps must be a number"):
         resolve_study({"name": "s", "models": {"a": {}},
                        "evaluations": {"pgd": {"kind": "whitebox", "eps": "abc"}}})
+
+
+def test_per_attack_budgets_are_parsed_once_when_the_study_loads(monkeypatch):
+    import robustlab.units
+    from robustlab.app.study import resolve_study
+    from robustlab.app.study_attacks import configs, factories
+
+    study = resolve_study({
+        "name": "s", "defaults": {"data": {"name": "digits"}}, "models": {"a": {}, "b": {"seed": 1}},
+        "evaluations": {"tr": {"kind": "transfer", "sources": ["a"], "targets": ["b"], "eps": 16,
+                               "attacks": ["ifgsm", {"name": "mifgsm", "eps": 8, "step_size": "1/255"}]},
+                        "ho": {"kind": "holdout", "models": ["a", "b"],
+                               "attacks": [{"name": "ifgsm", "eps": "0.04px"}]}}})
+    tr, ho = study.evaluations["tr"], study.evaluations["ho"]
+    assert tr.attack_kwargs == {"ifgsm": {"name": "ifgsm", "eps": pytest.approx(16 / 255)},
+                                "mifgsm eps=8 step_size=1/255": {"name": "mifgsm", "eps": pytest.approx(8 / 255),
+                                                                 "step_size": pytest.approx(1 / 255)}}
+    assert tr["attack_specs"]["mifgsm eps=8 step_size=1/255"] == {"name": "mifgsm", "eps": 8, "step_size": "1/255"}
+    assert ho.attack_kwargs["ifgsm eps=0.04px"] == {"name": "ifgsm", "eps": 0.04}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a budget parsed again after the study loaded")
+
+    monkeypatch.setattr(robustlab.units, "parse_eps", refuse)
+    attacks = {label: make() for label, make in factories(tr, 0).items()}
+    assert attacks["mifgsm eps=8 step_size=1/255"].eps == pytest.approx(8 / 255)
+    assert configs(ho)["ifgsm eps=0.04px"]["eps"] == pytest.approx(0.04)
