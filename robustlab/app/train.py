@@ -141,7 +141,10 @@ def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device) 
     """Clean accuracy on every BN route (``clean_acc``, ``clean_acc_ROUTE``)
     and, unless ``eval.attack`` is null, robust accuracy on the first
     ``eval.limit`` images (``{attack}_acc``, ``{attack}_acc_ROUTE``), as
-    :class:`EvalPlan` says, in batches of at most ``EVAL_BATCH`` images."""
+    :class:`EvalPlan` says, in batches of at most ``EVAL_BATCH`` images;
+    with the number of images each was measured on (``clean_n``: the
+    ``data.eval_limit`` test images; ``{attack}_n``: the first ``eval.limit``
+    of them), the same for every route, so a report can give intervals."""
     from robustlab.eval.metrics import accuracy
 
     d, ev = cfg.data, cfg.eval
@@ -174,8 +177,10 @@ def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device) 
                     right += round(accuracy(model, xb, yb) * len(yb))
                     seen += len(yb)
                 out[f"clean_acc{tag}"] = right / seen
+                out.setdefault("clean_n", seen)
                 if plan is not None:
                     out[f"{plan.metric}{tag}"] = _robust(plan, model, batches(n_adv), ev.seed, device)
+                    out.setdefault(f"{plan.attack}_n", n_adv)
         return out
 
     return evaluate

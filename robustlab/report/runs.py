@@ -34,6 +34,22 @@ def accuracy_key(key: str) -> bool:
     return any(w in k for w in ("acc", "error", "success", "rate")) and "mce" not in k
 
 
+def metric_n(record: Mapping[str, Any], key: str) -> int | None:
+    """The number of test images an accuracy of a training record was measured
+    on: ``clean_acc[_ROUTE]`` → ``clean_n``, ``{attack}_acc[_ROUTE]`` →
+    ``{attack}_n`` (older records: ``eval_n``, or None); None for accuracies on
+    training batches (``train_*``) and for other keys."""
+    if key.startswith("train_") or "_acc" not in key:
+        return None
+    n = record.get(key.split("_acc", 1)[0] + "_n", record.get("eval_n"))
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
+def is_count_key(key: str) -> bool:
+    """``clean_n``, ``pgd_n``, ``eval_n``: the number of images behind a metric, not a metric."""
+    return key.endswith("_n")
+
+
 # ------------------------------------------------------------------ claims
 
 
@@ -64,9 +80,16 @@ def _flat(values: Mapping[str, Any], prefix: str = ""):
 # ------------------------------------------------------------------ training
 
 
+def _history_cell(h: Mapping[str, Any], k: str, v: Any) -> Any:
+    if k.endswith("seconds") and isinstance(v, (int, float)):
+        return Cell(f"{v:.1f}", cls="num")
+    n = metric_n(h, k)
+    return cell(v, n, proportion=True) if n is not None and isinstance(v, (int, float)) else v
+
+
 def train_section(res: Mapping[str, Any]) -> Section:
-    hist = [{k: Cell(f"{v:.1f}", cls="num") if k.endswith("seconds") and isinstance(v, (int, float)) else v
-             for k, v in h.items() if k != "kind"} for h in res.get("history") or []]
+    hist = [{k: _history_cell(h, k, v) for k, v in h.items() if k != "kind" and not is_count_key(k)}
+            for h in res.get("history") or []]
     recipe = res.get("recipe") or {}
     meta = [f"recipe: {recipe_text(recipe)}", f"{res.get('steps', '?')} optimizer steps",
             f"{res.get('train_seconds', 0):.1f} s of training ({res.get('images_per_second', 0):.0f} images/s)"]

@@ -22,7 +22,7 @@ from robustlab.report.format import (
     steps_text,
     table_rows,
 )
-from robustlab.report.runs import accuracy_key, figure, transfer_meta
+from robustlab.report.runs import accuracy_key, figure, is_count_key, metric_n, transfer_meta
 
 #: Training-record keys the models table leaves out (said elsewhere or not results).
 _SKIP = {"kind", "step", "lr", "train_seconds", "epoch"}
@@ -36,24 +36,27 @@ def models_table(models: Mapping[str, Mapping[str, Any]]) -> Table:
     """One row per model: its name (the network under it), recipe as text,
     epochs, steps, training time, then its final metrics under readable names
     (accuracies first; an accuracy on test images carries its interval where
-    the record holds their number, ``eval_n``)."""
-    metrics = list(dict.fromkeys(k for m in models.values() for k in (m.get("final") or {}) if k not in _SKIP))
+    the record holds their number: ``clean_n``, ``{attack}_n``, :func:`metric_n`)."""
+    metrics = list(dict.fromkeys(k for m in models.values() for k in (m.get("final") or {})
+                                 if k not in _SKIP and not is_count_key(k)))
     metrics.sort(key=lambda k: (not accuracy_key(k), k.startswith("train_"), k))
     columns = ["model (network)", "recipe", "epochs", "steps", "train time (s)", *map(humanize, metrics)]
     rows = []
     for name, m in models.items():
         final = m.get("final") or {}
-        n = final.get("eval_n")
         row = [Cell(name, network_text(m.get("model") or {}), cls="text"),
                Cell(recipe_text(m.get("recipe") or {}), cls="text wrap"), cell(final.get("epoch")),
                cell(m.get("steps")), Cell(f"{m.get('train_seconds', 0):.1f}", cls="num")]
         for k in metrics:
             v = final.get(k)
             prop = accuracy_key(k) and isinstance(v, (int, float))
-            row.append(cell(v, n if not k.startswith("train_") else None, proportion=prop) if v is not None
-                       else Cell("", cls="num"))
+            row.append(cell(v, metric_n(final, k), proportion=prop) if v is not None else Cell("", cls="num"))
         rows.append(row)
-    return Table(columns, rows)
+    first = len(columns) - len(metrics)
+    unknown = {metrics[i - first] for r in rows for i, c in enumerate(r) if i >= first and c.text.endswith("%†")}
+    footnote = ("† on the training batches (a running mean over the last epoch): no interval is given."
+                if unknown and all(k.startswith("train_") for k in unknown) else "")
+    return Table(columns, rows, footnote=footnote)
 
 
 def _meta(ev: Mapping[str, Any]) -> list[str]:

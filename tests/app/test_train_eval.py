@@ -38,7 +38,8 @@ def model():
 def test_pgd_is_the_quick_protocol_of_robustlab_eval(model):
     cfg = _cfg(seed=3)
     out = make_evaluate(cfg, build_recipe(cfg), torch.device("cpu"))(model)
-    assert set(out) == {"clean_acc", "pgd_acc"}
+    assert set(out) == {"clean_acc", "pgd_acc", "clean_n", "pgd_n"}  # each accuracy with its number of images
+    assert (out["clean_n"], out["pgd_n"]) == (300, 280)  # data.eval_limit, eval.limit
     x, y = load_dataset("digits", cfg.data.eval_split, limit=300).batch(slice(0, 280))
     ev = rl.eval.evaluate(model, (x, y), eps=8 / 255, protocol="quick", options={"steps": 3}, checklist=False,
                           seed=3)
@@ -66,11 +67,25 @@ def test_other_attacks_keep_their_preset_and_its_metric_name(model):
     plan = eval_plan(cfg, build_recipe(cfg))
     assert plan.protocol is None and plan.metric == "fgsm_acc"
     out = make_evaluate(cfg, build_recipe(cfg), torch.device("cpu"))(model)
+    assert (out["clean_n"], out["fgsm_n"]) == (300, 280)
     x, y = load_dataset("digits", cfg.data.eval_split, limit=300).batch(slice(0, 280))
     attack = rl.attacks.create("fgsm", eps=8 / 255, seed=0, targeted=False)
     assert out["fgsm_acc"] == rl.eval.robust_accuracy(attack, model, [(x[:250], y[:250]), (x[250:], y[250:])])[
         "robust_accuracy"]
     assert eval_plan(_cfg(attack=None), build_recipe(cfg)) is None
+
+
+def test_n_is_the_test_set_size_when_limits_exceed_it_and_one_per_metric_over_routes():
+    cfg = resolve({"data": {**DATA, "eval_limit": None}, "model": {"name": "smallcnn", "width": 4},
+                   "recipe": {"name": "advprop", "eps": 4, "steps": 1}, "train": {"epochs": 1},
+                   "eval": {"steps": 1, "limit": 10_000, "eps": 4}})
+    recipe = build_recipe(cfg)
+    m = build_model(cfg, load_dataset("digits", "train", limit=64).info, recipe).eval()
+    out = make_evaluate(cfg, recipe, torch.device("cpu"))(m)
+    size = len(load_dataset("digits", cfg.data.eval_split))
+    assert out["clean_n"] == out["pgd_n"] == size
+    assert sorted(k for k in out if k.endswith("_n")) == ["clean_n", "pgd_n"]  # not one per BN route
+    assert {"clean_acc_clean", "clean_acc_adv", "pgd_acc_clean"} <= set(out), out
 
 
 def test_the_model_never_sees_more_than_eval_batch_images(model):

@@ -116,6 +116,33 @@ def test_models_table_reads_as_text_without_duplicate_or_raw_columns(study_dir):
     assert "Madry PGD-5, ε 25/255, α 8/255" in page and "smallcnn (width 16, act silu)" in page
 
 
+def test_models_table_gives_training_time_accuracies_their_interval_from_the_recorded_n():
+    from robustlab.report.format import interval
+
+    res = study_results()
+    for m in res["models"].values():
+        m["final"].update(clean_n=500, pgd_acc=0.41, pgd_n=200)
+    page = render_study(res)
+    models = re.search(r'<section class="level2" id="models">.*?</section>', page, re.S).group(0)
+    text = " ".join(_parse(models).text)
+    assert f"80.0% {interval(0.8, 500)}" in text and f"41.0% {interval(0.41, 200)}" in text
+    columns = re.findall(r"<th[^>]*>(.*?)</th>", models)
+    assert "clean acc" in columns and "pgd acc" in columns and not any(c.endswith(" n") for c in columns), columns
+    assert "n not recorded" not in text and "on the training batches" in text  # only train acc lacks an n
+
+
+def test_train_report_history_gives_intervals_where_n_is_recorded():
+    from robustlab.report.format import interval
+
+    history = [{"kind": "epoch", "epoch": 1, "step": 10, "train_loss": 1.5, "clean_acc": 0.7, "clean_n": 300,
+                "pgd_acc": 0.3, "pgd_n": 100, "train_seconds": 2.0}]
+    page = render({"kind": "train", "history": history, "recipe": {"name": "madry"}, "steps": 10,
+                   "train_seconds": 2.0, "images_per_second": 100.0}, "t")
+    text = " ".join(_parse(page).text)
+    assert f"70.0% {interval(0.7, 300)}" in text and f"30.0% {interval(0.3, 100)}" in text
+    assert "clean n" not in text and "pgd n" not in text
+
+
 def test_verdicts_come_first_with_both_outcomes_coloured_and_worded(study_dir):
     page = write_study_report(study_dir).read_text()
     parsed = _parse(page)
