@@ -80,6 +80,7 @@ def test_dag_study_runs_reuses_its_work_and_reports_its_numbers(tmp_path, capsys
     capsys.readouterr()
     res = json.loads((out / "results.json").read_text())
     assert set(res["evaluations"]) == {"table_2_1", "transfer", "fooling"}
+    assert res["form"] == "full"  # no --smoke
     rows = res["evaluations"]["table_2_1"]["table"]
     assert [r["model"] for r in rows] == ["a", "b"] and all(0 <= r["mIoU clean"] <= 1 for r in rows)
     assert all(r["iterations (mean)"] <= 3 for r in rows)

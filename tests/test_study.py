@@ -113,6 +113,7 @@ STUDIES = sorted(p for p in ROOT.joinpath("configs").glob("*.yaml") if not p.ste
 def test_every_shipped_study_resolves_in_full_and_smoke_form(path):
     full, smoke = load_study(path), load_study(path, smoke=True)
     assert full.models and set(full.models) == set(smoke.models)
+    assert (full.form, smoke.form) == ("full", "smoke")  # what results.json records
     assert getattr(full, "evaluations", True)  # a DAG study's evaluations are fixed by its task
     raw = yaml.safe_load(path.read_text())
     assert raw.get("smoke"), f"{path.name} needs a smoke section for CI"

@@ -109,7 +109,7 @@ def finish_study(study: DAGStudy, run: Any, models_info: dict[str, Any], evaluat
     from robustlab.app.claims import evaluate_claims
 
     results = {"kind": "study", "name": study.name, "title": study.title, "claim": study.raw.get("claim"),
-               "chapter": study.raw.get("chapter", 2), "notes": study.raw.get("notes"),
+               "chapter": study.raw.get("chapter", 2), "notes": study.raw.get("notes"), "form": study.form,
                "data": f"scenes:{study.scenes.source} ({study.scenes.size}×{study.scenes.size})",
                "models": models_info, "evaluations": evaluations, "seconds": round(time.perf_counter() - start, 2)}
     results["claims"] = evaluate_claims(study.claims, evaluations)

@@ -158,6 +158,7 @@ class DAGStudy:
     nms_ious: list[float] = field(default_factory=lambda: [0.7, 0.9])
     sums: list[list[str]] = field(default_factory=list)  # cross-task: the summed perturbations (§2.4.4)
     claims: list[Any] = field(default_factory=list)  # robustlab.app.claims.Claim, checked at load
+    form: str = "full"  # "smoke" under --smoke (robustlab.app.study.load_study)
 
     def task_of(self, model: str) -> str:
         """The task of one model: a cross-task study mixes segmenters and detectors."""

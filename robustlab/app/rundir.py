@@ -5,7 +5,11 @@ path (``runs/KIND-YYYYmmdd-HHMMSS``), creating it when the first file is
 written (so a command refused on bad input leaves no folder behind),
 ``config.yaml``, the run's identity in ``run.json`` (kind and the fingerprint
 of its resolved config), an exclusive ``.lock`` while it writes, and the
-ending every job shares: ``results.json``, then ``report.html``.
+ending every job shares: ``results.json``, then ``report.html``. ``run.json``
+also names the git commit of the robustlab source that ran (``commit``; None
+when robustlab is not run from a git checkout), refreshed when the run
+finishes, so a folder resumed under newer code names the code that wrote its
+results.
 
 A folder that holds another run (another kind or fingerprint) is refused
 before anything is written; the same fingerprint reuses it, which is how a
@@ -14,9 +18,11 @@ killed run resumes and finished work is reused.
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import json
 import os
+import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +43,24 @@ def study_fingerprint(name: str) -> str:
     """A study's folder holds one study, by name: changes to its models and
     evaluations are met by reusing what is unchanged, not by a new folder."""
     return fingerprint_of({"study": name})
+
+
+@functools.lru_cache(maxsize=1)
+def source_commit() -> str | None:
+    """``git rev-parse HEAD`` of the checkout robustlab is imported from, or
+    None: not a git checkout (e.g. an installed wheel, even one inside some
+    other repository), no git, or git too slow (2 s). Never raises."""
+    root = Path(__file__).resolve().parents[2]  # robustlab/app/rundir.py → the source tree
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}  # no GIT_DIR pointing elsewhere
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
+                             text=True, timeout=2, env=env, stdin=subprocess.DEVNULL)
+        top, commit = out.stdout.split()
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    if out.returncode != 0 or Path(top).resolve() != root or len(commit) != 40:
+        return None
+    return commit
 
 
 def default_path(out: str | Path | None, kind: str) -> Path:
@@ -169,7 +193,8 @@ class RunDir:
                 from robustlab import __version__
 
                 self.existing = {"kind": self.kind, "fingerprint": self.fingerprint,
-                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "robustlab": __version__}
+                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "robustlab": __version__,
+                                 "commit": source_commit()}
                 write_json(self.path / RUN, self.existing)
         return self.path
 
@@ -191,6 +216,9 @@ class RunDir:
         """Write ``results.json`` (atomically), then render ``report.html``;
         returns ``results`` with ``run_dir`` (and ``report``) added."""
         write_json(self.ensure() / "results.json", results)
+        if "commit" not in self.existing or self.existing["commit"] != source_commit():
+            self.existing = {**self.existing, "commit": source_commit()}  # the code that wrote these results
+            write_json(self.path / RUN, self.existing)
         results = {**results, "run_dir": str(self.path)}
         if report:
             from robustlab.report import write_report

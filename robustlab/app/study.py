@@ -99,6 +99,7 @@ class Study:
     batch_size: int = 250
     claims: list[Claim] = field(default_factory=list)
     init_from: dict[str, str] = field(default_factory=dict)  # model → the model whose weights it starts from
+    form: str = "full"  # "smoke" when loaded with its smoke overrides (load_study(..., smoke=True))
 
 
 # ------------------------------------------------------------------ loading
@@ -255,7 +256,9 @@ def resolve_study(raw: dict[str, Any], *, name: str | None = None) -> Study:
 
 def load_study(path: str | Path, overrides: list[str] | None = None, *, smoke: bool = False) -> Study:
     """Read a study YAML; ``dataset=NAME`` among the overrides also applies the
-    file's ``datasets.NAME`` overrides; ``smoke`` applies its ``smoke`` ones."""
+    file's ``datasets.NAME`` overrides; ``smoke`` applies its ``smoke`` ones
+    and makes the study's ``form`` ``"smoke"`` (``"full"`` otherwise), which
+    its results.json records (a sweep's studies, one per value, too)."""
     path = find_config(path, "study config")  # a file, or a packaged study by name (quickstart, ch3_transfer)
     raw = apply_study_overrides(load_yaml(path, "study config"), overrides or [], "overrides")
     if raw.get("dataset") and raw.get("datasets") and raw["dataset"] in raw["datasets"]:
@@ -270,19 +273,27 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, smoke: b
             raise ValueError("study key 'smoke' must be a mapping of dotted overrides")
         raw = apply_study_overrides(raw, smoke_over, "smoke")
         raw = apply_study_overrides(raw, overrides or [], "overrides")
+    form = "smoke" if smoke else "full"
     if raw.get("kind") == "dag":
         from robustlab.app.dag import resolve_dag_study
 
-        return resolve_dag_study(raw, name=path.stem)
+        dag = resolve_dag_study(raw, name=path.stem)
+        dag.form = form
+        return dag
     if raw.get("kind") == "sweep":  # one study per value of a key, e.g. the resolution (robustlab.app.study_sweep)
         from robustlab.app.study_sweep import Inner, resolve_sweep_study
 
-        return resolve_sweep_study(raw, Inner(STUDY_KEYS, apply_study_overrides, resolve_study, run_study),
-                                   name=path.stem)
+        sweep = resolve_sweep_study(raw, Inner(STUDY_KEYS, apply_study_overrides, resolve_study, run_study),
+                                    name=path.stem)
+        for one in [sweep, *sweep.studies.values()]:
+            one.form = form
+        return sweep
     if raw.get("kind") not in (None, "study"):
         raise ValueError(f"study key 'kind' must be study (the default), dag or sweep; got {raw['kind']!r}")
     raw.pop("kind", None)
-    return resolve_study(raw, name=path.stem)
+    study = resolve_study(raw, name=path.stem)
+    study.form = form
+    return study
 
 
 # ------------------------------------------------------------------ running
@@ -362,7 +373,7 @@ def _run_study(study: Study, run: RunDir) -> dict[str, Any]:
     models = train_models(study, run_dir)
     evaluations = run_evaluations(study, run_dir)
     results = {"kind": "study", "name": study.name, "title": study.title, "claim": study.raw.get("claim"),
-               "chapter": study.raw.get("chapter"), "notes": study.raw.get("notes"),
+               "chapter": study.raw.get("chapter"), "notes": study.raw.get("notes"), "form": study.form,
                "data": next(iter(study.models.values())).data.name, "models": models,
                "evaluations": {k: {kk: vv for kk, vv in v.items() if kk != "key"} for k, v in evaluations.items()},
                "seconds": round(time.perf_counter() - start, 2)}

@@ -72,6 +72,7 @@ class SweepStudy:
     raw: dict[str, Any] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
     device: str = "auto"
+    form: str = "full"  # "smoke" under --smoke, as every value's study (robustlab.app.study.load_study)
 
     @property
     def models(self) -> dict[str, RunConfig]:
@@ -242,7 +243,7 @@ def run_sweep_study(study: SweepStudy, out: str | Path | None = None) -> dict[st
         if study.gaps is not None:
             evaluations["gaps"] = gaps_evaluation(study, inner)
         results = {"kind": "study", "name": study.name, "title": study.title, "claim": study.raw.get("claim"),
-                   "chapter": study.raw.get("chapter"), "notes": study.raw.get("notes"),
+                   "chapter": study.raw.get("chapter"), "notes": study.raw.get("notes"), "form": study.form,
                    "data": f"{next(iter(first.models.values())).data.name}, {study.label} "
                            f"{', '.join(study.studies)}",
                    "sweep": {"key": study.key, "values": list(study.studies),

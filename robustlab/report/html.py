@@ -136,6 +136,9 @@ def render_study(results: Mapping[str, Any], run_dir: Path | None = None) -> str
     intro = [("", f"data {results.get('data', '?')}; {len(results.get('models') or {})} models; "
                   f"{float(results.get('seconds', 0)):.0f} s"
                   + (f"; thesis chapter {results['chapter']}" if results.get("chapter") else ""))]
+    if results.get("form") == "smoke":
+        intro.append(("Smoke form.", "run with the config's smoke: overrides (fewer images and epochs): a check "
+                                     "of the pipeline, not a result."))
     if results.get("claim"):
         intro.append(("Thesis claim.", str(results["claim"])))
     if results.get("notes"):

@@ -63,10 +63,14 @@ def _dotted(raw: Any, key: str) -> tuple[bool, Any]:
 
 
 def run_form(results: Mapping[str, Any], run_dir: Path) -> str:
-    """``smoke``, ``full`` or ``not recorded``. An explicit ``smoke`` flag in
-    ``results.json`` wins; otherwise the run's ``study.yaml`` (the config as
-    resolved) is a smoke form when every one of its ``smoke:`` overrides is in
-    effect, and full when the config has smoke overrides not all in effect."""
+    """``smoke``, ``full`` or ``not recorded``: the ``form`` results.json
+    records (``robustlab study`` writes it). Older runs: an explicit
+    ``smoke`` flag; otherwise inferred from the run's ``study.yaml`` (the
+    config as resolved), a smoke form when every one of its ``smoke:``
+    overrides is in effect, full when the config has smoke overrides not all
+    in effect."""
+    if results.get("form") in ("smoke", "full"):
+        return str(results["form"])
     if isinstance(results.get("smoke"), bool):
         return "smoke" if results["smoke"] else "full"
     path = run_dir / "study.yaml"
@@ -101,7 +105,9 @@ def _limit(run_dir: Path) -> Any:
 def conditions(results: Mapping[str, Any], run_dir: str | Path) -> list[str]:
     """What the run was: form (smoke / full), the images-per-evaluation limit
     and the n the evaluations had, data, when and by which version it ran
-    (``run.json``), the commit where recorded, and its wall time."""
+    (``run.json``), the git commit of the source that wrote the results
+    (``run.json``'s ``commit``; "not recorded" for older runs or a run
+    outside a git checkout), and its wall time."""
     run_dir = Path(run_dir)
     form = run_form(results, run_dir)
     out = [f"form: **{form}**" + (" (the config's `smoke:` overrides; a check of the pipeline, "

@@ -5,10 +5,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from robustlab.app.rundir import LOCK, RunDir, RunDirLocked, fingerprint_of
+from robustlab.app.rundir import LOCK, RUN, RunDir, RunDirLocked, fingerprint_of
 
 
 def test_fingerprint_is_the_canonical_json_sha256():
@@ -29,6 +30,48 @@ def test_folder_is_created_with_the_first_file_only(tmp_path, monkeypatch):
     assert (run.path / "report.html").is_file() and res["run_dir"] == str(run.path)
     run.close()
     assert not (run.path / LOCK).exists()
+
+
+def test_run_json_names_the_git_commit_of_the_source_or_none(tmp_path, monkeypatch):
+    from robustlab.app import rundir
+
+    head = subprocess.run(["git", "-C", str(Path(rundir.__file__).parents[2]), "rev-parse", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    with RunDir(tmp_path / "a", "demo", None) as run:
+        run.finish({"kind": "demo"}, report=False)
+    assert json.loads((tmp_path / "a" / RUN).read_text())["commit"] == (head or None)
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    for broken in (no_git, lambda *a, **k: (_ for _ in ()).throw(subprocess.TimeoutExpired("git", 2)),
+                   lambda *a, **k: subprocess.CompletedProcess(a, 128, "", "fatal: not a git repository")):
+        rundir.source_commit.cache_clear()
+        monkeypatch.setattr(rundir.subprocess, "run", broken)
+        assert rundir.source_commit() is None
+    rundir.source_commit.cache_clear()
+    monkeypatch.setattr(rundir.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a, 0, f"{tmp_path}\n{'a' * 40}\n", ""))  # an enclosing repository's commit is not robustlab's
+    assert rundir.source_commit() is None
+    rundir.source_commit.cache_clear()
+    monkeypatch.setattr(rundir.subprocess, "run", no_git)
+    with RunDir(tmp_path / "b", "demo", None) as run:  # never fails a run
+        run.finish({"kind": "demo"}, report=False)
+    assert json.loads((tmp_path / "b" / RUN).read_text())["commit"] is None
+    rundir.source_commit.cache_clear()
+
+
+def test_finishing_refreshes_the_commit_of_a_resumed_run(tmp_path, monkeypatch):
+    from robustlab.app import rundir
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / RUN).write_text(json.dumps({"kind": "demo", "fingerprint": None, "created": "then",
+                                                  "robustlab": "0.0", "commit": "b" * 40}))
+    monkeypatch.setattr(rundir, "source_commit", lambda: "c" * 40)
+    with RunDir(tmp_path / "r", "demo", None) as run:
+        run.finish({"kind": "demo"}, report=False)
+    stored = json.loads((tmp_path / "r" / RUN).read_text())
+    assert stored["commit"] == "c" * 40 and stored["created"] == "then"
 
 
 def test_another_run_is_refused_before_anything_is_written(tmp_path):

@@ -50,6 +50,8 @@ def test_sweep_resolves_one_study_per_value_with_its_overrides(tmp_path):
     assert study.studies["16"].models["b"].model.to_dict() == {"name": "smallcnn", "width": 4, "stages": 4}
     assert "stages" not in study.studies["8"].models["b"].model.options
     assert study.studies["16"].models["a"].train.epochs == 1  # the smoke override reaches every inner study
+    assert study.form == "smoke" and {s.form for s in study.studies.values()} == {"smoke"}  # and its form
+    assert {s.form for s in load_study(_write(tmp_path, SWEEP)).studies.values()} == {"full"}
     assert set(study.models) == {f"{m}_{v}" for m in "abc" for v in (8, 16)}
     assert set(study.evaluations) == {"clean_8", "transfer_8", "clean_16", "transfer_16", "gaps"}
     # a command-line override of a sweep key
@@ -61,8 +63,10 @@ def test_sweep_runs_each_value_in_its_folder_and_combines_the_gaps(tmp_path, cap
     path, out = _write(tmp_path, SWEEP), tmp_path / "run"
     assert main(["study", str(path), "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
+    assert res["form"] == "full"
     for v in ("8", "16"):
         inner = json.loads((out / f"resolution_{v}" / "results.json").read_text())
+        assert inner["form"] == "full"
         assert (out / f"resolution_{v}" / "report.html").is_file()
         assert res["evaluations"][f"transfer_{v}"]["table"] == inner["evaluations"]["transfer"]["table"]
         row = next(r for r in res["evaluations"]["gaps"]["table"] if r["resolution"] == v)

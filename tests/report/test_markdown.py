@@ -110,6 +110,19 @@ def test_conditions_say_smoke_or_full_limit_n_date_and_commit(tmp_path):
     assert run_form({"smoke": False}, smoke) == "full"  # an explicit flag wins over the inference
 
 
+def test_the_recorded_form_and_commit_win_over_the_inference(tmp_path):
+    run = _study_dir(tmp_path)  # its study.yaml infers smoke
+    res = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**res, "form": "full"}))
+    run_json = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**run_json, "commit": "0123456789abcdef0123456789abcdef01234567"}))
+    md = studies_markdown([run])
+    assert "form: **full**" in md and "form: **smoke**" not in md
+    assert "commit: `0123456789abcdef0123456789abcdef01234567`" in md and "not recorded" not in md
+    (run / "study.yaml").unlink()  # nothing left to infer from: the record alone
+    assert run_form({"form": "smoke"}, run) == "smoke" and run_form({}, run) == "not recorded"
+
+
 def test_the_markdown_of_a_real_smoke_study(tmp_path):
     """A tiny study run by ``robustlab study --smoke``: its claims, verdicts and values reach the markdown."""
     from tests.test_study import TINY
@@ -125,8 +138,11 @@ def test_the_markdown_of_a_real_smoke_study(tmp_path):
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     assert main(["study", str(config), "--smoke", "--out", str(out), "-q"]) == 0
     res = json.loads((out / "results.json").read_text())
+    assert res["form"] == "smoke"  # recorded, not inferred
     md = studies_markdown([out])
     assert "form: **smoke**" in md and "limit: 16" in md
+    commit = json.loads((out / "run.json").read_text())["commit"]  # the tests run from a git checkout
+    assert commit and f"commit: `{commit}`" in md
     for claim in res["claims"]:
         row = _row(md, claim["id"])
         assert f"**{claim['verdict']}**" in row

@@ -206,6 +206,11 @@ def test_a_claim_not_evaluated_says_why_and_shows_its_rule():
     assert "pgd[ghost].PGD-3 &gt; 0.5" in page and "no row ghost in pgd" in page
 
 
+def test_a_smoke_form_says_so_at_the_top():
+    assert "Smoke form." in render_study({**study_results(), "form": "smoke"})
+    assert "Smoke form." not in render_study({**study_results(), "form": "full"})
+
+
 def test_no_claims_no_verdict_section(tmp_path):
     page = render_study(study_results())
     assert 'id="verdicts"' not in page and "Verdicts" not in page
