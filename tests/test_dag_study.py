@@ -108,7 +108,9 @@ def test_dag_study_runs_reuses_its_work_and_reports_its_numbers(tmp_path, capsys
     assert "--gamma must be a number" in capsys.readouterr().err and not att.exists()
     assert main(["attack", "--dag", "--model", str(out / "models" / "b"), "--limit", "2", "--steps", "2",
                  "--gamma", "0.5/255", "--out", str(att)]) == 0
-    dag = json.loads((att / "results.json").read_text())["evaluations"]["dag"]
+    att_res = json.loads((att / "results.json").read_text())
+    assert att_res["form"] == "full"  # as every study-kind results.json (no smoke: overrides here)
+    dag = att_res["evaluations"]["dag"]
     one = dag["table"][0]
     assert one["model"] == "b" and one["iterations (mean)"] <= 2 and dag["options"]["gamma"] == "0.5/255"
     assert (att / "adversarial.safetensors").is_file() and (att / "report.html").is_file()

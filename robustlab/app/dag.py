@@ -260,6 +260,7 @@ def attack_dense(model_dir: str | Path, *, limit: int = 8, out: str | Path | Non
     write_tensors(run_dir / "adversarial.safetensors", {"perturbation": res.perturbation, "x_adv": res.x_adv})
     metric = "mIoU" if spec["task"] == "segmentation" else "mAP"
     results = {"kind": "study", "name": "attack-dag", "title": f"DAG on {model_dir}", "data": "scenes",
+               "form": "full",  # no smoke: overrides to apply, so as a study without a reduced form
                "models": {}, "seconds": round(seconds, 2),
                "evaluations": {"dag": {"kind": "dag", "options": {"model": str(model_dir), **attack.to_dict()},
                                        "n": limit,
