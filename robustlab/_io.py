@@ -1,5 +1,6 @@
 """Small I/O helpers every layer may use: atomic writes (write, then rename),
-the JSON and safetensors writers, and the device picker."""
+the JSON and safetensors writers, a checked JSON-object reader, and the
+device picker."""
 from __future__ import annotations
 
 import hashlib
@@ -50,6 +51,20 @@ def finite_state(state: dict[str, torch.Tensor], where: Any) -> dict[str, torch.
         raise ValueError(f"{where} holds non-finite weights (NaN or inf) in {len(bad)} tensor(s): "
                          f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
     return state
+
+
+def read_json_mapping(path: Path, expected: str) -> dict[str, Any]:
+    """The JSON object in ``path``, or a ValueError naming ``path`` and what
+    it holds, ending with ``expected`` (what the caller needed, or does
+    instead: ``load_model expects ...``, ``refusing to write into DIR``)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); {expected}") from None
+    if not isinstance(doc, dict):
+        kind = {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(doc), "number")
+        raise ValueError(f"{path} holds a JSON {kind}; {expected}")
+    return doc
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

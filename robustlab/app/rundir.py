@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from robustlab._io import atomic_write_text, write_json
+from robustlab._io import atomic_write_text, read_json_mapping, write_json
 
 RUN, LOCK = "run.json", ".lock"
 
@@ -104,12 +104,7 @@ class RunDir:
         path = self.path / RUN
         if not path.is_file():
             return None
-        try:
-            stored = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); refusing to write into {self.path}") from None
-        if not isinstance(stored, dict):
-            raise ValueError(f"{path} is not a robustlab run record; refusing to write into {self.path}")
+        stored = read_json_mapping(path, f"refusing to write into {self.path}")
         differs = [f"kind {stored.get('kind')!r} (this run: {self.kind!r})"] if stored.get("kind") != self.kind else []
         if self.fingerprint is not None and stored.get("fingerprint") not in (None, self.fingerprint):
             differs.append(f"config fingerprint {str(stored.get('fingerprint'))[:12]}… "

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab._io import atomic_write, finite_state, sha256_file, write_json
+from robustlab._io import atomic_write, finite_state, read_json_mapping, sha256_file, write_json
 from robustlab.models.factory import create_model
 
 WEIGHTS, META = "model.safetensors", "model.json"
@@ -207,12 +207,7 @@ def _build(info: ModelInfo, meta_path: Path) -> nn.Module:
 
 def _read_meta(meta_path: Path) -> ModelInfo:
     """The model.json at ``meta_path``, checked (the old dense layout read as a dense kind)."""
-    try:
-        doc = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{meta_path} is not valid JSON ({err}); load_model expects {_EXPECTED}") from None
-    if not isinstance(doc, dict):
-        raise ValueError(f"{meta_path} holds a JSON {type(doc).__name__}; load_model expects {_EXPECTED}")
+    doc = read_json_mapping(meta_path, f"load_model expects {_EXPECTED}")
     meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else {}
     if doc.get("spec") is None and "dense" in doc:  # a DAG study's model, before the kind
         spec = doc["dense"]

@@ -87,6 +87,16 @@ def test_another_run_is_refused_before_anything_is_written(tmp_path):
     again.close()
 
 
+@pytest.mark.parametrize("text, fragment", [('{"kind": ', "is not valid JSON"), ("[1, 2]", "holds a JSON list"),
+                                            ("null", "holds a JSON null")])
+def test_a_run_json_that_is_not_a_json_object_is_refused_naming_it(tmp_path, text, fragment):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / RUN).write_text(text)
+    with pytest.raises(ValueError, match=f"{tmp_path / 'r' / RUN} {fragment}.*; refusing to write into"):
+        RunDir(tmp_path / "r", "train", None)
+    assert (tmp_path / "r" / RUN).read_text() == text and not (tmp_path / "r" / LOCK).exists()
+
+
 def test_a_second_writer_fails_naming_the_holder_and_a_stale_lock_is_taken_over(tmp_path):
     first = RunDir(tmp_path / "r", "train", None)
     first.ensure()
