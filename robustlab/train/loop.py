@@ -13,6 +13,7 @@ running-statistics switch for the last epochs (§6.4.3).
 """
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import logging
@@ -306,6 +307,12 @@ class _Trainer:
         if self.run_dir is not None and self.info.is_main:
             _export(exported, self.run_dir, result, self.recipe, self.opts)
         distributed.barrier(self.info)
+        if self.info.enabled:
+            # Free the DDP wrapper (its reducer holds process-group work) now, while the group
+            # lives: left to interpreter exit, after destroy_process_group, a rank could abort
+            # with "terminate called without an active exception" (seen twice in the suite).
+            self.forward = None
+            gc.collect()
         return result
 
     def _epoch(self, epoch: int, bar: Any) -> None:
