@@ -220,18 +220,26 @@ def studies_markdown(run_dirs: Sequence[str | Path], level: int = 3) -> str:
 
 def summary_markdown(run_dirs: Sequence[str | Path]) -> str:
     """One row per study run: chapter, form, how many claims hold / do not
-    hold / were not evaluated, and the ids of those that do not hold."""
-    lines = ["| study | ch. | form | holds | does not hold | not evaluated | claims that do not hold |",
-             "|---|---|---|---|---|---|---|"]
+    hold / were not evaluated, how many of the verdicts are within sampling
+    noise (the 95% interval of the compared difference contains 0), and the
+    ids of those that do not hold (marked ``~`` when within noise)."""
+    lines = ["| study | ch. | form | holds | does not hold | not evaluated | within noise | "
+             "claims that do not hold |",
+             "|---|---|---|---|---|---|---|---|"]
     for d in run_dirs:
         d = Path(d)
         results = read_study(d)
         claims = [c for c in results.get("claims") or [] if isinstance(c, Mapping)]
         count = {v: sum(c.get("verdict") == v for c in claims) for v in _VERDICTS}
-        failing = ", ".join(str(c.get("id")) for c in claims if c.get("verdict") == "does not hold")
+        noisy = sum(c.get("within_noise") is True for c in claims)
+        failing = ", ".join(f"{c.get('id')}{'~' if c.get('within_noise') is True else ''}" for c in claims
+                            if c.get("verdict") == "does not hold")
         lines.append(f"| {_cell(results.get('name', d.name))} | {_cell(results.get('chapter') or '')} | "
                      f"{run_form(results, d)} | {count['holds']} | {count['does not hold']} | "
-                     f"{count['not evaluated']} | {_cell(failing) or '—'} |")
+                     f"{count['not evaluated']} | {noisy} | {_cell(failing) or '—'} |")
+    if any("~" in line.rsplit("|", 2)[-2] for line in lines[2:]):
+        lines.append("")
+        lines.append("~: within noise (the 95% interval of the difference contains 0).")
     return "\n".join(lines) + "\n"
 
 

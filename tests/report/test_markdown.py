@@ -168,11 +168,25 @@ def test_cli_prints_writes_and_updates_marked_blocks(tmp_path, capsys):
     assert "OLDROW" not in text and "OLDTABLE" not in text and text.startswith("# Results\nhand-written prose\n")
     assert "\nbetween\n" in text and text.endswith("<!-- results:end -->\ntail\n")
     assert "#### vanilla vs PGD-AT" in text and "| Q-false |" in text
-    assert "| quickstart | 4 | smoke | 2 | 1 | 1 | Q-false |" in text
-    assert "| quickstart | 4 | full | 2 | 1 | 1 | Q-false |" in text
+    assert "| quickstart | 4 | smoke | 2 | 1 | 1 | 0 | Q-false |" in text
+    assert "| quickstart | 4 | full | 2 | 1 | 1 | 0 | Q-false |" in text
     again = text
     update_file(doc, [a, b])
     assert doc.read_text() == again  # regenerating is idempotent
+
+
+def test_summary_counts_and_marks_verdicts_within_noise(tmp_path):
+    from robustlab.report.markdown import summary_markdown
+
+    run = _study_dir(tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    for claim in results["claims"]:
+        if claim["id"] in ("Q-true", "Q-false"):
+            claim["within_noise"] = True
+    (run / "results.json").write_text(json.dumps(results))
+    table = summary_markdown([run])
+    assert "| quickstart | 4 | smoke | 2 | 1 | 1 | 2 | Q-false~ |" in table
+    assert "~: within noise" in table
 
 
 @pytest.mark.parametrize(("argv", "message"), [
