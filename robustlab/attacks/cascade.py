@@ -594,10 +594,15 @@ class Cascade:
         return self.threat.project(_l2_square_step(x, best, u, side, sign, self.eps), x, box)
 
 
+def _corner(u_top: Tensor, u_left: Tensor, side: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
+    """(top, left) of one square per image, of side ``side``, at a position drawn from the uniforms."""
+    return ((u_top * (h - side + 1).float()).long().clamp_(min=0),
+            (u_left * (w - side + 1).float()).long().clamp_(min=0))
+
+
 def _window(u_top: Tensor, u_left: Tensor, side: Tensor, h: int, w: int) -> Tensor:
-    """(n, h, w) masks of one square per image, of side ``side``, at a position drawn from the uniforms."""
-    top = (u_top * (h - side + 1).float()).long().clamp_(min=0)
-    left = (u_left * (w - side + 1).float()).long().clamp_(min=0)
+    """(n, h, w) masks of the squares :func:`_corner` places."""
+    top, left = _corner(u_top, u_left, side, h, w)
     ar_h = torch.arange(h, device=side.device)[None, :, None]
     ar_w = torch.arange(w, device=side.device)[None, None, :]
     s3 = side.view(-1, 1, 1)
@@ -641,8 +646,7 @@ def _l2_square_step(x: Tensor, best: Tensor, u: Tensor, side: Tensor, sign: Tens
     w2 = _window(u[:, 2], u[:, 3], side, h, w)[:, None]
     ar_h = torch.arange(h, device=x.device)[None, :, None]
     ar_w = torch.arange(w, device=x.device)[None, None, :]
-    first = w1.flatten(2).float().argmax(2).view(n)
-    top, left = first // w, first % w
+    top, left = _corner(u[:, 0], u[:, 1], side, h, w)
     bump = _pseudo_gaussian(side.view(n, 1, 1), ar_h - top.view(n, 1, 1), ar_w - left.view(n, 1, 1),
                             (u[:, 4] < 0.5).view(n, 1, 1))[:, None]                    # (n, 1, h, w)
 
