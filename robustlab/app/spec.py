@@ -96,8 +96,9 @@ class EvaluationSpec(Mapping[str, Any]):
 
     @property
     def used_models(self) -> list[str]:
-        """Every model the evaluation reads (models, sources, targets, ensemble members), sorted."""
-        return sorted({m for k in MODEL_KEYS for m in self.options.get(k) or []})
+        """Every model the evaluation reads (models, sources, targets, ensemble members, defended models), sorted."""
+        named = {m for k in MODEL_KEYS for m in self.options.get(k) or []}
+        return sorted(named | {d["model"] for d in self.options.get("defended") or []})
 
     def __getitem__(self, key: str) -> Any:
         return self.options[key]

@@ -17,7 +17,11 @@ every model classifies correctly count (§3.4.1).
 step size are the protocol's); made on the ensemble of ``ensemble`` (one
 model: that model; ``weights`` as for holdout) and scored as the
 misclassification rate on all images of every target, with their average.
-Both take the attack lists of :mod:`robustlab.app.study_attacks`.
+``defended`` adds targets behind the competition's input-transformation
+defenses (:mod:`robustlab.eval.defenses`), e.g.
+``defended: [{model: b, defense: randomization}, {model: b, defense: jpeg, quality: 75}]``,
+as columns ``→ b+randomization``, ``→ b+jpeg`` (``label`` names one otherwise;
+the randomization's seed is the evaluation's). Both take the attack lists of :mod:`robustlab.app.study_attacks`.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from typing import Any
 CH3_EVALUATIONS: dict[str, dict[str, Any]] = {
     "holdout": {"models": "all", "attacks": ["ifgsm", "di2fgsm", "mifgsm", "mdi2fgsm"], "eps": 15,
                 "weights": None, "limit": None},
-    "nips2017": {"ensemble": "all", "weights": None, "targets": None,
+    "nips2017": {"ensemble": "all", "weights": None, "targets": None, "defended": [],
                  "attacks": ["ifgsm", "di2fgsm", "mifgsm", "mdi2fgsm"], "batches": 50, "seed": 0, "limit": None},
 }
 #: The attack options the §3.4.5 protocol sets itself.
@@ -77,8 +81,42 @@ def check_ch3_evaluation(name: str, opts: dict[str, Any], model_names: list[str]
     seed = opts["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"evaluations.{name}.seed must be a whole number >= 0; got {seed!r}")
+    opts["defended"] = _check_defended(name, opts["defended"], model_names)
     return resolve_attacks(name, opts, None, forbidden=NIPS2017_FIXED,
                            build=lambda attack, options: nips2017_attack(attack, from_255(16), **options))
+
+
+def _check_defended(name: str, items: Any, model_names: list[str]) -> list[dict[str, Any]]:
+    """``defended`` entries checked (a model of the study, a known defense, its
+    options) and labelled; returns them with ``label`` filled in."""
+    from torch import nn
+
+    from robustlab.eval.defenses import DEFENSES, defended
+
+    where = f"evaluations.{name}.defended"
+    if not isinstance(items, list):
+        raise ValueError(f"{where} must be a list of {{model: NAME, defense: {'|'.join(DEFENSES)}, ...}}; "
+                         f"got {items!r}")
+    out, labels = [], set()
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "model" not in item or "defense" not in item:
+            raise ValueError(f"{where}[{i}] must be a mapping with model and defense "
+                             f"(one of {', '.join(DEFENSES)}); got {item!r}")
+        if item["model"] not in model_names:
+            raise ValueError(f"{where}[{i}].model: unknown model {item['model']!r}; the study has "
+                             f"{', '.join(model_names)}")
+        options = {k: v for k, v in item.items() if k not in ("model", "defense", "label")}
+        try:
+            defended(nn.Identity(), item["defense"], **options)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}[{i}]: {err}") from None
+        label = item.get("label") or "+".join([item["model"], item["defense"]]) + "".join(
+            f" {k}={v}" for k, v in sorted(options.items()))
+        if label in labels:
+            raise ValueError(f"{where}[{i}]: the label {label!r} is used twice; give one a label")
+        labels.add(label)
+        out.append({**item, "label": label})
+    return out
 
 
 def _ensemble(ctx: Any, members: list[str], weights: dict[str, float] | None) -> Any:
@@ -120,9 +158,10 @@ def eval_nips2017(ctx: Any, opts: dict[str, Any]) -> dict[str, Any]:
     size = max(1, math.ceil(len(y) / opts["batches"]))
     batches = [(x[i: i + size], y[i: i + size]) for i in range(0, len(y), size)]
     source = _ensemble(ctx, opts["ensemble"], opts["weights"])
-    targets = {t: ctx.model(t) for t in opts["targets"]}
+    plain = {t: ctx.model(t) for t in opts["targets"]}
     rows, eps_used = [], None
     for label in opts["attacks"]:
+        targets = {**plain, **_defended_targets(ctx, opts)}  # rebuilt: every attack meets the same draws
         overrides = dict(opts.attack_kwargs[label])  # the protocol sets the budgets; no eps among them
         res = run_nips2017(overrides.pop("name"), source, batches, targets, seed=opts["seed"], device=ctx.device,
                            **overrides)
@@ -133,6 +172,19 @@ def eval_nips2017(ctx: Any, opts: dict[str, Any]) -> dict[str, Any]:
             "value": f"misclassification rate on all images; the attacks made on "
                      f"{'+'.join(opts['ensemble'])} with ε drawn per batch from {{4, 8, 12, 16}} "
                      f"({len(batches)} batches), N = 10, α = ε/N (§3.4.5)"}
+
+
+def _defended_targets(ctx: Any, opts: dict[str, Any]) -> dict[str, Any]:
+    """label → the model behind its defense; a randomization draws from the evaluation's seed."""
+    from robustlab.eval.defenses import defended
+
+    out = {}
+    for d in opts["defended"]:
+        options = {k: v for k, v in d.items() if k not in ("model", "defense", "label")}
+        if d["defense"] == "randomization":
+            options.setdefault("seed", opts["seed"])
+        out[d["label"]] = defended(ctx.model(d["model"]), d["defense"], **options)
+    return out
 
 
 CH3_EVALUATORS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {

@@ -510,9 +510,15 @@ def jpeg_compression(x: Tensor, severity: int, generator: torch.Generator) -> Te
     """JPEG round trip at quality 25, 18, 15, 10, 7 (libjpeg through
     torchvision.io, on CPU uint8 images, as the original's PIL save). Scale-free;
     deterministic."""
+    return jpeg_round_trip(x, (25, 18, 15, 10, 7)[severity - 1])
+
+
+def jpeg_round_trip(x: Tensor, quality: int) -> Tensor:
+    """Encode every image of ``x`` (N, C, H, W) in [0, 1] as JPEG at ``quality``
+    and decode it again (uint8 in between, on the CPU, as a saved file would be;
+    also the ``jpeg`` defense of :mod:`robustlab.eval.defenses`)."""
     from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
-    quality = (25, 18, 15, 10, 7)[severity - 1]
-    images = (x * 255).round().to(torch.uint8).cpu()
+    images = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
     decoded = decode_jpeg(encode_jpeg(list(images), quality=quality), mode=ImageReadMode.UNCHANGED)
     return torch.stack(decoded).to(x.device, x.dtype) / 255

@@ -17,6 +17,7 @@ from robustlab.eval.corruption import (
     mce,
     relative_mce,
 )
+from robustlab.eval.defenses import JPEG, DEFENSES, Randomization, defended
 from robustlab.eval.dense import (
     detect,
     detection_report,
@@ -45,7 +46,7 @@ __all__ = [
     "all_or_nothing", "batch_vs_running", "bn_statistics", "feature_maps", "holdout_evaluation", "misclassified",
     "nips2017_attack", "perceptibility", "predict", "robust_accuracy", "robustness_curve", "run_nips2017",
     "run_sanity_checks", "sanity_check", "transfer_matrix", "worst_case",
-    "Evaluation", "evaluate", "protocol_names", "protocols",
+    "Evaluation", "evaluate", "protocol_names", "protocols", "DEFENSES", "JPEG", "Randomization", "defended",
 ]
 
 

@@ -7,6 +7,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from robustlab.app.cli import main
@@ -34,6 +35,7 @@ EVALS = {
            "attacks": [{"sweep": {"attack": "di2fgsm", "step_size": [4, 8], "steps": [8, 4], "zip": True}}]},
     "ho": {"kind": "holdout", "attacks": ["ifgsm", {"name": "mdi2fgsm", "steps": 6}], "eps": 32},
     "nips": {"kind": "nips2017", "ensemble": ["a", "b"], "targets": ["a", "c"], "batches": 4,
+             "defended": [{"model": "a", "defense": "randomization"}, {"model": "c", "defense": "jpeg", "quality": 50}],
              "attacks": ["mifgsm", {"name": "mdi2fgsm", "p": 0.4, "label": "M-DI2"}]},
 }
 
@@ -104,10 +106,44 @@ def test_nips2017_draws_eps_per_batch_and_averages_the_targets(ran):
     ev = res["evaluations"]["nips"]
     assert [r["attack"] for r in ev["table"]] == ["mifgsm", "M-DI2"]
     assert len(ev["eps_255_per_batch"]) == 4 and set(ev["eps_255_per_batch"]) <= {4, 8, 12, 16}
+    cols = ["→ a", "→ c", "→ a+randomization", "→ c+jpeg quality=50"]
     for r in ev["table"]:
-        assert r["average"] == pytest.approx((r["→ a"] + r["→ c"]) / 2)
+        assert [k for k in r if k.startswith("→")] == cols
+        assert r["average"] == pytest.approx(sum(r[k] for k in cols) / 4)
         assert 0.0 < r["→ a"] <= 1.0  # a is in the ensemble: white-box, it is fooled
+        assert all(0.0 <= r[k] <= 1.0 for k in cols)
     assert ev["n"] == 48
+    assert ev["options"]["defended"][1]["label"] == "c+jpeg quality=50"
+
+
+def test_nips2017_defended_targets_score_the_defense_in_front_of_the_model(ran):
+    """The column of a defended target is the misclassification rate of the model
+    behind that defense on the protocol's own adversarial examples, recomputed
+    here independently (same seeds: same ε per batch, same attack draws)."""
+    from robustlab.attacks.ensemble import Ensemble
+    from robustlab.data import load_dataset
+    from robustlab.eval.defenses import JPEG
+    from robustlab.eval.metrics import misclassified
+    from robustlab.eval.nips2017 import NIPS2017_EPS_255, nips2017_attack
+    from robustlab.train.checkpoint import load_trained_model
+    from robustlab.units import from_255
+
+    _, res, out = ran
+    ev = res["evaluations"]["nips"]
+    models = {m: load_trained_model(out / "models" / m, routed=False).eval() for m in ("a", "b", "c")}
+    test = load_dataset("digits", "test", limit=48)
+    x, y = test.batch(slice(0, 48))
+    source = Ensemble([models["a"], models["b"]], [0.5, 0.5]).eval()
+    gen = torch.Generator().manual_seed(0)
+    wrong = 0
+    for i in range(4):
+        eps = NIPS2017_EPS_255[int(torch.randint(4, (), generator=gen))]
+        assert eps == ev["eps_255_per_batch"][i]
+        xb, yb = x[i * 12:(i + 1) * 12], y[i * 12:(i + 1) * 12]
+        x_adv = nips2017_attack("mifgsm", from_255(eps), seed=i)(source, xb, yb)
+        wrong += int(misclassified(JPEG(models["c"], quality=50), x_adv, yb).sum())
+    row = ev["table"][0]
+    assert row["attack"] == "mifgsm" and row["→ c+jpeg quality=50"] == pytest.approx(wrong / 48)
 
 
 @pytest.mark.parametrize("evaluation, message", [
@@ -133,6 +169,17 @@ def test_nips2017_draws_eps_per_batch_and_averages_the_targets(ran):
     ({"kind": "nips2017", "attacks": ["cw"]}, "C&W has no ε budget"),
     ({"kind": "nips2017", "batches": 0}, "batches must be a whole number >= 1"),
     ({"kind": "nips2017", "ensemble": ["ghost"]}, "unknown model(s) ['ghost']"),
+    ({"kind": "nips2017", "defended": [{"model": "ghost", "defense": "jpeg"}]},
+     "evaluations.e.defended[0].model: unknown model 'ghost'"),
+    ({"kind": "nips2017", "defended": [{"model": "a", "defense": "blur"}]},
+     "evaluations.e.defended[0]: defense must be one of ['jpeg', 'randomization']; got 'blur'"),
+    ({"kind": "nips2017", "defended": [{"model": "a", "defense": "jpeg", "quality": 0}]},
+     "evaluations.e.defended[0]: quality must be >= 1"),
+    ({"kind": "nips2017", "defended": [{"model": "a", "defense": "jpeg", "qualty": 5}]},
+     "unknown option(s) ['qualty']; it takes ['quality']"),
+    ({"kind": "nips2017", "defended": [{"model": "a", "defense": "jpeg"}, {"model": "a", "defense": "jpeg"}]},
+     "the label 'a+jpeg' is used twice"),
+    ({"kind": "nips2017", "defended": {"model": "a"}}, "evaluations.e.defended must be a list"),
 ])
 def test_bad_attack_lists_and_ch3_options_are_refused_naming_the_evaluation(evaluation, message):
     with pytest.raises(ValueError) as err:
