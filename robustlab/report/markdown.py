@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from robustlab._io import atomic_write_text
-from robustlab.report.format import comparisons, short
+from robustlab.report.format import comparisons, is_proportion, short
 
 #: Marker comments of the generated blocks: name → renderer over run directories.
 BLOCKS = ("results", "results-summary")
@@ -198,9 +198,53 @@ def verdict_table(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def study_markdown(run_dir: str | Path, level: int = 3) -> str:
+def _table_cell(v: Any, column: str, proportions: Any) -> str:
+    is_pct = proportions(column) if callable(proportions) else proportions
+    if isinstance(v, float) and is_pct and is_proportion(v):
+        return f"{100 * v:.1f}"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return _cell(short(v) if isinstance(v, (list, tuple, bool)) else v)
+
+
+def evaluation_tables(results: Mapping[str, Any]) -> list[str]:
+    """Every evaluation's table, folded under its name, kind, n and
+    conditions (ε, steps, protocol: the report's section header): proportions
+    of images in percent with one decimal, other numbers to 4 significant
+    digits, as ``results.json`` holds them otherwise."""
+    from robustlab.report.study import KIND_TITLES, evaluation_meta, proportion_rule
+
+    out = []
+    for name, ev in (results.get("evaluations") or {}).items():
+        rows = [r for r in ev.get("table") or [] if isinstance(r, Mapping)] if isinstance(ev, Mapping) else []
+        if not rows:
+            continue
+        kind = str(ev.get("kind", ""))
+        proportions = proportion_rule(ev)
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        unit = "%" if proportions is True else ("% except differences" if callable(proportions) else "")
+        head = f"<b>{_cell(name)}</b> ({_cell(kind)}" + (f": {KIND_TITLES[kind]}" if kind in KIND_TITLES else "")
+        head += f"; n = {short(ev.get('n', '?'))}" + (f"; {unit})" if unit else ")")
+        try:
+            meta = evaluation_meta(ev)
+        except (KeyError, TypeError, ValueError):
+            meta = []
+        out += [f"<details><summary>{head}</summary>", ""]
+        if meta:
+            out += [_cell(" · ".join(meta)), ""]
+        if ev.get("value"):
+            out += [f"*{_cell(ev['value'])}*", ""]
+        out.append("| " + " | ".join(_cell(c) for c in columns) + " |")
+        out.append("|" + "---|" * len(columns))
+        out += ["| " + " | ".join(_table_cell(r.get(c, ""), c, proportions) for c in columns) + " |" for r in rows]
+        out += ["", "</details>", ""]
+    return out
+
+
+def study_markdown(run_dir: str | Path, level: int = 3, tables: bool = True) -> str:
     """One study run as a markdown section: ``### title (ch. N)``, its
-    conditions, its verdict table."""
+    conditions, its verdict table, then (``tables``) every evaluation's
+    table, folded."""
     run_dir = Path(run_dir)
     results = read_study(run_dir)
     chapter = results.get("chapter")
@@ -210,12 +254,16 @@ def study_markdown(run_dir: str | Path, level: int = 3) -> str:
     if results.get("claim"):
         lines += [f"Thesis claim: {' '.join(str(results['claim']).split())}", ""]
     lines += verdict_table(results)
-    return "\n".join(lines) + "\n"
+    if tables:
+        folded = evaluation_tables(results)
+        if folded:
+            lines += ["", "The tables the claims read (click to open):", "", *folded]
+    return "\n".join(lines).rstrip() + "\n"
 
 
-def studies_markdown(run_dirs: Sequence[str | Path], level: int = 3) -> str:
+def studies_markdown(run_dirs: Sequence[str | Path], level: int = 3, tables: bool = True) -> str:
     """Every run's section, in the order given."""
-    return "\n".join(study_markdown(d, level) for d in run_dirs)
+    return "\n".join(study_markdown(d, level, tables) for d in run_dirs)
 
 
 def summary_markdown(run_dirs: Sequence[str | Path]) -> str:

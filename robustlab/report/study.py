@@ -4,7 +4,7 @@ its adversarial examples where the study kept them, and the table exactly as
 ``results.json`` holds it."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ def models_table(models: Mapping[str, Mapping[str, Any]]) -> Table:
     return Table(columns, rows, footnote=footnote)
 
 
-def _meta(ev: Mapping[str, Any]) -> list[str]:
+def evaluation_meta(ev: Mapping[str, Any]) -> list[str]:
     """ε, steps and protocol of one study evaluation, from its recorded options."""
     kind, o, n = ev["kind"], ev.get("options") or {}, ev.get("n", "?")
     images = f"n = {short(n)} images"
@@ -162,11 +162,17 @@ def _nips2017_meta(o: Mapping[str, Any], ev: Mapping[str, Any], n: Any) -> list[
     attacks = list(o.get("attacks") or [])
     ensemble = o.get("ensemble") or []
     source = "+".join(map(str, ensemble)) if isinstance(ensemble, list) else str(ensemble)
+    weights = o.get("weights") if isinstance(o.get("weights"), Mapping) else None
+    targets = [str(t) for t in o.get("targets") or []]
+    targets += [str(d.get("label")) for d in o.get("defended") or [] if isinstance(d, Mapping)]
     return ["ε drawn per batch from {4, 8, 12, 16}/255" + (f" (drawn here: {short(drawn)})" if drawn else ""),
             "N = 10 steps, α = ε/N, μ = 1, p = 0.4 (the competition's settings)",
             f"protocol NIPS 2017: {', '.join(map(attack_label, attacks))} made on {source}"
-            + (" (a logit ensemble, eq. 3.8)" if isinstance(ensemble, list) and len(ensemble) > 1 else "")
-            + f", scored as the misclassification rate of {short(o.get('targets') or [])} and their average",
+            + (" (a logit ensemble, eq. 3.8" + (", weights " + ", ".join(f"{k} {short(v)}" for k, v in
+                                                                        weights.items()) if weights else "")
+               + ")" if isinstance(ensemble, list) and len(ensemble) > 1 else "")
+            + f", scored as the misclassification rate of {', '.join(targets)} and their average"
+            + ("; M+DEFENSE: model M behind that input-transformation defense" if o.get("defended") else ""),
             f"n = {short(n)} images in {short(o.get('batches', '?'))} batches"]
 
 
@@ -245,16 +251,23 @@ def _plots(ev: Mapping[str, Any]) -> list[Figure]:
     return []
 
 
+def proportion_rule(ev: Mapping[str, Any]) -> bool | Callable[[str], bool]:
+    """Whether an evaluation's cells are proportions of images (shown as
+    percentages): True / False for the whole table, or a test per column
+    (a ``gaps`` table holds success rates, then differences of them)."""
+    if ev["kind"] == "gaps":
+        diffs = set((ev.get("options") or {}).get("differences") or {})
+        return lambda c: c not in diffs and not c.startswith("white-box ")
+    return ev["kind"] not in _NOT_PROPORTIONS
+
+
 def evaluation_section(name: str, ev: Mapping[str, Any], run_dir: Path | None,
                        examples_from: tuple[Path | None, str] | None = None) -> Section:
     """One evaluation's section (``examples_from``: the run directory and
     evaluation name its example files were written under, when not these)."""
     kind = ev["kind"]
     rows = ev.get("table") or []
-    proportions: Any = kind not in _NOT_PROPORTIONS
-    if kind == "gaps":  # success rates, then differences of them (not proportions of images)
-        diffs = set((ev.get("options") or {}).get("differences") or {})
-        proportions = lambda c: c not in diffs and not c.startswith("white-box ")  # noqa: E731
+    proportions = proportion_rule(ev)
     labels = {c: c.replace("_", " ") for r in rows for c in r}
     blocks: list[Any] = []
     if ev.get("value"):
@@ -269,7 +282,7 @@ def evaluation_section(name: str, ev: Mapping[str, Any], run_dir: Path | None,
     columns, cells = table_rows(rows)
     blocks.append(Exact(name, columns, cells))
     subtitle = f"{kind} · {KIND_TITLES[kind]}" if kind in KIND_TITLES else kind
-    return Section(name, _meta(ev), blocks, subtitle=subtitle, id=f"evaluation-{name}")
+    return Section(name, evaluation_meta(ev), blocks, subtitle=subtitle, id=f"evaluation-{name}")
 
 
 def _sweep_value(results: Mapping[str, Any], name: str) -> tuple[str, str, str] | None:

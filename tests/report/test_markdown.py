@@ -118,7 +118,7 @@ def test_the_recorded_form_and_commit_win_over_the_inference(tmp_path):
     (run / "run.json").write_text(json.dumps({**run_json, "commit": "0123456789abcdef0123456789abcdef01234567"}))
     md = studies_markdown([run])
     assert "form: **full**" in md and "form: **smoke**" not in md
-    assert "commit: `0123456789abcdef0123456789abcdef01234567`" in md and "not recorded" not in md
+    assert "commit: `0123456789abcdef0123456789abcdef01234567`" in md and "commit: not recorded" not in md
     (run / "study.yaml").unlink()  # nothing left to infer from: the record alone
     assert run_form({"form": "smoke"}, run) == "smoke" and run_form({}, run) == "not recorded"
 
@@ -261,3 +261,26 @@ def test_the_shipped_docs_carry_the_generated_block(tmp_path, doc, block):
     assert update_file(copy, [_study_dir(tmp_path)]) == [block]
     new = copy.read_text(encoding="utf-8")
     assert "| Q-false |" in new and new.split(f"<!-- {block}:begin -->")[0] == text.split(f"<!-- {block}:begin -->")[0]
+
+
+def test_each_evaluation_table_is_folded_after_the_verdicts_in_percent(tmp_path):
+    """The evaluation tables follow the verdicts, each in a <details> with its
+    kind and n; a proportion reads as 100× results.json's value, a number that
+    is not a proportion (a DAG mIoU table, a gaps difference) as it is."""
+    run = _study_dir(tmp_path)
+    res = json.loads((run / "results.json").read_text())
+    res["evaluations"]["dense"] = {"kind": "dag", "n": 4, "options": {"kind": "dag"},
+                                   "table": [{"model": "fcn", "mIoU clean": 0.6413, "iterations": 37.5}]}
+    res["evaluations"]["gaps"] = {"kind": "gaps", "n": 3, "options": {"kind": "gaps",
+                                                                      "differences": {"di2_gap": ["di2", "i"]}},
+                                  "table": [{"resolution": 28, "di2": 0.25, "i": 0.5, "di2_gap": -0.25}]}
+    (run / "results.json").write_text(json.dumps(res))
+    md = studies_markdown([run])
+    assert md.index("| claim | says |") < md.index("<details><summary><b>clean</b>")
+    clean = res["evaluations"]["clean"]["table"]
+    assert f"| {clean[0]['model']} | {100 * clean[0]['clean accuracy']:.1f} |" in md
+    assert "<b>pgd</b> (whitebox" in md and "n = 500; %)" in md
+    assert "| fcn | 0.6413 | 37.5 |" in md  # mIoU and iteration counts are not percentages
+    assert "| 28 | 25.0 | 50.0 | -0.25 |" in md  # success rates in %, their difference as it is
+    assert md.count("<details><summary><b>") == len(res["evaluations"])
+    assert "<details><summary><b>" not in studies_markdown([run], tables=False)
