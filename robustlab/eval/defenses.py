@@ -47,23 +47,37 @@ class Randomization(nn.Module):
         scale: padded size over input size (331/299).
         seed: seed of the defense's own generator; every forward pass draws
             anew from it, so a fixed call sequence is reproducible.
+        resize_back: resize the padded image back to the input size, for a
+            model that only takes its training size (no global pooling).
     """
 
-    def __init__(self, model: nn.Module, *, scale: float = RANDOMIZATION_SCALE, seed: int = 0) -> None:
+    def __init__(self, model: nn.Module, *, scale: float = RANDOMIZATION_SCALE, seed: int = 0,
+                 resize_back: bool = False) -> None:
         super().__init__()
+        if not isinstance(resize_back, bool):
+            raise TypeError(f"resize_back must be true or false; got {resize_back!r}")
         self.model = model
-        self.transform = InputDiversity(1.0, scale=check_number(scale, "scale", low=1.0, low_open=True))
+        self.transform = InputDiversity(1.0, scale=check_number(scale, "scale", low=1.0, low_open=True),
+                                        resize_back=resize_back)
         self.seed = int(check_number(seed, "seed", low=0, integer=True))
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def extra_repr(self) -> str:
-        return f"scale={self.transform.scale:.4f}, seed={self.seed}"
+        return f"scale={self.transform.scale:.4f}, seed={self.seed}, resize_back={self.transform.resize_back}"
 
     def forward(self, x: Tensor) -> Tensor:
         draw = self.transform.draw(x.shape[0], x.shape[-2], x.shape[-1], self.generator, "cpu")
         for f in ("apply", "height", "width", "top", "left"):
             setattr(draw, f, getattr(draw, f).to(x.device))
-        return self.model(self.transform.transform(x, draw))
+        x_t = self.transform.transform(x, draw)
+        try:
+            return self.model(x_t)
+        except RuntimeError as err:
+            if self.transform.resize_back:
+                raise
+            raise RuntimeError(f"the randomization defense feeds the model {tuple(x_t.shape[-2:])} images for "
+                               f"{tuple(x.shape[-2:])} inputs and the model failed on them ({err}); a model "
+                               "without global pooling needs resize_back=True") from err
 
 
 class JPEG(nn.Module):

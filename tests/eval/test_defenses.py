@@ -100,3 +100,16 @@ def test_defended_refuses_bad_names_and_options():
     with pytest.raises(ValueError, match="scale must be > 1"):
         defended(nn.Identity(), "randomization", scale=1.0)
     assert isinstance(defended(nn.Identity(), "randomization", seed=2), Randomization)
+
+
+def test_randomization_resizes_back_for_a_fixed_size_model_and_says_so_when_it_must():
+    fixed = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))  # takes 28×28 only
+    x = torch.rand(4, 1, 28, 28)
+    with pytest.raises(RuntimeError, match=r"feeds the model \(31, 31\) images.*needs resize_back=True"):
+        Randomization(fixed)(x)
+    assert Randomization(fixed, resize_back=True)(x).shape == (4, 10)
+    rec = Recorder()
+    Randomization(rec, resize_back=True)(x)
+    assert rec.seen[0].shape == x.shape and not torch.equal(rec.seen[0], x)
+    with pytest.raises(TypeError, match="resize_back must be true or false"):
+        Randomization(fixed, resize_back="yes")
