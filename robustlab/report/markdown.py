@@ -202,6 +202,8 @@ def _table_cell(v: Any, column: str, proportions: Any) -> str:
     is_pct = proportions(column) if callable(proportions) else proportions
     if isinstance(v, float) and is_pct and is_proportion(v):
         return f"{100 * v:.1f}"
+    if isinstance(v, float) and callable(proportions) and abs(v) <= 1:  # a difference of two rates: points
+        return f"{100 * v:+.1f}"
     if isinstance(v, float):
         return f"{v:.4g}"
     return _cell(short(v) if isinstance(v, (list, tuple, bool)) else v)
@@ -222,7 +224,7 @@ def evaluation_tables(results: Mapping[str, Any]) -> list[str]:
         kind = str(ev.get("kind", ""))
         proportions = proportion_rule(ev)
         columns = list(dict.fromkeys(k for r in rows for k in r))
-        unit = "%" if proportions is True else ("% except differences" if callable(proportions) else "")
+        unit = "%" if proportions is True else ("%; differences in points" if callable(proportions) else "")
         head = f"<b>{_cell(name)}</b> ({_cell(kind)}" + (f": {KIND_TITLES[kind]}" if kind in KIND_TITLES else "")
         head += f"; n = {short(ev.get('n', '?'))}" + (f"; {unit})" if unit else ")")
         try:

@@ -281,6 +281,6 @@ def test_each_evaluation_table_is_folded_after_the_verdicts_in_percent(tmp_path)
     assert f"| {clean[0]['model']} | {100 * clean[0]['clean accuracy']:.1f} |" in md
     assert "<b>pgd</b> (whitebox" in md and "n = 500; %)" in md
     assert "| fcn | 0.6413 | 37.5 |" in md  # mIoU and iteration counts are not percentages
-    assert "| 28 | 25.0 | 50.0 | -0.25 |" in md  # success rates in %, their difference as it is
+    assert "| 28 | 25.0 | 50.0 | -25.0 |" in md  # success rates in %, their difference in points
     assert md.count("<details><summary><b>") == len(res["evaluations"])
     assert "<details><summary><b>" not in studies_markdown([run], tables=False)
