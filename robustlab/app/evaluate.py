@@ -118,7 +118,7 @@ def load_models(spec: EvalSpec, info: Any, device: torch.device) -> dict[str, nn
     return models
 
 
-class _SamplesDone:
+class SamplesDone:
     """``evaluate``'s progress callback (cumulative counts after each batch of
     samples) as a :mod:`robustlab._progress` loop of samples."""
 
@@ -140,7 +140,7 @@ def _robust(models: dict[str, nn.Module], data: Any, spec: EvalSpec, run: RunDir
         with route(model, spec.route), progress(len(data), f"eval {name}", "sample", enabled=not quiet) as bar:
             ev = evaluate(model, loader, eps=spec.eps, norm=spec.norm, protocol=spec.protocol,
                           fallback=spec.fallback, batch_size=spec.batch_size, device=device, seed=spec.seed,
-                          state=path / f"state-{name}.json", progress=_SamplesDone(bar))
+                          state=path / f"state-{name}.json", progress=SamplesDone(bar))
         _logger.info("model %s: clean %.1f%%, robust %.1f%% in %.0f s", name, 100 * ev.clean_accuracy,
                      100 * ev.robust_accuracy, ev.seconds)
         if ev.examples is not None:

@@ -218,18 +218,23 @@ def _whitebox_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
 
 def _eval_robust(ctx: Context, opts: EvaluationSpec) -> dict[str, Any]:
     """rl.eval.evaluate on every model (and route), through the protocol registry."""
+    from robustlab._progress import progress
+    from robustlab.app.evaluate import SamplesDone
     from robustlab.eval.evaluate import evaluate
 
     eps = opts.eps
     batches = ctx.batches(opts)
+    n = sum(len(y) for _, y in batches)
     rows, warnings, curves, kept = [], {}, {}, {}
     for m in opts["models"]:
         for rname, model, r in ctx.routes(m, opts["routes"]):
-            with route(model, r):
+            label = m if not opts["routes"] else f"{m} [{rname}]"
+            with route(model, r), progress(n, f"{opts['protocol']} {label}", "sample") as bar:
                 ev = evaluate(model, batches, eps=eps, norm=opts["norm"], protocol=opts["protocol"],
                               fallback=opts["fallback"], options=opts["options"], device=ctx.device,
-                              seed=ctx.study.models[m].seed)
-            label = m if not opts["routes"] else f"{m} [{rname}]"
+                              seed=ctx.study.models[m].seed, progress=SamplesDone(bar))
+            _logger.info("%s %s: clean %.1f%%, robust %.1f%% (n = %d) in %.0f s", opts["protocol"], label,
+                         100 * ev.clean_accuracy, 100 * ev.robust_accuracy, n, ev.seconds)
             warnings[label] = ev.warnings
             iterates = {}
             if ev.curve:  # the thesis protocol (§4.6.1, §6.3): the final iterate scored, the best beside it
@@ -244,7 +249,7 @@ def _eval_robust(ctx: Context, opts: EvaluationSpec) -> dict[str, Any]:
                          **ev.per_attack, **iterates, "robust": ev.robust_accuracy,
                          "square fallback": "yes" if ev.fallback["used"] else "no",
                          "masking": ", ".join(w.split("]")[0].strip("[") for w in ev.warnings) or "none"})
-    out = {"n": sum(len(y) for _, y in batches), "table": rows, "warnings": warnings, KEPT: kept}
+    out = {"n": n, "table": rows, "warnings": warnings, KEPT: kept}
     if curves:
         out["curves"] = curves
     return out

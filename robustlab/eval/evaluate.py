@@ -296,7 +296,9 @@ def evaluate(
         state: a JSON file the evaluation saves its progress to; an
             evaluation started with the same file and settings resumes,
             skipping the samples already done.
-        progress: called with a dict of counts after each batch of samples.
+        progress: called after each step of the attack cascade with a dict of
+            counts: ``done`` (samples finished), ``active`` (samples under
+            attack) and ``calls`` (model calls so far).
     """
     _check_args(eps, norm, protocol, batch_size, limit, fallback)
     if not isinstance(model, nn.Module):
@@ -441,12 +443,11 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
         if not len(casc.pool):
             break
         out = casc.step()
-        if out is None:
-            continue
-        feed.absorb(out)
-        if progress is not None:
+        if out is not None:
+            feed.absorb(out)
+        if progress is not None:  # after every step: a long attack (2000 iterations) shows its calls growing
             progress({"done": len(feed.tally.index), "active": len(casc.pool), "calls": casc.calls})
-        if state is not None and time.perf_counter() - last_save > 30:
+        if out is not None and state is not None and time.perf_counter() - last_save > 30:
             _save_state(state, fp, feed.tally)
             last_save = time.perf_counter()
     if state is not None:

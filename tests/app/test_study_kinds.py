@@ -21,6 +21,7 @@ from robustlab.eval.shifted import restrict_logits
 from robustlab.models import load_model
 
 AT = {"eps": 32, "steps": 2, "step_size": 16, "targeted": False}
+LOG: list[str] = []  # the robustlab log lines of the module's study run (the ``ran`` fixture)
 
 
 def _digits_tree(root: Path, classes: list[int] | None = None, n: int = 40) -> Path:
@@ -61,9 +62,25 @@ def _study(tmp: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
+    import logging
+
     tmp = tmp_path_factory.mktemp("kinds")
     raw = _study(tmp)
-    return raw, run_study(resolve_study(raw), tmp / "run"), tmp / "run"
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            LOG.append(record.getMessage())
+
+    handler, log = Keep(level=logging.INFO), logging.getLogger("robustlab")
+    old_level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        res = run_study(resolve_study(raw), tmp / "run")
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old_level)
+    return raw, res, tmp / "run"
 
 
 def test_bn_statistics_table_pictures_and_claim(ran):
@@ -118,6 +135,13 @@ def test_corruption_mce_against_the_baseline_model(ran):
                                                                           pick["plain"], 1 - rows["plain"]["clean"]))
     assert list(rows["at"])[:5] == ["model", "clean", "corrupted (mean)", "mCE", "relative mCE"]
     assert {c["id"]: c for c in res["claims"]}["T7.1"]["verdict"] in ("holds", "does not hold")
+
+
+def test_a_robust_evaluation_logs_its_progress_and_result_per_model(ran):
+    row = ran[1]["evaluations"]["thesis"]["table"][0]
+    assert any(line.startswith("thesis at: 64/64 samples (100%) in ") for line in LOG), LOG
+    assert f"thesis at: clean {100 * row['clean']:.1f}%, robust {100 * row['robust']:.1f}% (n = 64) in" in \
+        "\n".join(LOG)
 
 
 def test_thesis_protocol_rows_carry_the_final_and_best_iterate(ran):

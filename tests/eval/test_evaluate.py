@@ -451,3 +451,17 @@ def test_nan_logits_during_the_attack_are_refused_not_counted_as_breaks():
         rl.eval.evaluate(model, (x, y), eps=0.1, checklist=False)
     with pytest.raises(ValueError, match="NaN or infinite logits"):
         rl.attacks.create("pgd", eps=0.1, steps=3)(model, x, y)
+
+
+def test_progress_reports_every_step_of_a_long_attack(trained_model, digits):
+    """A 2000-iteration attack must not be silent until its first samples finish:
+    the callback fires after every cascade step, its model calls grow while no
+    sample is done yet, and it ends with every sample done."""
+    x, y = digits[0][:64], digits[1][:64]
+    seen = []
+    ev = rl.eval.evaluate(trained_model, (x, y), eps=16 / 255, protocol="thesis", checklist=False,
+                          options={"steps": (10, 40)}, progress=seen.append)
+    assert seen[-1]["done"] == ev.n == 64 and seen[-1]["active"] == 0
+    before = [d for d in seen if d["done"] == 0]
+    assert len(before) >= 10 and before[-1]["calls"] > before[0]["calls"]  # alive before the first result
+    assert all(b["calls"] >= a["calls"] and b["done"] >= a["done"] for a, b in zip(seen, seen[1:]))
