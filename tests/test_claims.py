@@ -176,3 +176,35 @@ def test_a_study_records_each_claims_verdict_and_values(tmp_path):
     assert claims["T-true"]["values"] == {"pgd[at].PGD-3": table["at"], "pgd[plain].PGD-3": table["plain"]}
     assert {claims["T-true"]["verdict"], claims["T-false"]["verdict"]} == {"holds", "does not hold"}
     assert claims["T-true"]["verdict"] == ("holds" if table["at"] > table["plain"] else "does not hold")
+
+
+def test_a_difference_of_rates_reads_in_points_and_of_other_numbers_as_it_is():
+    """A BN statistic (|Δ mean| 0.113) is no rate, even in [0, 1]: its difference
+    is not 'percentage points'; accuracy differences are."""
+    from robustlab.report.format import comparisons
+
+    evaluations = {
+        "bn": {"kind": "bn_statistics", "n": 250, "table": [{"model": "mbn", "statistic": "s", "|Δ mean|": 0.113}]},
+        "dag": {"kind": "dag", "n": 16, "table": [{"model": "fcn", "mIoU clean": 0.64, "perceptibility": 0.02}]},
+        **_measured(0.536, 0.494),
+    }
+    stat = _claim('bn[mbn, s]."|Δ mean|" > 0', evaluations)
+    percept = _claim("dag[fcn].perceptibility < 0.05", evaluations)
+    rate = _claim("x[sat].PGD-20 > y[at].PGD-20", evaluations)
+    miou = _claim('dag[fcn]."mIoU clean" > 0.5', evaluations)
+    assert (stat["unit"], percept["unit"], rate["unit"], miou["unit"]) == ("number", "number", "proportion",
+                                                                            "proportion")
+    assert "(difference +0.113)" in comparisons(stat)[0][1] and "points" not in comparisons(stat)[0][1]
+    assert "(-3.0 points)" not in comparisons(percept)[0][1] and "difference -0.03" in comparisons(percept)[0][1]
+    assert comparisons(rate)[0][1].startswith("0.536 > 0.494 (+4.2 points, 95% CI")
+    each = _claim('x[{}].PGD-20 > y[at].PGD-20', evaluations, for_each=["sat"])
+    assert each["for_each"][0]["unit"] == "proportion"
+
+
+def test_a_record_from_before_the_unit_is_read_by_its_terms():
+    from robustlab.report.format import comparisons
+
+    old = {"left_term": 'bn[mbn, s]."|Δ mean|"', "left": 0.113, "op": ">", "right_term": "0", "right": 0.0}
+    assert "(difference +0.113)" in comparisons(old)[0][1]
+    rate = {"left_term": "x[sat].PGD-20", "left": 0.536, "op": ">", "right_term": "y[at].PGD-20", "right": 0.494}
+    assert "(+4.2 points)" in comparisons(rate)[0][1]

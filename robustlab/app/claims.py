@@ -70,6 +70,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from robustlab.report.format import NOT_RATE_COLUMNS
+
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq,
        "!=": operator.ne}
 FUNCS = {"mean": lambda v: sum(v) / len(v), "min": min, "max": max}
@@ -397,6 +399,21 @@ def _claim_noise(verdict: str, parts: list[dict[str, Any]]) -> bool | None:
     return False if False in flags else (True if flags and all(f is True for f in flags) else None)
 
 
+#: Evaluation kinds whose numbers are not rates (with report.format.NOT_RATE_COLUMNS): their
+#: differences are not percentage points.
+NOT_RATES = ("bn_statistics",)
+
+
+def _unit(tree: tuple, left: float, right: float, evaluations: Mapping[str, Any]) -> str:
+    """``proportion`` when both sides are rates (their difference reads in
+    percentage points), else ``number``."""
+    for cell in _cells(tree):
+        kind = (evaluations.get(cell.evaluation) or {}).get("kind")
+        if kind in NOT_RATES or any(w in str(cell.column) for w in NOT_RATE_COLUMNS):
+            return "number"
+    return "proportion" if abs(left) <= 1 and abs(right) <= 1 else "number"
+
+
 def _compare(text: str, evaluations: Mapping[str, Any], values: dict[str, float]) -> dict[str, Any]:
     """One instance of a claim: its two sides (``left``, ``op``, ``right``,
     and the terms they are, ``left_term``, ``right_term``), whether the
@@ -406,17 +423,18 @@ def _compare(text: str, evaluations: Mapping[str, Any], values: dict[str, float]
     left = _value(tree[2], evaluations, values)
     right = _value(tree[3], evaluations, values)
     return {"holds_if": text, "left_term": _text(tree[2]), "left": left, "op": tree[1], "right_term": _text(tree[3]),
-            "right": right, "difference": left - right, **_noise(tree, left, right, evaluations),
+            "right": right, "difference": left - right, "unit": _unit(tree, left, right, evaluations),
+            **_noise(tree, left, right, evaluations),
             "holds": bool(OPS[tree[1]](left, right))}
 
 
 def evaluate_claims(claims: list[Claim], evaluations: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Each claim's record for ``results.json``: id, says, holds_if, verdict,
     values (every cell and aggregate compared), the comparison itself
-    (``left``, ``op``, ``right``, ``difference`` = left − right, and the terms
-    compared), its ``interval`` and ``within_noise`` where the module's rule
-    gives them and, with ``for_each``, the same per item with its own verdict
-    (the claim's ``within_noise`` over them)."""
+    (``left``, ``op``, ``right``, ``difference`` = left − right, its ``unit``:
+    ``proportion`` or ``number``, and the terms compared), its ``interval``
+    and ``within_noise`` where the module's rule gives them and, with
+    ``for_each``, the same per item with its own verdict (the claim's ``within_noise`` over them)."""
     out = []
     for claim in claims:
         values: dict[str, float] = {}

@@ -17,7 +17,7 @@ from robustlab.eval.corruption import (
     mce,
     relative_mce,
 )
-from robustlab.eval.defenses import JPEG, DEFENSES, Randomization, defended
+from robustlab.eval.defenses import DEFENSES, JPEG, Randomization, defended
 from robustlab.eval.dense import (
     detect,
     detection_report,

@@ -113,10 +113,16 @@ def _side(v: Any) -> str:
     return f"{v:.3f}" if abs(v) <= 1 else f"{v:.4g}"
 
 
-def difference_text(left: float, right: float) -> str:
-    """``+52.6 points`` (percentage points, both sides in [0, 1]) or ``difference +3.1``."""
+#: Column words whose numbers are not rates (BN statistics, perceptibility, iteration and
+#: proposal counts, L∞ in 0–255, times): a difference of them is not percentage points.
+NOT_RATE_COLUMNS = ("perceptibility", "iterations", "proposals", "L∞", "var ratio", "|Δ", "seconds")
+
+
+def difference_text(left: float, right: float, unit: str | None = None) -> str:
+    """``+52.6 points`` (percentage points: ``unit`` ``proportion``, or without
+    a recorded unit both sides in [0, 1]) or ``difference +3.1``."""
     d = float(left) - float(right)
-    if abs(left) <= 1 and abs(right) <= 1:
+    if unit == "proportion" or (unit is None and abs(left) <= 1 and abs(right) <= 1):
         return f"{100 * d:+.1f} points"
     return f"difference {d:+.4g}"
 
@@ -135,7 +141,11 @@ def comparisons(claim: Mapping[str, Any]) -> list[tuple[str, str, bool | None]]:
             continue
         op = part.get("op") or next((o for o in _OPS if o in str(part.get("holds_if", ""))), "vs")
         left, right = float(part["left"]), float(part["right"])
-        diff = difference_text(left, right)
+        unit = part.get("unit") if part.get("unit") in ("proportion", "number") else None
+        terms = f"{part.get('left_term', '')} {part.get('right_term', '')}"
+        if unit is None and any(w in terms for w in NOT_RATE_COLUMNS):  # a record from before ``unit``
+            unit = "number"
+        diff = difference_text(left, right, unit)
         ci = part.get("interval") if isinstance(part.get("interval"), Mapping) else {}
         if isinstance(ci.get("low"), (int, float)) and isinstance(ci.get("high"), (int, float)):
             level = ci.get("level", 0.95)
