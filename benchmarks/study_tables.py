@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-RAW = ("iterations", "perceptibility", "proposals", "NMS IoU", "L∞")  # columns that are not fractions
+RAW = ("iterations", "perceptibility", "proposals", "NMS IoU", "L∞", "mCE")  # columns that are not fractions
 
 
 def _cell(v: object, pct: bool, column: str) -> str:

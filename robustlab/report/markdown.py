@@ -271,7 +271,9 @@ def studies_markdown(run_dirs: Sequence[str | Path], level: int = 3, tables: boo
 def summary_markdown(run_dirs: Sequence[str | Path]) -> str:
     """One row per study run: chapter, form, how many claims hold / do not
     hold / were not evaluated, how many of the verdicts are within sampling
-    noise (the 95% interval of the compared difference contains 0), and the
+    noise (the 95% interval of the compared difference contains 0; and how
+    many have no such interval: a comparison with a number that is not a
+    proportion of images, or of differences of rates), and the
     ids of those that do not hold (marked ``~`` when within noise)."""
     lines = ["| study | ch. | form | holds | does not hold | not evaluated | within noise | "
              "claims that do not hold |",
@@ -282,11 +284,15 @@ def summary_markdown(run_dirs: Sequence[str | Path]) -> str:
         claims = [c for c in results.get("claims") or [] if isinstance(c, Mapping)]
         count = {v: sum(c.get("verdict") == v for c in claims) for v in _VERDICTS}
         noisy = sum(c.get("within_noise") is True for c in claims)
+        # verdicts whose comparison has no sampling interval (an exact number, differences of differences)
+        unknown = sum(c.get("verdict") in ("holds", "does not hold") and not isinstance(c.get("within_noise"), bool)
+                      for c in claims)
         failing = ", ".join(f"{c.get('id')}{'~' if c.get('within_noise') is True else ''}" for c in claims
                             if c.get("verdict") == "does not hold")
         lines.append(f"| {_cell(results.get('name', d.name))} | {_cell(results.get('chapter') or '')} | "
                      f"{run_form(results, d)} | {count['holds']} | {count['does not hold']} | "
-                     f"{count['not evaluated']} | {noisy} | {_cell(failing) or '—'} |")
+                     f"{count['not evaluated']} | {noisy}{f' (no interval: {unknown})' if unknown else ''} | "
+                     f"{_cell(failing) or '—'} |")
     if any("~" in line.rsplit("|", 2)[-2] for line in lines[2:]):
         lines.append("")
         lines.append("~: within noise (the 95% interval of the difference contains 0).")

@@ -187,6 +187,11 @@ def test_summary_counts_and_marks_verdicts_within_noise(tmp_path):
     table = summary_markdown([run])
     assert "| quickstart | 4 | smoke | 2 | 1 | 1 | 2 | Q-false~ |" in table
     assert "~: within noise" in table
+    for claim in results["claims"]:  # a comparison with no sampling interval is counted apart, not as outside noise
+        if claim["id"] == "Q-true":
+            claim.pop("within_noise")
+    (run / "results.json").write_text(json.dumps(results))
+    assert "| quickstart | 4 | smoke | 2 | 1 | 1 | 1 (no interval: 1) | Q-false~ |" in summary_markdown([run])
 
 
 @pytest.mark.parametrize(("argv", "message"), [
