@@ -86,6 +86,11 @@ def check_ch3_evaluation(name: str, opts: dict[str, Any], model_names: list[str]
                            build=lambda attack, options: nips2017_attack(attack, from_255(16), **options))
 
 
+def _defense_options(item: dict[str, Any]) -> dict[str, Any]:
+    """A ``defended`` entry's options for its defense: all but model, defense and label."""
+    return {k: v for k, v in item.items() if k not in ("model", "defense", "label")}
+
+
 def _check_defended(name: str, items: Any, model_names: list[str]) -> list[dict[str, Any]]:
     """``defended`` entries checked (a model of the study, a known defense, its
     options) and labelled; returns them with ``label`` filled in."""
@@ -105,7 +110,7 @@ def _check_defended(name: str, items: Any, model_names: list[str]) -> list[dict[
         if item["model"] not in model_names:
             raise ValueError(f"{where}[{i}].model: unknown model {item['model']!r}; the study has "
                              f"{', '.join(model_names)}")
-        options = {k: v for k, v in item.items() if k not in ("model", "defense", "label")}
+        options = _defense_options(item)
         try:
             defended(nn.Identity(), item["defense"], **options)
         except (TypeError, ValueError) as err:
@@ -180,7 +185,7 @@ def _defended_targets(ctx: Any, opts: dict[str, Any]) -> dict[str, Any]:
 
     out = {}
     for d in opts["defended"]:
-        options = {k: v for k, v in d.items() if k not in ("model", "defense", "label")}
+        options = _defense_options(d)
         if d["defense"] == "randomization":
             options.setdefault("seed", opts["seed"])
         out[d["label"]] = defended(ctx.model(d["model"]), d["defense"], **options)
