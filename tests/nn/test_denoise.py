@@ -174,33 +174,86 @@ def test_gaussian_weights_are_a_softmax():
     torch.testing.assert_close(bilateral_filter(x, zero, zero), mean_filter(x))
 
 
-def test_chunked_gaussian_equals_unchunked():
+def test_chunked_gaussian_equals_unchunked_and_fused():
     x = randn(*SHAPE, requires_grad=True)
     theta, phi = (t.requires_grad_(True) for t in embeddings(x))
     n, _, h, w = SHAPE
     row_bytes = 3 * n * h * w * 8  # three N×M float64 tensors per query row
     outs, grads = [], []
-    for max_bytes in (None, 7 * row_bytes):  # 30 rows -> chunks of 7, 7, 7, 7, 2
+    for max_bytes, fused in ((None, False), (7 * row_bytes, False), (None, True)):  # chunks of 7, 7, 7, 7, 2
         with LargestTensor() as sizes:
-            y = nonlocal_means(x, theta, phi, max_bytes=max_bytes)
+            y = nonlocal_means(x, theta, phi, max_bytes=max_bytes, fused=fused)
             grads.append(torch.autograd.grad((y * randn(*SHAPE, seed=5)).sum(), (x, theta, phi)))
         outs.append(y)
         if max_bytes is not None:  # the bound holds in the backward too (checkpointed chunks)
             assert sizes.numel <= 7 * n * h * w
-    torch.testing.assert_close(outs[1], outs[0])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b)
+    for out, grad in zip(outs[1:], grads[1:]):
+        torch.testing.assert_close(out, outs[0])
+        for a, b in zip(grad, grads[0]):
+            torch.testing.assert_close(a, b)
     with torch.no_grad():
-        torch.testing.assert_close(nonlocal_means(x, theta, phi, max_bytes=row_bytes), outs[0])
+        torch.testing.assert_close(nonlocal_means(x, theta, phi, max_bytes=row_bytes, fused=False), outs[0])
+
+
+@pytest.mark.parametrize("subsample", [False, True])
+def test_fused_gaussian_never_builds_the_affinity(subsample):
+    x = randn(2, 4, 16, 16, requires_grad=True)
+    theta, phi = (t.requires_grad_(True) for t in embeddings(x))
+    affinity = 2 * 256 * (64 if subsample else 256)
+    for fused in (True, False):
+        with LargestTensor() as sizes:
+            y = nonlocal_means(x, theta, phi, subsample=subsample, fused=fused)
+            y.sum().backward()
+        if fused:
+            assert sizes.numel < affinity / 4
+        else:  # the detector does see the affinity of the unchunked path
+            assert sizes.numel >= affinity
+    torch.testing.assert_close(y, naive_nonlocal(x, theta, phi, True, subsample))
+
+
+def test_fused_gaussian_float32_matches_the_chunked_path():
+    """The default float32 path (the one training takes) against the chunked reference, values and gradients."""
+    x = randn(3, 16, 14, 14, dtype=torch.float32, requires_grad=True)
+    theta, phi = (t.float().requires_grad_(True) for t in embeddings(x, d=8))
+    g = randn(3, 16, 14, 14, seed=9, dtype=torch.float32)
+    results = []
+    for fused in (True, False):
+        y = nonlocal_means(x, theta, phi, fused=fused)
+        results.append((y, *torch.autograd.grad((y * g).sum(), (x, theta, phi))))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_without_a_fused_kernel_the_chunked_path_runs(monkeypatch):
+    from robustlab.nn import denoise
+
+    def no_kernel(*args, **kwargs):
+        raise RuntimeError("No available kernel. Aborting execution.")
+
+    x = randn(*SHAPE)
+    expected = nonlocal_means(x, fused=False)
+    monkeypatch.setattr(denoise, "_NO_FUSED_KERNEL", set())
+    monkeypatch.setattr(denoise.F, "scaled_dot_product_attention", no_kernel)
+    torch.testing.assert_close(nonlocal_means(x), expected)
+    assert denoise._NO_FUSED_KERNEL == {("cpu", torch.float64, 8, False)}  # asked once, remembered
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something else went wrong")
+
+    monkeypatch.setattr(denoise, "_NO_FUSED_KERNEL", set())
+    monkeypatch.setattr(denoise.F, "scaled_dot_product_attention", broken)
+    with pytest.raises(RuntimeError, match="something else"):  # other errors are not swallowed
+        nonlocal_means(x)
 
 
 def test_gaussian_budget_too_small_says_how_much_is_needed():
     x = randn(*SHAPE)
     needed = 3 * 2 * 30 * 8 / 2**20
     with pytest.raises(MemoryError, match=rf"{needed:.3f} MiB.*\(2, 4, 5, 6\)"):
-        nonlocal_means(x, max_bytes=100)
+        nonlocal_means(x, max_bytes=100, fused=False)
     with pytest.raises(MemoryError, match="MiB"):
-        NonLocalDenoise(4, max_bytes=100).double()(x)
+        NonLocalDenoise(4, max_bytes=100, fused=False).double()(x)
+    nonlocal_means(x, max_bytes=100)  # the fused kernels never hold the affinity
 
 
 @pytest.mark.parametrize("subsample", [False, True])
@@ -213,7 +266,7 @@ def test_dot_product_never_builds_the_affinity(subsample):
         nonlocal_means(x, softmax=False, subsample=subsample).sum().backward()
     assert sizes.numel < affinity
     with LargestTensor() as control:  # the detector does see an affinity when one is built
-        nonlocal_means(x, softmax=True, subsample=subsample).sum().backward()
+        nonlocal_means(x, softmax=True, subsample=subsample, fused=False).sum().backward()
     assert control.numel >= affinity
 
 
@@ -254,13 +307,14 @@ def test_median_equals_scipy_nearest(kernel_size):
 # ---------------------------------------------------------------- gradients
 
 
-@pytest.mark.parametrize("max_bytes", [None, 3 * 12 * 8 * 5])  # unchunked, and chunks of 5 rows
+@pytest.mark.parametrize("max_bytes, fused", [(None, True), (None, False), (3 * 12 * 8 * 5, False)])
 @pytest.mark.parametrize("subsample", [False, True])
 @pytest.mark.parametrize("softmax", [True, False])
-def test_gradcheck_nonlocal(softmax, subsample, max_bytes):
+def test_gradcheck_nonlocal(softmax, subsample, max_bytes, fused):  # fused, unchunked, chunks of 5 rows
     x = randn(1, 3, 3, 4, requires_grad=True)
     theta, phi = (t.requires_grad_(True) for t in embeddings(x, d=2))
-    fn = lambda x, t, p: nonlocal_means(x, t, p, softmax=softmax, subsample=subsample, max_bytes=max_bytes)
+    fn = lambda x, t, p: nonlocal_means(x, t, p, softmax=softmax, subsample=subsample, max_bytes=max_bytes,
+                                        fused=fused)
     assert torch.autograd.gradcheck(fn, (x, theta, phi))
     assert torch.autograd.gradcheck(lambda x: nonlocal_means(x, softmax=softmax, subsample=subsample), (x,))
 
@@ -440,6 +494,10 @@ def test_other_bad_arguments():
         DenoiseBlock(4, "mean", embed_channels=2)
     with pytest.raises(ValueError, match="max_bytes must be >= 1"):
         nonlocal_means(x, max_bytes=0)
+    with pytest.raises(TypeError, match="fused must be True or False; got 'yes'"):
+        nonlocal_means(x, fused="yes")
+    with pytest.raises(TypeError, match="fused must be True or False"):
+        NonLocalDenoise(4, fused=1)
     with pytest.raises(ValueError, match="channels must be >= 1"):
         DenoiseBlock(0)
     assert isinstance(DenoiseBlock(1).op.theta, nn.Conv2d)  # C = 1 still embeds to one channel
