@@ -140,7 +140,7 @@ def main() -> int:
                 f"compiled {loss['compiled']:.3f}; PGD-10 batch 128: eager {times['eager'] * 1e3:.1f} ms, "
                 f"compiled {times['compiled'] * 1e3:.1f} ms")
 
-    @check("denoising ops on CUDA equal CPU; chunked non-local stays under its bound")
+    @check("denoising ops on CUDA equal CPU; fused and chunked non-local stay under the affinity")
     def _():  # noqa: ANN202
         torch.manual_seed(0)
         x = torch.randn(2, 16, 12, 12)
@@ -153,19 +153,28 @@ def main() -> int:
         n, c, h, w = 4, 64, 56, 56
         full = n * (h * w) ** 2 * 4
         xg = torch.randn(n, c, h, w, device=dev, requires_grad=True)
-        peaks = {}
-        for label, bound in (("unchunked", 2**40), ("chunked", full // 8)):
-            block = rl.nn.NonLocalDenoise(c, max_bytes=bound).to(dev)
+        peaks, outs = {}, {}
+        torch.manual_seed(1)
+        block = rl.nn.NonLocalDenoise(c).to(dev)
+        for label, fused, bound in (("fused", True, None), ("unchunked", False, 2**40),
+                                    ("chunked", False, full // 8)):
+            block.fused, block.max_bytes = fused, bound
             torch.cuda.synchronize()
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
-            block(xg).sum().backward()
+            y = block(xg)
+            y.sum().backward()
             torch.cuda.synchronize()
             peaks[label] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            outs[label] = (y.detach(), xg.grad)
             xg.grad = None
-        assert peaks["chunked"] < full / 2**20 < peaks["unchunked"], peaks
+        assert peaks["fused"] < full / 2**20 and peaks["chunked"] < full / 2**20 < peaks["unchunked"], peaks
+        for label in ("fused", "chunked"):
+            for a, b in zip(outs[label], outs["unchunked"]):
+                assert torch.allclose(a, b, atol=1e-4, rtol=1e-3), (label, float((a - b).abs().max()))
         return (f"affinity {full / 2**20:.0f} MiB; extra peak unchunked {peaks['unchunked']:.0f} MiB, "
-                f"chunked (bound {full / 8 / 2**20:.0f} MiB) {peaks['chunked']:.0f} MiB")
+                f"chunked (bound {full / 8 / 2**20:.0f} MiB) {peaks['chunked']:.0f} MiB, "
+                f"fused {peaks['fused']:.0f} MiB; outputs and gradients agree")
 
     @check("mixture BN routes and export on CUDA")
     def _():  # noqa: ANN202

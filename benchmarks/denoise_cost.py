@@ -7,8 +7,9 @@ Two tables:
   model  a CIFAR ResNet-18 with 4 blocks after res2..res5 (§4.6.1) or one after
          every residual block with sub-sampling (§4.6.2), forward + backward
          time relative to the plain network (the price of Table 4.2's models).
-Plus the chunked Gaussian non-local path on a map whose full affinity exceeds
-the memory bound, against the unchunked path.
+Plus the three paths of Gaussian non-local means on a map whose full affinity
+exceeds the memory bound: fused (the default, PyTorch's attention kernels),
+unchunked and chunked (``fused=False``).
 
 Every variant is warmed up, then timed round by round in rotating order; medians.
 Run: ``python benchmarks/denoise_cost.py [--device cuda]``.
@@ -115,9 +116,10 @@ def chunk_table(device: torch.device, shape: tuple[int, ...], rounds: int) -> st
     full = n * (h * w) ** 2 * 4 / 2**20
     bound = int(full * 2**20 / 4)  # a quarter of one affinity copy: forces several chunks
     fns = {
-        "unchunked": fwd_bwd(rl.nn.NonLocalDenoise(c, max_bytes=2**40).to(device), x),
-        f"chunked (max_bytes = {bound / 2**20:.0f} MiB)":
-            fwd_bwd(rl.nn.NonLocalDenoise(c, max_bytes=bound).to(device), x),
+        "fused (default)": fwd_bwd(rl.nn.NonLocalDenoise(c).to(device), x),
+        "unchunked (fused=False)": fwd_bwd(rl.nn.NonLocalDenoise(c, max_bytes=2**40, fused=False).to(device), x),
+        f"chunked (fused=False, max_bytes = {bound / 2**20:.0f} MiB)":
+            fwd_bwd(rl.nn.NonLocalDenoise(c, max_bytes=bound, fused=False).to(device), x),
     }
     res = timed(fns, rounds, device)
     lines = [f"\n## Gaussian non-local means on {tuple(shape)} (full affinity {full:.0f} MiB)",

@@ -186,8 +186,10 @@ def nonlocal_means(x: Tensor, theta: Tensor | None = None, phi: Tensor | None = 
     - ``softmax=True`` (Gaussian): f = exp(θ(x_i)ᵀφ(x_j)/√d), C = Σ_j f.
       With ``fused=True`` it runs in PyTorch's fused attention kernels
       (``scaled_dot_product_attention``: flash attention on CPU; flash,
-      memory-efficient or cuDNN on CUDA), which never hold the HW×M affinity
-      and are 4–5× faster than the chunked path on a 28×28 map. Where none
+      memory-efficient or cuDNN on CUDA), which never hold the HW×M affinity;
+      on two CPU threads a forward + backward took 0.18 s instead of 0.92 s
+      on a 128×16×28×28 map (d = 8) and 0.80 s instead of 1.08 s on
+      4×256×56×56 (d = 128), against the chunked path. Where none
       applies (another device, a width a CUDA kernel refuses), or with
       ``fused=False``, the affinity is computed in chunks of query rows so
       that about ``max_bytes`` (default :data:`NONLOCAL_MAX_BYTES`) bounds its
