@@ -85,6 +85,8 @@ class Progress:
         self.total, self.desc, self.unit, self.mode = total, desc, unit, mode
         self.n = self.initial = initial
         self.postfix: dict[str, Any] = {}
+        self.fraction: float | None = None  # the share of the work done, where units take unequal work
+        self._first: tuple[float, float] | None = None  # (time, share) at the first estimate
         self.start = self.last = time.monotonic()
         self.mark = self._fraction_mark()
         self.closed = mode == "off"
@@ -115,8 +117,38 @@ class Progress:
     def set_postfix(self, **values: Any) -> None:
         """Figures shown after the counts (``loss=0.41``), until replaced."""
         self.postfix = dict(values)
+        self._bar_postfix()
+
+    def estimate(self, fraction: float) -> None:
+        """The share (0-1) of the loop's work done, for a loop whose units take
+        unequal work (an evaluation's samples: the ones an attack breaks leave
+        at once, the robust ones run every attack): the eta then follows the
+        work done instead of the units counted, at the rate the share has grown
+        since its first estimate (so the time spent before the work began, as
+        an evaluation's masking checklist, does not count)."""
+        self.fraction = min(max(float(fraction), 0.0), 1.0)
+        if self._first is None:
+            self._first = (time.monotonic(), self.fraction)
+        if self.mode == "bar" and "{remaining}" in (self._bar.bar_format or "{remaining}"):
+            self._bar.bar_format = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
+        self._bar_postfix()
+
+    def _bar_postfix(self) -> None:
         if self.mode == "bar":
-            self._bar.set_postfix(refresh=False, **values)
+            eta = self._eta()
+            extra = {} if self.fraction is None or eta is None else {"eta": _duration(eta)}
+            self._bar.set_postfix(refresh=False, **self.postfix, **extra)
+
+    def _eta(self) -> float | None:
+        """Seconds left: from the work share when :meth:`estimate` gave one,
+        else from the units' rate; None when there is nothing to go on."""
+        now = time.monotonic()
+        if self.fraction is not None and self._first is not None:
+            since, share = self._first
+            return (now - since) * (1 - self.fraction) / (self.fraction - share) if self.fraction > share else None
+        elapsed = max(now - self.start, 1e-9)
+        rate = (self.n - self.initial) / elapsed
+        return (self.total - self.n) / rate if rate > 0 and self.total else None
 
     def line(self, final: bool = False) -> str:
         """The plain line: counts, percent, rate, eta (or time taken) and the postfix."""
@@ -131,8 +163,9 @@ class Progress:
             text += f" in {_duration(elapsed)}"
         if rate > 0:
             text += f", {_rate(rate, self.unit)}"
-            if not final and self.total and self.n < self.total:
-                text += f", eta {_duration((self.total - self.n) / rate)}"
+        eta = None if final or not self.total or self.n >= self.total else self._eta()
+        if eta is not None:
+            text += f", eta {_duration(eta)}"
         return ", ".join([text, *(f"{k} {_value(v)}" for k, v in self.postfix.items())])
 
     def close(self) -> None:

@@ -136,3 +136,30 @@ def test_log_handler_writes_info_bare_and_others_named(capsys):
         logger.propagate = True
         logger.setLevel(logging.NOTSET)
     assert capsys.readouterr().err == "train madry: 1/2 steps\nWARNING robustlab.test_progress: careful\n"
+
+
+def test_an_estimated_work_share_sets_the_eta_before_any_unit_is_done(records, clock):
+    with progress(100, "eval m", "sample", stream=io.StringIO()) as bar:
+        clock.now += 10  # before the work: not counted in the eta
+        bar.estimate(0.05)
+        clock.now += 30  # no sample done yet: a units' rate has nothing to go on
+        bar.estimate(0.2)
+        bar.update(0)
+        clock.now += 40
+        bar.estimate(0.45)
+        bar.update(50)  # half the samples, but not half the work
+    assert records[0] == "eval m: 0/100 samples (0%), eta 2.7 min"  # 15% in 30 s: 80% in 160 s
+    assert records[1] == "eval m: 50/100 samples (50%), 1.6 s/sample, eta 1.6 min"  # 40% in 70 s: 55% in 96 s
+    assert records[-1] == "eval m: 50/100 samples (50%) in 80 s, 1.6 s/sample"
+
+
+def test_a_bar_with_an_estimated_work_share_shows_that_eta(clock):
+    term = _Terminal()
+    with progress(10, "eval m", "sample", stream=term) as bar:
+        bar.estimate(0.0)
+        clock.now += 30
+        bar.estimate(0.25)
+        bar.set_postfix(calls=7)
+        bar.update(1)
+        text = str(bar._bar)  # the bar as tqdm draws it now
+    assert "eta=1.5 min" in text and "calls=7" in text and "<" not in text  # tqdm's own eta is gone

@@ -326,6 +326,22 @@ class Cascade:
     def free(self) -> int:
         return self.capacity - len(self.pool)
 
+    def evaluations_left(self) -> int:
+        """At most how many model evaluations (summed over slots, as
+        :attr:`iterations`) the samples now in the pool still need: each runs
+        the rest of its stage and every later stage it can run, none breaking.
+        A stage of ``steps`` iterations costs ``steps + 1`` evaluations (its
+        start, then one after each step)."""
+        t = self.pool.t
+        if not len(self.pool):
+            return 0
+        dev = t["stage"].device
+        cost = self.table("budget", dev) + 1
+        usable = self.table("untargeted_or_random", dev)[None, :] | (t["targets"] >= 0)
+        later = torch.arange(len(self.stages), device=dev)[None, :] > t["stage"][:, None]
+        rest = (cost[None, :] * (usable & later)).sum(1)
+        return int((cost[t["stage"]] - t["it"] + rest).sum())
+
     # -- one iteration ------------------------------------------------------
 
     def _box(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -297,8 +297,12 @@ def evaluate(
             evaluation started with the same file and settings resumes,
             skipping the samples already done.
         progress: called after each step of the attack cascade with a dict of
-            counts: ``done`` (samples finished), ``active`` (samples under
-            attack) and ``calls`` (model calls so far).
+            counts: ``done`` (samples finished, ``resumed`` of them from
+            ``state``), ``active`` (samples under attack), ``waiting`` (read,
+            correctly classified, not yet attacked), ``calls`` (model calls so
+            far), ``evaluations`` (model evaluations summed over samples) and
+            ``evaluations_left`` (at most how many the active samples still
+            need: :meth:`Cascade.evaluations_left`).
     """
     _check_args(eps, norm, protocol, batch_size, limit, fallback)
     if not isinstance(model, nn.Module):
@@ -431,6 +435,7 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
                    num_classes=z0.shape[1])
     feed = _Feeder(model, casc, _resume(state, fp), max((len(s.record) for s in stages), default=0),
                    z0.shape[1], device)
+    resumed = len(feed.done)
     feed.admit(first[0], x0, y0, z0)
     exhausted, last_save = False, time.perf_counter()
     while True:
@@ -446,7 +451,9 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
         if out is not None:
             feed.absorb(out)
         if progress is not None:  # after every step: a long attack (2000 iterations) shows its calls growing
-            progress({"done": len(feed.tally.index), "active": len(casc.pool), "calls": casc.calls})
+            progress({"done": len(feed.tally.index), "active": len(casc.pool), "calls": casc.calls,
+                      "waiting": feed.waiting, "resumed": resumed, "evaluations": casc.iterations,
+                      "evaluations_left": casc.evaluations_left()})
         if out is not None and state is not None and time.perf_counter() - last_save > 30:
             _save_state(state, fp, feed.tally)
             last_save = time.perf_counter()

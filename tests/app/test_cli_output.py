@@ -67,3 +67,14 @@ def test_progress_lines_in_a_log_and_none_with_quiet(trained, command):
     assert quiet.stderr == "", quiet.stderr
     assert quiet.stdout.strip()  # the summary is still printed
     _assert_fits(quiet.stdout)
+
+
+def test_work_share_leaves_resumed_samples_out_of_the_mean_cost():
+    from robustlab.app.evaluate import work_done
+
+    # 100 samples: 40 resumed (no work here), 10 finished here and 10 under attack with at most
+    # 300 evaluations left; 2000 used so far; 5 waiting, 35 unread. Mean cost (2000 + 300) / 20 = 115.
+    d = {"done": 50, "resumed": 40, "active": 10, "waiting": 5, "evaluations": 2000, "evaluations_left": 300}
+    assert work_done(d, 100) == pytest.approx(2000 / (2000 + 300 + 40 * 115))
+    assert work_done({**d, "resumed": 0}, 100) == pytest.approx(2000 / (2000 + 300 + 40 * 2300 / 60))
+    assert work_done({"done": 100, "active": 0, "waiting": 0, "evaluations": 0, "evaluations_left": 0}, 100) == 1

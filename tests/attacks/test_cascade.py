@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from toy_models import Unbreakable
 
 from robustlab.attacks.cascade import (
     SURVIVED,
+    Cascade,
     Stage,
     _l2_square_step,
     _pseudo_gaussian,
@@ -18,6 +20,7 @@ from robustlab.attacks.cascade import (
     model_forward,
     run_batch,
     square_fraction,
+    wrong_classes_by_rank,
 )
 
 # -- keyed randomness ------------------------------------------------------------
@@ -298,3 +301,42 @@ def test_margin_stages_are_invariant_to_logit_scale(trained_model, digits, loss)
     assert 10 < int((plain.stage == SURVIVED).sum()) < 118
     assert int((scaled.stage == SURVIVED).sum()) <= int((plain.stage == SURVIVED).sum()) + 2
     assert (plain.step != scaled.step).sum() <= 2
+
+
+# -- what is left to do ------------------------------------------------------------
+
+
+def _three_stages() -> list[Stage]:
+    return [Stage("pgd", "pgd", 4, loss="ce"), Stage("apgd", "apgd", 6, loss="cw"),
+            Stage("t1", "apgd", 3, loss="cw", target="top", target_rank=1),
+            Stage("t3", "apgd", 5, loss="cw", target="top", target_rank=3)]  # 3 classes: 2 wrong ones, skipped
+
+
+def test_evaluations_left_counts_down_exactly_when_nothing_breaks():
+    x, y = torch.rand(6, 1, 4, 4), torch.zeros(6, dtype=torch.long)
+    model = Unbreakable()
+    casc = Cascade(model_forward(model), _three_stages(), eps=0.01, capacity=6, num_classes=3)
+    casc.feed(x, y, torch.arange(6), wrong_classes_by_rank(model(x), y))
+    assert casc.evaluations_left() == 6 * ((4 + 1) + (6 + 1) + (3 + 1))  # the rank-3 stage cannot run
+    left = [casc.evaluations_left()]
+    while len(casc.pool):
+        out = casc.step()
+        left.append(casc.evaluations_left())
+    assert out is not None and bool((out.stage == SURVIVED).all())
+    assert left == list(range(left[0], -1, -6)) and casc.iterations == left[0]
+
+
+def test_evaluations_left_bounds_what_samples_that_break_still_use(trained_model, digits):
+    x, y = digits[0][:48], digits[1][:48]
+    stages = [Stage("apgd-ce", "apgd", 8, loss="ce"), Stage("t1", "apgd", 5, loss="cw", target="top", target_rank=1)]
+    with torch.no_grad():
+        z = trained_model(x)
+    casc = Cascade(model_forward(trained_model), stages, eps=0.1, capacity=48, num_classes=z.shape[1])
+    casc.feed(x, y, torch.arange(48), wrong_classes_by_rank(z, y))
+    broke = 0
+    while len(casc.pool):
+        before, used = casc.evaluations_left(), casc.iterations
+        out = casc.step()
+        broke += 0 if out is None else int((out.stage != SURVIVED).sum())
+        assert casc.iterations - used + casc.evaluations_left() <= before  # never more than the bound said
+    assert broke > 0 and casc.iterations < 48 * (9 + 6)

@@ -10,8 +10,10 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from toy_models import Unbreakable
 
 import robustlab as rl
+from robustlab.app.evaluate import work_done
 from robustlab.attacks.cascade import margin, stage_loss
 from robustlab.attacks.losses import cw_margin
 from robustlab.eval.evaluate import Evaluation
@@ -465,3 +467,29 @@ def test_progress_reports_every_step_of_a_long_attack(trained_model, digits):
     before = [d for d in seen if d["done"] == 0]
     assert len(before) >= 10 and before[-1]["calls"] > before[0]["calls"]  # alive before the first result
     assert all(b["calls"] >= a["calls"] and b["done"] >= a["done"] for a, b in zip(seen, seen[1:]))
+
+
+def test_progress_work_share_follows_model_evaluations_not_samples_finished(trained_model, digits):
+    """Robust samples leave only after every attack, so the share of samples
+    finished lags the work done by far more than the share of model
+    evaluations estimated from the counts the callback gives."""
+    x, y = digits[0][:240], digits[1][:240]
+    seen = []
+    ev = rl.eval.evaluate(trained_model, (x, y), eps=0.05, batch_size=32, checklist=False, options={"steps": 20},
+                          progress=seen.append)
+    assert 0.5 < ev.robust_accuracy < 1
+    total = seen[-1]["evaluations"]
+    assert seen[-1]["evaluations_left"] == 0 and work_done(seen[-1], 240) == 1.0
+    by_work = max(abs(work_done(d, 240) - d["evaluations"] / total) for d in seen)
+    by_samples = max(abs(d["done"] / 240 - d["evaluations"] / total) for d in seen)
+    assert by_work < 0.05 < 0.1 < by_samples, (by_work, by_samples)
+
+
+def test_progress_work_share_is_exact_when_every_sample_costs_the_same():
+    x, y = torch.rand(40, 1, 4, 4), torch.zeros(40, dtype=torch.long)
+    seen = []
+    rl.eval.evaluate(Unbreakable(), (x, y), eps=0.01, batch_size=16, checklist=False, options=FAST,
+                     progress=seen.append)
+    total = seen[-1]["evaluations"]
+    assert total == 40 * (11 + 11 + 6)  # APGD-CE and -margin of 10 steps, a targeted one of 5: steps + 1 each
+    assert all(work_done(d, 40) == pytest.approx(d["evaluations"] / total, abs=1e-12) for d in seen)
