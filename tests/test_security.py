@@ -427,7 +427,7 @@ def test_weights_files_run_no_code(tmp_path):
     """create_model(weights=...) reads .pt files with weights_only=True: a pickled payload is refused."""
     marker = tmp_path / "marker"
     torch.save({"w": SystemPayload(marker)}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match="evil.pt is not a readable weights file"):
+    with pytest.raises(ValueError, match=r"evil.pt holds a pickled \S*system, not only tensors; robustlab never"):
         rl.models.create_model("smallcnn", 10, in_channels=1, width=4, weights=tmp_path / "evil.pt")
     assert not marker.exists()
     model = rl.models.create_model("smallcnn", 10, in_channels=1, width=4)

@@ -14,6 +14,7 @@ mean/std normalization is its first layer.
 """
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from numbers import Integral
@@ -38,7 +39,8 @@ from robustlab.nn.norm import DEFAULT_ROUTES
 if TYPE_CHECKING:
     from torchvision.models import WeightsEnum
 
-__all__ = ["PretrainedUnavailableError", "create_model", "load_state_dict", "model_names"]
+__all__ = ["PretrainedUnavailableError", "create_model", "load_state_dict", "load_weights", "model_names"]
+_logger = logging.getLogger(__name__)
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
 
@@ -171,10 +173,7 @@ def create_model(
             f"unknown model {name!r}; built-in: {', '.join(model_names())}; or timm:NAME / tv:NAME"
         )
     if file is not None:
-        try:
-            net.load_state_dict(load_state_dict(file))
-        except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
-            raise ValueError(f"weights: {weights} does not fit {key}: {err}") from None
+        load_weights(net, file, key)
         record = {"source": "file", "name": key, "file": str(file.resolve()), "sha256": sha256_file(file)}
     net = _surgery(net, act=act, act_options=act_options or {}, norm=norm, denoise=denoise,
                    denoise_where=denoise_where, denoise_options=denoise_options or {}, routes=routes)
@@ -270,9 +269,20 @@ def _torchvision(tv_name: str, num_classes: int, weights: Any, **kwargs: Any
     return torchvision_pretrained(tv_name, torchvision_weights(tv_name, weights), num_classes, **kwargs)
 
 
+#: Where a training script's checkpoint dict keeps the model's weights, tried in this order:
+#: Lightning, timm's train.py and RobustBench (``state_dict``), torchvision's reference scripts,
+#: DeiT and MadryLab's robustness library (``model``), the PyTorch tutorials (``model_state_dict``).
+CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict", "net")
+
+
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a local ``.safetensors`` or ``.pt``/``.pth`` file
-    (weights only: no pickled code is run), with every weight finite."""
+    """A state dict from a local ``.safetensors`` or ``.pt``/``.pth``/``.bin``
+    file, with every weight finite. A ``.pt`` file is read with
+    ``weights_only=True`` (tensors, numbers, strings and containers; the
+    ``argparse.Namespace`` of the hyper-parameters timm's and torchvision's
+    training scripts save beside the weights is read as plain data): no
+    pickled code runs. A training checkpoint's weights are taken from its
+    first entry of :data:`CHECKPOINT_KEYS` that holds tensors."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -282,12 +292,101 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            import argparse
+
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a damaged file, or a pickle naming more than tensors (refused by weights_only)
-        raise ValueError(f"{path} is not a readable weights file (safetensors, or a tensors-only .pt/.pth): "
-                         f"{type(err).__name__}: {err}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict (names → tensors)")
+        raise ValueError(_unreadable(path, err)) from None
+    if isinstance(state, dict) and not _is_state(state):
+        state = next((state[k] for k in CHECKPOINT_KEYS if isinstance(state.get(k), dict) and _is_state(state[k])),
+                     state)
+    if not isinstance(state, dict) or not _is_state(state):
+        keys = f"; its keys: {', '.join(map(str, list(state)[:8]))}" if isinstance(state, dict) else ""
+        raise ValueError(f"{path} does not hold a state dict (names → tensors), nor one under "
+                         f"{', '.join(CHECKPOINT_KEYS)}{keys}")
     return finite_state(state, path)
+
+
+def _is_state(d: dict[Any, Any]) -> bool:
+    return bool(d) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """The error for a weights file torch or safetensors cannot read: a
+    pickled object (a whole model, an optimizer class) is named, with how to
+    re-save the weights alone."""
+    text = str(err)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"{path} holds a pickled {found.group(1)}, not only tensors; robustlab never unpickles objects "
+                "(loading them runs code). Re-save the weights where the file was made: "
+                "torch.save(model.state_dict(), 'weights.pth') or safetensors.torch.save_file")
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return (f"{path} is not a readable weights file (safetensors, or a tensors-only .pt/.pth): "
+            f"{type(err).__name__}: {first[:300]}")
+
+
+def fit_state(state: dict[str, torch.Tensor], model: nn.Module, where: Any) -> dict[str, torch.Tensor]:
+    """``state`` as ``model.load_state_dict`` wants it: unchanged when its
+    names are the model's, else the tensors under the one name prefix that
+    gives exactly the model's names (``module.`` of DataParallel and DDP,
+    ``_orig_mod.`` of torch.compile, ``model.`` of Lightning,
+    ``module.model.`` of the robustness library, whose attacker copy and
+    normalizer are then left out, with a warning). BatchNorm's
+    ``num_batches_tracked`` may be absent (checkpoints older than PyTorch
+    0.4.1). Anything else is returned unchanged for ``load_state_dict`` to
+    report."""
+    want = set(model.state_dict())
+    core = {k for k in want if not k.endswith("num_batches_tracked")}
+    if not core or core <= set(state) <= want:
+        return state
+    anchor = min(core)
+    prefixes = {k[: -len(anchor)] for k in state if k.endswith("." + anchor)}
+    fits = []
+    for p in sorted(prefixes, key=len):
+        sub = {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+        if core <= set(sub) <= want:
+            fits.append((p, sub))
+    if not fits:
+        return state
+    prefix, sub = fits[0]
+    left = sorted({".".join(k.split(".")[:2]) for k in state if not k.startswith(prefix)})
+    if left:
+        shown = ", ".join(left[:6]) + (" ..." if len(left) > 6 else "")
+        _logger.warning("weights: %s: the model's %d tensors are those under %r; %d others are ignored (%s)", where,
+                        len(sub), prefix, len(state) - len(sub), shown)
+    else:
+        _logger.info("weights: %s: the model's tensors, under the prefix %r", where, prefix)
+    return sub
+
+
+def load_weights(model: nn.Module, path: str | Path, name: str) -> None:
+    """Load the weights file ``path`` into ``model`` (:func:`load_state_dict`,
+    then :func:`fit_state`); a ValueError naming ``name`` when they do not fit."""
+    state = fit_state(load_state_dict(path), model, path)
+    mine = model.state_dict()
+    prefix, sub = _closest(state, mine)
+    missing = [k for k in mine if k not in sub and not k.endswith("num_batches_tracked")]
+    extra = [k for k in sub if k not in mine]
+    shapes = [f"{k} {tuple(sub[k].shape)} in the file, {tuple(mine[k].shape)} in the model"
+              for k in mine if k in sub and sub[k].shape != mine[k].shape]
+    if missing or extra or shapes:
+        where = f" (under the prefix {prefix!r}, which holds the most of its names)" if prefix else ""
+        parts = [f"{len(v)} {what}: {', '.join(v[:4])}{' ...' if len(v) > 4 else ''}"
+                 for what, v in (("missing", missing), ("unexpected", extra), ("mis-shaped", shapes)) if v]
+        raise ValueError(f"weights: {path} does not fit {name}{where}: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def _closest(state: dict[str, torch.Tensor], mine: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
+    """The name prefix of ``state`` under which most of ``mine``'s names are
+    found ('' when none beats the names as they are), and the tensors under it."""
+    best, sub = "", state
+    count = len(set(state) & set(mine))
+    for p in {k[: len(k) - len(m)] for m in mine for k in state if k.endswith("." + m)}:
+        cand = {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+        n = len(set(cand) & set(mine))
+        if n > count or (n == count and p and len(p) < len(best)):
+            best, sub, count = p, cand, n
+    return best, sub

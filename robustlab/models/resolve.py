@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from robustlab.models.checkpoint import META, load_model
-from robustlab.models.factory import _builtin, create_model, load_state_dict
+from robustlab.models.factory import _builtin, create_model, load_weights
 from robustlab.models.normalize import NormalizedModel
 
 _FACTORY = re.compile(r"^(?P<source>[^:]+\.py|[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_]\w*)$")
@@ -94,7 +94,7 @@ def resolve_model(spec: str | Path, *, weights: str | Path | None = None, **kwar
     if is_factory_spec(key):
         model = load_factory(key)
         if weights is not None:
-            model.load_state_dict(load_state_dict(weights))
+            load_weights(model, weights, key)
         return model
     if _builtin(key) is None:
         kwargs.pop("mean", None)
