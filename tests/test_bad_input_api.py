@@ -192,6 +192,8 @@ CASES = {
     "model_bad_depth": (lambda c: rl.models.create_model("resnet7_cifar"), ValueError, "CIFAR ResNet depth", 0),
     "model_unknown_tv": (lambda c: rl.models.create_model("tv:nope"), ValueError, "unknown torchvision model 'nope'",
                          0),
+    "model_option_it_does_not_take": (lambda c: rl.models.create_model("tv:resnet18", width=16), ValueError,
+                                      "model option 'width' is not one tv:resnet18 takes", 0),
     "model_unknown_act": (lambda c: rl.models.create_model("smallcnn", act="swish2"), ValueError,
                           "unknown activation 'swish2'", 0),
     "model_act_options_alone": (lambda c: rl.models.create_model("smallcnn", act_options={"alpha": 2.0}), ValueError,

@@ -143,6 +143,9 @@ CASES = [
     ("train-eval-eps-abc", _train("eval.eps=abc"), "eval.eps"),
     ("train-unknown-model", _train("model.name=nosuchnet"), "nosuchnet"),
     ("train-unknown-activation", _train("model.act=nosuchact"), "nosuchact"),
+    ("train-model-option-it-does-not-take", _train("model.name=tv:resnet18"), "model option 'width' is not one "
+     "tv:resnet18 takes"),
+    ("train-model-option-typo", _train("model.widht=4"), "model option 'widht'"),
     ("train-unknown-recipe", _train("recipe.name=nosuchrecipe"), "nosuchrecipe"),
     ("train-unknown-dataset", _train("data.name=nosuchdata"), "nosuchdata"),
     ("train-unknown-augment", _train("data.augment=nosuchaug"), "nosuchaug"),

@@ -37,7 +37,8 @@ def build_model(cfg: RunConfig, info: Any, recipe: recipes.Recipe) -> nn.Module:
     a mixture-BN model with those routes unless the config says otherwise."""
     from robustlab.models import create_model
 
-    spec, name = dict(cfg.model.options), cfg.model.name
+    name = cfg.model.name
+    spec = {k: v for k, v in cfg.model.options.items() if v is not None}  # null: the factory's default
     if recipe.routes:
         if spec.get("norm") not in (None, "bn", "mbn"):
             raise ValueError(f"recipe {recipe.name!r} trains BN routes {recipe.routes}; model.norm must be mbn, "

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PretrainedUnavailableError", "create_model", "load_state_dict", "load_weights", "model_names"]
 _logger = logging.getLogger(__name__)
-_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 def _resnet_cifar(depth: int, in_channels: int, num_classes: int, width: float = 1.0) -> nn.Module:
@@ -160,18 +160,25 @@ def create_model(
     builder = _builtin(key)
     file, library = _weights_source(key, builder is not None, weights, pretrained)
     record = None
-    if builder is not None:
-        net = builder(in_channels=in_channels, num_classes=num_classes, **kwargs)
-    elif key.startswith("timm:"):
-        net, mean, std, record = _timm(key[5:], num_classes, mean, std, library is not None, **kwargs)
-    elif key.startswith(("tv:", "torchvision:")):
-        net, record = _torchvision(key.split(":", 1)[1], num_classes, library, **kwargs)
-        if mean is None:  # torchvision's ImageNet statistics
-            mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    else:
-        raise ValueError(
-            f"unknown model {name!r}; built-in: {', '.join(model_names())}; or timm:NAME / tv:NAME"
-        )
+    try:
+        if builder is not None:
+            net = builder(in_channels=in_channels, num_classes=num_classes, **kwargs)
+        elif key.startswith("timm:"):
+            net, mean, std, record = _timm(key[5:], num_classes, mean, std, library is not None, **kwargs)
+        elif key.startswith(("tv:", "torchvision:")):
+            net, record = _torchvision(key.split(":", 1)[1], num_classes, library, **kwargs)
+            if mean is None:  # torchvision's ImageNet statistics
+                mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        else:
+            raise ValueError(
+                f"unknown model {name!r}; built-in: {', '.join(model_names())}; or timm:NAME / tv:NAME"
+            )
+    except TypeError as err:  # an option the network's constructor does not take
+        bad = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if bad is None or bad.group(1) not in kwargs:
+            raise
+        raise ValueError(f"model option {bad.group(1)!r} is not one {key} takes (its constructor refused it); "
+                         f"in a config remove model.{bad.group(1)} or set it to null") from None
     if file is not None:
         load_weights(net, file, key)
         record = {"source": "file", "name": key, "file": str(file.resolve()), "sha256": sha256_file(file)}

@@ -114,3 +114,15 @@ def test_bad_evaluation_options_fail_before_training(ev, message):
     cfg = _cfg(**ev)
     with pytest.raises(ValueError, match=message):
         eval_plan(cfg, build_recipe(cfg))
+
+
+def test_a_null_model_option_is_the_factory_default():
+    """``model.width=null`` (how an override removes a config's option) builds the default network."""
+    info = load_dataset("digits", "train", limit=64).info
+    cfg = resolve({"data": DATA, "model": {"name": "smallcnn", "width": None}, "recipe": {"name": "vanilla"}})
+    built = build_model(cfg, info, build_recipe(cfg))
+    default = rl.models.create_model("smallcnn", info.num_classes, in_channels=info.channels)
+    assert [p.shape for p in built.parameters()] == [p.shape for p in default.parameters()]
+    narrow = resolve({"data": DATA, "model": {"name": "smallcnn", "width": 4}, "recipe": {"name": "vanilla"}})
+    assert sum(p.numel() for p in build_model(narrow, info, build_recipe(narrow)).parameters()) < sum(
+        p.numel() for p in built.parameters())
