@@ -28,6 +28,7 @@ from robustlab.app import study_kinds, study_models
 from robustlab.app.spec import EvaluationSpec, check_keys, parse_budgets
 from robustlab.app.study_ch3 import CH3_EVALUATIONS, CH3_EVALUATORS, check_ch3_evaluation
 from robustlab.app.summary import result_line
+from robustlab.data.folder import spread_indices
 from robustlab.nn.norm import route
 from robustlab.train.checkpoint import load_trained_model
 
@@ -129,7 +130,13 @@ class Context:
     _models: dict[tuple[str, bool], nn.Module] = field(default_factory=dict)
 
     def data(self, opts: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The evaluation's ``limit`` test images: the first ones, or every
+        k-th when the images come sorted by class (an ImageFolder's), so that
+        a smaller limit is not the first classes only."""
         n = opts.get("limit") or self.study.limit or len(self.y)
+        if n < len(self.y) and bool((self.y[1:] >= self.y[:-1]).all()):
+            at = torch.tensor(spread_indices(len(self.y), n), device=self.y.device)
+            return self.x[at], self.y[at]
         return self.x[:n], self.y[:n]
 
     def batches(self, opts: Mapping[str, Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:

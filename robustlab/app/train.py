@@ -21,6 +21,7 @@ from robustlab._io import pick_device
 from robustlab.app.config import RunConfig
 from robustlab.app.rundir import RunDir, default_path, fingerprint_of
 from robustlab.data import load_dataset
+from robustlab.data.folder import spread_indices
 from robustlab.nn.norm import route, route_names
 from robustlab.train import fit, recipes, sinks
 from robustlab.units import from_255, parse_eps
@@ -140,12 +141,14 @@ def _robust(plan: EvalPlan, model: nn.Module, batches: Iterable[tuple[torch.Tens
 
 def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device) -> Callable[[nn.Module], dict]:
     """Clean accuracy on every BN route (``clean_acc``, ``clean_acc_ROUTE``)
-    and, unless ``eval.attack`` is null, robust accuracy on the first
-    ``eval.limit`` images (``{attack}_acc``, ``{attack}_acc_ROUTE``), as
+    and, unless ``eval.attack`` is null, robust accuracy on ``eval.limit``
+    of those images (``{attack}_acc``, ``{attack}_acc_ROUTE``), as
     :class:`EvalPlan` says, in batches of at most ``EVAL_BATCH`` images;
     with the number of images each was measured on (``clean_n``: the
-    ``data.eval_limit`` test images; ``{attack}_n``: the first ``eval.limit``
-    of them), the same for every route, so a report can give intervals."""
+    ``data.eval_limit`` test images; ``{attack}_n``: ``eval.limit`` of them:
+    the first ones of an in-memory set, every k-th of an ImageFolder, whose
+    images are sorted by class), the same for every route, so a report can
+    give intervals."""
     from robustlab.eval.metrics import accuracy
 
     d, ev = cfg.data, cfg.eval
@@ -163,7 +166,7 @@ def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device) 
         from torch.utils.data import DataLoader, Subset
 
         def batches(n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            part = test if n == len(test) else Subset(test, range(n))
+            part = test if n == len(test) else Subset(test, spread_indices(len(test), n) or range(n))
             for xb, yb in DataLoader(part, batch_size=EVAL_BATCH, num_workers=cfg.train.workers,
                                      pin_memory=device.type == "cuda"):
                 yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)

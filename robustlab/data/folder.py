@@ -45,8 +45,10 @@ def _find_split(root: Path, split: str) -> Path:
     return folder
 
 
-def _subset(n: int, limit: int | None) -> list[int] | None:
-    """Every k-th image (a class-mixed subset rather than the first classes only)."""
+def spread_indices(n: int, limit: int | None) -> list[int] | None:
+    """``limit`` of ``n`` indices, evenly spaced (every k-th image): a
+    class-mixed subset of class-sorted images rather than the first classes
+    only; None when ``limit`` keeps them all."""
     if limit is None or limit >= n:
         return None
     step = n / limit
@@ -92,7 +94,7 @@ def image_folder(root: str | Path, split: str, *, limit: int | None = None, size
         ds = ImageFolder(str(folder))
     classes = tuple(ds.classes)
     info = DatasetInfo(f"imagefolder:{root}", len(classes), 3, size, IMAGENET_MEAN, IMAGENET_STD, classes)
-    indices = _subset(len(ds), limit)
+    indices = spread_indices(len(ds), limit)
     if augment is not None:
         return SeededTransform(ds, train_transform(size, augment), indices=indices, info=info)
     if indices is not None:

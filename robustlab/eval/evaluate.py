@@ -149,8 +149,36 @@ def batch_source(data: Any, batch_size: int | None) -> tuple[Iterable[tuple[Tens
                     f"pair; got {type(data).__name__}")
 
 
-def _chunks(source: Iterable[Any], size: int, limit: int | None) -> Iterator[tuple[int, Tensor, Tensor]]:
-    """(first index, x, y) in pieces of at most ``size``, up to ``limit`` samples."""
+class _Labels:
+    """What the labels read so far look like: how many, which classes, and
+    whether they come in label order (a class-sorted dataset, as an ImageFolder is)."""
+
+    def __init__(self) -> None:
+        self.n, self.classes, self.ordered, self.last = 0, set(), True, -1
+
+    def see(self, y: Tensor) -> None:
+        ys = y.detach().flatten().cpu()
+        if len(ys):
+            self.ordered &= bool((ys[1:] >= ys[:-1]).all()) and int(ys[0]) >= self.last
+            self.last = int(ys[-1])
+            self.classes.update(ys.unique().tolist())
+            self.n += len(ys)
+
+    def warning(self, limit: int | None, num_classes: int) -> str | None:
+        """A warning when ``limit`` cut a class-sorted stream to a few of its classes."""
+        k = len(self.classes)
+        if limit is None or self.n < limit or not self.ordered or k >= 0.5 * min(num_classes, self.n):
+            return None
+        return (f"[data] the first {self.n} samples (limit={limit}) hold only {k} of the model's {num_classes} "
+                "classes, in label order: the data looks sorted by class (an ImageFolder is), so they are not a "
+                "sample of it; shuffle the loader or pass a class-mixed subset (rl.data.load_dataset(..., "
+                "limit=N) takes every k-th image)")
+
+
+def _chunks(source: Iterable[Any], size: int, limit: int | None, labels: _Labels | None = None
+            ) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """(first index, x, y) in pieces of at most ``size``, up to ``limit`` samples
+    (``labels`` sees every label yielded)."""
     start = 0
     for b, item in enumerate(source):
         x, y = _pair(item, f"data batch {b}")
@@ -159,6 +187,8 @@ def _chunks(source: Iterable[Any], size: int, limit: int | None) -> Iterator[tup
             if limit is not None and start + len(ys) > limit:
                 xs, ys = xs[: limit - start], ys[: limit - start]
             if len(ys):
+                if labels is not None:
+                    labels.see(ys)
                 yield start, xs, ys
             start += len(ys)
             if limit is not None and start >= limit:
@@ -418,7 +448,8 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
               fallback: bool | None, device: torch.device, seed: int, limit: int | None,
               options: dict[str, Any] | None, checklist: bool, state: Path | None,
               progress: Callable[[dict[str, Any]], None] | None, start_time: float) -> Evaluation:
-    chunks = _chunks(source, capacity, limit)
+    labels = _Labels()
+    chunks = _chunks(source, capacity, limit, labels)
     first = next(chunks, None)
     if first is None:
         raise ValueError("data yielded no samples")
@@ -459,6 +490,9 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
             last_save = time.perf_counter()
     if state is not None:
         _save_state(state, fp, feed.tally)
+    sorted_subset = labels.warning(limit, z0.shape[1])
+    if sorted_subset is not None:
+        warnings.append(sorted_subset)
     return _result(feed.tally, stages, protocol, eps, norm, opts, warnings, sanity, use_fallback, reason, casc,
                    feed.examples, feed.clean, time.perf_counter() - start_time)
 

@@ -213,3 +213,21 @@ def test_bad_evaluations_exit_2_before_any_work(tmp_path, monkeypatch, capsys, e
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+
+
+def test_an_evaluation_limit_on_class_sorted_images_spreads_over_the_classes(tmp_path):
+    """A study on an ImageFolder holds its test images sorted by class: an
+    evaluation's smaller limit takes every k-th of them, not the first classes;
+    images in mixed order keep the first ones (Fashion-MNIST's results unchanged)."""
+    from types import SimpleNamespace
+
+    from robustlab.app.study_eval import Context
+
+    study = SimpleNamespace(limit=None, batch_size=4)
+    y_sorted = torch.arange(5).repeat_interleave(4)  # 5 classes x 4 images
+    x = torch.arange(20.0).view(20, 1, 1, 1)
+    xs, ys = Context(study, tmp_path, torch.device("cpu"), x, y_sorted).data({"limit": 5})
+    assert ys.tolist() == [0, 1, 2, 3, 4] and xs.flatten().tolist() == [0, 4, 8, 12, 16]
+    y_mixed = torch.arange(20) % 5
+    xs, ys = Context(study, tmp_path, torch.device("cpu"), x, y_mixed).data({"limit": 5})
+    assert xs.flatten().tolist() == [0, 1, 2, 3, 4]

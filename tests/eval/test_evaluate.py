@@ -493,3 +493,16 @@ def test_progress_work_share_is_exact_when_every_sample_costs_the_same():
     total = seen[-1]["evaluations"]
     assert total == 40 * (11 + 11 + 6)  # APGD-CE and -margin of 10 steps, a targeted one of 5: steps + 1 each
     assert all(work_done(d, 40) == pytest.approx(d["evaluations"] / total, abs=1e-12) for d in seen)
+
+
+def test_a_limit_on_class_sorted_data_warns_that_the_subset_is_not_a_sample(trained_model, digits):
+    x, y = digits
+    order = torch.argsort(y, stable=True)
+    xs, ys = x[order], y[order]
+    loader = DataLoader(torch.utils.data.TensorDataset(xs, ys), batch_size=32)  # as an unshuffled ImageFolder
+    ev = rl.eval.evaluate(trained_model, loader, eps=0.05, protocol="quick", checklist=False, limit=60)
+    assert any(w.startswith("[data] the first 60 samples (limit=60) hold only 2 of the model's 10 classes")
+               for w in ev.warnings), ev.warnings
+    for data, limit in (((x, y), 60), ((xs, ys), None)):  # mixed classes; or the whole sorted set, no limit
+        ev = rl.eval.evaluate(trained_model, data, eps=0.05, protocol="quick", checklist=False, limit=limit)
+        assert not any(w.startswith("[data]") for w in ev.warnings), ev.warnings

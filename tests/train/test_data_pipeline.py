@@ -209,6 +209,25 @@ def test_image_folder_defaults_to_random_resized_crop_and_streams_evaluation(tmp
     assert res["final"]["clean_acc"] >= 0.0
 
 
+class _AlwaysFirstClass(torch.nn.Module):
+    def forward(self, x):
+        return torch.tensor([1.0, 0.0, 0.0]).expand(len(x), 3) + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def test_training_time_attack_on_an_image_folder_takes_a_class_mixed_subset(folder):
+    """An ImageFolder's images are sorted by class: eval.limit images must be
+    spread over it, not its first classes. The val split holds 4 images of
+    each of 3 classes; a model answering class 0 is right on a third of them,
+    and must be on a third of the 6 images attacked (the first 6: two thirds)."""
+    from robustlab.app.train import build_recipe, make_evaluate
+
+    cfg = rl.app.config.resolve({"data": {"name": f"imagefolder:{folder}", "size": 24}, "recipe": {"name": "vanilla"},
+                                 "eval": {"attack": "pgd", "eps": 8, "steps": 1, "limit": 6}})
+    out = make_evaluate(cfg, build_recipe(cfg), torch.device("cpu"))(_AlwaysFirstClass())
+    assert out["clean_n"] == 12 and out["pgd_n"] == 6
+    assert out["clean_acc"] == pytest.approx(1 / 3) and out["pgd_acc"] == pytest.approx(1 / 3)
+
+
 # -- resume with workers, memory ----------------------------------------------
 def _env():
     env = dict(os.environ, PYTHONUNBUFFERED="1")
