@@ -213,6 +213,13 @@ CASES = [
     ("attack-unknown-data", lambda tmp, run: ["attack", "--model", "smallcnn", "--data", "nosuchdata"],
      "nosuchdata"),
     ("attack-unknown-model", _attack(model="nosuchnet"), "nosuchnet"),
+    ("attack-resize-back-without-diversity", _attack("--attack", "pgd", "--resize-back"),
+     "--resize-back applies to an attack with input diversity"),
+    ("attack-diversity-on-a-flatten-head",
+     _with_file("flat.py", "import torch\n\ndef make():\n    return torch.nn.Sequential(torch.nn.Flatten(), "
+                "torch.nn.Linear(64, 10))\n",
+                lambda tmp, run: _attack("--attack", "di2fgsm", "--p", "1", model=str(tmp / "flat.py") + ":make")(
+                    tmp, run)), "--resize-back"),
     ("attack-batch-size-zero", _attack("--batch-size", "0"), "--batch-size"),
     ("attack-limit-zero", _attack("--limit", "0"), "--limit"),
     ("attack-config-unknown-option", lambda tmp, run: _attack("--config", _yaml(tmp, {"epz": 3}))(tmp, run), "epz"),

@@ -43,6 +43,9 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--norm", choices=("linf", "l2"), help="threat model (default: the attack's, mostly linf)")
     g.add_argument("--mu", type=float, help="momentum decay μ (default: the attack's; mi-fgsm 1.0)")
     g.add_argument("--p", type=float, help="input-diversity probability (default: the attack's; di2-fgsm 0.5)")
+    g.add_argument("--resize-back", action="store_true",
+                   help="input diversity: resize the padded images back to the input size, for a model that takes "
+                        "one input size only (a ViT, a flatten head)")
     g.add_argument("--loss", choices=("ce", "cw"), help="loss the attack ascends: cross-entropy or C&W margin "
                    "(default: the attack's)")
     g.add_argument("--targeted", action="store_true", default=None, help="random wrong class as target")
@@ -291,6 +294,11 @@ def cmd_attack(args: argparse.Namespace) -> int:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"--{flag.replace('_', '-')} must be a whole number >= 1; got {value!r}")
     atk = create(args.attack, **attack_kwargs(args))  # bad names/values fail before any loading
+    if getattr(args, "resize_back", False):
+        if getattr(atk, "diversity", None) is None:
+            raise ValueError(f"--resize-back applies to an attack with input diversity (di2fgsm, mdi2fgsm, dcw, or "
+                             f"--p above 0); {args.attack} has none")
+        atk.diversity.resize_back = True
     options = {k: v for k, v in vars(args).items() if k not in ("out", "device", "verbose", "config", "command")}
     run = RunDir(args.out, "attack", fingerprint_of(options))  # another run there: refused before any work
     device = pick_device(args.device)

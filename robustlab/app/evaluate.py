@@ -12,6 +12,7 @@ models), ``corruption`` (15 corruptions × 5 severities) and ``all``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -198,9 +199,48 @@ def _transfer(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, op
               device: torch.device) -> dict[str, Any]:
     from robustlab.attacks import create
 
-    attacks = {a: (lambda a=a: create(a, eps=opts["eps"], seed=opts["seed"])) for a in TRANSFER_ATTACKS}
+    def attack(name: str, resize_back: bool) -> Any:
+        atk = create(name, eps=opts["eps"], seed=opts["seed"])
+        if resize_back and atk.diversity is not None:
+            atk.diversity.resize_back = True
+        return atk
+
     loader = _batches(x, y, opts["batch_size"])
-    return {"transfer": transfer_matrix(attacks, models, models, loader, device=device)}
+    fixed = [name for name, m in models.items() if not takes_larger_inputs(m, x[:1].to(device))]
+    if fixed:
+        _logger.warning("transfer: %s take(s) only %d×%d inputs: the input-diversity attacks made on them resize "
+                        "their padded images back (InputDiversity(resize_back=True))", ", ".join(fixed),
+                        *x.shape[-2:])
+    out: dict[str, Any] = {}
+    for source, model in models.items():  # one source at a time: the same images count (every model's correct)
+        back = source in fixed
+        attacks = {a: (lambda a=a, back=back: attack(a, back)) for a in TRANSFER_ATTACKS}
+        part = transfer_matrix(attacks, {source: model}, models, loader, device=device)
+        if not out:
+            out = part
+        else:
+            for key in ("success", "accuracy"):
+                for a in part[key]:
+                    out[key][a].update(part[key][a])
+    out["resize_back"] = fixed
+    return {"transfer": out}
+
+
+def takes_larger_inputs(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``model`` runs on ``x`` zero-padded to the size input diversity
+    makes (§3.4.1: 330/299 of it); False for a model of one input size."""
+    from robustlab.attacks.diversity import DIVERSITY_SCALE
+
+    h, w = x.shape[-2:]
+    big = x.new_zeros(*x.shape[:-2], math.ceil(h * DIVERSITY_SCALE), math.ceil(w * DIVERSITY_SCALE))
+    try:
+        with torch.no_grad():
+            model(big)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError:
+        return False
+    return True
 
 
 def _corruption(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_accuracy: float) -> dict[str, Any]:
@@ -239,15 +279,19 @@ def run_eval(spec: EvalSpec, *, quiet: bool = False) -> dict[str, Any]:
 
 def _curves(models: dict[str, nn.Module], test: Any, spec: EvalSpec, device: torch.device) -> dict[str, Any]:
     """The curve and comparison protocols, on every model named."""
-    x, y = (t.to(device) for t in test.batch(slice(0, len(test))))
+    from robustlab.data import load_tensors
+    from robustlab.eval.metrics import predict
+
+    x, y = load_tensors(test, workers=spec.workers)  # on the CPU; every protocol moves its batches
     opts = {"eps": spec.eps, "step_size": spec.step_size, "steps": spec.steps, "targeted": spec.targeted,
             "restarts": spec.restarts, "batch_size": spec.batch_size, "seed": spec.seed}
     per_model: dict[str, Any] = {}
     for name, model in models.items():
         res: dict[str, Any] = {}
         with route(model, spec.route):
-            with torch.no_grad():
-                res["clean_accuracy"] = float((model(x).argmax(1) == y).float().mean())
+            right = sum(int((predict(model, xb.to(device), spec.batch_size).cpu() == yb).sum())
+                        for xb, yb in _batches(x, y, spec.batch_size))
+            res["clean_accuracy"] = right / len(y)
             _logger.info("model %s: clean accuracy %.3f on %d images", name, res["clean_accuracy"], len(y))
             if spec.protocol in ("whitebox", "all"):
                 _logger.info("model %s: whitebox curves, PGD steps %s", name, spec.steps)
@@ -303,5 +347,8 @@ def format_eval_summary(results: dict[str, Any]) -> str:
         for attack, by_src in results["transfer"]["success"].items():
             lines += wrap_items(f"  transfer {attack}: ", [f"{s}→{t} {v:.2f}" for s, row in by_src.items()
                                                            for t, v in row.items()], sep="; ")
+        fixed = results["transfer"].get("resize_back")
+        if fixed:
+            lines.append(clip(f"  transfer: input diversity resized back on {', '.join(fixed)} (one input size)"))
     lines += path_lines("report", results["report"])
     return "\n".join(lines)

@@ -351,7 +351,7 @@ def _fingerprint(obj: Any) -> str:
 
 def run_evaluations(study: Any, run_dir: Path) -> dict[str, dict[str, Any]]:
     """Run every evaluation not already stored (with the same options and models) in ``evaluations/``."""
-    from robustlab.data import load_dataset
+    from robustlab.data import load_dataset, load_tensors
 
     cfg = next(iter(study.models.values()))
     d = cfg.data
@@ -359,7 +359,7 @@ def run_evaluations(study: Any, run_dir: Path) -> dict[str, dict[str, Any]]:
     test = load_dataset(d.name, d.eval_split, data_dir=d.data_dir, limit=limit, download=d.download, size=d.size,
                         channels=d.channels)
     device = pick_device(study.device)
-    x, y = (t.to(device) for t in test.batch(slice(0, len(test))))
+    x, y = (t.to(device) for t in load_tensors(test, workers=cfg.train.workers))
     ctx = Context(study, run_dir, device, x, y)
     (run_dir / "evaluations").mkdir(parents=True, exist_ok=True)
     out = {}

@@ -329,27 +329,33 @@ def diverse_logits(
     logits are put back in order."""
     if draw is None or diversity is None:
         return model(x)
-    apply = draw.apply
+    apply, size = draw.apply, (x.shape[-2], x.shape[-1])
     if diversity.resize_back:
-        return _transformed_forward(model, torch.where(apply.view(-1, 1, 1, 1), diversity.transform(x, draw), x))
+        return model(torch.where(apply.view(-1, 1, 1, 1), diversity.transform(x, draw), x))  # the input size
     n_apply = int(apply.sum())  # the one sync per step: group sizes must be known
     if n_apply == 0:
         return model(x)
     if n_apply == x.shape[0]:
-        return _transformed_forward(model, diversity.transform(x, draw))
+        return _transformed_forward(model, diversity.transform(x, draw), size)
     order = torch.argsort((~apply).to(torch.uint8), stable=True)  # transformed first
     ia, ib = order[:n_apply], order[n_apply:]
-    la = _transformed_forward(model, diversity.transform(x[ia], draw.subset(ia)))
+    la = _transformed_forward(model, diversity.transform(x[ia], draw.subset(ia)), size)
     lb = model(x[ib])
     return torch.cat([la, lb])[order.argsort()]
 
 
-def _transformed_forward(model: Callable[[Tensor], Tensor], xt: Tensor) -> Tensor:
+def _transformed_forward(model: Callable[[Tensor], Tensor], xt: Tensor, size: tuple[int, int]) -> Tensor:
+    """model(T(x)) for the padded images ``xt`` of ``size`` inputs; a model
+    that takes one input size only is a ValueError saying how to attack it."""
     try:
         return model(xt)
+    except torch.OutOfMemoryError:
+        raise
     except RuntimeError as err:
-        raise RuntimeError(
-            f"the model failed on diversity-transformed inputs of size {tuple(xt.shape[-2:])} "
-            "(the §3.4.1 transform pads beyond the input size; models without global pooling "
-            "need InputDiversity(resize_back=True))"
-        ) from err
+        h, w = xt.shape[-2:]
+        raise ValueError(
+            f"model: it fails on the {h}×{w} images input diversity makes of {size[0]}×{size[1]} ones (§3.4.1 "
+            "pads beyond the input size, which a model with global pooling takes). For a model of one input "
+            "size (a ViT, a flatten head), resize them back: diversity=InputDiversity(p, resize_back=True), "
+            f"or --resize-back on the command line. The model's error: {(str(err).splitlines() or [''])[0][:200]}"
+        ) from None

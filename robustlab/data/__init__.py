@@ -9,6 +9,7 @@ from robustlab.data.datasets import (
     dataset_info,
     dataset_names,
     load_dataset,
+    load_tensors,
     make_loader,
 )
 from robustlab.data.info import INFO, DatasetInfo
@@ -19,7 +20,7 @@ from robustlab.data.streaming import Augmented, SeededTransform, augmented
 __all__ = [
     "CORRUPTIONS", "INFO", "DataNotFoundError", "augment_names", "corrupt", "corruption_names", "create_augment",
     "DatasetInfo", "TensorBatches", "TensorImageDataset",
-    "dataset_info", "dataset_names", "load_dataset", "make_loader", "read_idx",
+    "dataset_info", "dataset_names", "load_dataset", "load_tensors", "make_loader", "read_idx",
     "SceneDetection", "Scenes", "detection_collate", "make_scenes",
     "Augmented", "SeededTransform", "augmented",
 ]

@@ -7,6 +7,7 @@ ImageNet layout). Every batch a loader yields is ``(x, y)`` with x float in
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from robustlab.data.info import INFO, DatasetInfo
 from robustlab.data.streaming import augmented
 
 SPLITS = ("train", "test")
+_logger = logging.getLogger(__name__)
 
 
 def dataset_names() -> list[str]:
@@ -200,6 +202,25 @@ def make_loader(dataset: Dataset, batch_size: int = 128, *, shuffle: bool = Fals
     g = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=num_workers,
                       drop_last=drop_last)
+
+
+def load_tensors(dataset: Dataset, *, workers: int = 0, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """Every (image, label) of ``dataset`` as two CPU tensors: an in-memory
+    dataset's own, a streamed one's (an ImageFolder) decoded through a
+    DataLoader of ``workers`` processes. For the evaluations that index their
+    images (curves, transfer, a study's): they hold N·C·H·W floats (5000
+    ImageNet images at 224 px: 3 GB), so give them a limit."""
+    if isinstance(dataset, TensorImageDataset):
+        return dataset.batch(slice(0, len(dataset)))
+    if len(dataset) == 0:
+        raise ValueError("the dataset holds no images")
+    xs, ys = [], []
+    for x, y in make_loader(dataset, batch_size, num_workers=workers):
+        xs.append(x)
+        ys.append(torch.as_tensor(y))
+    x, y = torch.cat(xs), torch.cat(ys)
+    _logger.info("%d test images held in memory (%.2g GB)", len(y), x.numel() * x.element_size() / 1e9)
+    return x, y
 
 
 def dataset_info(dataset: Dataset) -> DatasetInfo:

@@ -311,9 +311,11 @@ def eval_curve_sections(res: Mapping[str, Any]) -> list[Section]:
     tr = res.get("transfer")
     if tr and tr.get("success"):
         opts = res.get("options") or {}
-        out.append(Section("Transfer (black-box)", transfer_meta(list(tr["success"]), opts.get("eps"), tr.get("n"),
-                                                                 tr.get("attack_configs")),
-                           transfer_blocks(tr["success"], tr.get("n"))))
+        meta = transfer_meta(list(tr["success"]), opts.get("eps"), tr.get("n"), tr.get("attack_configs"))
+        if tr.get("resize_back"):
+            meta.append(f"input diversity resized back to the input size on {', '.join(tr['resize_back'])} "
+                        "(models of one input size)")
+        out.append(Section("Transfer (black-box)", meta, transfer_blocks(tr["success"], tr.get("n"))))
     return out
 
 

@@ -1,0 +1,102 @@
+"""The evaluations that hold their images (eval's curve protocols, a study's
+evaluations) on an ImageFolder, which is streamed, not in memory: the same
+images and labels as load_dataset yields, in batches, through the CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import robustlab as rl
+from robustlab.app.cli import main
+
+FACTORY = """
+import torch
+from torch import nn
+
+
+def linear(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))
+
+
+def other():
+    return linear(1)
+"""
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 4)):
+        for c in range(3):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                a = rng.integers(0, 120, (20, 24, 3), dtype=np.uint8)
+                a[..., c] = 230
+                Image.fromarray(a).save(d / f"{i}.png")
+    (root / "mine.py").write_text(FACTORY)
+    return root
+
+
+def test_load_tensors_of_a_folder_are_its_items_in_order(folder):
+    ds = rl.data.load_dataset(f"imagefolder:{folder}", "test", size=16)
+    x, y = rl.data.load_tensors(ds, workers=0)
+    assert x.shape == (12, 3, 16, 16) and y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert all(torch.equal(x[i], ds[i][0]) for i in range(12))
+    mem = rl.data.load_dataset("digits", "test", limit=10)
+    assert all(torch.equal(a, b) for a, b in zip(rl.data.load_tensors(mem), mem.batch(slice(0, 10))))
+
+
+def test_eval_curve_protocols_run_on_a_folder(folder, tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert main(["-q", "eval", "--model", f"{folder / 'mine.py'}:linear", "--model", f"{folder / 'mine.py'}:other",
+                 "--data", f"imagefolder:{folder}", "--image-size", "16", "--protocol", "all", "--eps", "8/255",
+                 "--steps", "1,3", "--batch-size", "5", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    x, y = rl.data.load_tensors(rl.data.load_dataset(f"imagefolder:{folder}", "test", size=16))
+    mod = {}
+    exec(FACTORY, mod)
+    for name, factory in (("linear", mod["linear"]), ("other", mod["other"])):
+        expected = rl.eval.metrics.accuracy(factory(), x, y)
+        assert res["models"][name]["clean_accuracy"] == pytest.approx(expected)
+        assert len(res["models"][name]["corruption"]["errors"]) == 15
+    assert set(res["transfer"]["success"]) == {"ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm"}
+    # flatten heads take one input size: the input-diversity attacks resize their padded images back
+    assert res["transfer"]["resize_back"] == ["linear", "other"]
+    assert set(res["transfer"]["success"]["di2fgsm"]) == {"linear", "other"}
+
+
+def test_a_study_on_a_folder_evaluates_its_models(folder, tmp_path):
+    study = {"name": "folder", "seed": 0, "device": "cpu", "dataset": f"imagefolder:{folder}",
+             "defaults": {"model": {"name": "smallcnn", "width": 4}, "data": {"size": 16},
+                          "train": {"epochs": 1, "batch_size": 8}, "eval": {"attack": None}},
+             "models": {"a": {"recipe": {"name": "vanilla"}}},
+             "evaluations": {"clean": {"kind": "accuracy"},
+                             "robust": {"kind": "robust", "protocol": "quick", "eps": 8, "limit": 6}}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    out = tmp_path / "run"
+    assert main(["-q", "study", str(path), "--out", str(out)]) == 0
+    ev = json.loads((out / "evaluations" / "robust.json").read_text())
+    text = json.dumps(ev)
+    assert '"n": 6' in text or "6" in text
+    model = rl.models.load_model(out / "models" / "a")
+    x, y = rl.data.load_tensors(rl.data.load_dataset(f"imagefolder:{folder}", "test", size=16))
+    clean = json.loads((out / "evaluations" / "clean.json").read_text())
+    assert f"{rl.eval.metrics.accuracy(model, x, y):.6f}"[:6] in json.dumps(clean)
+
+
+def test_attack_with_resize_back_runs_input_diversity_on_a_model_of_one_input_size(folder, tmp_path):
+    out = tmp_path / "atk"
+    assert main(["-q", "attack", "--model", f"{folder / 'mine.py'}:linear", "--data", f"imagefolder:{folder}",
+                 "--image-size", "16", "--attack", "di2fgsm", "--resize-back", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert "resize_back=True" in res["attack"]["diversity"] and res["attack"]["p"] == 0.5
+    assert res["summary"]["eps_violations"] == 0 and res["summary"]["linf_max_255"] <= 15 + 1e-3
