@@ -280,3 +280,14 @@ def test_bad_command_line_is_refused_before_work(name, make, fragment, trained, 
     assert fragment in err, f"{name}: {fragment!r} not in stderr: {err}"
     assert "invalid literal" not in err, err
     assert _snapshot(tmp_path) == before, f"{name}: files written or changed"
+
+
+def test_verbose_shows_where_a_refused_input_was_refused(tmp_path, capsys):
+    """-v adds the traceback to the one-line error (for a report of a bug); without it, one line."""
+    args = ["attack", "--model", "smallcnn", "--data", "digits", "--attack", "pgdd", "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    quiet = capsys.readouterr().err
+    assert "Traceback" not in quiet and "pgdd" in quiet
+    assert main([*args, "-v"]) == 2
+    loud = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in loud and loud.rstrip().endswith(quiet.rstrip().splitlines()[-1])

@@ -97,12 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robustlab", description="Robust representation learning toolkit.",
                                      formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"robustlab {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs too (every layer swapped, ...)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logs too (every layer swapped, ...), and the traceback of an error")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only results and errors")
     # The same flags after the subcommand: SUPPRESS keeps a flag given before it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="debug logs too (every layer swapped, ...)")
+                        help="debug logs too (every layer swapped, ...), and the traceback of an error")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress lines, only results and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
@@ -487,6 +488,10 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argp
             return 0
         return commands[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+        if getattr(args, "verbose", False):  # -v: where it was raised, for a report of a bug
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
         print(f"robustlab {args.command}: error: {err}", file=sys.stderr)
         return 2
 
