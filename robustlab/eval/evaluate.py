@@ -399,6 +399,8 @@ class _Feeder:
         self.pending: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         self.examples: dict[int, Tensor] = {}
         self.clean: dict[int, Tensor] = {}
+        self.attacked: set[int] = set()
+        self.wrong: dict[int, Tensor] = {}
 
     @property
     def waiting(self) -> int:
@@ -419,11 +421,12 @@ class _Feeder:
             with torch.no_grad():
                 z = _check_logits(self.model(x), len(y))
         right = z.argmax(1) == y
-        for j, i in enumerate(idx.tolist()):
-            if i < EXAMPLES:
+        for j, i in enumerate(idx.tolist()):  # the report's grid: the first images attacked, ...
+            if bool(right[j]) and len(self.attacked) < EXAMPLES:
+                self.attacked.add(i)
                 self.clean[i] = x[j].detach().cpu()
-                if not bool(right[j]):  # misclassified as it is: its own adversarial example
-                    self.examples[i] = self.clean[i]
+            elif not bool(right[j]) and len(self.wrong) < EXAMPLES:  # ... else wrong ones, their own example
+                self.wrong[i] = x[j].detach().cpu()
         self.tally.add_clean_wrong(idx[~right].cpu(), self.n_rec)
         top = wrong_classes_by_rank(z, y)
         if bool(right.any()):
@@ -440,8 +443,18 @@ class _Feeder:
     def absorb(self, out: Outcome) -> None:
         self.tally.add(out, self.n_rec)
         for j, i in enumerate(out.index.tolist()):
-            if i < EXAMPLES:
+            if i in self.attacked:
                 self.examples[i] = out.x_adv[j].detach().cpu()
+
+    def grid(self) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+        """(adversarial, clean) images of the report's grid: the first
+        :data:`EXAMPLES` images the attacks had to work on (a class-sorted
+        folder's first images may all be misclassified as they are), filled
+        up with misclassified ones when fewer were correct."""
+        adversarial, clean = dict(self.examples), {i: self.clean[i] for i in self.examples}
+        for i, image in list(self.wrong.items())[: EXAMPLES - len(adversarial)]:
+            adversarial[i] = clean[i] = image
+        return adversarial, clean
 
 
 def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: float, norm: str, protocol: str,
@@ -494,7 +507,7 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
     if sorted_subset is not None:
         warnings.append(sorted_subset)
     return _result(feed.tally, stages, protocol, eps, norm, opts, warnings, sanity, use_fallback, reason, casc,
-                   feed.examples, feed.clean, time.perf_counter() - start_time)
+                   *feed.grid(), time.perf_counter() - start_time)
 
 
 def _resume(state: Path | None, fp: str) -> _Tally:

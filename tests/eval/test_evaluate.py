@@ -506,3 +506,19 @@ def test_a_limit_on_class_sorted_data_warns_that_the_subset_is_not_a_sample(trai
     for data, limit in (((x, y), 60), ((xs, ys), None)):  # mixed classes; or the whole sorted set, no limit
         ev = rl.eval.evaluate(trained_model, data, eps=0.05, protocol="quick", checklist=False, limit=limit)
         assert not any(w.startswith("[data]") for w in ev.warnings), ev.warnings
+
+
+def test_the_report_grid_shows_images_the_attacks_worked_on(trained_model, digits):
+    """A class-sorted folder's first images may all be misclassified as they
+    are: the grid takes the first correctly classified ones, and fills up
+    with misclassified ones only when too few are correct."""
+    x, y = digits[0][:40], digits[1][:40].clone()
+    y[:10] = (y[:10] + 1) % 10  # wrong labels: misclassified as they are
+    ev = rl.eval.evaluate(trained_model, (x, y), eps=0.1, protocol="quick", checklist=False)
+    right = (rl.eval.metrics.predict(trained_model, x) == y).nonzero().flatten().tolist()
+    assert ev.examples["index"].tolist() == right[:8] and min(right) >= 10
+    assert float((ev.examples["adversarial"] - ev.examples["clean"]).abs().max()) > 0  # attacked images
+    y[13:] = (y[13:] + 1) % 10  # now only images 10-12 are correct
+    ev = rl.eval.evaluate(trained_model, (x, y), eps=0.1, protocol="quick", checklist=False)
+    right = (rl.eval.metrics.predict(trained_model, x) == y).nonzero().flatten().tolist()
+    assert right == [10, 11, 12] and ev.examples["index"].tolist() == [0, 1, 2, 3, 4, 10, 11, 12]
