@@ -315,7 +315,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
                                 keep_examples=not args.no_save, examples=EXAMPLES)
     tensors, examples = record.pop("tensors"), record.pop("examples", None)
     record.update(model=str(args.model), weights=args.weights, route=args.route, architecture=arch,
-                  data={"name": args.data, "split": args.split, "limit": args.limit, "n": len(data)})
+                  data={"name": args.data, "split": args.split, "limit": args.limit, "n": len(data)},
+                  classes=list(info.classes) or None)
     with run:
         if not args.no_save:
             write_tensors(run.ensure() / "adversarial.safetensors", tensors)

@@ -266,7 +266,8 @@ def run_eval(spec: EvalSpec, *, quiet: bool = False) -> dict[str, Any]:
     start = time.perf_counter()
     results: dict[str, Any] = {"kind": "eval", "protocol": spec.protocol, "data": spec.data, "n": len(test),
                                "eps": spec.eps, "eps_255": spec.eps * 255, "norm": spec.norm,
-                               "model_specs": spec.models, "route": spec.route}
+                               "model_specs": spec.models, "route": spec.route,
+                               "classes": list(info.classes) or None}  # the report names the classes
     with run:
         run.write_config(config)
         if spec.protocol in ROBUST:

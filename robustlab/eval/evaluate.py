@@ -401,6 +401,7 @@ class _Feeder:
         self.clean: dict[int, Tensor] = {}
         self.attacked: set[int] = set()
         self.wrong: dict[int, Tensor] = {}
+        self.labels: dict[int, int] = {}
 
     @property
     def waiting(self) -> int:
@@ -424,9 +425,9 @@ class _Feeder:
         for j, i in enumerate(idx.tolist()):  # the report's grid: the first images attacked, ...
             if bool(right[j]) and len(self.attacked) < EXAMPLES:
                 self.attacked.add(i)
-                self.clean[i] = x[j].detach().cpu()
+                self.clean[i], self.labels[i] = x[j].detach().cpu(), int(y[j])
             elif not bool(right[j]) and len(self.wrong) < EXAMPLES:  # ... else wrong ones, their own example
-                self.wrong[i] = x[j].detach().cpu()
+                self.wrong[i], self.labels[i] = x[j].detach().cpu(), int(y[j])
         self.tally.add_clean_wrong(idx[~right].cpu(), self.n_rec)
         top = wrong_classes_by_rank(z, y)
         if bool(right.any()):
@@ -446,15 +447,24 @@ class _Feeder:
             if i in self.attacked:
                 self.examples[i] = out.x_adv[j].detach().cpu()
 
-    def grid(self) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
-        """(adversarial, clean) images of the report's grid: the first
-        :data:`EXAMPLES` images the attacks had to work on (a class-sorted
-        folder's first images may all be misclassified as they are), filled
-        up with misclassified ones when fewer were correct."""
-        adversarial, clean = dict(self.examples), {i: self.clean[i] for i in self.examples}
+    def grid(self) -> dict[str, Tensor] | None:
+        """The report's grid: the first :data:`EXAMPLES` images the attacks
+        had to work on (a class-sorted folder's first images may all be
+        misclassified as they are), filled up with misclassified ones when
+        fewer were correct; their ``index``, ``clean`` and ``adversarial``
+        images, label ``y`` and the model's ``adv_pred`` on the adversarial one."""
+        adversarial = dict(self.examples)
+        clean = {i: self.clean[i] for i in adversarial}
         for i, image in list(self.wrong.items())[: EXAMPLES - len(adversarial)]:
             adversarial[i] = clean[i] = image
-        return adversarial, clean
+        keys = sorted(adversarial)
+        if not keys:
+            return None
+        adv = torch.stack([adversarial[k] for k in keys])
+        with torch.no_grad():
+            pred = self.model(adv.to(self.device)).argmax(1).cpu()
+        return {"index": torch.tensor(keys), "clean": torch.stack([clean[k] for k in keys]), "adversarial": adv,
+                "y": torch.tensor([self.labels[k] for k in keys]), "adv_pred": pred}
 
 
 def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: float, norm: str, protocol: str,
@@ -507,7 +517,7 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
     if sorted_subset is not None:
         warnings.append(sorted_subset)
     return _result(feed.tally, stages, protocol, eps, norm, opts, warnings, sanity, use_fallback, reason, casc,
-                   *feed.grid(), time.perf_counter() - start_time)
+                   feed.grid(), time.perf_counter() - start_time)
 
 
 def _resume(state: Path | None, fp: str) -> _Tally:
@@ -532,7 +542,7 @@ def _save_state(path: Path, fp: str, tally: _Tally) -> None:
 
 def _result(tally: _Tally, stages: list, protocol: str, eps: float, norm: str, opts: dict[str, Any],
             warnings: list[str], sanity: dict[str, Any] | None, used: bool, reason: str, casc: Cascade,
-            examples: dict[int, Tensor], clean_keep: dict[int, Tensor], seconds: float) -> Evaluation:
+            examples: dict[str, Tensor] | None, seconds: float) -> Evaluation:
     order = sorted(range(len(tally.index)), key=tally.index.__getitem__)
     stage = [tally.stage[i] for i in order]
     step = [tally.step[i] for i in order]
@@ -567,15 +577,9 @@ def _result(tally: _Tally, stages: list, protocol: str, eps: float, norm: str, o
     label = {k: name for k, name in enumerate(names)} | {CLEAN_WRONG: "clean", SURVIVED: None}
     per_sample = {"clean_correct": [tally.clean[i] for i in order], "broken_by": [label[s] for s in stage],
                   "broken_at": [t if s >= 0 else (0 if s == CLEAN_WRONG else -1) for s, t in zip(stage, step)]}
-    ex = None
-    if examples and clean_keep:
-        keys = sorted(set(examples) & set(clean_keep))
-        if keys:
-            ex = {"index": torch.tensor(keys), "clean": torch.stack([clean_keep[k] for k in keys]),
-                  "adversarial": torch.stack([examples[k] for k in keys])}
     opts_out = {**{k: list(v) if isinstance(v, tuple) else v for k, v in opts.items()}, "stages": names,
                 "batch_size": casc.capacity, "seed": casc.seed, "sanity": sanity}
     return Evaluation(protocol=protocol, eps=eps, norm=norm, n=n, clean_accuracy=clean, robust_accuracy=robust,
                       per_attack=per_attack, warnings=warnings, audit=audit, seconds=round(seconds, 3),
                       options=opts_out, fallback={"used": used, "reason": reason}, per_sample=per_sample,
-                      curve=curve, model_calls=casc.calls, iterations=casc.iterations, examples=ex)
+                      curve=curve, model_calls=casc.calls, iterations=casc.iterations, examples=examples)

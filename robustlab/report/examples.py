@@ -87,8 +87,15 @@ def _fate(i: int, per_sample: Mapping[str, Any] | None) -> str:
     return f"broken by {by} at step {at}"
 
 
-def kept_examples(path: Path, title: str, per_sample: Mapping[str, Any] | None = None) -> Examples | None:
-    """The grid of an ``examples-*.safetensors`` file (``clean``, ``adversarial``, ``index``)."""
+def class_name(k: int, classes: Sequence[str] | None) -> str:
+    """Class ``k`` by its name where the dataset gives names, else its index."""
+    return str(classes[k]) if classes and 0 <= k < len(classes) else str(k)
+
+
+def kept_examples(path: Path, title: str, per_sample: Mapping[str, Any] | None = None,
+                  classes: Sequence[str] | None = None) -> Examples | None:
+    """The grid of an ``examples-*.safetensors`` file (``clean``, ``adversarial``,
+    ``index``; ``y`` and ``adv_pred`` where recorded, shown as ``label → prediction``)."""
     t = _read(path) if path.is_file() else None
     if not t or "clean" not in t or "adversarial" not in t:
         return None
@@ -97,7 +104,12 @@ def kept_examples(path: Path, title: str, per_sample: Mapping[str, Any] | None =
     # the successful attacks first, then the robust samples, then those wrong already when clean
     order = sorted(range(len(index)), key=lambda j: (fates[j] == "wrong when clean", fates[j] == "robust", j))
     order = order[:SHOWN]
-    captions = [" · ".join(p for p in (f"#{index[j]}", fates[j]) if p) for j in order]
+    labelled = "y" in t and "adv_pred" in t and len(t["y"]) == len(index) == len(t["adv_pred"])
+    captions = []
+    for j in order:
+        what = (f"{class_name(int(t['y'][j]), classes)} → {class_name(int(t['adv_pred'][j]), classes)}"
+                if labelled else "")
+        captions.append(" · ".join(p for p in (f"#{index[j]}", fates[j], what) if p))
     return Examples(title, rows(t["clean"][order], t["adversarial"][order], captions))
 
 
@@ -173,7 +185,8 @@ def attack_examples(run_dir: Path | None, results: Mapping[str, Any]) -> Example
             y, a = int(t["y"][i]), int(t["adv_pred"][i])
             c = int(t["clean_pred"][i]) if "clean_pred" in t else y
             fate = "wrong when clean" if c != y else "fooled" if a != y else "robust"
-            parts.append(f"label {y}: clean → {c}, adversarial → {a} ({fate})")
+            name = [class_name(k, results.get("classes")) for k in (y, c, a)]
+            parts.append(f"label {name[0]}: clean → {name[1]}, adversarial → {name[2]} ({fate})")
         captions.append(" · ".join(parts))
     grid = Examples("adversarial examples", rows(clean, adv, captions), note)
     if clean is adv:

@@ -163,7 +163,7 @@ def robust_sections(res: Mapping[str, Any], run_dir: Path | None) -> list[Sectio
                 f"robust accuracy of {name} against attack iterations"))
         if run_dir is not None:
             grid = kept_examples(run_dir / f"examples-{name}.safetensors", f"adversarial examples of {name}",
-                                 r.get("per_sample"))
+                                 r.get("per_sample"), res.get("classes"))
             if grid is not None:
                 blocks.append(grid)
         out.append(Section(name, [budget(r.get("eps"), str(r.get("norm") or "linf")), f"n = {r.get('n')} images"],

@@ -518,6 +518,8 @@ def test_the_report_grid_shows_images_the_attacks_worked_on(trained_model, digit
     right = (rl.eval.metrics.predict(trained_model, x) == y).nonzero().flatten().tolist()
     assert ev.examples["index"].tolist() == right[:8] and min(right) >= 10
     assert float((ev.examples["adversarial"] - ev.examples["clean"]).abs().max()) > 0  # attacked images
+    assert torch.equal(ev.examples["y"], y[ev.examples["index"]])  # the captions' label → prediction
+    assert torch.equal(ev.examples["adv_pred"], rl.eval.metrics.predict(trained_model, ev.examples["adversarial"]))
     y[13:] = (y[13:] + 1) % 10  # now only images 10-12 are correct
     ev = rl.eval.evaluate(trained_model, (x, y), eps=0.1, protocol="quick", checklist=False)
     right = (rl.eval.metrics.predict(trained_model, x) == y).nonzero().flatten().tolist()

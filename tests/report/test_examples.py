@@ -41,3 +41,20 @@ def test_rows_one_example_per_sample():
     assert [e.caption for e in out] == ["#0", "#1"] and all(e.gain.startswith("×") for e in out)
     same = rows(clean[:1], clean[:1], ["#0"])
     assert same[0].gain == "= 0"
+
+
+def test_kept_examples_caption_label_and_prediction_by_class_name(tmp_path):
+    from safetensors.torch import save_file
+
+    from robustlab.report.examples import kept_examples
+
+    clean = torch.rand(2, 1, 4, 4)
+    save_file({"index": torch.tensor([3, 5]), "clean": clean, "adversarial": (clean + 0.01).clamp(0, 1),
+               "y": torch.tensor([1, 0]), "adv_pred": torch.tensor([8, 0])}, str(tmp_path / "ex.safetensors"))
+    per_sample = {"broken_by": [None] * 3 + ["pgd"] + [None] * 2, "broken_at": [-1] * 3 + [4] + [-1] * 2}
+    grid = kept_examples(tmp_path / "ex.safetensors", "t", per_sample, ("T-shirt/top", "Trouser") + ("x",) * 6
+                         + ("Bag", "Ankle boot"))
+    assert [e.caption for e in grid.items] == ["#3 · broken by pgd at step 4 · Trouser → Bag",
+                                               "#5 · robust · T-shirt/top → T-shirt/top"]
+    bare = kept_examples(tmp_path / "ex.safetensors", "t", per_sample)
+    assert bare.items[0].caption == "#3 · broken by pgd at step 4 · 1 → 8"
