@@ -493,7 +493,10 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argp
             import traceback
 
             traceback.print_exc(file=sys.stderr)
-        print(f"robustlab {args.command}: error: {err}", file=sys.stderr)
+        text = str(err)
+        if "Original Traceback" in text:  # raised in a DataLoader worker: its own message is the last line
+            text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+        print(f"robustlab {args.command}: error: {text}", file=sys.stderr)
         return 2
 
 

@@ -55,6 +55,19 @@ def spread_indices(n: int, limit: int | None) -> list[int] | None:
     return [int(i * step) for i in range(limit)]
 
 
+def load_image(path: str) -> Any:
+    """The RGB image at ``path`` (torchvision's loader), or a ValueError naming
+    the file when it is not a readable image (truncated, not an image at all)."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:  # what PIL raises (UnidentifiedImageError is an OSError)
+        raise ValueError(f"imagefolder: {path} is not a readable image ({type(err).__name__}: {err}); remove or "
+                         "replace it") from None
+
+
 def eval_transform(size: int) -> Any:
     import torchvision.transforms as T
 
@@ -89,9 +102,9 @@ def image_folder(root: str | Path, split: str, *, limit: int | None = None, size
     root = Path(root).expanduser()
     folder = _find_split(root, split)
     if augment is None:
-        ds: Dataset = ImageFolder(str(folder), transform=eval_transform(size))
+        ds: Dataset = ImageFolder(str(folder), transform=eval_transform(size), loader=load_image)
     else:
-        ds = ImageFolder(str(folder))
+        ds = ImageFolder(str(folder), loader=load_image)
     classes = tuple(ds.classes)
     info = DatasetInfo(f"imagefolder:{root}", len(classes), 3, size, IMAGENET_MEAN, IMAGENET_STD, classes)
     indices = spread_indices(len(ds), limit)

@@ -100,3 +100,19 @@ def test_attack_with_resize_back_runs_input_diversity_on_a_model_of_one_input_si
     res = json.loads((out / "results.json").read_text())
     assert "resize_back=True" in res["attack"]["diversity"] and res["attack"]["p"] == 0.5
     assert res["summary"]["eps_violations"] == 0 and res["summary"]["linf_max_255"] <= 15 + 1e-3
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_an_unreadable_image_is_named_without_a_traceback(folder, tmp_path, capsys, workers):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    png = bad / "val" / "class1" / "2.png"
+    png.write_bytes(png.read_bytes()[:60])  # truncated
+    assert main(["-q", "eval", "--model", f"{folder / 'mine.py'}:linear", "--data", f"imagefolder:{bad}",
+                 "--image-size", "16", "--protocol", "quick", "--eps", "8/255", "--workers", workers,
+                 "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert f"imagefolder: {png} is not a readable image" in err and "remove or replace it" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
