@@ -171,8 +171,8 @@ class _Labels:
             return None
         return (f"[data] the first {self.n} samples (limit={limit}) hold only {k} of the model's {num_classes} "
                 "classes, in label order: the data looks sorted by class (an ImageFolder is), so they are not a "
-                "sample of it; shuffle the loader or pass a class-mixed subset (rl.data.load_dataset(..., "
-                "limit=N) takes every k-th image)")
+                "sample of it; pass a class-mixed subset (rl.data.load_dataset(..., limit=N) takes every k-th "
+                "image) or a loader shuffled with a seeded generator")
 
 
 def _chunks(source: Iterable[Any], size: int, limit: int | None, labels: _Labels | None = None
@@ -339,6 +339,7 @@ def evaluate(
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     proto = protocols.get(protocol)
     proto.resolve(options)  # unknown options fail before any work
+    unordered = _unordered(data, state)
     source, capacity = batch_source(data, batch_size)
     if device is None:
         param = next(iter(model.parameters()), None)
@@ -346,10 +347,30 @@ def evaluate(
     device = torch.device(device)
     start_time = time.perf_counter()
     with inference_state(model):
-        return _evaluate(model, source, capacity, eps=eps, norm=norm, protocol=protocol, fallback=fallback,
-                         device=device, seed=seed, limit=limit, options=options, checklist=checklist,
-                         state=Path(state) if state is not None else None, progress=progress,
-                         start_time=start_time)
+        ev = _evaluate(model, source, capacity, eps=eps, norm=norm, protocol=protocol, fallback=fallback,
+                       device=device, seed=seed, limit=limit, options=options, checklist=checklist,
+                       state=Path(state) if state is not None else None, progress=progress, start_time=start_time)
+    if unordered is not None:
+        ev.warnings.insert(0, unordered)
+    return ev
+
+
+def _unordered(data: Any, state: str | Path | None) -> str | None:
+    """A warning for a DataLoader that shuffles without a generator (its order,
+    so each sample's keyed random start, changes from run to run); with a
+    ``state`` to resume it is refused: a resumed run would skip other samples
+    than the ones it did."""
+    from torch.utils.data import RandomSampler
+
+    if not (isinstance(data, DataLoader) and isinstance(data.sampler, RandomSampler)
+            and data.generator is None and data.sampler.generator is None):
+        return None
+    if state is not None:
+        raise ValueError("data: a DataLoader with shuffle=True and no generator yields its samples in a new order "
+                         "on every run, so a resumed evaluation (state=) would skip other samples than it did; "
+                         "pass shuffle=False, or a seeded generator=torch.Generator().manual_seed(0)")
+    return ("[data] the DataLoader shuffles with no seeded generator: the samples, and so the result, differ from "
+            "run to run; pass shuffle=False (or generator=torch.Generator().manual_seed(0)) to reproduce it")
 
 
 def _probe(model: nn.Module, x0: Tensor, y0: Tensor) -> tuple[Tensor, list[str]]:

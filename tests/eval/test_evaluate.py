@@ -524,3 +524,18 @@ def test_the_report_grid_shows_images_the_attacks_worked_on(trained_model, digit
     ev = rl.eval.evaluate(trained_model, (x, y), eps=0.1, protocol="quick", checklist=False)
     right = (rl.eval.metrics.predict(trained_model, x) == y).nonzero().flatten().tolist()
     assert right == [10, 11, 12] and ev.examples["index"].tolist() == [0, 1, 2, 3, 4, 10, 11, 12]
+
+
+def test_a_shuffling_loader_without_a_seed_warns_and_cannot_be_resumed(trained_model, digits, tmp_path):
+    ds = torch.utils.data.TensorDataset(digits[0][:40], digits[1][:40])
+    loose = DataLoader(ds, batch_size=16, shuffle=True)
+    ev = rl.eval.evaluate(trained_model, loose, eps=0.05, protocol="quick", checklist=False)
+    assert ev.warnings[0].startswith("[data] the DataLoader shuffles with no seeded generator")
+    with pytest.raises(ValueError, match=r"shuffle=True and no generator .* a resumed evaluation"):
+        rl.eval.evaluate(trained_model, loose, eps=0.05, protocol="quick", state=tmp_path / "s.json")
+    assert not (tmp_path / "s.json").exists()
+    seeded = [rl.eval.evaluate(trained_model, DataLoader(ds, batch_size=16, shuffle=True,
+                                                         generator=torch.Generator().manual_seed(3)),
+                               eps=0.05, protocol="quick", checklist=False) for _ in range(2)]
+    assert not any(w.startswith("[data]") for w in seeded[0].warnings)
+    assert seeded[0].per_sample == seeded[1].per_sample  # a seeded shuffle is the same evaluation again
