@@ -153,6 +153,13 @@ CASES = [
     pytest.param("train-device-cuda", _train("device=cuda"), "cuda", marks=NO_GPU, id="train-device-cuda"),
     ("train-out-is-a-file", _with_file("taken", "x", lambda tmp, run: ["train", _yaml(tmp, TINY_TRAIN), "--out",
                                                                         str(tmp / "taken")]), "taken"),
+    ("train-out-is-a-users-folder", _with_file("notes.txt", "mine", lambda tmp, run: [
+        "train", _yaml(tmp, TINY_TRAIN), "--out", str(tmp)]), "is not empty and holds no robustlab run (cfg.yaml"),
+    pytest.param("train-amp-fp16-on-cpu", _train("train.amp=fp16"), "config key train.amp: fp16 needs a CUDA",
+                 marks=NO_GPU, id="train-amp-fp16-on-cpu"),
+    ("train-warmup-negative", _train("train.warmup_epochs=-1"), "config key train.warmup_epochs must be >= 0"),
+    ("train-gamma-zero", _train("train.gamma=0"), "config key train.gamma must be > 0"),
+    ("train-milestones-decreasing", _train("train.milestones=[0.5,0.2]"), "train.milestones must be increasing"),
     ("train-resume-other-recipe",
      lambda tmp, run: ["train", "--resume", _copy_run(tmp, run), "recipe.name=madry"], "recipe.name"),
     ("train-resume-not-a-run", lambda tmp, run: ["train", "--resume", str(tmp)], "config.yaml"),
@@ -291,3 +298,12 @@ def test_verbose_shows_where_a_refused_input_was_refused(tmp_path, capsys):
     assert main([*args, "-v"]) == 2
     loud = capsys.readouterr().err
     assert "Traceback (most recent call last)" in loud and loud.rstrip().endswith(quiet.rstrip().splitlines()[-1])
+
+
+def test_a_global_batch_that_processes_cannot_share_is_refused_before_work(tmp_path, monkeypatch, capsys):
+    """Under torchrun (WORLD_SIZE=2) train.batch_size=7 cannot be split: refused before the run directory."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "run"
+    assert main(["train", _yaml(tmp_path, TINY_TRAIN), "train.batch_size=7", "--out", str(out)]) == 2
+    assert "config key train.batch_size (7) must be divisible by the number of processes (2)" in capsys.readouterr().err
+    assert not out.exists()

@@ -103,6 +103,10 @@ class RunDir:
             raise ValueError(f"{self.path} is a file, not a run directory")
         path = self.path / RUN
         if not path.is_file():
+            others = sorted(p.name for p in self.path.iterdir() if p.name != LOCK) if self.path.is_dir() else []
+            if others:  # a user's folder (a dataset, notes): a run directory holds one run and nothing else
+                raise ValueError(f"{self.path} is not empty and holds no robustlab run ({', '.join(others[:4])}"
+                                 f"{' ...' if len(others) > 4 else ''}); choose a new or empty output directory")
             return None
         stored = read_json_mapping(path, f"refusing to write into {self.path}")
         differs = [f"kind {stored.get('kind')!r} (this run: {self.kind!r})"] if stored.get("kind") != self.kind else []

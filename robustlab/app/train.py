@@ -8,6 +8,7 @@ RUN_DIR``) and ``results.json``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from torch import nn
 from robustlab._io import pick_device
 from robustlab.app.config import RunConfig
 from robustlab.app.rundir import RunDir, default_path, fingerprint_of
-from robustlab.data import load_dataset
+from robustlab.data import dataset_info, load_dataset
 from robustlab.data.folder import spread_indices
 from robustlab.nn.norm import route, route_names
 from robustlab.train import fit, recipes, sinks
@@ -37,9 +38,19 @@ def build_model(cfg: RunConfig, info: Any, recipe: recipes.Recipe) -> nn.Module:
     """The config's model for the dataset; a recipe that trains BN routes gets
     a mixture-BN model with those routes unless the config says otherwise."""
     from robustlab.models import create_model
+    from robustlab.models.resolve import is_factory_spec, load_factory
 
     name = cfg.model.name
     spec = {k: v for k, v in cfg.model.options.items() if v is not None}  # null: the factory's default
+    if is_factory_spec(name):  # the user's own network: built as it is, exported as weights (save_weights)
+        if spec:
+            raise ValueError(f"config key model: {name} is your own network; the options {sorted(spec)} apply to "
+                             "robustlab's, timm's and torchvision's models only (build them into the factory)")
+        if recipe.routes:
+            raise ValueError(f"recipe {recipe.name!r} trains BN routes {list(recipe.routes)}, which a factory model "
+                             "does not have; use a named model (model.norm: mbn) or another recipe")
+        torch.manual_seed(cfg.seed)
+        return load_factory(name)
     if recipe.routes:
         if spec.get("norm") not in (None, "bn", "mbn"):
             raise ValueError(f"recipe {recipe.name!r} trains BN routes {recipe.routes}; model.norm must be mbn, "
@@ -240,6 +251,37 @@ def _check_resume(cfg: RunConfig, run_dir: Path) -> RunConfig | None:
     return old
 
 
+def _check_classes(cfg: RunConfig, info: Any) -> None:
+    """An ImageFolder's evaluation split must have the training split's classes
+    (torchvision numbers them by sorted folder name: another set maps one
+    class's images onto another's label)."""
+    d = cfg.data
+    if not d.name.startswith("imagefolder:"):
+        return
+    test = dataset_info(load_dataset(d.name, d.eval_split, data_dir=d.data_dir, size=d.size))
+    if test.classes != info.classes:
+        only = sorted(set(info.classes) - set(test.classes))[:3], sorted(set(test.classes) - set(info.classes))[:3]
+        raise ValueError(f"data.name: {d.name}: the {d.eval_split} split's classes differ from the train split's "
+                         f"({len(test.classes)} and {len(info.classes)} classes; only in train: {only[0]}, only in "
+                         f"{d.eval_split}: {only[1]}); both splits need the same class folders")
+
+
+def _check_epochs(cfg: RunConfig, run_dir: Path) -> None:
+    """Refuse fewer ``train.epochs`` than the run's newest checkpoint has trained."""
+    import json
+
+    from robustlab.train.checkpoint import META, latest_checkpoint
+
+    found = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    if found is None:
+        return
+    meta = json.loads((found / META).read_text())
+    done = int(meta.get("step", 0)) / max(int(meta.get("steps_per_epoch") or 1), 1)
+    if cfg.train.epochs < done:
+        raise ValueError(f"config key train.epochs={cfg.train.epochs}: {run_dir} has trained {done:g} epochs "
+                         f"already; give train.epochs >= {math.ceil(done)}, or start a new run with --out")
+
+
 def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, resume: bool = False,
               init: str | Path | None = None) -> dict[str, Any]:
     """Train as ``cfg`` says into ``out``; returns what ``results.json`` holds.
@@ -252,13 +294,22 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
     eval_plan(cfg, recipe)  # bad evaluation options and an absent device fail before any folder or training
     sinks.require(cfg.train.log)  # so does a missing tensorboard
     device = pick_device(cfg.device)
+    if cfg.train.amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"config key train.amp: fp16 needs a CUDA device (this run: {device}); use bf16 or null")
+    if cfg.train.batch_size % world:
+        raise ValueError(f"config key train.batch_size ({cfg.train.batch_size}) must be divisible by the number of "
+                         f"processes ({world}): it is the global batch, split evenly over them")
     main = int(os.environ.get("RANK", "0")) == 0
     out = default_path(out, f"train-{recipe.name}")
-    old = _check_resume(cfg, out) if resume else None
+    old = _check_resume(cfg, out) if resume else None  # --resume: names the keys that would change the run
     run = RunDir(out, "train", fingerprint_of(identity(cfg)), writer=main)  # another run there: refused now
+    if not resume and run.reused:  # the same command again continues the run (or reuses it, finished)
+        resume, old = True, _check_resume(cfg, out)
+    _check_epochs(cfg, out)
     d = cfg.data
     train_set = load_dataset(d.name, "train", data_dir=d.data_dir, limit=d.limit, download=d.download,
                              size=d.size, channels=d.channels, augment=d.train_augment())
+    _check_classes(cfg, train_set.info)
     model = build_model(cfg, train_set.info, recipe)
     if init is not None:
         from robustlab.train.finetune import init_from_run

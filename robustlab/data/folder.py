@@ -34,15 +34,27 @@ from robustlab.data.streaming import SeededTransform
 TRAIN_AUGMENTS = ("none", "flip_crop", "random_resized_crop", "autoaugment")
 
 
+SPLIT_NAMES = ("train", "val", "test")
+
+
 def _find_split(root: Path, split: str) -> Path:
+    """ROOT/SPLIT (``test`` also tries ``val``), or ROOT itself when it holds
+    class folders and no split folder at all; a tree with other splits only
+    (``train/`` without ``val/``) is refused rather than read as classes."""
     names = (split, "val") if split == "test" else (split,)
+    folder = next((root / s for s in names if (root / s).is_dir() and any(c.is_dir() for c in (root / s).iterdir())),
+                  None)
+    if folder is not None:
+        return folder
+    splits = sorted(c.name for c in root.iterdir() if c.is_dir() and c.name in SPLIT_NAMES) if root.is_dir() else []
+    if splits:
+        raise DataNotFoundError(f"imagefolder: {root} has no {' or '.join(f'{n}/' for n in names)} split (it has "
+                                f"{', '.join(f'{s}/' for s in splits)}): give the {split} images their own "
+                                "folder of class folders")
+    if root.is_dir() and any(c.is_dir() for c in root.iterdir()):
+        return root  # ROOT/CLASS/IMAGE: one set of images, every split
     tried = [root / s for s in names] + [root]
-    folder = next((p for p in tried if p.is_dir() and any(c.is_dir() for c in p.iterdir())), None)
-    if folder is None:
-        raise DataNotFoundError(
-            "imagefolder: no class folders found. Paths tried:\n" + "\n".join(f"  {p}" for p in tried)
-        )
-    return folder
+    raise DataNotFoundError("imagefolder: no class folders found. Paths tried:\n" + "\n".join(f"  {p}" for p in tried))
 
 
 def spread_indices(n: int, limit: int | None) -> list[int] | None:
@@ -62,7 +74,13 @@ def load_image(path: str) -> Any:
 
     try:
         with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
+            img = Image.open(f)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: RGB conversion would clip it to white
+                import numpy as np
+
+                a = np.asarray(img, dtype=np.float64)
+                img = Image.fromarray((a * (255 / 65535)).clip(0, 255).round().astype(np.uint8))
+            return img.convert("RGB")
     except (OSError, SyntaxError, ValueError) as err:  # what PIL raises (UnidentifiedImageError is an OSError)
         raise ValueError(f"imagefolder: {path} is not a readable image ({type(err).__name__}: {err}); remove or "
                          "replace it") from None

@@ -175,10 +175,13 @@ def create_model(
             )
     except TypeError as err:  # an option the network's constructor does not take
         bad = re.search(r"unexpected keyword argument '(\w+)'", str(err))
-        if bad is None or bad.group(1) not in kwargs:
+        if bad is not None and bad.group(1) in kwargs:
+            raise ValueError(f"model option {bad.group(1)!r} is not one {key} takes (its constructor refused it); "
+                             f"in a config remove model.{bad.group(1)} or set it to null") from None
+        if not kwargs:
             raise
-        raise ValueError(f"model option {bad.group(1)!r} is not one {key} takes (its constructor refused it); "
-                         f"in a config remove model.{bad.group(1)} or set it to null") from None
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise ValueError(f"model options {given}: {key}'s constructor refused them ({err})") from None
     if file is not None:
         load_weights(net, file, key)
         record = {"source": "file", "name": key, "file": str(file.resolve()), "sha256": sha256_file(file)}

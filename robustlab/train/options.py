@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from robustlab._checks import check_number
-from robustlab.train.schedule import SCHEDULES
+from robustlab.train.schedule import SCHEDULES, LRSchedule
 from robustlab.train.sinks import SINKS
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
@@ -120,6 +120,9 @@ class TrainOptions:
         if self.trainable not in TRAINABLE:
             raise ValueError(f"trainable must be one of {TRAINABLE}; got {self.trainable!r}")
         self.log = _sinks(self.log)
+        # the schedule's own checks (gamma, warmup_epochs, decay_every, milestones) before any run starts
+        LRSchedule(self.lr, 1, self.epochs, self.schedule, self.milestones, self.gamma, self.decay_every,
+                   self.warmup_epochs)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainOptions:

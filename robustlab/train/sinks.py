@@ -35,6 +35,8 @@ class JsonlSink:
 
     def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
+        if resume_step is None and self.path.is_file():  # a fresh start: the lines of a run killed before
+            self.path.unlink()  # its first checkpoint are not this run's
 
     @staticmethod
     def require() -> None:

@@ -116,3 +116,79 @@ def test_an_unreadable_image_is_named_without_a_traceback(folder, tmp_path, caps
     err = capsys.readouterr().err
     assert f"imagefolder: {png} is not a readable image" in err and "remove or replace it" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+TRAIN = {"seed": 0, "device": "cpu", "model": {"name": "smallcnn", "width": 4}, "recipe": {"name": "vanilla"},
+         "train": {"epochs": 1, "batch_size": 8}, "eval": {"attack": None}}
+
+
+def _train_config(tmp_path, data, **sections):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({**TRAIN, "data": data, **sections}))
+    return str(path)
+
+
+def test_a_tree_without_an_evaluation_split_is_refused_not_read_as_classes(folder, tmp_path, capsys):
+    import shutil
+
+    only_train = tmp_path / "only_train"
+    shutil.copytree(folder / "train", only_train / "train")
+    with pytest.raises(rl.data.DataNotFoundError, match=r"has no test/ or val/ split \(it has train/\)"):
+        rl.data.load_dataset(f"imagefolder:{only_train}", "test", size=16)
+    out = tmp_path / "run"
+    assert main(["train", _train_config(tmp_path, {"name": f"imagefolder:{only_train}", "size": 16}),
+                 "--out", str(out)]) == 2
+    assert "has no test/ or val/ split" in capsys.readouterr().err and not out.exists()
+    flat = rl.data.load_dataset(f"imagefolder:{folder / 'val'}", "test", size=16)  # ROOT/CLASS/IMAGE: itself
+    assert len(flat) == 12 and flat.info.classes == ("class0", "class1", "class2")
+
+
+def test_splits_with_other_classes_are_refused_before_training(folder, tmp_path, capsys):
+    import shutil
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(folder, mixed)
+    (mixed / "val" / "class2").rename(mixed / "val" / "class9")
+    out = tmp_path / "run"
+    assert main(["train", _train_config(tmp_path, {"name": f"imagefolder:{mixed}", "size": 16}),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "the test split's classes differ from the train split's" in err and "'class9'" in err
+    assert not out.exists()
+
+
+def test_a_sixteen_bit_png_keeps_its_values(tmp_path):
+    root = tmp_path / "deep" / "val" / "c"
+    root.mkdir(parents=True)
+    a = (np.arange(16 * 16).reshape(16, 16) * 256).astype(np.uint16)  # 0 … 65280
+    Image.fromarray(a).save(root / "x.png")
+    assert Image.open(root / "x.png").mode.startswith("I;16")
+    x = rl.data.load_dataset(f"imagefolder:{tmp_path / 'deep'}", "test", size=14)[0][0]  # resize 16: a crop
+    expected = torch.from_numpy((a[1:15, 1:15] / 65535 * 255).round() / 255).float()
+    assert torch.allclose(x[0], expected, atol=1.5 / 255) and float(x.max()) < 0.95  # not clipped to white
+
+
+def test_channels_other_than_three_are_refused_for_a_folder(folder):
+    with pytest.raises(ValueError, match=r"channels: an ImageFolder gives RGB images \(3 channels\); got channels=1"):
+        rl.data.load_dataset(f"imagefolder:{folder}", "test", channels=1)
+
+
+def test_robustlab_train_trains_a_users_factory_model(folder, tmp_path):
+    (tmp_path / "net.py").write_text("import torch\nfrom torch import nn\n\n\ndef make():\n"
+                                     "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))\n")
+    out = tmp_path / "run"
+    cfg = _train_config(tmp_path, {"name": f"imagefolder:{folder}", "size": 16},
+                        model={"name": f"{tmp_path / 'net.py'}:make"})
+    assert main(["-q", "train", cfg, "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["steps"] == 3 and 0 <= res["final"]["clean_acc"] <= 1
+    assert json.loads((out / "model.json").read_text())["kind"] is None  # weights only: the factory rebuilds it
+    with pytest.raises(ValueError, match=r"is your own network; the options \['width'\] apply to"):
+        rl.app.train.build_model(rl.app.config.resolve({**TRAIN, "model": {"name": f"{tmp_path / 'net.py'}:make",
+                                                                           "width": 4}}), None,
+                                 rl.train.recipes.create("vanilla"))
+
+
+def test_a_model_option_of_the_wrong_type_is_named():
+    with pytest.raises(ValueError, match=r"model options width='abc': smallcnn's constructor refused them"):
+        rl.models.create_model("smallcnn", 10, width="abc")

@@ -184,3 +184,13 @@ def test_cli_train_log_writes_tensorboard_and_may_change_on_resume(tmp_path, cap
     events = _assert_events_match(out)
     assert "epoch/clean_acc" in events and "epoch/train_loss" in events
     assert main(["train", "--resume", str(out), "train.log=[jsonl]"]) == 0  # logging is not the run's identity
+
+
+def test_a_fresh_start_replaces_the_metrics_a_run_left_before_its_first_checkpoint(tmp_path):
+    from robustlab.train.sinks import JsonlSink
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+    JsonlSink(tmp_path, resume_step=2).write({"step": 3})  # resumed: appended
+    assert (tmp_path / "metrics.jsonl").read_text().count("step") == 3
+    JsonlSink(tmp_path).write({"step": 1})  # started afresh: only its own records
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n'

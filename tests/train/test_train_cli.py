@@ -137,3 +137,27 @@ def test_malformed_yaml_names_file_line_and_column(tmp_path, capsys, command):
     line, column = err.split(f"{path}:", 1)[1].split(":")[:2]
     assert int(line) >= 2 and int(column) >= 1
     assert not (tmp_path / "r").exists()
+
+
+
+def test_the_same_command_again_continues_the_run_and_reuses_it_finished(tmp_path, capsys):
+    """README: 'the same command again resumes or reuses what is finished' (without --resume)."""
+    out = tmp_path / "run"
+    args = ["train", str(VANILLA), *TINY, "eval.attack=null", "--out", str(out)]
+    assert main(args) == 0
+    weights = (out / "model.safetensors").read_bytes()
+    assert main(args) == 0  # finished: reused, nothing trained again
+    res = json.loads((out / "results.json").read_text())
+    assert res["resumed_from_step"] == res["steps"] == 4 and (out / "model.safetensors").read_bytes() == weights
+    assert main([*args, "train.epochs=2"]) == 0  # more epochs: continued from step 4, not retrained
+    res = json.loads((out / "results.json").read_text())
+    assert res["resumed_from_step"] == 4 and res["steps"] == 8
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r["step"], r.get("kind", r.get("type"))) for r in records]
+    assert len(keys) == len(set(keys)), "metrics.jsonl holds a record twice"
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert main([*args, "train.epochs=1"]) == 2  # fewer epochs than trained: refused, the run untouched
+    err = capsys.readouterr().err
+    assert "config key train.epochs=1" in err and "has trained 2 epochs already" in err
+    assert _snapshot(out) == before
