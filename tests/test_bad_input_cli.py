@@ -175,6 +175,10 @@ CASES = [
      lambda tmp, run: ["train", "--resume", _copy_run(tmp, run), "model.width=8"], "model.width"),
     # -- robustlab study
     ("study-second-model-typo", _study(_edit("models.b.recipe.stpes", 2)), "models.b"),
+    ("study-second-model-option-its-network-lacks", _study(_edit("models.b.model", {"name": "tv:resnet18"})),
+     "models.b: model option 'width' is not one tv:resnet18 takes"),
+    ("study-second-model-option-of-a-wrong-type", _study(_edit("models.b.model", {"width": "abc"})),
+     "models.b: model options width='abc'"),
     ("study-unknown-eval-kind", _study(_edit("evaluations.clean.kind", "nosuchkind")), "evaluations.clean.kind"),
     ("study-eval-unknown-model", _study(_edit("evaluations.clean.models", ["a", "zz"])), "zz"),
     ("study-eval-unknown-option", _study(_edit("evaluations.clean.limt", 3)), "limt"),

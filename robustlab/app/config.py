@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from robustlab._checks import check_number
+from robustlab._io import safe_yaml
 from robustlab.app.spec import SpecError, check_keys, check_mapping, from_mapping
 from robustlab.train.options import TrainOptions
 from robustlab.units import parse_eps
@@ -138,11 +139,11 @@ class RunConfig:
 
 def parse_value(text: str) -> Any:
     """An override's value as YAML reads it: ``3`` → 3, ``[30, 60]`` → list,
-    ``null`` → None, ``silu`` → "silu"."""
+    ``null`` → None, ``silu`` → "silu", ``1e-3`` → 0.001."""
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        return safe_yaml(text)
     except yaml.YAMLError:
         return text
 
@@ -204,7 +205,7 @@ def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise FileNotFoundError(f"cannot read {what} {path}: {getattr(err, 'strerror', None) or err}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)

@@ -31,6 +31,8 @@ from typing import Any
 from robustlab._io import atomic_write_text, read_json_mapping, write_json
 
 RUN, LOCK = "run.json", ".lock"
+INIT_RECORD = "init_from.json"  # a study model's source weights (robustlab.app.study_models)
+PRE_RUN = (LOCK, INIT_RECORD)  # what robustlab writes into a run's folder before its run.json
 
 
 def fingerprint_of(config: Any) -> str:
@@ -103,7 +105,8 @@ class RunDir:
             raise ValueError(f"{self.path} is a file, not a run directory")
         path = self.path / RUN
         if not path.is_file():
-            others = sorted(p.name for p in self.path.iterdir() if p.name != LOCK) if self.path.is_dir() else []
+            others = (sorted(p.name for p in self.path.iterdir() if p.name not in PRE_RUN)
+                      if self.path.is_dir() else [])
             if others:  # a user's folder (a dataset, notes): a run directory holds one run and nothing else
                 raise ValueError(f"{self.path} is not empty and holds no robustlab run ({', '.join(others[:4])}"
                                  f"{' ...' if len(others) > 4 else ''}); choose a new or empty output directory")

@@ -362,9 +362,30 @@ def run_study(study: Any, out: str | Path | None = None) -> dict[str, Any]:
         return run_sweep_study(study, out)
 
     check_available(study.device, study.models)  # an absent GPU is refused before the folder is made
+    check_models(study)  # so are a bad model option, recipe or dataset of any model
     with RunDir(out if out is not None else Path("runs") / study.name, "study", study_fingerprint(study.name)) as run:
         run.write_config(study.raw, "study.yaml")
         return _run_study(study, run)
+
+
+def check_models(study: Study) -> None:
+    """Every model's recipe, evaluation and network checked before any trains
+    (:func:`robustlab.app.train.check_model`, on the first model's training
+    data); errors name the model (``models.NAME: ...``)."""
+    from robustlab.app.train import check_model
+    from robustlab.data import dataset_info, load_dataset
+
+    infos: dict[tuple[Any, ...], Any] = {}
+    for name, cfg in study.models.items():
+        d = cfg.data
+        key = (d.name, d.data_dir, d.size, d.channels)
+        try:
+            if key not in infos:
+                infos[key] = dataset_info(load_dataset(d.name, "train", data_dir=d.data_dir, limit=8,
+                                                       download=d.download, size=d.size, channels=d.channels))
+            check_model(cfg, infos[key])
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"models.{name}: {err}") from None
 
 
 def _run_study(study: Study, run: RunDir) -> dict[str, Any]:

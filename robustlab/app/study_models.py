@@ -26,8 +26,7 @@ from typing import Any
 
 from robustlab._io import write_json
 from robustlab.app.config import RunConfig
-
-INIT_RECORD = "init_from.json"
+from robustlab.app.rundir import INIT_RECORD
 
 
 def pop_init_from(name: str, spec: dict[str, Any]) -> str | None:

@@ -251,6 +251,25 @@ def _check_resume(cfg: RunConfig, run_dir: Path) -> RunConfig | None:
     return old
 
 
+def check_model(cfg: RunConfig, info: Any) -> None:
+    """What a run would refuse about its recipe, evaluation and network, found
+    without training it: the network is built on PyTorch's meta device (no
+    memory, no weights loaded; one a meta build cannot make is left to the
+    run itself). For a study, before its first model trains."""
+    recipe = build_recipe(cfg)
+    eval_plan(cfg, recipe)
+    sinks.require(cfg.train.log)
+    if cfg.model.options.get("weights") is not None or cfg.model.options.get("pretrained"):
+        return  # weights load into real tensors: the run checks them
+    try:
+        with torch.device("meta"):
+            build_model(cfg, info, recipe)
+    except (ValueError, TypeError, FileNotFoundError, ImportError):
+        raise
+    except Exception as err:  # a module whose construction needs real tensors: the run builds it
+        _logger.debug("model %s not checked on the meta device: %s", cfg.model.name, err)
+
+
 def _check_classes(cfg: RunConfig, info: Any) -> None:
     """An ImageFolder's evaluation split must have the training split's classes
     (torchvision numbers them by sorted folder name: another set maps one

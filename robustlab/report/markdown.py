@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from robustlab._io import atomic_write_text
+from robustlab._io import atomic_write_text, safe_yaml
 from robustlab.report.format import comparisons, is_proportion, short
 
 #: Marker comments of the generated blocks: name → renderer over run directories.
@@ -79,7 +79,7 @@ def run_form(results: Mapping[str, Any], run_dir: Path) -> str:
     import yaml
 
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = safe_yaml(path.read_text()) or {}
     except yaml.YAMLError:
         return "not recorded"
     smoke = raw.get("smoke") if isinstance(raw, Mapping) else None
@@ -96,7 +96,7 @@ def _limit(run_dir: Path) -> Any:
     import yaml
 
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = safe_yaml(path.read_text()) or {}
     except yaml.YAMLError:
         return None
     return raw.get("limit") if isinstance(raw, Mapping) else None

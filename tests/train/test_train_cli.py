@@ -161,3 +161,16 @@ def test_the_same_command_again_continues_the_run_and_reuses_it_finished(tmp_pat
     err = capsys.readouterr().err
     assert "config key train.epochs=1" in err and "has trained 2 epochs already" in err
     assert _snapshot(out) == before
+
+
+def test_scientific_notation_is_a_number_in_configs_and_overrides(tmp_path):
+    """PyYAML (YAML 1.1) reads 5e-4 as a string; a config's lr: 5e-4 must be 0.0005."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text(VANILLA.read_text() + "\n# a user's own rate\n")
+    raw = yaml.safe_load(path.read_text())
+    raw["train"]["lr"] = "LR"
+    path.write_text(yaml.safe_dump(raw).replace("LR", "5e-4"))
+    cfg, _ = load_config(path, ["train.weight_decay=1e-5", "train.milestones=[1e1]"])
+    assert cfg.train.lr == 0.0005 and cfg.train.weight_decay == 1e-5 and cfg.train.milestones == (10.0,)
+    cfg, _ = load_config(path, ["model.name=x1e3"])
+    assert cfg.model.name == "x1e3"  # not a number: still a string
