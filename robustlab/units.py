@@ -22,13 +22,15 @@ def to_255(value: float) -> float:
     return float(value) * PIXEL_LEVELS
 
 
-def parse_eps(text: str | float | int, name: str = "eps", *, small_is_pixels: bool = False) -> float:
+def parse_eps(text: str | float | int, name: str = "eps", *, small_is_pixels: bool = False,
+              pixels: bool = False) -> float:
     """Parse a budget written by a user into pixel units.
 
     Plain numbers are in the thesis's 0–255 notation (``"16"`` → 16/255); a
     fraction names pixel units explicitly (``"16/255"`` → 16/255, ``"1/2"`` →
     0.5, ``"0.5/255"``: DAG's γ); a ``px`` suffix marks a pixel-space value (``"0.5px"`` → 0.5, the
-    usual way to state an L2 budget).
+    usual way to state an L2 budget). ``pixels``: plain numbers are pixel
+    units too (an L2 budget, ``"3"`` → 3, as ImageNet's ε₂ = 3 is written).
     """
     raw = str(text).strip()
     try:
@@ -37,7 +39,7 @@ def parse_eps(text: str | float | int, name: str = "eps", *, small_is_pixels: bo
         elif "/" in raw:
             num, den = raw.split("/")  # one slash; each side a decimal (exact: "16/255" as Fraction("16/255"))
             value = float(Fraction(num.strip()) / Fraction(den.strip()))
-        elif small_is_pixels and 0 < float(raw) < 1:
+        elif pixels or (small_is_pixels and 0 < float(raw) < 1):
             value = float(raw)
         else:
             value = from_255(float(raw))
@@ -47,7 +49,7 @@ def parse_eps(text: str | float | int, name: str = "eps", *, small_is_pixels: bo
         ) from None
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be finite and >= 0; got {text!r}")
-    if not raw.endswith("px") and "/" not in raw and float(raw) > PIXEL_LEVELS:
+    if not pixels and not raw.endswith("px") and "/" not in raw and float(raw) > PIXEL_LEVELS:
         raise ValueError(f"{name} {text!r} is above 255 in 0-255 units (the whole pixel range); write pixels as "
                          f"{raw}px or a fraction such as 16/255")
     return value

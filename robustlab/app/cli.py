@@ -36,8 +36,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def _add_attack_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("attack")
     g.add_argument("--attack", default="pgd", help="fgsm, ifgsm, mifgsm, di2fgsm, mdi2fgsm, pgd, gd, cw, dcw")
-    g.add_argument("--eps", help="budget: 16 (0-255 units), 16/255, or 0.5px (default: the attack's; "
-                   "pgd 16, the ch. 3 family 15)")
+    g.add_argument("--eps", help="budget: 16 (0-255 units), 16/255, or 0.5px; with --norm l2 a plain number is "
+                   "pixels (default: the attack's; pgd 16, the ch. 3 family 15)")
     g.add_argument("--steps", type=int, help="iterations N (default: the thesis rule of the attack)")
     g.add_argument("--step-size", help="step α, same notation as --eps (default: the attack's)")
     g.add_argument("--norm", choices=("linf", "l2"), help="threat model (default: the attack's, mostly linf)")
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="standard | thesis | quick: robust accuracy; whitebox | transfer | corruption | all: "
                     "curves and comparisons")
     ev.add_argument("--eps", default="8/255", help="budget: 8/255 or 0.03px (pixels), 8 (0-255 units); a plain "
-                    "number below 1 is read as pixels (0.1 = 0.1 px)")
+                    "number below 1 is read as pixels (0.1 = 0.1 px), and with --norm l2 any plain number (3 = ε₂ 3)")
     ev.add_argument("--norm", default="linf", choices=("linf", "l2"), help="threat model")
     ev.add_argument("--fallback", choices=("auto", "on", "off"), default="auto",
                     help="gradient-free Square Attack: auto = when the masking checklist flags the model")
@@ -255,7 +255,7 @@ def attack_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         if value is None:
             continue
         if key in ("eps", "step_size"):
-            value = parse_eps(value, "--" + key.replace("_", "-"))
+            value = parse_eps(value, "--" + key.replace("_", "-"), pixels=getattr(args, "norm", None) == "l2")
         kw[key] = value
     return kw
 
@@ -374,12 +374,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except ValueError:
         raise ValueError(f"--steps must be comma-separated integers; got {args.steps!r}") from None
     spec = EvalSpec(models=[*args.model, *args.checkpoint], data=args.data, protocol=args.protocol,
-                    eps=parse_eps(args.eps, "--eps", small_is_pixels=True), norm=args.norm, weights=args.weights,
+                    eps=parse_eps(args.eps, "--eps", small_is_pixels=True, pixels=args.norm == "l2"), norm=args.norm,
+                    weights=args.weights,
                     mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"), limit=args.limit,
                     batch_size=args.batch_size, workers=args.workers,
                     fallback={"auto": None, "on": True, "off": False}[args.fallback], seed=args.seed,
                     route=args.route, data_dir=args.data_dir, image_size=args.image_size, device=args.device,
-                    out=args.out, steps=steps, step_size=parse_eps(args.step_size, "--step-size"),
+                    out=args.out, steps=steps,
+                    step_size=parse_eps(args.step_size, "--step-size", pixels=args.norm == "l2"),
                     targeted=args.targeted, restarts=args.restarts)
     results = run_eval(spec, quiet=args.quiet)
     print(format_eval_summary(results))

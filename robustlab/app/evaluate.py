@@ -189,7 +189,7 @@ def _whitebox(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: dict[str
     res = whitebox_protocol(model, _batches(x, y, opts["batch_size"]), steps=opts["steps"], eps=opts["eps"],
                             step_size=opts["step_size"], losses=("ce", "cw"),
                             targeted=(False, True) if opts["targeted"] else (False,), restarts=opts["restarts"],
-                            seed=opts["seed"], device=device)
+                            seed=opts["seed"], device=device, norm=opts["norm"])
     curves = {name: c.as_dict() for name, c in res["curves"].items()}
     curves["worst case"] = res["worst"].as_dict()
     return {"whitebox": curves, "sanity": res["sanity"].as_dict()}
@@ -200,7 +200,7 @@ def _transfer(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, op
     from robustlab.attacks import create
 
     def attack(name: str, resize_back: bool) -> Any:
-        atk = create(name, eps=opts["eps"], seed=opts["seed"])
+        atk = create(name, eps=opts["eps"], norm=opts["norm"], seed=opts["seed"])
         if resize_back and atk.diversity is not None:
             atk.diversity.resize_back = True
         return atk
@@ -223,6 +223,7 @@ def _transfer(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, op
                 for a in part[key]:
                     out[key][a].update(part[key][a])
     out["resize_back"] = fixed
+    out["attack_configs"] = {a: attack(a, False).config() for a in TRANSFER_ATTACKS}  # ε, norm, steps, as run
     return {"transfer": out}
 
 
@@ -284,7 +285,8 @@ def _curves(models: dict[str, nn.Module], test: Any, spec: EvalSpec, device: tor
     from robustlab.eval.metrics import predict
 
     x, y = load_tensors(test, workers=spec.workers)  # on the CPU; every protocol moves its batches
-    opts = {"eps": spec.eps, "step_size": spec.step_size, "steps": spec.steps, "targeted": spec.targeted,
+    opts = {"eps": spec.eps, "norm": spec.norm, "step_size": spec.step_size, "steps": spec.steps,
+            "targeted": spec.targeted,
             "restarts": spec.restarts, "batch_size": spec.batch_size, "seed": spec.seed}
     per_model: dict[str, Any] = {}
     for name, model in models.items():

@@ -60,6 +60,8 @@ def _pgd(eps: float, steps: int, step_size: float | None = None, seed: int = 0, 
     compare accuracies, counted on any iterate), so a model that breaks
     easily costs a step or two, not the full budget."""
     alpha = step_size if step_size is not None else max(eps / 4, 2.5 * eps / max(steps, 1))
+    if norm == "linf":
+        alpha = min(alpha, 1.0)  # a step past the whole pixel range moves nothing more (ε ≥ 0.4 px)
     return IterativeAttack(eps=eps, steps=steps, step_size=alpha, random_start=random_start, seed=seed, name="pgd",
                            norm=norm, early_stop=True, stop_on="misclassified")
 

@@ -172,9 +172,10 @@ def whitebox_protocol(
     seed: int = 0,
     device: str | torch.device | None = None,
     checklist: bool = True,
+    norm: str = "linf",
 ) -> dict[str, Any]:
     """The ``whitebox`` protocol: a robustness curve for each loss × (untargeted,
-    targeted) run, their per-image worst case, and the masking checklist on
+    targeted) run under the ``norm`` ball, their per-image worst case, and the masking checklist on
     the first 100 images (``rl.eval.protocols``; used by ``robustlab eval``
     and studies alike).
 
@@ -188,11 +189,11 @@ def whitebox_protocol(
         for t in targeted:
             name = f"PGD {'targeted' if t else 'untargeted'}" + (" (C&W margin)" if loss == "cw" else "")
             curves[name] = robustness_curve(model, loader, steps=steps, eps=eps, step_size=step_size, targeted=t,
-                                            restarts=restarts, seed=seed, device=device, loss=loss)
+                                            restarts=restarts, seed=seed, device=device, loss=loss, norm=norm)
             c = curves[name]
             _logger.info("whitebox %s: accuracy %.3f after %d steps (%.0f s)", name, c.accuracy[-1], c.steps[-1],
                          c.seconds)
     worst = worst_case(list(curves.values())) if len(curves) > 1 else next(iter(curves.values()))
     sanity = (run_sanity_checks(model, loader, eps=eps, steps=10, queries=100, noise_draws=2, limit=100, seed=seed,
-                                device=device) if checklist else None)
+                                device=device, norm=norm) if checklist else None)
     return {"curves": curves, "worst": worst, "sanity": sanity}

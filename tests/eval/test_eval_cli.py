@@ -116,3 +116,26 @@ def test_eval_a_user_factory_model(tmp_path, capsys):
     assert main(["eval", "--model", f"{tmp_path / 'mine.py'}:not_a_model", "--data", "digits",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "not a torch.nn.Module" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_l2_budgets_reach_every_protocol_and_plain_l2_numbers_are_pixels(runs, tmp_path):
+    """--norm l2 used to run L∞ curves and transfer attacks; --eps 3 --norm l2 was 3/255."""
+    out = tmp_path / "l2"
+    assert main(["-q", "eval", "--checkpoint", str(runs / "a"), "--checkpoint", str(runs / "b"), "--data", "digits",
+                 "--protocol", "all", "--norm", "l2", "--eps", "1", "--step-size", "0.25", "--steps", "1,4",
+                 "--limit", "32", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["eps"] == 1.0 and res["norm"] == "l2"  # a plain number under l2: pixels
+    for m in res["models"].values():
+        assert all(c["config"]["norm"] == "l2" and c["config"]["eps"] == 1.0
+                   for name, c in m["whitebox"].items() if name != "worst case")
+    configs = res["transfer"]["attack_configs"]
+    assert set(configs) == {"ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm"}
+    assert all(c["norm"] == "l2" and c["eps"] == 1.0 for c in configs.values())
+
+
+def test_a_large_linf_budget_is_evaluated_not_refused_for_its_checklist_step(trained_model, digits):
+    import robustlab as rl
+
+    ev = rl.eval.evaluate(trained_model, (digits[0][:16], digits[1][:16]), eps=0.6, protocol="quick")
+    assert ev.robust_accuracy <= ev.clean_accuracy and ev.audit["within_budget"]
