@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -93,6 +94,10 @@ class EvalSpec:
         if self.mean is not None and (not self.mean or len(self.mean) != len(self.std)):
             raise ValueError(f"--mean and --std must give one value per channel each; got {self.mean} and "
                              f"{self.std}")
+        if self.mean is not None and (max(self.mean) > 1 or max(self.std) > 1 or min(self.std) <= 0):
+            raise ValueError(f"--mean and --std are statistics of [0, 1] pixels (0.485,0.456,0.406 and "
+                             f"0.229,0.224,0.225), std > 0; got {self.mean} and {self.std}: divide 0-255 values "
+                             "by 255")
         if any(s < 1 for s in self.steps):
             raise ValueError(f"--steps must be iteration counts >= 1; got {self.steps}")
 
@@ -239,7 +244,7 @@ def takes_larger_inputs(model: nn.Module, x: torch.Tensor) -> bool:
             model(big)
     except torch.OutOfMemoryError:
         raise
-    except RuntimeError:
+    except (RuntimeError, AssertionError):  # timm's ViTs assert their input size
         return False
     return True
 
@@ -269,12 +274,19 @@ def run_eval(spec: EvalSpec, *, quiet: bool = False) -> dict[str, Any]:
                                "eps": spec.eps, "eps_255": spec.eps * 255, "norm": spec.norm,
                                "model_specs": spec.models, "route": spec.route,
                                "classes": list(info.classes) or None}  # the report names the classes
+    fresh = not run.reused and not run.path.exists()
     with run:
         run.write_config(config)
-        if spec.protocol in ROBUST:
-            results.update(_robust(models, test, spec, run, dev, quiet))
-        else:
-            results.update(_curves(models, test, spec, dev))
+        try:
+            if spec.protocol in ROBUST:
+                results.update(_robust(models, test, spec, run, dev, quiet))
+            else:
+                results.update(_curves(models, test, spec, dev))
+        except (ValueError, TypeError):  # refused on the data or the model's outputs: no half-written run
+            if fresh and {p.name for p in run.path.iterdir()} <= {"config.yaml", "run.json", ".lock"}:
+                run.close()  # (a saved evaluation state stays: the same command resumes it)
+                shutil.rmtree(run.path, ignore_errors=True)
+            raise
         results["seconds"] = round(time.perf_counter() - start, 2)
         return run.finish(results)
 

@@ -351,7 +351,7 @@ def _transformed_forward(model: Callable[[Tensor], Tensor], xt: Tensor, size: tu
         return model(xt)
     except torch.OutOfMemoryError:
         raise
-    except RuntimeError as err:
+    except (RuntimeError, AssertionError) as err:  # timm's ViTs assert their input size
         h, w = xt.shape[-2:]
         raise ValueError(
             f"model: it fails on the {h}×{w} images input diversity makes of {size[0]}×{size[1]} ones (§3.4.1 "

@@ -122,6 +122,10 @@ def _pair(item: Any, where: str) -> tuple[Tensor, Tensor]:
     x, y = item[0], item[1]
     if not isinstance(y, Tensor):
         y = torch.as_tensor(y)
+    if not torch.is_floating_point(y) and y.dtype not in (torch.long, torch.bool):
+        y = y.long()  # int32, int16, uint8 labels: the losses index with int64
+    if isinstance(x, Tensor) and x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()  # half-precision images: attacked in float32 (the model casts as it needs)
     return x, y
 
 
@@ -378,19 +382,34 @@ def _probe(model: nn.Module, x0: Tensor, y0: Tensor) -> tuple[Tensor, list[str]]
     check_batch(x0, {"y": y0}, name="data images")
     check_channels(model, x0, name="data images")
     with torch.no_grad():
-        z0 = _check_logits(model(x0), len(y0))
+        try:
+            z = model(x0)
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, AssertionError) as err:  # another input size, dtype or layout than the model's
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise ValueError(f"model: it fails on the data's {tuple(x0.shape[1:])} images ({first}); give it the "
+                             "images it takes (--image-size, the model's channels) and float32 weights "
+                             "(model.float())") from None
+        z0 = _check_logits(z, len(y0))
         return z0, output_warnings(z0, model(x0))
 
 
-def _checklist(model: nn.Module, x0: Tensor, y0: Tensor, *, protocol: str, fallback: bool | None, eps: float,
-               norm: str, seed: int, capacity: int, device: torch.device, run: bool
+def _checklist(model: nn.Module, x0: Tensor, y0: Tensor, z0: Tensor, *, protocol: str, fallback: bool | None,
+               eps: float, norm: str, seed: int, capacity: int, device: torch.device, run: bool
                ) -> tuple[dict[str, Any] | None, bool, str, list[str]]:
-    """The masking checklist on the first images, and what it decides:
+    """The masking checklist on the first correctly classified images (a
+    misclassified one cannot show its loss growing), and what it decides:
     (report, whether Square runs, why, warnings)."""
     sanity, warnings = None, []
-    if run:
-        n_check = min(CHECKLIST_IMAGES, capacity, len(y0))
-        report = run_sanity_checks(model, [(x0[:n_check], y0[:n_check])], eps=eps, steps=10, queries=100,
+    right = z0.argmax(1) == y0
+    if run and not bool(right.any()):
+        warnings.append(f"[checklist] none of the first {len(y0)} images is classified correctly: the masking "
+                        "checklist did not run")
+    elif run:
+        xs, ys = x0[right], y0[right]
+        n_check = min(CHECKLIST_IMAGES, capacity, len(ys))
+        report = run_sanity_checks(model, [(xs[:n_check], ys[:n_check])], eps=eps, steps=10, queries=100,
                                    noise_draws=2, limit=n_check, seed=seed, device=device, norm=norm, sweeps=False)
         sanity = report.as_dict()
         warnings = [str(w) for w in report.warnings]
@@ -499,7 +518,7 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
         raise ValueError("data yielded no samples")
     x0, y0 = first[1].to(device), first[2].to(device)
     z0, warnings = _probe(model, x0, y0)
-    sanity, use_fallback, reason, more = _checklist(model, x0, y0, protocol=protocol, fallback=fallback, eps=eps,
+    sanity, use_fallback, reason, more = _checklist(model, x0, y0, z0, protocol=protocol, fallback=fallback, eps=eps,
                                                     norm=norm, seed=seed, capacity=capacity, device=device,
                                                     run=checklist)
     warnings += more

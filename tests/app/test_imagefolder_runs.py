@@ -192,3 +192,23 @@ def test_robustlab_train_trains_a_users_factory_model(folder, tmp_path):
 def test_a_model_option_of_the_wrong_type_is_named():
     with pytest.raises(ValueError, match=r"model options width='abc': smallcnn's constructor refused them"):
         rl.models.create_model("smallcnn", 10, width="abc")
+
+
+def test_model_refusals_leave_no_run_directory(folder, tmp_path, capsys):
+    (tmp_path / "m.py").write_text("import torch\nfrom torch import nn\n\n\nclass Tup(nn.Module):\n"
+                                   "    def __init__(self):\n        super().__init__()\n"
+                                   "        self.f = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))\n\n"
+                                   "    def forward(self, x):\n        return self.f(x), x\n\n\n"
+                                   "def tup():\n    return Tup()\n\n\n"
+                                   "def flat():\n    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))\n")
+    cases = [(["eval", "--model", f"{tmp_path / 'm.py'}:tup"], "must return a logits tensor"),
+             (["eval", "--model", f"{tmp_path / 'm.py'}:flat", "--image-size", "20"], "it fails on the data's"),
+             (["attack", "--model", f"{tmp_path / 'm.py'}:tup"], "must return a logits tensor"),
+             (["eval", "--model", f"{tmp_path / 'm.py'}:flat", "--mean", "123.7,116.3,103.5", "--std",
+               "58.4,57.1,57.4"], "divide 0-255 values by 255")]
+    for i, (args, fragment) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        extra = [] if "--image-size" in args else ["--image-size", "16"]
+        assert main([*args, "--data", f"imagefolder:{folder}", *extra, "--out", str(out)]) == 2, args
+        err = capsys.readouterr().err
+        assert fragment in err and "Traceback" not in err and not out.exists(), (args, err)

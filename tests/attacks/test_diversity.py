@@ -147,3 +147,21 @@ def test_per_batch_fast_path_equals_the_batched_product(mode):
     assert fast.shape == slow.shape == (6, 3, 35, 35)
     assert (fast - slow).abs().max() <= (0 if mode == "nearest" else 1e-4)
 
+
+
+class _AssertsItsSize(torch.nn.Module):
+    """As timm's ViTs: an assert on the input size, not a RuntimeError."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+
+    def forward(self, x):
+        assert x.shape[-1] == 8, f"Input width ({x.shape[-1]}) doesn't match model (8)"
+        return self.f(x)
+
+
+def test_a_model_that_asserts_its_input_size_gets_the_same_value_error(batch):
+    x, y = batch
+    with pytest.raises(ValueError, match=r"fails on the 9×9 images input diversity makes.*doesn't match model"):
+        rl.attacks.create("di2fgsm", p=1.0)(_AssertsItsSize(), x, y)

@@ -539,3 +539,29 @@ def test_a_shuffling_loader_without_a_seed_warns_and_cannot_be_resumed(trained_m
                                eps=0.05, protocol="quick", checklist=False) for _ in range(2)]
     assert not any(w.startswith("[data]") for w in seeded[0].warnings)
     assert seeded[0].per_sample == seeded[1].per_sample  # a seeded shuffle is the same evaluation again
+
+
+def test_integer_labels_of_any_width_and_half_images_evaluate_as_int64_and_float32(trained_model, digits):
+    import numpy as np
+
+    x, y = digits[0][:32], digits[1][:32]
+    ref = rl.eval.evaluate(trained_model, (x, y), eps=0.05, protocol="quick", checklist=False)
+    for labels in (y.int(), y.short(), y.to(torch.uint8)):
+        ev = rl.eval.evaluate(trained_model, (x, labels), eps=0.05, protocol="quick", checklist=False)
+        assert ev.per_sample == ref.per_sample
+    loader = [(x, np.asarray(y, dtype=np.int32))]
+    assert rl.eval.evaluate(trained_model, loader, eps=0.05, protocol="quick", checklist=False).per_sample \
+        == ref.per_sample
+    half = rl.eval.evaluate(trained_model, [(x.half(), y)], eps=0.05, protocol="quick", checklist=False)
+    assert half.n == 32 and half.audit["within_budget"]
+
+
+def test_the_checklist_skips_images_misclassified_as_they_are(trained_model, digits):
+    """A misclassified image's loss cannot grow: counted, it flagged masking and ran Square for nothing."""
+    x, y = digits[0][:40], digits[1][:40].clone()
+    y[:8] = (y[:8] + 1) % 10
+    ev = rl.eval.evaluate(trained_model, (x, y), eps=0.05, batch_size=8, options=FAST)
+    assert any(w.startswith("[checklist] none of the first 8 images") for w in ev.warnings)
+    assert not ev.fallback["used"]
+    ev = rl.eval.evaluate(trained_model, (x, y), eps=0.05, batch_size=16, options=FAST)
+    assert ev.options["sanity"] is not None and not ev.fallback["used"]
