@@ -500,6 +500,9 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argp
             text = text.strip().splitlines()[-1].split(": ", 1)[-1]
         print(f"robustlab {args.command}: error: {text}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:  # a run that diverged: said plainly (its checkpoints stay), exit 1
+        print(f"robustlab {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -126,3 +126,17 @@ def test_a_null_model_option_is_the_factory_default():
     narrow = resolve({"data": DATA, "model": {"name": "smallcnn", "width": 4}, "recipe": {"name": "vanilla"}})
     assert sum(p.numel() for p in build_model(narrow, info, build_recipe(narrow)).parameters()) < sum(
         p.numel() for p in built.parameters())
+
+
+def test_a_model_giving_nan_logits_is_not_scored_as_a_result():
+    """argmax of NaN logits is class 0: the training-time accuracy read as a number."""
+    cfg = _cfg()
+
+    class Diverged(torch.nn.Module):
+        def forward(self, x):
+            z = torch.zeros(len(x), 10)
+            z[::2] = float("nan")
+            return z
+
+    with pytest.raises(FloatingPointError, match=r"NaN or infinite logits on 150 of 300 test images"):
+        make_evaluate(cfg, build_recipe(cfg), torch.device("cpu"))(Diverged())
