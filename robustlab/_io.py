@@ -94,9 +94,11 @@ def safe_yaml(text: str) -> Any:
     """``yaml.safe_load``, but ``5e-4`` and ``1e6`` are numbers as in YAML 1.2
     (PyYAML follows YAML 1.1, which reads them as strings; ``lr: 5e-4`` would
     be refused as not a number)."""
-    import yaml
-
-    return yaml.load(text, Loader=_loader())  # noqa: S506 (a SafeLoader subclass)
+    loader = _loader()(text)  # a yaml.SafeLoader subclass: plain data only, no object construction
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 @functools.cache

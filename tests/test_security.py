@@ -437,3 +437,15 @@ def test_weights_files_run_no_code(tmp_path):
     torch.save({"w": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="weights: .*other.pt does not fit smallcnn"):
         rl.models.create_model("smallcnn", 10, in_channels=1, width=4, weights=tmp_path / "other.pt")
+
+
+def test_the_config_yaml_loader_is_a_safe_loader():
+    """safe_yaml reads 5e-4 as a number with a SafeLoader subclass: no Python object is ever built."""
+    import yaml
+
+    from robustlab._io import _loader, safe_yaml
+
+    assert issubclass(_loader(), yaml.SafeLoader)
+    with pytest.raises(yaml.YAMLError):
+        safe_yaml("!!python/object/apply:os.system ['true']")
+    assert safe_yaml("lr: 5e-4") == {"lr": 0.0005}
