@@ -256,14 +256,21 @@ def _check_resume(cfg: RunConfig, run_dir: Path) -> RunConfig | None:
     return old
 
 
+def checked_recipe(cfg: RunConfig) -> recipes.Recipe:
+    """The run's recipe, after its evaluation options, device and log sinks are
+    checked (a missing tensorboard too): what fails before any folder or training."""
+    recipe = build_recipe(cfg)
+    eval_plan(cfg, recipe)
+    sinks.require(cfg.train.log)
+    return recipe
+
+
 def check_model(cfg: RunConfig, info: Any) -> None:
     """What a run would refuse about its recipe, evaluation and network, found
     without training it: the network is built on PyTorch's meta device (no
     memory, no weights loaded; one a meta build cannot make is left to the
     run itself). For a study, before its first model trains."""
-    recipe = build_recipe(cfg)
-    eval_plan(cfg, recipe)
-    sinks.require(cfg.train.log)
+    recipe = checked_recipe(cfg)
     if cfg.model.options.get("weights") is not None or cfg.model.options.get("pretrained"):
         return  # weights load into real tensors: the run checks them
     try:
@@ -314,9 +321,7 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if out is None and world > 1:
         raise ValueError("--out is required under torchrun (every process must write to the same run directory)")
-    recipe = build_recipe(cfg)
-    eval_plan(cfg, recipe)  # bad evaluation options and an absent device fail before any folder or training
-    sinks.require(cfg.train.log)  # so does a missing tensorboard
+    recipe = checked_recipe(cfg)
     device = pick_device(cfg.device)
     if cfg.train.amp == "fp16" and device.type != "cuda":
         raise ValueError(f"config key train.amp: fp16 needs a CUDA device (this run: {device}); use bf16 or null")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -227,10 +228,15 @@ class Attack(ABC):
         ``maxima`` holds the largest given label of ``y`` / ``target``."""
 
 
-def check_logits(logits: Tensor) -> Tensor:
-    """The model's output must be logits of shape (N, num_classes)."""
-    if logits.dim() != 2:
-        raise ValueError(f"model must return logits of shape (N, num_classes); got shape {tuple(logits.shape)}")
+def check_logits(logits: Any, n: int | None = None) -> Tensor:
+    """The model's output must be a tensor of logits of shape (N, num_classes)
+    (``n``: N, when the caller knows how many images it gave)."""
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"model must return a logits tensor (N, num_classes); got {type(logits).__name__} (wrap a "
+                        "model that returns a tuple or dict so it returns the logits)")
+    if logits.dim() != 2 or (n is not None and logits.shape[0] != n):
+        raise ValueError(f"model must return logits of shape (N, num_classes); got shape {tuple(logits.shape)}"
+                         + (f" for {n} images" if n is not None else ""))
     return logits
 
 

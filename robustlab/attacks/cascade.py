@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustlab.attacks.base import check_logits
 from robustlab.attacks.threat import ThreatModel, create_threat
 
 STAGE_KINDS = ("apgd", "pgd", "square")
@@ -713,13 +714,7 @@ def model_forward(model: nn.Module) -> Callable[[Tensor], Tensor]:
     """model(x) checked to be a (N, K) tensor of logits."""
 
     def fwd(x: Tensor) -> Tensor:
-        z = model(x)
-        if not isinstance(z, Tensor):
-            raise TypeError(f"model must return a logits tensor (N, num_classes); got {type(z).__name__} "
-                            "(wrap a model that returns a tuple or dict so it returns the logits)")
-        if z.dim() != 2 or z.shape[0] != x.shape[0]:
-            raise ValueError(f"model must return logits of shape (N, num_classes); got {tuple(z.shape)}")
-        return z
+        return check_logits(model(x), x.shape[0])
 
     return fwd
 

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from robustlab._checks import check_batch, check_channels, check_label_range
+from robustlab.attacks.base import check_logits
 from robustlab.attacks.cascade import CLEAN_WRONG, SURVIVED, Cascade, Outcome, model_forward, wrong_classes_by_rank
 from robustlab.eval import protocols
 from robustlab.eval.sanity import run_sanity_checks
@@ -233,12 +234,7 @@ def output_warnings(z: Tensor, z_again: Tensor) -> list[str]:
 
 
 def _check_logits(z: Any, n: int) -> Tensor:
-    if not isinstance(z, Tensor):
-        raise TypeError(f"model must return a logits tensor (N, num_classes); got {type(z).__name__} (wrap a model "
-                        "that returns a tuple or dict so it returns the logits)")
-    if z.dim() != 2 or z.shape[0] != n:
-        raise ValueError(f"model must return logits of shape (N, num_classes); got shape {tuple(z.shape)} for "
-                         f"{n} images")
+    check_logits(z, n)
     if z.shape[1] < 2:
         raise ValueError(f"model must return at least 2 class logits; got {z.shape[1]}")
     if not bool(torch.isfinite(z).all()):

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
+from robustlab.attacks.base import check_logits
 from robustlab.nn.state import inference_state
 
 
@@ -13,15 +14,7 @@ from robustlab.nn.state import inference_state
 def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
     """Top-1 predictions (N,) of ``model`` in eval mode; restores every module's mode."""
     with inference_state(model):
-        out = []
-        for i in range(0, len(x), batch_size):
-            z = model(x[i: i + batch_size])
-            if not isinstance(z, Tensor) or z.dim() != 2:
-                raise TypeError(f"model must return a logits tensor (N, num_classes); got "
-                                f"{type(z).__name__ if not isinstance(z, Tensor) else tuple(z.shape)} (wrap a model "
-                                "that returns a tuple or dict so it returns the logits)")
-            out.append(z.argmax(1))
-        return torch.cat(out)
+        return torch.cat([check_logits(model(x[i: i + batch_size])).argmax(1) for i in range(0, len(x), batch_size)])
 
 
 def misclassified(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
