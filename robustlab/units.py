@@ -50,6 +50,16 @@ def parse_eps(text: str | float | int, name: str = "eps", *, small_is_pixels: bo
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be finite and >= 0; got {text!r}")
     if not pixels and not raw.endswith("px") and "/" not in raw and float(raw) > PIXEL_LEVELS:
-        raise ValueError(f"{name} {text!r} is above 255 in 0-255 units (the whole pixel range); write pixels as "
-                         f"{raw}px or a fraction such as 16/255")
+        raise ValueError(f"{name} {text!r} is above 255, the whole pixel range in 0-255 units (1.0 in pixels); "
+                         f"write 0-255 units (16), a fraction (16/255) or pixels (0.5px)")
     return value
+
+
+def parse_budget(key: str, text: str | float | int, name: str) -> float:
+    """A config's budget ``key`` (``eps`` or ``step_size``) in pixels, as the CLI reads it.
+
+    As :func:`parse_eps`, except that a plain ``eps`` below 1 is pixels, as ``--eps`` reads
+    it (``eps: 0.03`` is 0.03, not 0.03/255); a plain step size stays in 0–255 units
+    (``step_size: 0.5`` is 0.5/255).
+    """
+    return parse_eps(text, name, small_is_pixels=key == "eps")

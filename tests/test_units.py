@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from robustlab.units import from_255, parse_eps
+from robustlab.units import from_255, parse_budget, parse_eps
 
 
 @pytest.mark.parametrize(("written", "pixels"), [
@@ -25,3 +25,18 @@ def test_an_integer_fraction_is_exact():
 def test_bad_budgets_are_refused_naming_the_argument(written, message):
     with pytest.raises(ValueError, match=message):
         parse_eps(written, "--eps")
+
+
+def test_a_budget_above_255_does_not_suggest_an_impossible_pixel_value():
+    with pytest.raises(ValueError, match="1.0 in pixels") as err:
+        parse_eps("256", "--eps")
+    assert "256px" not in str(err.value)
+
+
+@pytest.mark.parametrize(("key", "written", "pixels"), [
+    ("eps", 0.03, 0.03), ("eps", "0.03", 0.03), ("eps", 8, 8 / 255), ("eps", "8/255", 8 / 255),
+    ("eps", 1, 1 / 255), ("step_size", 0.5, 0.5 / 255), ("step_size", 2, 2 / 255),
+])
+def test_a_config_reads_a_small_plain_eps_as_pixels_like_the_cli(key, written, pixels):
+    """``eps: 0.03`` in a config meant 0.03 px (as ``--eps 0.03``), not 0.03/255; a step of 0.5 is 0–255 units."""
+    assert parse_budget(key, written, key) == pytest.approx(pixels, rel=1e-12)

@@ -10,7 +10,7 @@ once into typed dataclasses at the edge (library code takes plain arguments).
     eval:   {attack: pgd, eps: 25, steps: 10, limit: 500}
 
 Budgets (``eps``, ``step_size``) are in the thesis's 0–255 notation unless
-written as a fraction or in pixels (``robustlab.units.parse_eps``).
+written as a fraction or in pixels (``robustlab.units.parse_budget``).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from robustlab._checks import check_number
 from robustlab._io import safe_yaml
 from robustlab.app.spec import SpecError, check_keys, check_mapping, from_mapping
 from robustlab.train.options import TrainOptions
-from robustlab.units import parse_eps
+from robustlab.units import parse_budget
 
 SECTIONS = ("seed", "device", "model", "data", "recipe", "train", "eval")
 BUDGET_KEYS = ("eps", "step_size")
@@ -108,7 +108,7 @@ class RecipeSpec:
         options = {k: v for k, v in written.items() if k != "name" and k not in BUDGET_KEYS}
         if options.get("routes") is not None:
             options["routes"] = tuple(options["routes"])
-        budgets = {k: parse_eps(written[k], f"{path}.{k}") if written.get(k) is not None else None
+        budgets = {k: parse_budget(k, written[k], f"{path}.{k}") if written.get(k) is not None else None
                    for k in BUDGET_KEYS}
         return cls(written["name"], options=options, written=copy.deepcopy(written), **budgets)
 
@@ -322,7 +322,7 @@ def _check_eval(ev: EvalConfig) -> None:
         raise ValueError(f"config key eval.targeted must be true or false; got {ev.targeted!r}")
     for key in BUDGET_KEYS:  # checked now, converted where used: config.yaml keeps the user's notation
         if getattr(ev, key) is not None:
-            parse_eps(getattr(ev, key), f"eval.{key}")
+            parse_budget(key, getattr(ev, key), f"eval.{key}")
 
 
 def _train_options(train: dict[str, Any]) -> TrainOptions:

@@ -112,7 +112,7 @@ class EvaluationSpec(Mapping[str, Any]):
 
 def parse_budgets(name: str, options: Mapping[str, Any]) -> dict[str, float]:
     """The budgets among an evaluation's ``options`` (``eps``, ``step_size``) in pixel units,
-    parsed once by :func:`robustlab.units.parse_eps`; errors name ``evaluations.NAME.KEY``."""
-    from robustlab.units import parse_eps
+    parsed once by :func:`robustlab.units.parse_budget`; errors name ``evaluations.NAME.KEY``."""
+    from robustlab.units import parse_budget
 
-    return {k: parse_eps(options[k], f"evaluations.{name}.{k}") for k in EVALUATION_BUDGETS if k in options}
+    return {k: parse_budget(k, options[k], f"evaluations.{name}.{k}") for k in EVALUATION_BUDGETS if k in options}

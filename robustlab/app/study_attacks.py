@@ -12,7 +12,7 @@ A sweep maps option names to lists (the cartesian product, or with ``zip:
 true`` the lists taken in step, e.g. Fig. 3.6's N = ε/α); a scalar option
 applies to every attack of the sweep; the labels name the swept options
 only. ``eps`` and ``step_size`` are in the thesis's 0–255 notation (or a
-fraction / ``px``, :func:`robustlab.units.parse_eps`); the evaluation's
+fraction / ``px``, :func:`robustlab.units.parse_budget`); the evaluation's
 ``eps`` is every attack's unless the attack gives its own. An option the
 attack does not take, a bad value, or two attacks with one label are refused
 before any model is trained.
@@ -160,13 +160,13 @@ def check_attacks(where: str, attacks: Any, eps: float | None, *, forbidden: Seq
 def attack_kwargs(spec: dict[str, Any], eps: float | None) -> dict[str, Any]:
     """The keyword arguments of ``create`` for one spec (``name`` among them):
     the attack's own budgets parsed into pixels, else the evaluation's ``eps`` (pixels)."""
-    from robustlab.units import parse_eps
+    from robustlab.units import parse_budget
 
     kw = dict(spec)
     kw.setdefault("eps", eps)
     for key in BUDGETS:
         if key in spec and spec[key] is not None:
-            kw[key] = parse_eps(spec[key], key)
+            kw[key] = parse_budget(key, spec[key], key)
     return kw
 
 

@@ -25,7 +25,7 @@ from robustlab.data import dataset_info, load_dataset
 from robustlab.data.folder import spread_indices
 from robustlab.nn.norm import route, route_names
 from robustlab.train import fit, recipes, sinks
-from robustlab.units import from_255, parse_eps
+from robustlab.units import from_255, parse_budget
 
 _logger = logging.getLogger(__name__)
 
@@ -100,9 +100,9 @@ def eval_plan(cfg: RunConfig, recipe: recipes.Recipe) -> EvalPlan | None:
     ev = cfg.eval
     if not ev.attack:
         return None
-    eps = parse_eps(ev.eps, "eval.eps") if ev.eps is not None else \
+    eps = parse_budget("eps", ev.eps, "eval.eps") if ev.eps is not None else \
         getattr(getattr(recipe, "attack", None), "eps", from_255(8))
-    step_size = parse_eps(ev.step_size, "eval.step_size") if ev.step_size is not None else None
+    step_size = parse_budget("step_size", ev.step_size, "eval.step_size") if ev.step_size is not None else None
     if ev.attack == "pgd":
         if not 0 < eps <= 1:
             raise ValueError(f"eval.eps must be > 0 (the quick protocol's budget); got {ev.eps!r}")
