@@ -202,6 +202,31 @@ def _chunks(source: Iterable[Any], size: int, limit: int | None, labels: _Labels
 
 # -- checks ----------------------------------------------------------------------
 
+class _Float32IO(nn.Module):
+    """A model whose weights are all float64, float16 or bfloat16, fed float32
+    images cast to that precision and giving float32 logits: the attacks'
+    arithmetic (the ε-ball, steps, losses) stays in float32 whatever precision
+    the network computes in."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x: Tensor) -> Any:
+        z = self.model(x.to(self.dtype))
+        return z.float() if isinstance(z, Tensor) and z.is_floating_point() else z
+
+
+def _float32_io(model: nn.Module) -> nn.Module:
+    """``model``, wrapped in :class:`_Float32IO` when its floating-point weights
+    and buffers share one precision other than float32 (a mixed model is left
+    as it is: its own forward decides)."""
+    dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
+    if len(dtypes) != 1 or dtypes == {torch.float32}:
+        return model
+    return _Float32IO(model, dtypes.pop())
+
+
 def _check_args(eps: Any, norm: str, protocol: str, batch_size: Any, limit: Any, fallback: Any) -> None:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps):
         raise TypeError(f"eps must be a number in [0, 1] pixel units (e.g. 8/255); got {eps!r}")
@@ -309,7 +334,9 @@ def evaluate(
     """Clean and robust accuracy of ``model`` on ``data`` under ``protocol``.
 
     Args:
-        model: any ``nn.Module`` from [0, 1] images (N, C, H, W) to logits (N, K).
+        model: any ``nn.Module`` from [0, 1] images (N, C, H, W) to logits (N, K);
+            float64, float16 or bfloat16 weights compute in their precision on
+            images cast to it, the attacks staying in float32.
         data: a DataLoader, an iterable of (x, y) batches, a Dataset, or (x, y) tensors.
         eps: the budget in pixel units (8/255); L∞ values above 1 are refused.
         norm: ``linf`` or ``l2``.
@@ -339,6 +366,7 @@ def evaluate(
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     proto = protocols.get(protocol)
     proto.resolve(options)  # unknown options fail before any work
+    model = _float32_io(model)
     unordered = _unordered(data, state)
     source, capacity = batch_source(data, batch_size)
     if device is None:
@@ -385,8 +413,8 @@ def _probe(model: nn.Module, x0: Tensor, y0: Tensor) -> tuple[Tensor, list[str]]
         except (RuntimeError, AssertionError) as err:  # another input size, dtype or layout than the model's
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             raise ValueError(f"model: it fails on the data's {tuple(x0.shape[1:])} images ({first}); give it the "
-                             "images it takes (--image-size, the model's channels) and float32 weights "
-                             "(model.float())") from None
+                             "images it takes (--image-size, the model's channels) and weights of one "
+                             "precision (model.float())") from None
         z0 = _check_logits(z, len(y0))
         return z0, output_warnings(z0, model(x0))
 

@@ -565,3 +565,23 @@ def test_the_checklist_skips_images_misclassified_as_they_are(trained_model, dig
     assert not ev.fallback["used"]
     ev = rl.eval.evaluate(trained_model, (x, y), eps=0.05, batch_size=16, options=FAST)
     assert ev.options["sanity"] is not None and not ev.fallback["used"]
+
+
+def test_a_float64_or_half_model_is_evaluated_in_its_precision_on_float32_attacks(trained_model, digits):
+    """A model in float64 or float16 was refused (its weights against float32 images); it now computes in its own
+    precision: float64 gives float32's per-sample result, float16 the same clean accuracy within a sample or two;
+    the user's model keeps its dtype and mode."""
+    import copy
+
+    x, y = digits[0][:64], digits[1][:64]
+    kw = {"eps": 0.1, "options": FAST, "checklist": False, "seed": 1}
+    ref = rl.eval.evaluate(trained_model, (x, y), **kw)
+    double = copy.deepcopy(trained_model).double().train()
+    ev = rl.eval.evaluate(double, (x, y), **kw)
+    assert ev.per_sample["clean_correct"] == ref.per_sample["clean_correct"]
+    assert abs(ev.robust_accuracy - ref.robust_accuracy) <= 2 / 64
+    assert ev.audit["within_budget"] and next(double.parameters()).dtype == torch.float64 and double.training
+    half = copy.deepcopy(trained_model).half()
+    ev = rl.eval.evaluate(half, (x.half(), y), **kw)
+    assert abs(ev.clean_accuracy - ref.clean_accuracy) <= 2 / 64 and ev.robust_accuracy < ev.clean_accuracy
+    assert ev.audit["within_budget"] and next(half.parameters()).dtype == torch.float16
