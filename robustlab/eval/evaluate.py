@@ -120,20 +120,45 @@ def _pair(item: Any, where: str) -> tuple[Tensor, Tensor]:
         raise TypeError(f"{where}: batches must be (x, y) pairs; got a dict with keys {sorted(item)}")
     if not isinstance(item, (tuple, list)) or len(item) < 2:
         raise TypeError(f"{where}: batches must be (x, y) pairs; got {type(item).__name__}")
-    x, y = item[0], item[1]
-    if not isinstance(y, Tensor):
-        y = torch.as_tensor(y)
+    x, y = (_tensor(t) for t in item[:2])
+    if not (isinstance(x, Tensor) and isinstance(y, Tensor)):
+        raise TypeError(f"{where}: batches must be (x, y) pairs of tensors (or numpy arrays); got "
+                        f"({type(x).__name__}, {type(y).__name__})")
+    if y.dim() == 0:
+        raise TypeError(f"{where}: batches must be (x, y) pairs of a batch of images and its labels; got one image "
+                        f"{tuple(x.shape)} and one label: pass samples as a list or Dataset of (image, label) "
+                        "pairs, or a DataLoader over them")
     if not torch.is_floating_point(y) and y.dtype not in (torch.long, torch.bool):
         y = y.long()  # int32, int16, uint8 labels: the losses index with int64
-    if isinstance(x, Tensor) and x.dtype in (torch.float16, torch.bfloat16):
+    if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()  # half-precision images: attacked in float32 (the model casts as it needs)
     return x, y
 
 
+def _tensor(value: Any) -> Any:
+    """A numpy array, Python number or list of numbers as a tensor; anything else as it is."""
+    if isinstance(value, Tensor) or not (isinstance(value, (int, float, list)) or hasattr(value, "__array__")):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        return value
+
+
+def _samples(data: Any) -> bool:
+    """Whether a list or tuple holds (image, label) samples (a Dataset as a list), not (x, y) batches."""
+    first = data[0] if isinstance(data, (list, tuple)) and len(data) else None
+    if not isinstance(first, (tuple, list)) or len(first) != 2:
+        return False
+    label = _tensor(first[1])
+    return isinstance(label, Tensor) and label.dim() == 0
+
+
 def batch_source(data: Any, batch_size: int | None) -> tuple[Iterable[tuple[Tensor, Tensor]], int]:
     """(iterable of (x, y) batches, slot count) for any supported data form."""
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        x, y = data
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(
+            isinstance(t, Tensor) or hasattr(t, "__array__") for t in data) and not _samples(data):
+        x, y = (torch.as_tensor(t) for t in data)
         size = batch_size or DEFAULT_BATCH
         if x.dim() == 0 or len(x) != len(y):
             raise ValueError(f"data: x and y must hold the same number of samples; got {tuple(x.shape)} and "
@@ -142,8 +167,8 @@ def batch_source(data: Any, batch_size: int | None) -> tuple[Iterable[tuple[Tens
     if isinstance(data, DataLoader):
         size = batch_size or data.batch_size or DEFAULT_BATCH
         return data, size
-    if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")
-                                     and not isinstance(data, (list, tuple))):
+    if isinstance(data, Dataset) or _samples(data) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")
+                                                       and not isinstance(data, (list, tuple))):
         size = batch_size or DEFAULT_BATCH
         if hasattr(data, "batch") and callable(data.batch):  # in-memory datasets: slice, no collation
             return ((data.batch(slice(i, i + size))) for i in range(0, len(data), size)), size

@@ -585,3 +585,18 @@ def test_a_float64_or_half_model_is_evaluated_in_its_precision_on_float32_attack
     ev = rl.eval.evaluate(half, (x.half(), y), **kw)
     assert abs(ev.clean_accuracy - ref.clean_accuracy) <= 2 / 64 and ev.robust_accuracy < ev.clean_accuracy
     assert ev.audit["within_budget"] and next(half.parameters()).dtype == torch.float16
+
+
+def test_samples_lists_and_numpy_pairs_evaluate_like_tensors(linear, digits):
+    """A list of (image, label) samples, an (x, y) numpy pair or [x, y] list crashed (len() of a 0-d tensor,
+    'batches must be (x, y) pairs; got ndarray'); they are read as the tensor pair they hold."""
+    x, y = digits[0][:24], digits[1][:24]
+    kw = {"eps": 0.05, "protocol": "quick", "checklist": False, "batch_size": 8}
+    ref = rl.eval.evaluate(linear, (x, y), **kw).per_sample
+    for data in ([(x[i], int(y[i])) for i in range(24)], [(x[i].numpy(), y[i].numpy()) for i in range(24)],
+                 (x.numpy(), y.numpy()), [x, y], [(x.numpy(), y.tolist())]):
+        assert rl.eval.evaluate(linear, data, **kw).per_sample == ref
+    with pytest.raises(TypeError, match="data batch 0: batches must be .x, y. pairs of tensors"):
+        rl.eval.evaluate(linear, [[(x[i], int(y[i])) for i in range(24)]], **kw)
+    with pytest.raises(TypeError, match="got one image .1, 8, 8. and one label"):
+        rl.eval.evaluate(linear, ((x[i], y[i]) for i in range(24)), **kw)  # a generator of samples
