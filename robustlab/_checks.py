@@ -34,14 +34,20 @@ def _image_form(x: object, name: str, dtypes: tuple[torch.dtype, ...] = IMAGE_DT
     return x
 
 
+def model_channels(model: nn.Module) -> int | None:
+    """The channels the model's first convolution takes (None without nn.Conv2d)."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return None if conv is None else conv.in_channels
+
+
 def check_channels(model: nn.Module, x: Tensor, name: str = "x") -> None:
     """Raise if ``x``'s channels differ from what the model's first convolution
     takes (when it has one: a model without nn.Conv2d is left to itself)."""
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if conv is None or x.dim() != 4 or x.shape[1] == conv.in_channels:
+    channels = model_channels(model)
+    if channels is None or x.dim() != 4 or x.shape[1] == channels:
         return
     raise ValueError(f"{name} has {x.shape[1]} channels (shape {tuple(x.shape)}) but the model's first "
-                     f"convolution takes {conv.in_channels}; pass (N, {conv.in_channels}, H, W) images")
+                     f"convolution takes {channels}; pass (N, {channels}, H, W) images")
 
 
 def _label_form(y: object, n: int, name: str) -> Tensor:

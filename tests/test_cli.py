@@ -49,6 +49,18 @@ def test_attack_thesis_notation_and_options(tmp_path, checkpoint):
 
 
 
+@pytest.mark.parametrize(("flags", "eps", "step"), [
+    (["--eps", "0.03"], 0.03, None), (["--eps", "8", "--step-size", "0.5"], 8 / 255, 0.5 / 255),
+    (["--eps", "0.03px", "--step-size", "1/255"], 0.03, 1 / 255), (["--norm", "l2", "--eps", "3"], 3.0, None),
+])
+def test_attack_reads_eps_as_eval_does(flags, eps, step):
+    """``robustlab attack --eps 0.03`` attacked at 0.03/255 while ``robustlab eval --eps 0.03`` used 0.03 px."""
+    from robustlab.app.cli import attack_kwargs, build_parser
+
+    kw = attack_kwargs(build_parser().parse_args(["attack", "--model", "m", *flags]))
+    assert kw["eps"] == pytest.approx(eps) and kw.get("step_size") == (None if step is None else pytest.approx(step))
+
+
 def test_attack_writes_a_report_with_its_grid_and_numbers(tmp_path, checkpoint, capsys):
     """robustlab attack renders report.html itself: the numbers of results.json
     as percentages with n, and a grid of clean / adversarial / perturbation

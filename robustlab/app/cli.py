@@ -36,8 +36,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def _add_attack_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("attack")
     g.add_argument("--attack", default="pgd", help="fgsm, ifgsm, mifgsm, di2fgsm, mdi2fgsm, pgd, gd, cw, dcw")
-    g.add_argument("--eps", help="budget: 16 (0-255 units), 16/255, or 0.5px; with --norm l2 a plain number is "
-                   "pixels (default: the attack's; pgd 16, the ch. 3 family 15)")
+    g.add_argument("--eps", help="budget: 16 (0-255 units), 16/255, or 0.5px; a plain number below 1 is pixels "
+                   "(0.03 = 0.03 px), and with --norm l2 any plain number (default: the attack's; pgd 16, the ch. 3 "
+                   "family 15)")
     g.add_argument("--steps", type=int, help="iterations N (default: the thesis rule of the attack)")
     g.add_argument("--step-size", help="step α, same notation as --eps (default: the attack's)")
     g.add_argument("--norm", choices=("linf", "l2"), help="threat model (default: the attack's, mostly linf)")
@@ -247,7 +248,7 @@ def apply_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None, ar
 
 def attack_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for ``attacks.create`` from the flags the user set."""
-    from robustlab.units import parse_eps
+    from robustlab.units import parse_budget
 
     kw = {}
     for key in _ATTACK_FLAGS:
@@ -255,21 +256,23 @@ def attack_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         if value is None:
             continue
         if key in ("eps", "step_size"):
-            value = parse_eps(value, "--" + key.replace("_", "-"), pixels=getattr(args, "norm", None) == "l2")
+            value = parse_budget(key, value, "--" + key.replace("_", "-"), pixels=getattr(args, "norm", None) == "l2")
         kw[key] = value
     return kw
 
 
-def _load_data(args: argparse.Namespace, split: str | None = None, limit: int | None = None):  # noqa: ANN202
+def _load_data(args: argparse.Namespace, split: str | None = None, limit: int | None = None,  # noqa: ANN202
+               channels: int | None = None):
     from robustlab.data import load_dataset
 
     return load_dataset(args.data, split or args.split, data_dir=args.data_dir, limit=limit or args.limit,
-                        download=not args.no_download, size=args.image_size)
+                        download=not args.no_download, size=args.image_size, channels=channels)
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from robustlab._io import pick_device, write_tensors
     from robustlab.app.attack import attack_dataset, format_attack_table
+    from robustlab.app.evaluate import grayscale_folder
     from robustlab.app.rundir import RunDir, fingerprint_of
     from robustlab.attacks import create
     from robustlab.data import dataset_info, make_loader
@@ -309,6 +312,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
             if v is not None}
     model = resolve_model(args.model, num_classes=info.num_classes, in_channels=info.channels,
                           mean=info.mean, std=info.std, weights=args.weights, **arch).to(device).eval()
+    if grayscale_folder(args.data, info, [model]):
+        data = _load_data(args, channels=1)
+        info = dataset_info(data)
     routed = route(model, args.route or None)
     with routed:
         record = attack_dataset(atk, model, make_loader(data, args.batch_size), device=device,
@@ -367,21 +373,21 @@ def _floats(text: str | None, flag: str) -> list[float] | None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from robustlab.app.evaluate import EvalSpec, format_eval_summary, run_eval
-    from robustlab.units import parse_eps
+    from robustlab.units import parse_budget
 
     try:
         steps = [int(s) for s in str(args.steps).split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--steps must be comma-separated integers; got {args.steps!r}") from None
     spec = EvalSpec(models=[*args.model, *args.checkpoint], data=args.data, protocol=args.protocol,
-                    eps=parse_eps(args.eps, "--eps", small_is_pixels=True, pixels=args.norm == "l2"), norm=args.norm,
+                    eps=parse_budget("eps", args.eps, "--eps", pixels=args.norm == "l2"), norm=args.norm,
                     weights=args.weights,
                     mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"), limit=args.limit,
                     batch_size=args.batch_size, workers=args.workers,
                     fallback={"auto": None, "on": True, "off": False}[args.fallback], seed=args.seed,
                     route=args.route, data_dir=args.data_dir, image_size=args.image_size, device=args.device,
                     out=args.out, steps=steps,
-                    step_size=parse_eps(args.step_size, "--step-size", pixels=args.norm == "l2"),
+                    step_size=parse_budget("step_size", args.step_size, "--step-size", pixels=args.norm == "l2"),
                     targeted=args.targeted, restarts=args.restarts)
     results = run_eval(spec, quiet=args.quiet)
     print(format_eval_summary(results))

@@ -15,6 +15,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustlab._checks import model_channels
 from robustlab._io import pick_device, write_tensors
 from robustlab._progress import Progress, progress
 from robustlab.app.rundir import RunDir, fingerprint_of
@@ -111,6 +113,14 @@ def _names(specs: list[str]) -> list[str]:
             name, k = f"{base}-{k}", k + 1
         out.append(name)
     return out
+
+
+def grayscale_folder(data: str, info: Any, models: Iterable[nn.Module]) -> bool:
+    """Whether ``data`` is an ImageFolder read as RGB while every model's first
+    convolution takes one channel (a network trained with ``data.channels: 1``):
+    the folder is then read as grayscale for it."""
+    return (str(data).startswith("imagefolder:") and info.channels == 3
+            and {model_channels(m) for m in models} == {1})
 
 
 def load_models(spec: EvalSpec, info: Any, device: torch.device) -> dict[str, nn.Module]:
@@ -265,6 +275,10 @@ def run_eval(spec: EvalSpec, *, quiet: bool = False) -> dict[str, Any]:
     test = load_dataset(spec.data, "test", data_dir=spec.data_dir, limit=spec.limit, size=spec.image_size)
     info = dataset_info(test)
     models = load_models(spec, info, dev)
+    if grayscale_folder(spec.data, info, models.values()):
+        test = load_dataset(spec.data, "test", data_dir=spec.data_dir, limit=spec.limit, size=spec.image_size,
+                            channels=1)
+        info = dataset_info(test)
     default = (Path(spec.models[0]) / f"eval-{spec.protocol}" if Path(spec.models[0]).is_dir() and spec.out is None
                else spec.out)
     config = {k: v for k, v in asdict(spec).items() if k not in ("out", "device")}

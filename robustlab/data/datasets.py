@@ -113,9 +113,8 @@ def load_dataset(
     if augment is not None:
         create_augment(augment)  # an unknown name fails before any file is read
     if str(name).startswith("imagefolder:"):
-        if channels not in (None, 3):
-            raise ValueError(f"channels: an ImageFolder gives RGB images (3 channels); got channels={channels!r}")
-        return image_folder(name.split(":", 1)[1], split, limit=limit, size=size or 224, augment=augment)
+        return image_folder(name.split(":", 1)[1], split, limit=limit, size=size or 224, augment=augment,
+                            channels=channels or 3)
     key = str(name).lower().replace("-", "_")
     if key not in INFO:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")

@@ -22,6 +22,7 @@ Training transforms by ``augment``:
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,10 @@ def spread_indices(n: int, limit: int | None) -> list[int] | None:
     return [int(i * step) for i in range(limit)]
 
 
-def load_image(path: str) -> Any:
-    """The RGB image at ``path`` (torchvision's loader), or a ValueError naming
-    the file when it is not a readable image (truncated, not an image at all)."""
+def load_image(path: str, mode: str = "RGB") -> Any:
+    """The image at ``path`` in ``mode`` (``RGB``, as torchvision's loader, or
+    ``L``: grayscale), or a ValueError naming the file when it is not a
+    readable image (truncated, not an image at all)."""
     from PIL import Image
 
     try:
@@ -80,7 +82,7 @@ def load_image(path: str) -> Any:
 
                 a = np.asarray(img, dtype=np.float64)
                 img = Image.fromarray((a * (255 / 65535)).clip(0, 255).round().astype(np.uint8))
-            return img.convert("RGB")
+            return img.convert(mode)
     except (OSError, SyntaxError, ValueError) as err:  # what PIL raises (UnidentifiedImageError is an OSError)
         raise ValueError(f"imagefolder: {path} is not a readable image ({type(err).__name__}: {err}); remove or "
                          "replace it") from None
@@ -110,21 +112,31 @@ def train_transform(size: int, augment: str) -> Any:
 
 
 def image_folder(root: str | Path, split: str, *, limit: int | None = None, size: int = 224,
-                 augment: str | None = None) -> Dataset:
+                 augment: str | None = None, channels: int = 3) -> Dataset:
     """Images of ROOT/SPLIT (``test`` also tries ``val``).
 
     Without ``augment``: evaluation images, float [0, 1]. With it: training
-    images (uint8, keyed by (seed, epoch, index); see the module docstring)."""
+    images (uint8, keyed by (seed, epoch, index); see the module docstring).
+    ``channels``: 3 (RGB) or 1 (grayscale, normalized by the mean of
+    ImageNet's channel statistics, as timm adapts a model to one channel)."""
     from torchvision.datasets import ImageFolder
 
+    if not str(root).strip():
+        raise ValueError("imagefolder: give the dataset's root folder (imagefolder:/data/imagenet); got an empty path")
+    if channels not in (1, 3):
+        raise ValueError(f"channels: an ImageFolder gives RGB (3) or grayscale (1) images; got channels={channels!r}")
     root = Path(root).expanduser()
     folder = _find_split(root, split)
-    if augment is None:
-        ds: Dataset = ImageFolder(str(folder), transform=eval_transform(size), loader=load_image)
-    else:
-        ds = ImageFolder(str(folder), loader=load_image)
+    loader = functools.partial(load_image, mode="RGB" if channels == 3 else "L")
+    try:
+        ds: Dataset = ImageFolder(str(folder), transform=eval_transform(size) if augment is None else None,
+                                  loader=loader)
+    except FileNotFoundError as err:  # a class folder holding no image: torchvision's message names no folder
+        raise DataNotFoundError(f"imagefolder: {folder}: {err}") from None
     classes = tuple(ds.classes)
-    info = DatasetInfo(f"imagefolder:{root}", len(classes), 3, size, IMAGENET_MEAN, IMAGENET_STD, classes)
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else \
+        ((sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,))
+    info = DatasetInfo(f"imagefolder:{root}", len(classes), channels, size, mean, std, classes)
     indices = spread_indices(len(ds), limit)
     if augment is not None:
         return SeededTransform(ds, train_transform(size, augment), indices=indices, info=info)

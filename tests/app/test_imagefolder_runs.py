@@ -168,9 +168,21 @@ def test_a_sixteen_bit_png_keeps_its_values(tmp_path):
     assert torch.allclose(x[0], expected, atol=1.5 / 255) and float(x.max()) < 0.95  # not clipped to white
 
 
-def test_channels_other_than_three_are_refused_for_a_folder(folder):
-    with pytest.raises(ValueError, match=r"channels: an ImageFolder gives RGB images \(3 channels\); got channels=1"):
-        rl.data.load_dataset(f"imagefolder:{folder}", "test", channels=1)
+def test_a_grayscale_run_is_evaluated_and_attacked_on_the_folder_read_as_grayscale(folder, tmp_path):
+    """A network trained with data.channels: 1 (refused before) is fed the folder in grayscale by eval and attack,
+    which read it as RGB for any other model."""
+    out = tmp_path / "gray"
+    cfg = _train_config(tmp_path, {"name": f"imagefolder:{folder}", "size": 16, "channels": 1})
+    assert main(["-q", "train", cfg, "--out", str(out)]) == 0
+    trained = json.loads((out / "results.json").read_text())["final"]["clean_acc"]
+    assert main(["-q", "eval", "--model", str(out), "--data", f"imagefolder:{folder}", "--image-size", "16",
+                 "--protocol", "quick", "--eps", "8", "--out", str(tmp_path / "ev")]) == 0
+    ev = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert ev["n"] == 12 and ev["models"]["gray"]["clean_accuracy"] == pytest.approx(trained)
+    assert main(["-q", "attack", "--model", str(out), "--data", f"imagefolder:{folder}", "--image-size", "16",
+                 "--split", "test", "--steps", "2", "--no-save", "--out", str(tmp_path / "atk")]) == 0
+    with pytest.raises(ValueError, match=r"RGB \(3\) or grayscale \(1\)"):
+        rl.data.load_dataset(f"imagefolder:{folder}", "test", channels=4)
 
 
 def test_robustlab_train_trains_a_users_factory_model(folder, tmp_path):

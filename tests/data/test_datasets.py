@@ -138,6 +138,37 @@ def test_image_folder(tmp_path):
         load_dataset(f"imagefolder:{tmp_path / 'empty'}", "test")
 
 
+def test_a_grayscale_image_folder_gives_the_luminance_of_its_rgb_images(tmp_path):
+    """channels=1 was refused; it reads each image as PIL's L (ITU-R 601-2 luma) for a 1-channel model."""
+    from PIL import Image
+
+    rng = np.random.RandomState(1)
+    for cls in ("a", "b"):
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.randint(0, 256, (37, 37, 3)).astype(np.uint8)).save(tmp_path / "val" / cls / f"{i}.png")
+    rgb = next(iter(make_loader(load_dataset(f"imagefolder:{tmp_path}", "test", size=32), 4)))[0]
+    gray_ds = load_dataset(f"imagefolder:{tmp_path}", "test", size=32, channels=1)
+    gray = next(iter(make_loader(gray_ds, 4)))[0]
+    # 37 px images: the 32 px evaluation resize (to 37) and crop only crop, so the two reads see the same pixels
+    luma = (rgb * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    assert gray.shape == (4, 1, 32, 32) and float((gray - luma).abs().max()) <= 1.01 / 255
+    assert gray_ds.info.channels == 1 and len(gray_ds.info.mean) == len(gray_ds.info.std) == 1
+    with pytest.raises(ValueError, match="RGB .3. or grayscale .1."):
+        load_dataset(f"imagefolder:{tmp_path}", "test", channels=2)
+
+
+def test_an_empty_imagefolder_root_or_class_folder_is_named(tmp_path, monkeypatch):
+    """``imagefolder:`` scanned the working directory; an empty class folder gave torchvision's message, no path."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stray").mkdir()
+    with pytest.raises(ValueError, match="give the dataset's root folder"):
+        load_dataset("imagefolder:", "test")
+    (tmp_path / "data" / "val" / "empty").mkdir(parents=True)
+    with pytest.raises(DataNotFoundError, match=f"imagefolder: {tmp_path / 'data' / 'val'}: .*empty"):
+        load_dataset(f"imagefolder:{tmp_path / 'data'}", "test")
+
+
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_mnist_from_debian_package():

@@ -193,6 +193,16 @@ def test_every_augment_trains_on_an_image_folder(tmp_path, folder, augment):
     assert 0.0 <= res["final"]["clean_acc"] <= 1.0 and "pgd_acc" in res["final"]
 
 
+@pytest.mark.parametrize("augment", ["random_resized_crop", "autoaugment"])
+def test_a_grayscale_image_folder_trains_a_one_channel_model(tmp_path, folder, augment):
+    """``data.channels: 1`` on an ImageFolder was refused; it trains (and evaluates) a 1-channel network."""
+    data = {"name": f"imagefolder:{folder}", "size": 24, "eval_limit": 12, "workers": 1, "channels": 1}
+    res = _tiny(tmp_path, data, augment)
+    model = rl.models.load_model(tmp_path / f"run-{augment}")
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert res["steps"] == 3 and first.in_channels == 1 and "pgd_acc" in res["final"]
+
+
 @pytest.mark.parametrize("augment", AUGMENTS)
 def test_every_augment_trains_on_fashion_mnist(tmp_path, augment):
     data = {"name": "fashion_mnist", "limit": 48, "eval_limit": 16, "download": False}
