@@ -337,6 +337,17 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_kind(run_dir: Any) -> str | None:
+    """The ``kind`` a run directory's run.json records (None without one, or unreadable)."""
+    import json
+
+    try:
+        kind = json.loads((run_dir / "run.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -349,6 +360,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if items and "=" not in items[0]:
             raise ValueError("with --resume the config is the run's own config.yaml; give only key=value overrides")
         config_path, overrides, out = run_dir / "config.yaml", items, run_dir
+        kind = _run_kind(run_dir)
+        if kind not in (None, "train"):
+            raise ValueError(f"--resume: {run_dir} is a robustlab {kind} run, not a train run; an interrupted "
+                             f"{kind} resumes when its own command runs again")
         if not config_path.is_file():
             raise FileNotFoundError(f"--resume: {run_dir} has no config.yaml; is it a robustlab train run directory?")
     else:

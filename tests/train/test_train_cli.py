@@ -95,6 +95,16 @@ def test_cli_errors_name_the_problem(tmp_path, capsys, args, match):
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
+def test_resume_of_an_eval_run_says_it_is_not_a_train_run(tmp_path, capsys):
+    """``train --resume`` on an eval run listed its keys as 'unknown config sections'."""
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "run.json").write_text(json.dumps({"kind": "eval", "fingerprint": "0" * 64}))
+    (tmp_path / "ev" / "config.yaml").write_text("models: [m]\nprotocol: quick\n")
+    assert main(["train", "--resume", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert "is a robustlab eval run, not a train run" in err and "unknown config section" not in err
+
+
 VANILLA = next(p for p in CONFIGS if p.stem == "train_vanilla")
 
 
