@@ -150,7 +150,15 @@ def _robust(plan: EvalPlan, model: nn.Module, batches: Iterable[tuple[torch.Tens
     return ev.robust_accuracy
 
 
-def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device) -> Callable[[nn.Module], dict]:
+def load_eval_split(cfg: RunConfig) -> Any:
+    """The ``data.eval_limit`` images of the evaluation split the training-time evaluation measures."""
+    d = cfg.data
+    return load_dataset(d.name, d.eval_split, data_dir=d.data_dir, limit=d.eval_limit, download=d.download,
+                        size=d.size, channels=d.channels)
+
+
+def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device, test: Any = None
+                  ) -> Callable[[nn.Module], dict]:
     """Clean accuracy on every BN route (``clean_acc``, ``clean_acc_ROUTE``)
     and, unless ``eval.attack`` is null, robust accuracy on ``eval.limit``
     of those images (``{attack}_acc``, ``{attack}_acc_ROUTE``), as
@@ -159,12 +167,11 @@ def make_evaluate(cfg: RunConfig, recipe: recipes.Recipe, device: torch.device) 
     ``data.eval_limit`` test images; ``{attack}_n``: ``eval.limit`` of them:
     the first ones of an in-memory set, every k-th of an ImageFolder, whose
     images are sorted by class), the same for every route, so a report can
-    give intervals."""
+    give intervals. ``test``: that split already loaded (:func:`load_eval_split`)."""
 
-    d, ev = cfg.data, cfg.eval
+    ev = cfg.eval
     plan = eval_plan(cfg, recipe)
-    test = load_dataset(d.name, d.eval_split, data_dir=d.data_dir, limit=d.eval_limit, download=d.download,
-                        size=d.size, channels=d.channels)
+    test = load_eval_split(cfg) if test is None else test
     n_adv = len(test) if ev.limit is None else min(ev.limit, len(test))
     if hasattr(test, "batch"):  # in memory: on the device once
         x, y = test.batch(slice(0, len(test)))
@@ -282,19 +289,22 @@ def check_model(cfg: RunConfig, info: Any) -> None:
         _logger.debug("model %s not checked on the meta device: %s", cfg.model.name, err)
 
 
-def _check_classes(cfg: RunConfig, info: Any) -> None:
+def _check_classes(cfg: RunConfig, info: Any) -> Any:
     """An ImageFolder's evaluation split must have the training split's classes
     (torchvision numbers them by sorted folder name: another set maps one
-    class's images onto another's label)."""
+    class's images onto another's label). Returns that split (None for other
+    data), so the training-time evaluation does not scan the folder again."""
     d = cfg.data
     if not d.name.startswith("imagefolder:"):
-        return
-    test = dataset_info(load_dataset(d.name, d.eval_split, data_dir=d.data_dir, size=d.size))
+        return None
+    split = load_eval_split(cfg)
+    test = dataset_info(split)
     if test.classes != info.classes:
         only = sorted(set(info.classes) - set(test.classes))[:3], sorted(set(test.classes) - set(info.classes))[:3]
         raise ValueError(f"data.name: {d.name}: the {d.eval_split} split's classes differ from the train split's "
                          f"({len(test.classes)} and {len(info.classes)} classes; only in train: {only[0]}, only in "
                          f"{d.eval_split}: {only[1]}); both splits need the same class folders")
+    return split
 
 
 def _check_epochs(cfg: RunConfig, run_dir: Path) -> None:
@@ -338,7 +348,7 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
     d = cfg.data
     train_set = load_dataset(d.name, "train", data_dir=d.data_dir, limit=d.limit, download=d.download,
                              size=d.size, channels=d.channels, augment=d.train_augment())
-    _check_classes(cfg, train_set.info)
+    test = _check_classes(cfg, train_set.info)
     model = build_model(cfg, train_set.info, recipe)
     if init is not None:
         from robustlab.train.finetune import init_from_run
@@ -353,7 +363,7 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
         if changed:  # e.g. train.epochs extended
             run.record({"resumed with": {k: list(v) for k, v in changed.items()}})
     try:
-        evaluate = make_evaluate(cfg, recipe, device) if main else None
+        evaluate = make_evaluate(cfg, recipe, device, test) if main else None
         result = fit(model, train_set, recipe, options=cfg.train, out=run_dir, resume=resume, evaluate=evaluate)
         results = {
             "kind": "train", "run_dir": str(run_dir), "recipe": recipe.config(), "config": cfg.to_dict(),
