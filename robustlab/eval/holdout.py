@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack
 from robustlab.attacks.ensemble import Ensemble
-from robustlab.eval.metrics import misclassified
+from robustlab.eval.metrics import batch_device, misclassified
 
 
 def holdout_evaluation(
@@ -20,7 +20,7 @@ def holdout_evaluation(
     *,
     weights: Mapping[str, float] | None = None,
     only_correct: bool = True,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> dict[str, dict[str, float]]:
     """For each model k: attack Ensemble(models without k) and measure success.
 
@@ -39,14 +39,13 @@ def holdout_evaluation(
     """
     if len(models) < 2:
         raise ValueError(f"models must hold at least 2 models for a hold-out; got {len(models)}")
-    for m in models.values():
-        m.to(device).eval()
+    device = batch_device(models.values(), device)
     batches = [(x.to(device), y.to(device)) for x, y in loader]
     results = {}
     for held, target_model in models.items():
         names = [k for k in models if k != held]
         w = [float(weights[k]) if weights else 1.0 for k in names]
-        ens = Ensemble([models[k] for k in names], [v / sum(w) for v in w]).eval()
+        ens = Ensemble([models[k] for k in names], [v / sum(w) for v in w])  # attacked in inference state
         atk = attack() if callable(attack) and not isinstance(attack, Attack) else attack
         white = black = count = 0
         for x, y in batches:

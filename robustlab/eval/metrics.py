@@ -10,6 +10,25 @@ from robustlab.attacks.base import check_logits
 from robustlab.nn.state import inference_state
 
 
+def batch_device(models: Iterable[nn.Module], device: str | torch.device | None) -> torch.device:
+    """Where the batches go: ``device``, else the models' own (CPU for models
+    without parameters). A model on another device is refused, not moved: the
+    caller's models stay as they were found (device and mode)."""
+    found = {p.device for m in models for p in m.parameters()}
+    if device is None:
+        if len(found) > 1:
+            raise ValueError(f"device: the models are on {sorted(map(str, found))}; move them to one device or "
+                             "pass device=")
+        return found.pop() if found else torch.device("cpu")
+    target = torch.device(device)
+    elsewhere = sorted(str(d) for d in found if d.type != target.type
+                       or (target.index is not None and d.index not in (None, target.index)))
+    if elsewhere:
+        raise ValueError(f"device={str(device)!r} but a model is on {', '.join(elsewhere)}; move it first "
+                         f"(model.to({str(device)!r})): robustlab does not move a caller's model")
+    return target
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
     """Top-1 predictions (N,) of ``model`` in eval mode; restores every module's mode."""

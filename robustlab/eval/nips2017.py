@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack
 from robustlab.attacks.presets import canonical_name, create
-from robustlab.eval.metrics import misclassified
+from robustlab.eval.metrics import batch_device, misclassified
 from robustlab.units import from_255
 
 #: §3.4.5 step (2): ε chosen per batch from {4/255, 8/255, 12/255, 16/255}.
@@ -47,15 +47,13 @@ def run_nips2017(
     targets: Mapping[str, nn.Module],
     *,
     seed: int = 0,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Attack ``source`` batch by batch with a random ε each; report the
     success rate (misclassification) on every model of ``targets``."""
     gen = torch.Generator().manual_seed(seed)
-    source.to(device).eval()
-    for m in targets.values():
-        m.to(device).eval()
+    device = batch_device([source, *targets.values()], device)
     wrong = {k: 0 for k in targets}
     eps_used, count = [], 0
     for i, (x, y) in enumerate(loader):

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack
-from robustlab.eval.metrics import pooled_batches
+from robustlab.eval.metrics import batch_device, pooled_batches
 
 
 def robust_accuracy(
@@ -17,7 +17,7 @@ def robust_accuracy(
     loader: Iterable[tuple[Tensor, Tensor]],
     *,
     pool: int | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> dict[str, float]:
     """Accuracy of ``model`` on ``attack``'s adversarial examples over ``loader``.
 
@@ -29,10 +29,13 @@ def robust_accuracy(
     Accuracy is counted as the thesis does (§4.6): the prediction
     on the adversarial image equals the true label, whatever the target.
 
+    The batches go to ``device`` (default: the model's); the model is left
+    as it was found (device, mode).
+
     Returns ``n``, ``robust_accuracy``, ``success_rate``, ``steps_mean`` and
     ``seconds`` (attack time).
     """
-    model.to(device).eval()
+    device = batch_device([model], device)
     correct = success = steps = n = 0
     seconds = 0.0
 

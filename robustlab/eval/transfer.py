@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack
-from robustlab.eval.metrics import predict
+from robustlab.eval.metrics import batch_device, predict
 
 AttackSpec = Attack | Callable[[], Attack]
 
@@ -31,7 +31,7 @@ def transfer_matrix(
     loader: Iterable[tuple[Tensor, Tensor]],
     *,
     only_correct: bool = True,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Success rates of adversarial examples made on each source, measured on
     each target (Table 3.1: rows attack × source, columns targets; a cell
@@ -50,8 +50,7 @@ def transfer_matrix(
     if not attacks or not sources or not targets:
         raise ValueError("attacks, sources and targets must each hold at least one entry")
     models = {**sources, **targets}
-    for m in models.values():
-        m.to(device).eval()
+    device = batch_device(models.values(), device)
     batches = [(x.to(device), y.to(device)) for x, y in loader]
     keep = []
     for x, y in batches:
@@ -85,7 +84,7 @@ def all_or_nothing(
     model: nn.Module,
     adversarial_sets: Mapping[str, Iterable[tuple[Tensor, Tensor]]],
     *,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """CAAD 2018's criterion (§4.6.2, Table 4.2): an image counts as correct only
     if ``model`` classifies every attacker's version of it correctly.
@@ -101,7 +100,7 @@ def all_or_nothing(
     """
     if not adversarial_sets:
         raise ValueError("adversarial_sets must name at least one attacker")
-    model.to(device).eval()
+    device = batch_device([model], device)
     correct_all: Tensor | None = None
     labels: Tensor | None = None
     per: dict[str, float] = {}
@@ -128,14 +127,14 @@ def adversarial_sets(
     attacks: Mapping[str, tuple[AttackSpec, nn.Module]],
     loader: Iterable[tuple[Tensor, Tensor]],
     *,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> dict[str, list[tuple[Tensor, Tensor]]]:
     """Black-box attackers for :func:`all_or_nothing`: attacker name →
     (attack, source model); each attacks its source on every batch."""
+    device = batch_device([source for _, source in attacks.values()], device)
     batches = [(x.to(device), y.to(device)) for x, y in loader]
     out = {}
     for name, (spec, source) in attacks.items():
-        source.to(device).eval()
         atk = _fresh(spec)
         out[name] = [(atk(source, x, y), y) for x, y in batches]
     return out
