@@ -164,7 +164,7 @@ class Attack(ABC):
         maxima = check_batch(x, {"y": y, "target": target})
         check_channels(model, x)
         state = inference_state(model) if self.bn_stats == "running" else batch_stats_state(model)
-        with state:
+        with state, torch.enable_grad():  # also under a caller's torch.no_grad()
             return self._attack(model, x.detach(), y, target, evaluate, maxima)
 
     def _labels(
@@ -226,6 +226,17 @@ class Attack(ABC):
     ) -> AttackResult:
         """Attack checked inputs; the model is already in inference state.
         ``maxima`` holds the largest given label of ``y`` / ``target``."""
+
+
+def input_gradient(loss: Tensor, x: Tensor) -> Tensor:
+    """∂loss/∂x, zero where the loss does not depend on ``x``: a model that
+    detaches its input, or computes under ``no_grad``, is gradient masking in
+    its plainest form, and a zero gradient lets the attack run on (and the
+    masking checks flag it) instead of failing inside autograd."""
+    if not loss.requires_grad:
+        return torch.zeros_like(x)
+    (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad
 
 
 def check_logits(logits: Any, n: int | None = None) -> Tensor:

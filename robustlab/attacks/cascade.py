@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustlab.attacks.base import check_logits
+from robustlab.attacks.base import check_logits, input_gradient
 from robustlab.attacks.threat import ThreatModel, create_threat
 
 STAGE_KINDS = ("apgd", "pgd", "square")
@@ -427,7 +427,7 @@ class Cascade:
             with torch.enable_grad():
                 zg = self.forward(xg)
                 loss = self._losses(zg, t, grad_rows)
-                (grad,) = torch.autograd.grad(loss.sum(), xg)
+                grad = input_gradient(loss.sum(), xg)
             self.calls += 1
             t["grad"][grad_rows] = grad
             t["loss_now"] = torch.zeros(n, device=zg.device)

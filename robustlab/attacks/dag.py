@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import check_images, check_number
 from robustlab._progress import progress as progress_bar
+from robustlab.attacks.base import input_gradient
 from robustlab.nn.state import inference_state
 
 GAMMA = 0.5 / 255  # eq. (2.3): γ = 0.5 on the 0-255 scale
@@ -71,6 +72,7 @@ def normalized_step(r: Tensor, gamma: float = GAMMA) -> Tensor:
 TargetLogits = Callable[[Tensor], Tensor]  # (1, C, H, W) image → (T, num_classes) logits of its targets
 
 
+@torch.enable_grad()  # also under a caller's torch.no_grad()
 def dag_single(
     target_logits: TargetLogits,
     x: Tensor,
@@ -112,7 +114,7 @@ def dag_single(
         za = z[active]
         # Minimizing eq. (2.1) over the active targets: the gradient of Σ (f_{l'} − f_l) is r_m (eq. 2.2).
         gain = (za.gather(1, adv_labels[active, None]) - za.gather(1, labels[active, None])).sum()
-        (grad,) = torch.autograd.grad(gain, xm)
+        grad = input_gradient(gain, xm)
         r = r + normalized_step(grad, gamma)
     else:
         with torch.no_grad():

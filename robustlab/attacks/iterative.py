@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab._checks import check_number
-from robustlab.attacks.base import Attack, AttackResult, check_logits, resolve_labels
+from robustlab.attacks.base import Attack, AttackResult, check_logits, input_gradient, resolve_labels
 from robustlab.attacks.diversity import DiversityDraw, InputDiversity
 from robustlab.attacks.losses import LossFn, get_loss, goal_met
 from robustlab.attacks.losses import targeted as targeted_loss
@@ -284,7 +284,7 @@ class IterativeAttack(Attack):
                 raise ValueError("the model returned NaN or infinite logits: an attack on them would report "
                                  "meaningless successes")
             loss = self.objective(logits, labels).sum()
-            (grad,) = torch.autograd.grad(loss, x_adv)
+            grad = input_gradient(loss, x_adv)
         return grad, logits.detach()
 
     def _done(

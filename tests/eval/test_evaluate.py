@@ -600,3 +600,40 @@ def test_samples_lists_and_numpy_pairs_evaluate_like_tensors(linear, digits):
         rl.eval.evaluate(linear, [[(x[i], int(y[i])) for i in range(24)]], **kw)
     with pytest.raises(TypeError, match="got one image .1, 8, 8. and one label"):
         rl.eval.evaluate(linear, ((x[i], y[i]) for i in range(24)), **kw)  # a generator of samples
+
+
+class _Detached(nn.Module):
+    """A model whose forward detaches its input (a linear probe on a frozen, no_grad backbone does the same)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x.detach())
+
+
+def test_a_model_without_input_gradients_is_flagged_and_attacked_by_square(trained_model, digits):
+    """A detached input crashed inside autograd ('appears to not have been used in the graph'), in evaluate and in
+    every attack: it is gradient masking in its plainest form. Its gradient now reads as zero, the checklist flags
+    it, and the gradient-free fallback breaks it as it breaks the model itself."""
+    x, y = digits[0][:64], digits[1][:64]
+    masked = _Detached(trained_model)
+    x_adv = rl.attacks.create("pgd", eps=0.1, steps=3)(masked, x[:8], y[:8])
+    assert float((x_adv - x[:8]).abs().max()) <= 0.1 + 1e-6
+    ev = rl.eval.evaluate(masked, (x, y), eps=0.1, options=FAST)
+    assert ev.fallback["used"] and "masking checklist flagged" in ev.fallback["reason"]
+    assert ev.per_attack["apgd-ce"] == ev.clean_accuracy  # no gradient: the gradient attacks change nothing
+    assert ev.robust_accuracy < ev.clean_accuracy - 0.2  # Square does
+
+
+def test_evaluate_and_the_attacks_work_under_a_callers_no_grad(trained_model, digits):
+    """Inside torch.no_grad() (an eval loop's habit) evaluate and every attack failed: 'does not require grad'."""
+    x, y = digits[0][:32], digits[1][:32]
+    ref = rl.eval.evaluate(trained_model, (x, y), eps=0.1, options=FAST)
+    pgd = rl.attacks.create("pgd", eps=0.1, steps=3, seed=0)
+    x_ref = pgd(trained_model, x, y)
+    with torch.no_grad():
+        assert rl.eval.evaluate(trained_model, (x, y), eps=0.1, options=FAST).per_sample == ref.per_sample
+        assert torch.equal(rl.attacks.create("pgd", eps=0.1, steps=3, seed=0)(trained_model, x, y), x_ref)
+        assert rl.attacks.create("cw", steps=3)(trained_model, x[:4], y[:4]).shape == (4, 1, 8, 8)
