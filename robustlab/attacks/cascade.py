@@ -682,14 +682,24 @@ def _l2_square_step(x: Tensor, best: Tensor, u: Tensor, side: Tensor, sign: Tens
 def run_batch(forward: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, stages: list[Stage], *, eps: float,
               norm: str = "linf", seed: int = 0, capacity: int | None = None) -> Outcome:
     """Run a cascade over one batch (every sample assumed correctly classified
-    by the caller or not: clean-wrong samples leave at step 0 of stage 0)."""
+    by the caller or not: clean-wrong samples leave at step 0 of stage 0),
+    at most ``capacity`` samples (default: all) in each model call: a slot a
+    sample leaves takes the next one."""
+    cap = capacity or len(y)
     with torch.no_grad():
-        z = forward(x)
+        z = torch.cat([forward(x[i: i + cap]) for i in range(0, len(y), cap)])
     top = wrong_classes_by_rank(z, y)
-    casc = Cascade(forward, stages, eps=eps, norm=norm, capacity=capacity or len(y), seed=seed,
-                   num_classes=z.shape[1])
-    casc.feed(x, y, torch.arange(len(y), device=x.device), top)
-    parts = list(drain(casc))
+    casc = Cascade(forward, stages, eps=eps, norm=norm, capacity=cap, seed=seed, num_classes=z.shape[1])
+    idx = torch.arange(len(y), device=x.device)
+    parts, fed = [], 0
+    while fed < len(y) or len(casc.pool):
+        if fed < len(y) and casc.free:
+            k = min(casc.free, len(y) - fed)
+            casc.feed(x[fed: fed + k], y[fed: fed + k], idx[fed: fed + k], top[fed: fed + k])
+            fed += k
+        out = casc.step()
+        if out is not None:
+            parts.append(out)
     return concat_outcomes(parts, order=True)
 
 

@@ -447,9 +447,11 @@ def _probe(model: nn.Module, x0: Tensor, y0: Tensor) -> tuple[Tensor, list[str]]
 def _checklist(model: nn.Module, x0: Tensor, y0: Tensor, z0: Tensor, *, protocol: str, fallback: bool | None,
                eps: float, norm: str, seed: int, capacity: int, device: torch.device, run: bool
                ) -> tuple[dict[str, Any] | None, bool, str, list[str]]:
-    """The masking checklist on the first correctly classified images (a
-    misclassified one cannot show its loss growing), and what it decides:
-    (report, whether Square runs, why, warnings)."""
+    """The masking checklist on the correctly classified ones of the first
+    :data:`CHECKLIST_IMAGES` images ``x0`` (a misclassified one cannot show its
+    loss growing; the same images whatever the batch size, and the model never
+    called with more than ``capacity``), and what it decides: (report, whether
+    Square runs, why, warnings)."""
     sanity, warnings = None, []
     right = z0.argmax(1) == y0
     if run and not bool(right.any()):
@@ -457,9 +459,8 @@ def _checklist(model: nn.Module, x0: Tensor, y0: Tensor, z0: Tensor, *, protocol
                         "checklist did not run")
     elif run:
         xs, ys = x0[right], y0[right]
-        n_check = min(CHECKLIST_IMAGES, capacity, len(ys))
-        report = run_sanity_checks(model, [(xs[:n_check], ys[:n_check])], eps=eps, steps=10, queries=100,
-                                   noise_draws=2, limit=n_check, seed=seed, device=device, norm=norm, sweeps=False)
+        report = run_sanity_checks(model, [(xs, ys)], eps=eps, steps=10, queries=100, noise_draws=2, limit=len(ys),
+                                   seed=seed, device=device, norm=norm, sweeps=False, batch_size=capacity)
         sanity = report.as_dict()
         warnings = [str(w) for w in report.warnings]
     flagged = bool(sanity and sanity["warnings"])
@@ -567,7 +568,19 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
         raise ValueError("data yielded no samples")
     x0, y0 = first[1].to(device), first[2].to(device)
     z0, warnings = _probe(model, x0, y0)
-    sanity, use_fallback, reason, more = _checklist(model, x0, y0, z0, protocol=protocol, fallback=fallback, eps=eps,
+    check_label_range("data labels", 0, int(y0.max()), z0.shape[1])
+    head = [(first[0], x0, y0, z0)]  # the first CHECKLIST_IMAGES samples (or the first batch): the checklist's
+    while checklist and sum(len(h[2]) for h in head) < CHECKLIST_IMAGES:
+        nxt = next(chunks, None)
+        if nxt is None:
+            break
+        xb, yb = nxt[1].to(device), nxt[2].to(device)
+        maxima = check_batch(xb, {"y": yb}, name=f"data images {nxt[0]}-{nxt[0] + len(yb) - 1}")
+        check_label_range("data labels", 0, maxima["y"], z0.shape[1])
+        with torch.no_grad():
+            head.append((nxt[0], xb, yb, _check_logits(model(xb), len(yb))))
+    xh, yh, zh = (torch.cat([h[k] for h in head])[:CHECKLIST_IMAGES] for k in (1, 2, 3))
+    sanity, use_fallback, reason, more = _checklist(model, xh, yh, zh, protocol=protocol, fallback=fallback, eps=eps,
                                                     norm=norm, seed=seed, capacity=capacity, device=device,
                                                     run=checklist)
     warnings += more
@@ -579,7 +592,8 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
     feed = _Feeder(model, casc, _resume(state, fp), max((len(s.record) for s in stages), default=0),
                    z0.shape[1], device)
     resumed = len(feed.done)
-    feed.admit(first[0], x0, y0, z0)
+    for start, xb, yb, zb in head:
+        feed.admit(start, xb, yb, zb)
     exhausted, last_save = False, time.perf_counter()
     while True:
         while not exhausted and feed.waiting < casc.free:  # read no further than the free slots need

@@ -54,8 +54,11 @@ class SanityReport:
         return {"measurements": self.measurements, "warnings": [asdict(w) for w in self.warnings]}
 
 
+PREDICT_BATCH = 512  # images per clean-prediction call when no batch size is given
+
+
 def _pgd(eps: float, steps: int, step_size: float | None = None, seed: int = 0, random_start: bool = True,
-         norm: str = "linf") -> IterativeAttack:
+         norm: str = "linf", batch_size: int | None = None) -> IterativeAttack:
     """The checklist's PGD: an image leaves once misclassified (the checks
     compare accuracies, counted on any iterate), so a model that breaks
     easily costs a step or two, not the full budget."""
@@ -63,28 +66,32 @@ def _pgd(eps: float, steps: int, step_size: float | None = None, seed: int = 0, 
     if norm == "linf":
         alpha = min(alpha, 1.0)  # a step past the whole pixel range moves nothing more (ε ≥ 0.4 px)
     return IterativeAttack(eps=eps, steps=steps, step_size=alpha, random_start=random_start, seed=seed, name="pgd",
-                           norm=norm, early_stop=True, stop_on="misclassified")
+                           norm=norm, early_stop=True, stop_on="misclassified", micro_batch=batch_size)
 
 
-def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    return float((predict(model, x) == y).float().mean()) if len(y) else 0.0
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int | None = None) -> float:
+    return float((predict(model, x, batch_size or PREDICT_BATCH) == y).float().mean()) if len(y) else 0.0
 
 
 def random_search(model: nn.Module, x: Tensor, y: Tensor, eps: float, queries: int = 200, seed: int = 0,
-                  norm: str = "linf") -> Tensor:
+                  norm: str = "linf", batch_size: int | None = None) -> Tensor:
     """A gradient-free attack: Square Attack's random search over the ε-ball
     (Andriushchenko et al.; :mod:`robustlab.attacks.cascade`), ``queries``
-    model evaluations per image, stopping on each image once misclassified."""
+    model evaluations per image, stopping on each image once misclassified;
+    at most ``batch_size`` images per model call (default: all)."""
     with inference_state(model):
         out = run_batch(model_forward(model), x, y, [Stage("square", "square", queries)], eps=eps, norm=norm,
-                        seed=seed)
+                        seed=seed, capacity=batch_size)
     return out.x_adv
 
 
 @torch.no_grad()
-def _mean_loss(model: nn.Module, x: Tensor, y: Tensor) -> float:
+def _mean_loss(model: nn.Module, x: Tensor, y: Tensor, batch_size: int | None = None) -> float:
+    size = batch_size or PREDICT_BATCH
     with inference_state(model):
-        return float(F.cross_entropy(model(x), y))
+        total = sum(float(F.cross_entropy(model(x[i: i + size]), y[i: i + size], reduction="sum"))
+                    for i in range(0, len(y), size))
+    return total / len(y)
 
 
 def run_sanity_checks(
@@ -103,6 +110,7 @@ def run_sanity_checks(
     device: str | torch.device | None = None,
     norm: str = "linf",
     sweeps: bool = True,
+    batch_size: int | None = None,
 ) -> SanityReport:
     """Measure the checklist on up to ``limit`` images; see the module docstring.
 
@@ -110,25 +118,34 @@ def run_sanity_checks(
     image in 50 by default) before it is reported. ``sweeps=False`` skips the
     two monotonicity sweeps (checks 1 and 2) and keeps the checks that reveal
     masked gradients (3-6): what :func:`robustlab.eval.evaluate` runs first to
-    decide on its gradient-free fallback."""
+    decide on its gradient-free fallback. ``batch_size``: the most images one
+    model call takes (default: all ``limit`` at once)."""
     if eps <= 0:
         raise ValueError(f"eps must be > 0; got {eps}")
     device = device if device is not None else next(model.parameters()).device
     x, y = _first(loader, limit)
     x, y = x.to(device), y.to(device)
     model = model.to(device)
-    m: dict[str, Any] = {"n": len(y), "eps": eps, "steps": steps, "clean": _accuracy(model, x, y)}
+    bs = batch_size
+
+    def pgd(e: float, k: int, alpha: float | None = None) -> IterativeAttack:
+        return _pgd(e, k, alpha, seed=seed, norm=norm, batch_size=bs)
+
+    def acc(images: Tensor) -> float:
+        return _accuracy(model, images, y, bs)
+
+    m: dict[str, Any] = {"n": len(y), "eps": eps, "steps": steps, "clean": acc(x)}
     warn: list[SanityWarning] = []
 
     eps_grid = [eps / 4, eps / 2, eps, 2 * eps] if sweeps else [eps]
-    adv = {e: _pgd(e, steps, seed=seed, norm=norm)(model, x, y) for e in eps_grid}
-    m["eps_curve"] = {f"{e:.6g}": _accuracy(model, xa, y) for e, xa in adv.items()}
+    adv = {e: pgd(e, steps)(model, x, y) for e in eps_grid}
+    m["eps_curve"] = {f"{e:.6g}": acc(xa) for e, xa in adv.items()}
     accs = list(m["eps_curve"].values())
     if any(b > a + tolerance for a, b in zip(accs, accs[1:])):
         warn.append(SanityWarning("eps_monotone", f"accuracy rises with ε: {m['eps_curve']}", m["eps_curve"]))
     if sweeps:
         alpha = eps / 4
-        m["steps_curve"] = {str(k): _accuracy(model, _pgd(eps, k, alpha, seed=seed, norm=norm)(model, x, y), y)
+        m["steps_curve"] = {str(k): acc(pgd(eps, k, alpha)(model, x, y))
                             for k in (1, max(2, steps // 4), steps)}
         accs = list(m["steps_curve"].values())
         if any(b > a + tolerance for a, b in zip(accs, accs[1:])):
@@ -138,37 +155,36 @@ def run_sanity_checks(
     m["pgd"] = pgd_acc
     # ε = 1 covers the whole pixel box in L∞; in L2 the box's diameter is √(C·H·W).
     big = 1.0 if norm == "linf" else float(x[0].numel()) ** 0.5
-    m["unbounded"] = _accuracy(model, _pgd(big, max(steps, 20), big / 10, seed=seed, norm=norm)(model, x, y), y)
+    m["unbounded"] = acc(pgd(big, max(steps, 20), big / 10)(model, x, y))
     if m["unbounded"] > unbounded_max_accuracy:
         warn.append(SanityWarning("unbounded", f"an attack with ε = 1 leaves accuracy at {m['unbounded']:.3f} "
                                   f"(expected ≤ {unbounded_max_accuracy}): gradients may be masked",
                                   {"accuracy": m["unbounded"]}))
     black = {}
     # A black-box attack cannot beat a white-box one that already leaves nothing standing.
-    m["random_search"] = (_accuracy(model, random_search(model, x, y, eps, queries, seed, norm), y)
+    m["random_search"] = (acc(random_search(model, x, y, eps, queries, seed, norm, bs))
                           if pgd_acc > tolerance else None)
     if m["random_search"] is not None:
         black["random_search"] = m["random_search"]
     if surrogate is not None:
         surrogate = surrogate.to(device)
-        m["transfer"] = black["transfer"] = _accuracy(model, _pgd(eps, steps, seed=seed, norm=norm)(surrogate, x, y),
-                                                      y)
-    for name, acc in black.items():
-        if acc < pgd_acc - tolerance:
-            warn.append(SanityWarning("blackbox", f"black-box {name} ({acc:.3f}) is stronger than white-box "
-                                      f"PGD ({pgd_acc:.3f})", {"blackbox": acc, "whitebox": pgd_acc}))
+        m["transfer"] = black["transfer"] = acc(pgd(eps, steps)(surrogate, x, y))
+    for name, black_acc in black.items():
+        if black_acc < pgd_acc - tolerance:
+            warn.append(SanityWarning("blackbox", f"black-box {name} ({black_acc:.3f}) is stronger than white-box "
+                                      f"PGD ({pgd_acc:.3f})", {"blackbox": black_acc, "whitebox": pgd_acc}))
     gen = torch.Generator(device=x.device).manual_seed(seed)
     noisy_right = torch.ones_like(y, dtype=torch.bool)
     for _ in range(noise_draws):
         noise = create_threat(norm, eps).random_delta(x, gen)
-        noisy_right &= predict(model, (x + noise).clamp(0, 1)) == y
+        noisy_right &= predict(model, (x + noise).clamp(0, 1), bs or PREDICT_BATCH) == y
     m["noise"] = float(noisy_right.float().mean())
     if m["noise"] < pgd_acc - tolerance:
         warn.append(SanityWarning("noise", f"random noise ({m['noise']:.3f}) is stronger than PGD ({pgd_acc:.3f})",
                                   {"noise": m["noise"], "pgd": pgd_acc}))
     # The loss at the attack's random start and at its end (the ε run of the curve above).
-    start = _mean_loss(model, _pgd(eps, 0, seed=seed, norm=norm)(model, x, y), y)
-    end = _mean_loss(model, adv[eps], y)
+    start = _mean_loss(model, pgd(eps, 0)(model, x, y), y, bs)
+    end = _mean_loss(model, adv[eps], y, bs)
     m["loss_start"], m["loss_end"] = start, end
     if not end > start:
         warn.append(SanityWarning("loss_increases", f"the loss does not grow along the attack ({start:.4f} → "

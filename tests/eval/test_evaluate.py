@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 from toy_models import Unbreakable
 
 import robustlab as rl
@@ -560,11 +560,12 @@ def test_the_checklist_skips_images_misclassified_as_they_are(trained_model, dig
     """A misclassified image's loss cannot grow: counted, it flagged masking and ran Square for nothing."""
     x, y = digits[0][:40], digits[1][:40].clone()
     y[:8] = (y[:8] + 1) % 10
-    ev = rl.eval.evaluate(trained_model, (x, y), eps=0.05, batch_size=8, options=FAST)
+    for batch_size in (8, 16):  # the first batch all mislabelled, or half of it
+        ev = rl.eval.evaluate(trained_model, (x, y), eps=0.05, batch_size=batch_size, options=FAST)
+        assert ev.options["sanity"]["measurements"]["n"] == sum(ev.per_sample["clean_correct"]) <= 32
+        assert not ev.fallback["used"]
+    ev = rl.eval.evaluate(trained_model, (x[:8], y[:8]), eps=0.05, options=FAST)
     assert any(w.startswith("[checklist] none of the first 8 images") for w in ev.warnings)
-    assert not ev.fallback["used"]
-    ev = rl.eval.evaluate(trained_model, (x, y), eps=0.05, batch_size=16, options=FAST)
-    assert ev.options["sanity"] is not None and not ev.fallback["used"]
 
 
 def test_a_float64_or_half_model_is_evaluated_in_its_precision_on_float32_attacks(trained_model, digits):
@@ -637,3 +638,36 @@ def test_evaluate_and_the_attacks_work_under_a_callers_no_grad(trained_model, di
         assert rl.eval.evaluate(trained_model, (x, y), eps=0.1, options=FAST).per_sample == ref.per_sample
         assert torch.equal(rl.attacks.create("pgd", eps=0.1, steps=3, seed=0)(trained_model, x, y), x_ref)
         assert rl.attacks.create("cw", steps=3)(trained_model, x[:4], y[:4]).shape == (4, 1, 8, 8)
+
+
+def test_the_checklist_sees_the_same_first_images_whatever_the_batch_size():
+    """The checklist took its images from the first batch only: with a first batch misclassified (batch_size=1) it
+    did not run, no Square ran, and a quantized (zero-gradient) model's robust accuracy was overstated. It now
+    takes the correctly classified ones of the first 100 images, in calls of at most batch_size."""
+    x, y = rl.data.load_dataset("digits", "test").batch(slice(0, 48))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    xt, yt = rl.data.load_dataset("digits", "train").batch(slice(None))
+    for _ in range(40):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(xt), yt).backward()
+        opt.step()
+
+    class Quantized(nn.Module):  # 4 grey levels: zero gradient almost everywhere
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(torch.round(x * 3) / 3)
+
+    model = Quantized()
+    with torch.no_grad():
+        wrong = model(x).argmax(1) != y
+    x, y = torch.cat([x[wrong][:4], x[~wrong]]), torch.cat([y[wrong][:4], y[~wrong]])  # a first batch all wrong
+    sizes = {}
+    for bs in (4, 48):
+        ev = rl.eval.evaluate(model, DataLoader(TensorDataset(x, y), batch_size=bs), eps=0.1, options=FAST)
+        sizes[bs] = (ev.fallback["used"], ev.options["sanity"]["measurements"]["n"], ev.robust_accuracy)
+    assert sizes[4] == sizes[48] and sizes[4][0] and sizes[4][1] > 20, sizes
