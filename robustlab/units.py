@@ -55,12 +55,13 @@ def parse_eps(text: str | float | int, name: str = "eps", *, small_is_pixels: bo
     return value
 
 
-def parse_budget(key: str, text: str | float | int, name: str, *, pixels: bool = False) -> float:
-    """A budget ``key`` (``eps`` or ``step_size``) of a config or a flag, in pixels.
+def parse_budget(text: str | float | int, name: str, *, pixels: bool = False) -> float:
+    """A budget (ε or a step α) of a config or a flag, in pixels.
 
-    As :func:`parse_eps`, except that a plain ``eps`` below 1 is pixels
-    (``eps: 0.03`` and ``--eps 0.03`` are 0.03, not 0.03/255); a plain step size
-    stays in 0–255 units (``step_size: 0.5`` is 0.5/255). ``pixels``: every
-    plain number is pixels (an L2 budget).
+    As :func:`parse_eps`, except that a plain number below 1 is pixels
+    (``eps: 0.03``, ``--eps 0.03`` and ``--step-size 0.005`` are pixel values,
+    not 0.03/255): no budget is that small in 0–255 units, and a user writing
+    one means pixels; 0.5/255 is written as such. ``pixels``: every plain
+    number is pixels (an L2 budget).
     """
-    return parse_eps(text, name, small_is_pixels=key == "eps", pixels=pixels)
+    return parse_eps(text, name, small_is_pixels=True, pixels=pixels)

@@ -50,11 +50,13 @@ def test_attack_thesis_notation_and_options(tmp_path, checkpoint):
 
 
 @pytest.mark.parametrize(("flags", "eps", "step"), [
-    (["--eps", "0.03"], 0.03, None), (["--eps", "8", "--step-size", "0.5"], 8 / 255, 0.5 / 255),
+    (["--eps", "0.03"], 0.03, None), (["--eps", "8", "--step-size", "0.5/255"], 8 / 255, 0.5 / 255),
+    (["--eps", "0.1", "--step-size", "0.02"], 0.1, 0.02), (["--eps", "8", "--step-size", "2"], 8 / 255, 2 / 255),
     (["--eps", "0.03px", "--step-size", "1/255"], 0.03, 1 / 255), (["--norm", "l2", "--eps", "3"], 3.0, None),
 ])
 def test_attack_reads_eps_as_eval_does(flags, eps, step):
-    """``robustlab attack --eps 0.03`` attacked at 0.03/255 while ``robustlab eval --eps 0.03`` used 0.03 px."""
+    """``robustlab attack --eps 0.03`` attacked at 0.03/255 while ``robustlab eval --eps 0.03`` used 0.03 px, and
+    ``--eps 0.1 --step-size 0.02`` stepped by 0.02/255, 1300 times less than meant."""
     from robustlab.app.cli import attack_kwargs, build_parser
 
     kw = attack_kwargs(build_parser().parse_args(["attack", "--model", "m", *flags]))

@@ -40,7 +40,8 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
                    "(0.03 = 0.03 px), and with --norm l2 any plain number (default: the attack's; pgd 16, the ch. 3 "
                    "family 15)")
     g.add_argument("--steps", type=int, help="iterations N (default: the thesis rule of the attack)")
-    g.add_argument("--step-size", help="step α, same notation as --eps (default: the attack's)")
+    g.add_argument("--step-size", help="step α, same notation as --eps: 1 (0-255 units), 1/255, 0.004px, or a plain "
+                   "number below 1 as pixels (default: the attack's)")
     g.add_argument("--norm", choices=("linf", "l2"), help="threat model (default: the attack's, mostly linf)")
     g.add_argument("--mu", type=float, help="momentum decay μ (default: the attack's; mi-fgsm 1.0)")
     g.add_argument("--p", type=float, help="input-diversity probability (default: the attack's; di2-fgsm 0.5)")
@@ -256,7 +257,7 @@ def attack_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         if value is None:
             continue
         if key in ("eps", "step_size"):
-            value = parse_budget(key, value, "--" + key.replace("_", "-"), pixels=getattr(args, "norm", None) == "l2")
+            value = parse_budget(value, "--" + key.replace("_", "-"), pixels=getattr(args, "norm", None) == "l2")
         kw[key] = value
     return kw
 
@@ -395,14 +396,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except ValueError:
         raise ValueError(f"--steps must be comma-separated integers; got {args.steps!r}") from None
     spec = EvalSpec(models=[*args.model, *args.checkpoint], data=args.data, protocol=args.protocol,
-                    eps=parse_budget("eps", args.eps, "--eps", pixels=args.norm == "l2"), norm=args.norm,
+                    eps=parse_budget(args.eps, "--eps", pixels=args.norm == "l2"), norm=args.norm,
                     weights=args.weights,
                     mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"), limit=args.limit,
                     batch_size=args.batch_size, workers=args.workers,
                     fallback={"auto": None, "on": True, "off": False}[args.fallback], seed=args.seed,
                     route=args.route, data_dir=args.data_dir, image_size=args.image_size, device=args.device,
                     out=args.out, steps=steps,
-                    step_size=parse_budget("step_size", args.step_size, "--step-size", pixels=args.norm == "l2"),
+                    step_size=parse_budget(args.step_size, "--step-size", pixels=args.norm == "l2"),
                     targeted=args.targeted, restarts=args.restarts)
     results = run_eval(spec, quiet=args.quiet)
     print(format_eval_summary(results))

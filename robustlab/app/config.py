@@ -108,7 +108,7 @@ class RecipeSpec:
         options = {k: v for k, v in written.items() if k != "name" and k not in BUDGET_KEYS}
         if options.get("routes") is not None:
             options["routes"] = tuple(options["routes"])
-        budgets = {k: parse_budget(k, written[k], f"{path}.{k}") if written.get(k) is not None else None
+        budgets = {k: parse_budget(written[k], f"{path}.{k}") if written.get(k) is not None else None
                    for k in BUDGET_KEYS}
         return cls(written["name"], options=options, written=copy.deepcopy(written), **budgets)
 
@@ -322,7 +322,7 @@ def _check_eval(ev: EvalConfig) -> None:
         raise ValueError(f"config key eval.targeted must be true or false; got {ev.targeted!r}")
     for key in BUDGET_KEYS:  # checked now, converted where used: config.yaml keeps the user's notation
         if getattr(ev, key) is not None:
-            parse_budget(key, getattr(ev, key), f"eval.{key}")
+            parse_budget(getattr(ev, key), f"eval.{key}")
 
 
 def _train_options(train: dict[str, Any]) -> TrainOptions:

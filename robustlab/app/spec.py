@@ -115,4 +115,4 @@ def parse_budgets(name: str, options: Mapping[str, Any]) -> dict[str, float]:
     parsed once by :func:`robustlab.units.parse_budget`; errors name ``evaluations.NAME.KEY``."""
     from robustlab.units import parse_budget
 
-    return {k: parse_budget(k, options[k], f"evaluations.{name}.{k}") for k in EVALUATION_BUDGETS if k in options}
+    return {k: parse_budget(options[k], f"evaluations.{name}.{k}") for k in EVALUATION_BUDGETS if k in options}

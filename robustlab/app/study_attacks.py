@@ -166,7 +166,7 @@ def attack_kwargs(spec: dict[str, Any], eps: float | None) -> dict[str, Any]:
     kw.setdefault("eps", eps)
     for key in BUDGETS:
         if key in spec and spec[key] is not None:
-            kw[key] = parse_budget(key, spec[key], key)
+            kw[key] = parse_budget(spec[key], key)
     return kw
 
 

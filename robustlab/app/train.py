@@ -100,9 +100,9 @@ def eval_plan(cfg: RunConfig, recipe: recipes.Recipe) -> EvalPlan | None:
     ev = cfg.eval
     if not ev.attack:
         return None
-    eps = parse_budget("eps", ev.eps, "eval.eps") if ev.eps is not None else \
+    eps = parse_budget(ev.eps, "eval.eps") if ev.eps is not None else \
         getattr(getattr(recipe, "attack", None), "eps", from_255(8))
-    step_size = parse_budget("step_size", ev.step_size, "eval.step_size") if ev.step_size is not None else None
+    step_size = parse_budget(ev.step_size, "eval.step_size") if ev.step_size is not None else None
     if ev.attack == "pgd":
         if not 0 < eps <= 1:
             raise ValueError(f"eval.eps must be > 0 (the quick protocol's budget); got {ev.eps!r}")

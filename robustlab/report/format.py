@@ -159,13 +159,13 @@ def comparisons(claim: Mapping[str, Any]) -> list[tuple[str, str, bool | None]]:
 # ------------------------------------------------------------------ budgets
 
 
-def pixels(value: Any, key: str = "eps") -> float | None:
-    """A budget ``key`` as a config writes it (``25`` in 0–255 units, ``"8/255"``,
+def pixels(value: Any) -> float | None:
+    """A budget as a config writes it (``25`` in 0–255 units, ``"8/255"``,
     ``"0.5px"``), in pixels: what the config loader reads (``units.parse_budget``)."""
     if value is None:
         return None
     try:
-        return parse_budget(key, value, key)
+        return parse_budget(value, "budget")
     except ValueError:
         return None
 
@@ -207,7 +207,7 @@ def recipe_text(recipe: Mapping[str, Any]) -> str:
         for key in ("eps", "steps", "step_size", "norm", "targeted"):
             recipe.pop(key, None)
     else:
-        eps, alpha = pixels(recipe.pop("eps", None)), pixels(recipe.pop("step_size", None), "step_size")
+        eps, alpha = pixels(recipe.pop("eps", None)), pixels(recipe.pop("step_size", None))
         steps, norm = recipe.pop("steps", None), recipe.pop("norm", "linf")
         targeted, attack_name = recipe.pop("targeted", None), attack or "pgd"
     head = RECIPES.get(name, name)

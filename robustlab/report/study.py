@@ -68,7 +68,7 @@ def evaluation_meta(ev: Mapping[str, Any]) -> list[str]:
                 (" per BN route" if o.get("routes") else ""), images]
     if kind == "whitebox":
         loss = {"both": "CE and C&W-margin losses", "cw": "C&W-margin loss"}.get(o.get("loss"), "CE loss")
-        return [budget(pixels(o.get("eps"))), budget(pixels(o.get("step_size"), "step_size"), symbol="α"),
+        return [budget(pixels(o.get("eps"))), budget(pixels(o.get("step_size")), symbol="α"),
                 "PGD " + steps_text(o.get("steps")),
                 f"protocol white-box PGD: {loss}, {'targeted' if o.get('targeted') else 'untargeted'}, "
                 f"{o.get('restarts', 1)} restart(s), worst case over the losses", images]
@@ -220,7 +220,7 @@ def _generic_meta(kind: str, o: Mapping[str, Any], ev: Mapping[str, Any], images
     elif ev.get("eps_255_per_batch"):
         meta.append(f"ε drawn per batch from {short(sorted(set(ev['eps_255_per_batch'])))} (/255)")
     if o.get("step_size") is not None:
-        meta.append(budget(pixels(o["step_size"], "step_size"), symbol="α"))
+        meta.append(budget(pixels(o["step_size"]), symbol="α"))
     if o.get("steps") is not None:
         meta.append(steps_text(o["steps"]))
     elif configs:

@@ -70,10 +70,10 @@ def test_budgets_use_the_thesis_notation(tmp_path):
 def test_a_small_plain_eps_in_a_config_is_pixels_as_on_the_cli():
     """``recipe.eps=0.03`` was read as 0.03/255 (a budget 255 times smaller than meant), while ``--eps 0.03``
     is 0.03 px; the same plain number now means the same budget in both, and the training-time attack's too."""
-    overrides = ["recipe.name=madry", "recipe.eps=0.03", "recipe.step_size=0.5", "eval.eps=0.03"]
+    overrides = ["recipe.name=madry", "recipe.eps=0.03", "recipe.step_size=0.5", "eval.eps=0.03"]  # all pixels
     cfg = resolve(apply_overrides({}, overrides))
     assert cfg.recipe_options()["eps"] == pytest.approx(0.03)
-    assert cfg.recipe_options()["step_size"] == pytest.approx(0.5 / 255)
+    assert cfg.recipe_options()["step_size"] == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize(("args", "match"), [
