@@ -339,6 +339,20 @@ def _fingerprint(**kw: Any) -> str:
     return hashlib.sha256(json.dumps(kw, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@torch.no_grad()
+def _digest(model: nn.Module, x0: Tensor, y0: Tensor) -> dict[str, Any]:
+    """What a saved state must have been made on: the model (each tensor's shape
+    and sum, to 6 digits: equal on CPU and GPU, and under a wrapper) and the
+    data's first sample (another dataset, or a loader that reorders it, starts
+    elsewhere)."""
+    tensors = list(model.state_dict().values())
+    floats = [t.detach().double().sum() for t in tensors if t.is_floating_point()]
+    sums = torch.stack(floats).tolist() if floats else []
+    model_key = [list(t.shape) for t in tensors] + [f"{v:.6g}" for v in sums]
+    return {"model": _fingerprint(tensors=model_key),
+            "data": [f"{float(x0[0].double().sum()):.6g}", list(x0.shape[1:]), int(y0[0])]}
+
+
 def evaluate(
     model: nn.Module,
     data: Any,
@@ -586,7 +600,7 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
     warnings += more
     stages, opts = protocols.stages_for(protocol, eps, options, fallback=use_fallback)
     fp = _fingerprint(protocol=protocol, eps=eps, norm=norm, options=opts, fallback=use_fallback, seed=seed,
-                      stages=[asdict(s) for s in stages], limit=limit)
+                      stages=[asdict(s) for s in stages], limit=limit, **(_digest(model, x0, y0) if state else {}))
     casc = Cascade(model_forward(model), stages, eps=eps, norm=norm, capacity=capacity, seed=seed,
                    num_classes=z0.shape[1])
     feed = _Feeder(model, casc, _resume(state, fp), max((len(s.record) for s in stages), default=0),
@@ -633,7 +647,8 @@ def _resume(state: Path | None, fp: str) -> _Tally:
         raise ValueError(f"state: {state} is not a saved evaluation state ({err})") from None
     if saved.get("version") != STATE_VERSION or saved.get("fingerprint") != fp:
         raise ValueError(f"state: {state} holds an evaluation with other settings (protocol, eps, options, seed "
-                         "or limit); use another file or delete it")
+                         "or limit), of another model (its weights) or on other data (the first sample differs: "
+                         "another dataset, or a loader that reorders it); use another file or delete it")
     return _Tally(**saved["tally"])
 
 

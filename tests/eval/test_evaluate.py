@@ -317,6 +317,18 @@ def test_resume_from_a_state_file(linear, digits, tmp_path):
     for other in ({"eps": 0.06}, {"seed": 1}, {"options": {"steps": 11, "targets": 1}}):
         with pytest.raises(ValueError, match="other settings"):
             rl.eval.evaluate(linear, (x, y), state=state, **{**kw, **other})
+    # Another model, other images, or the same images in another order: the state is refused, not reported as
+    # theirs (a vanilla model resumed from a robust one's state read the robust one's accuracy).
+    import copy
+
+    other_model = copy.deepcopy(linear)
+    with torch.no_grad():
+        other_model[1].bias += 0.1
+    shuffled = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    for m, data in ((other_model, (x, y)), (linear, (x[shuffled], y[shuffled])), (linear, (x[1:], y[1:]))):
+        with pytest.raises(ValueError, match="of another model .* or on other data"):
+            rl.eval.evaluate(m, data, state=state, **kw)
+    assert rl.eval.evaluate(linear, (x, y), state=state, **kw).per_sample == full.per_sample
 
 
 # -- 8. the audit ----------------------------------------------------------------
