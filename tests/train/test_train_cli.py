@@ -158,6 +158,20 @@ def test_malformed_yaml_names_file_line_and_column(tmp_path, capsys, command):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_key_written_twice_is_refused_with_its_lines(tmp_path, capsys):
+    """YAML keeps the last of two equal keys without a word: a second train: section dropped the first's
+    batch_size. Merge keys (<<: *base) still override as YAML means them to."""
+    path = tmp_path / "dup.yaml"
+    path.write_text("train:\n  epochs: 1\n  batch_size: 8\ntrain:\n  epochs: 2\n")
+    assert main(["train", str(path), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:4:1" in err and "the key 'train' is written twice (first on line 1)" in err
+    assert not (tmp_path / "r").exists()
+    from robustlab._io import safe_yaml
+
+    assert safe_yaml("base: &b {lr: 0.1, epochs: 1}\ntrain: {<<: *b, epochs: 3}\n")["train"] == {"lr": 0.1, "epochs": 3}
+
+
 
 def test_the_same_command_again_continues_the_run_and_reuses_it_finished(tmp_path, capsys):
     """README: 'the same command again resumes or reuses what is finished' (without --resume)."""
