@@ -356,6 +356,10 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
     data = from_mapping(DataConfig, raw.get("data"), "data", what="config section")
     _check_data(data)
     train = check_mapping(raw.get("train"), "train", "config section")
+    for key, default in (("seed", 0), ("device", "auto")):  # TrainOptions' fields, set from the top-level keys
+        if key in train and train[key] != raw.get(key, default):  # (config.yaml repeats them: equal there)
+            raise ValueError(f"config key train.{key}: the run's {key} is the top-level key; write {key}: "
+                             f"{train[key]} (or the override {key}={train[key]}) instead")
     cfg = RunConfig(
         seed=_whole(raw.get("seed", 0), "seed", low=0, optional=False),
         device=check_device(raw.get("device", "auto")), model=model, data=data, recipe=recipe,

@@ -87,6 +87,8 @@ def test_a_small_plain_eps_in_a_config_is_pixels_as_on_the_cli():
     (["train", "CFG", "recipe.eps=-3"], "eps"),
     (["train", "CFG", "eval.eps=abc"], "eval.eps"),
     (["train", "--resume", "nowhere"], "no config.yaml"),
+    (["train", "CFG", "train.seed=7"], "train.seed: the run's seed is the top-level key; write seed: 7"),
+    (["train", "CFG", "train.device=cuda"], "train.device: the run's device is the top-level key"),
 ])
 def test_cli_errors_name_the_problem(tmp_path, capsys, args, match):
     args = [str(CONFIGS[0]) if a == "CFG" else a for a in args]
