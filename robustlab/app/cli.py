@@ -33,6 +33,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+WHITEBOX_DEFAULTS = {"step_size": "1", "steps": "10,20,50,100,200", "restarts": 1}  # eval --protocol whitebox
+
+
 def _add_attack_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("attack")
     g.add_argument("--attack", default="pgd", help="fgsm, ifgsm, mifgsm, di2fgsm, mdi2fgsm, pgd, gd, cw, dcw")
@@ -181,10 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=250, help="images attacked at once (the largest model call)")
     ev.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     ev.add_argument("--route", help="mixture-BN route to evaluate through")
-    ev.add_argument("--step-size", default="1", help="whitebox: PGD step (§6.3: 1)")
-    ev.add_argument("--steps", default="10,20,50,100,200", help="whitebox: comma-separated PGD iteration counts")
+    ev.add_argument("--step-size", help=f"whitebox: PGD step (§6.3; default: {WHITEBOX_DEFAULTS['step_size']})")
+    ev.add_argument("--steps", help="whitebox: comma-separated PGD iteration counts (default: "
+                    f"{WHITEBOX_DEFAULTS['steps']})")
     ev.add_argument("--targeted", action="store_true", help="whitebox: also the targeted curve (random target, §6.3)")
-    ev.add_argument("--restarts", type=int, default=1, help="whitebox: random restarts")
+    ev.add_argument("--restarts", type=int,
+                    help=f"whitebox: random restarts (default: {WHITEBOX_DEFAULTS['restarts']})")
     ev.add_argument("--seed", type=int, default=0, help="seed of every random start and target")
     ev.add_argument("--out", help="run directory (default RUN_DIR/eval-PROTOCOL for a run directory, else "
                     "runs/eval-TIMESTAMP)")
@@ -390,6 +395,14 @@ def _floats(text: str | None, flag: str) -> list[float] | None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from robustlab.app.evaluate import EvalSpec, format_eval_summary, run_eval
     from robustlab.units import parse_budget
+
+    given = [f"--{k.replace('_', '-')}" for k in (*WHITEBOX_DEFAULTS, "targeted") if getattr(args, k)]
+    if given and args.protocol not in ("whitebox", "all"):  # they were recorded as if used, and changed nothing
+        raise ValueError(f"{', '.join(given)} apply to --protocol whitebox (and all), not {args.protocol}: "
+                         f"{args.protocol} runs its own attacks; drop them")
+    for key, default in WHITEBOX_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
 
     try:
         steps = [int(s) for s in str(args.steps).split(",") if s.strip()]

@@ -47,6 +47,8 @@ def test_whitebox_and_corruption_write_results_and_report(runs, capsys):
 @pytest.mark.parametrize(("args", "match"), [
     (["--protocol", "transfer"], "at least two"),
     (["--steps", "a,b"], "--steps"),
+    (["--protocol", "quick", "--steps", "5"], "--steps apply to --protocol whitebox (and all), not quick"),
+    (["--targeted", "--restarts", "5"], "--restarts, --targeted apply to --protocol whitebox"),
     (["--eps", "-1"], "eps"),
     (["--eps", "300"], "above 255"),
     (["--protocol", "standard", "--batch-size", "0"], "--batch-size"),
