@@ -192,6 +192,13 @@ CASES = [
     ("study-batch-size-abc", _study(_edit("batch_size", "abc")), "batch_size"),
     ("study-whitebox-bad-steps", _study(_edit("evaluations.clean", {"kind": "whitebox", "steps": "x"})),
      "evaluations.clean.steps"),
+    # -- an --out that cannot be a directory: one line, not a NotADirectoryError traceback
+    ("train-out-under-a-file", _with_file("afile.txt", "x", lambda tmp, run: [
+        "train", _yaml(tmp, TINY_TRAIN), "--out", str(tmp / "afile.txt" / "sub")]), "afile.txt/sub"),
+    ("eval-out-under-a-file", _with_file("afile.txt", "x", lambda tmp, run: [
+        *_eval("--protocol", "quick")(tmp, run), "--out", str(tmp / "afile.txt" / "sub")]), "afile.txt/sub"),
+    ("attack-out-under-a-file", _with_file("afile.txt", "x", lambda tmp, run: [
+        *_attack()(tmp, run), "--out", str(tmp / "afile.txt" / "sub")]), "afile.txt/sub"),
     # -- robustlab eval
     ("eval-unknown-protocol", _eval("--protocol", "nosuchprotocol"), "--protocol"),
     ("eval-eps-300", _eval("--eps", "300"), "--eps"),
@@ -311,3 +318,26 @@ def test_a_global_batch_that_processes_cannot_share_is_refused_before_work(tmp_p
     assert main(["train", _yaml(tmp_path, TINY_TRAIN), "train.batch_size=7", "--out", str(out)]) == 2
     assert "config key train.batch_size (7) must be divisible by the number of processes (2)" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    import robustlab.app.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_list", interrupted)
+    assert main(["list"]) == 130
+    err = capsys.readouterr().err
+    assert "robustlab list: interrupted; the same command continues from what was saved" in err
+    assert "Traceback" not in err
+
+
+def test_report_on_a_broken_or_unfinished_run_says_what_it_is(trained, tmp_path, capsys):
+    run = Path(_copy_run(tmp_path, trained))
+    (run / "results.json").write_text("[1, 2]")
+    assert main(["report", str(run)]) == 2
+    assert "results.json holds a JSON list" in capsys.readouterr().err
+    (run / "results.json").unlink()
+    assert main(["report", str(run)]) == 2
+    assert "is a train run that has not finished (no results.json yet)" in capsys.readouterr().err

@@ -535,9 +535,17 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argp
             text = text.strip().splitlines()[-1].split(": ", 1)[-1]
         print(f"robustlab {args.command}: error: {text}", file=sys.stderr)
         return 2
+    except (PermissionError, NotADirectoryError, IsADirectoryError) as err:  # an --out it cannot write, ...
+        where = f" {err.filename}" if err.filename else ""
+        print(f"robustlab {args.command}: error: cannot use{where}: {err.strerror or err}", file=sys.stderr)
+        return 2
     except FloatingPointError as err:  # a run that diverged: said plainly (its checkpoints stay), exit 1
         print(f"robustlab {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: what was saved stays (checkpoints, an evaluation's state)
+        print(f"robustlab {args.command}: interrupted; the same command continues from what was saved",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -294,6 +294,9 @@ def _check_logits(z: Any, n: int) -> Tensor:
 
 # -- the evaluation --------------------------------------------------------------
 
+RECORDS = ("index", "clean", "stage", "step", "recorded")  # _Tally's parallel per-sample lists
+
+
 @dataclass
 class _Tally:
     """Per-sample records of the samples done, in a resumable form."""
@@ -319,20 +322,24 @@ class _Tally:
 
     def add(self, out: Outcome, n_rec: int) -> None:
         k = len(out.index)
-        self.index += out.index.tolist()
-        self.clean += [True] * k
-        self.stage += out.stage.tolist()
-        self.step += out.step.tolist()
-        self.recorded += out.recorded[:, :n_rec].tolist() if out.recorded is not None else [[]] * k
-        xa = out.x_adv
+        xa = out.x_adv  # the audit first: a Ctrl-C between the two parts re-attacks samples, never skips an audit
         self.linf_max = max(self.linf_max, float(out.linf.max()))
         self.l2_max = max(self.l2_max, float(out.l2.max()))
         self.nan += int(torch.isnan(xa).sum())
         self.pixel_min = min(self.pixel_min, float(xa.min()))
         self.pixel_max = max(self.pixel_max, float(xa.max()))
+        self.index += out.index.tolist()
+        self.clean += [True] * k
+        self.stage += out.stage.tolist()
+        self.step += out.step.tolist()
+        self.recorded += out.recorded[:, :n_rec].tolist() if out.recorded is not None else [[]] * k
 
     def state(self) -> dict[str, Any]:
-        return asdict(self)
+        """The records as saved: the samples every list holds (a Ctrl-C may
+        stop an update between two lists; the rest are attacked again)."""
+        d = asdict(self)
+        n = min(len(d[k]) for k in RECORDS)
+        return {**d, **{k: d[k][:n] for k in RECORDS}}
 
 
 def _fingerprint(**kw: Any) -> str:
@@ -608,6 +615,26 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
     resumed = len(feed.done)
     for start, xb, yb, zb in head:
         feed.admit(start, xb, yb, zb)
+    try:
+        _stream(feed, casc, chunks, state, fp, progress, resumed)
+    except KeyboardInterrupt:  # Ctrl-C: the samples done so far are kept, the same call resumes after them
+        if state is not None:
+            _save_state(state, fp, feed.tally)
+        raise
+    if state is not None:
+        _save_state(state, fp, feed.tally)
+    sorted_subset = labels.warning(limit, z0.shape[1])
+    if sorted_subset is not None:
+        warnings.append(sorted_subset)
+    return _result(feed.tally, stages, protocol, eps, norm, opts, warnings, sanity, use_fallback, reason, casc,
+                   feed.grid(), time.perf_counter() - start_time)
+
+
+def _stream(feed: _Feeder, casc: Cascade, chunks: Iterator[tuple[int, Tensor, Tensor]], state: Path | None,
+            fp: str, progress: Callable[[dict[str, Any]], None] | None, resumed: int) -> None:
+    """Attack the data to its end: read chunks as slots free up, step the
+    cascade, report progress and save the state every 30 s."""
+    device = feed.device
     exhausted, last_save = False, time.perf_counter()
     while True:
         while not exhausted and feed.waiting < casc.free:  # read no further than the free slots need
@@ -628,13 +655,6 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
         if out is not None and state is not None and time.perf_counter() - last_save > 30:
             _save_state(state, fp, feed.tally)
             last_save = time.perf_counter()
-    if state is not None:
-        _save_state(state, fp, feed.tally)
-    sorted_subset = labels.warning(limit, z0.shape[1])
-    if sorted_subset is not None:
-        warnings.append(sorted_subset)
-    return _result(feed.tally, stages, protocol, eps, norm, opts, warnings, sanity, use_fallback, reason, casc,
-                   feed.grid(), time.perf_counter() - start_time)
 
 
 def _resume(state: Path | None, fp: str) -> _Tally:

@@ -17,7 +17,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from robustlab._io import atomic_write_text
+from robustlab._io import atomic_write_text, read_json_mapping
 from robustlab.report.blocks import Section
 from robustlab.report.blocks import table as _table
 from robustlab.report.format import pct, table_rows, wilson
@@ -147,10 +147,7 @@ def render_study(results: Mapping[str, Any], run_dir: Path | None = None) -> str
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    return read_json_mapping(path, "a run's results.json is the object robustlab wrote; run its command again")
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -159,6 +156,10 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     path = run_dir / "results.json"
     if not path.is_file():
+        if (run_dir / "run.json").is_file():
+            kind = read_json_mapping(run_dir / "run.json", "a run's identity").get("kind", "robustlab")
+            raise FileNotFoundError(f"{run_dir} is a {kind} run that has not finished (no results.json yet); "
+                                    "run its command again to finish it")
         raise FileNotFoundError(f"{run_dir} has no results.json; is it a robustlab run directory?")
     results = _read(path)
     if results.get("kind") == "study":

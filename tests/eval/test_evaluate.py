@@ -683,3 +683,23 @@ def test_the_checklist_sees_the_same_first_images_whatever_the_batch_size():
         ev = rl.eval.evaluate(model, DataLoader(TensorDataset(x, y), batch_size=bs), eps=0.1, options=FAST)
         sizes[bs] = (ev.fallback["used"], ev.options["sanity"]["measurements"]["n"], ev.robust_accuracy)
     assert sizes[4] == sizes[48] and sizes[4][0] and sizes[4][1] > 20, sizes
+
+
+def test_ctrl_c_keeps_the_samples_done_and_the_same_call_resumes_after_them(linear, digits, tmp_path):
+    """An interrupted evaluation kept nothing unless 30 s had passed since its last save."""
+    x, y = digits[0][:128], digits[1][:128]
+    kw = {"eps": 0.05, "options": FAST, "checklist": False, "batch_size": 16}
+    full = rl.eval.evaluate(linear, (x, y), **kw)
+    state = tmp_path / "state.json"
+    steps = []
+
+    def interrupt(counts):
+        steps.append(counts["done"])
+        if counts["done"] >= 40:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rl.eval.evaluate(linear, (x, y), state=state, progress=interrupt, **kw)
+    saved = json.loads(state.read_text())["tally"]
+    assert 40 <= len(saved["index"]) < 128 and len({len(saved[k]) for k in ("index", "stage", "recorded")}) == 1
+    assert rl.eval.evaluate(linear, (x, y), state=state, **kw).per_sample == full.per_sample
