@@ -297,6 +297,11 @@ def _check_classes(cfg: RunConfig, info: Any) -> Any:
     d = cfg.data
     if not d.name.startswith("imagefolder:"):
         return None
+    root = Path(d.name.split(":", 1)[1]).expanduser()
+    if not any((root / s).is_dir() for s in ("train", d.eval_split, "val")):
+        raise ValueError(f"data.name: {d.name} holds class folders but no train/ and {d.eval_split}/ splits: the "
+                         "images trained on would also be the ones evaluated; split them into ROOT/train/CLASS "
+                         "and ROOT/val/CLASS")
     split = load_eval_split(cfg)
     test = dataset_info(split)
     if test.classes != info.classes:
@@ -348,6 +353,9 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
     d = cfg.data
     train_set = load_dataset(d.name, "train", data_dir=d.data_dir, limit=d.limit, download=d.download,
                              size=d.size, channels=d.channels, augment=d.train_augment())
+    if cfg.train.batch_size > len(train_set):  # fit would refuse it once the run directory exists
+        raise ValueError(f"config key train.batch_size ({cfg.train.batch_size}) is larger than the training set "
+                         f"({len(train_set)} images)")
     test = _check_classes(cfg, train_set.info)
     model = build_model(cfg, train_set.info, recipe)
     if init is not None:

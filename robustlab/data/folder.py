@@ -88,6 +88,41 @@ def load_image(path: str, mode: str = "RGB") -> Any:
                          "replace it") from None
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+def visible_image(path: str) -> bool:
+    """An image file that is not hidden: macOS's ``._x.png`` resource forks and
+    other dot-files are not images of the dataset (GIFs are: their first frame)."""
+    name = Path(path).name
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+@functools.cache
+def _image_folder_class() -> type:
+    """torchvision's ImageFolder whose classes are the folders that are not
+    hidden (a ``.ipynb_checkpoints`` folder is not a class); made on first use
+    (torchvision loads then), found again by pickle as ``_Folder`` (a
+    DataLoader worker started by spawn)."""
+    from torchvision.datasets import ImageFolder
+
+    class _Folder(ImageFolder):
+        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+            classes = sorted(e.name for e in Path(directory).iterdir() if e.is_dir() and not e.name.startswith("."))
+            if not classes:
+                raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+            return classes, {c: i for i, c in enumerate(classes)}
+
+    _Folder.__module__, _Folder.__qualname__ = __name__, "_Folder"
+    return _Folder
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: pickle's lookup of the class made above
+    if name == "_Folder":
+        return _image_folder_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def eval_transform(size: int) -> Any:
     import torchvision.transforms as T
 
@@ -119,8 +154,6 @@ def image_folder(root: str | Path, split: str, *, limit: int | None = None, size
     images (uint8, keyed by (seed, epoch, index); see the module docstring).
     ``channels``: 3 (RGB) or 1 (grayscale, normalized by the mean of
     ImageNet's channel statistics, as timm adapts a model to one channel)."""
-    from torchvision.datasets import ImageFolder
-
     if not str(root).strip():
         raise ValueError("imagefolder: give the dataset's root folder (imagefolder:/data/imagenet); got an empty path")
     if channels not in (1, 3):
@@ -129,8 +162,8 @@ def image_folder(root: str | Path, split: str, *, limit: int | None = None, size
     folder = _find_split(root, split)
     loader = functools.partial(load_image, mode="RGB" if channels == 3 else "L")
     try:
-        ds: Dataset = ImageFolder(str(folder), transform=eval_transform(size) if augment is None else None,
-                                  loader=loader)
+        ds: Dataset = _image_folder_class()(str(folder), transform=eval_transform(size) if augment is None else None,
+                                            loader=loader, is_valid_file=visible_image)
     except FileNotFoundError as err:  # a class folder holding no image: torchvision's message names no folder
         raise DataNotFoundError(f"imagefolder: {folder}: {err}") from None
     classes = tuple(ds.classes)

@@ -141,6 +141,16 @@ def test_a_tree_without_an_evaluation_split_is_refused_not_read_as_classes(folde
     assert "has no test/ or val/ split" in capsys.readouterr().err and not out.exists()
     flat = rl.data.load_dataset(f"imagefolder:{folder / 'val'}", "test", size=16)  # ROOT/CLASS/IMAGE: itself
     assert len(flat) == 12 and flat.info.classes == ("class0", "class1", "class2")
+    # Training on such a folder evaluated on the training images themselves, without a word: refused.
+    assert main(["train", _train_config(tmp_path, {"name": f"imagefolder:{folder / 'val'}", "size": 16}),
+                 "--out", str(out)]) == 2
+    assert "would also be the ones evaluated" in capsys.readouterr().err and not out.exists()
+    # A batch larger than the training set was refused after the run directory was made, which then blocked
+    # the corrected command.
+    assert main(["train", _train_config(tmp_path, {"name": f"imagefolder:{folder}", "size": 16}),
+                 "train.batch_size=64", "--out", str(out)]) == 2
+    assert "train.batch_size (64) is larger than the training set (24 images)" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_splits_with_other_classes_are_refused_before_training(folder, tmp_path, capsys):

@@ -175,3 +175,23 @@ def test_fashion_mnist_from_debian_package():
     ds = rl.data.load_dataset("fashion_mnist", "test", download=False)
     assert len(ds) == 10000 and ds.images.shape == (10000, 1, 28, 28)
     assert torch.bincount(ds.labels).tolist() == [1000] * 10
+
+
+def test_hidden_files_and_folders_are_not_images_or_classes(tmp_path):
+    """A macOS ``._x.png`` fork crashed the run and ``.hidden.jpg`` was counted; ``.ipynb_checkpoints`` was a class;
+    GIFs were skipped without a word. Hidden entries are ignored, a GIF is read (its first frame), and the dataset
+    pickles (a DataLoader worker started by spawn)."""
+    import pickle
+
+    from PIL import Image
+
+    for cls in ("a", "b", ".ipynb_checkpoints"):
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        Image.fromarray(np.full((20, 20, 3), 100, np.uint8)).save(tmp_path / "val" / cls / "0.png")
+    Image.fromarray(np.full((20, 20, 3), 200, np.uint8)).save(tmp_path / "val" / "a" / "1.gif")
+    (tmp_path / "val" / "a" / "._2.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "val" / "b" / ".hidden.png")
+    ds = load_dataset(f"imagefolder:{tmp_path}", "test", size=16)
+    assert ds.info.classes == ("a", "b") and len(ds) == 3
+    x, y = next(iter(make_loader(pickle.loads(pickle.dumps(ds)), 3)))
+    assert y.tolist() == [0, 0, 1] and abs(float(x[1].mean()) - 200 / 255) < 0.02
