@@ -40,14 +40,16 @@ def model_channels(model: nn.Module) -> int | None:
     return None if conv is None else conv.in_channels
 
 
-def check_channels(model: nn.Module, x: Tensor, name: str = "x") -> None:
-    """Raise if ``x``'s channels differ from what the model's first convolution
-    takes (when it has one: a model without nn.Conv2d is left to itself)."""
+def channel_mismatch(model: nn.Module, x: Tensor, name: str = "x") -> str | None:
+    """Why a model that failed on ``x`` may have: ``x``'s channels differ from
+    what its first registered convolution takes (None when they agree, or it
+    has none). Only a hint once the forward has failed: a model may well map
+    1 channel to 3 itself, or register its stem after its head."""
     channels = model_channels(model)
     if channels is None or x.dim() != 4 or x.shape[1] == channels:
-        return
-    raise ValueError(f"{name} has {x.shape[1]} channels (shape {tuple(x.shape)}) but the model's first "
-                     f"convolution takes {channels}; pass (N, {channels}, H, W) images")
+        return None
+    return (f"{name} has {x.shape[1]} channels (shape {tuple(x.shape)}) but the model's first convolution takes "
+            f"{channels}; pass (N, {channels}, H, W) images")
 
 
 def _label_form(y: object, n: int, name: str) -> Tensor:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import robustlab as rl
-from robustlab._checks import check_channels
+from robustlab._checks import channel_mismatch
 from robustlab.data import DataNotFoundError
 from robustlab.models.checkpoint import META, WEIGHTS
 
@@ -115,6 +115,10 @@ def _snapshot(*roots: Path) -> dict[str, str]:
             for root in roots for p in sorted(root.rglob("*"))}
 
 
+def _failing_channels(model, x):
+    raise ValueError(channel_mismatch(model, x, "images"))
+
+
 def pgd(**kw):
     return rl.attacks.create("pgd", eps=8 / 255, steps=2, **kw)
 
@@ -176,10 +180,10 @@ CASES = {
                              "target holds class index 23", 1),
     "run_cw_float64": (lambda c: rl.attacks.create("cw", steps=1).run(c.model, c.x.double(), c.y), TypeError,
                        "x must be float32", 0),
-    # ---- channels against the model's first convolution
-    "channels_rgb_into_gray": (lambda c: check_channels(c.model, c.x.expand(-1, 3, -1, -1)), ValueError,
-                               "x has 3 channels", 0),
-    "channels_gray_into_rgb": (lambda c: check_channels(c.fcn, c.x, "images"), ValueError,
+    # ---- channels against the model's first convolution (named once the model fails on them)
+    "channels_rgb_into_gray": (lambda c: pgd().run(c.model, c.x.expand(-1, 3, -1, -1), c.y), ValueError,
+                               "x has 3 channels", 1),
+    "channels_gray_into_rgb": (lambda c: _failing_channels(c.fcn, c.x), ValueError,
                                "images has 1 channels (shape (4, 1, 8, 8)) but the model's first convolution takes 3",
                                0),
     # ---- rl.models.create_model
@@ -277,8 +281,8 @@ def test_the_table_is_large_enough():
 def test_good_input_passes_the_same_checks(ctx):
     """The table's baseline: the same calls with good values work (so each case fails for its one bad value)."""
     assert pgd().run(ctx.model, ctx.x, ctx.y).x_adv.shape == ctx.x.shape
-    check_channels(ctx.model, ctx.x)
-    check_channels(nn.Linear(2, 2), ctx.x)  # no convolution: nothing to compare
+    assert channel_mismatch(ctx.model, ctx.x) is None
+    assert channel_mismatch(nn.Linear(2, 2), ctx.x) is None  # no convolution: nothing to compare
     assert 0.0 <= rl.eval.accuracy(ctx.model, ctx.x, ctx.y) <= 1.0
     assert len(rl.data.load_dataset("digits", limit=5, size=4, channels=3)) == 5
     res = rl.attacks.dag_segmentation(ctx.fcn, torch.rand(1, 3, 16, 16), gamma=0.5 / 255, max_iter=1)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustlab._checks import check_batch, check_channels, check_label_range, check_labels
+from robustlab._checks import channel_mismatch, check_batch, check_label_range, check_labels
 from robustlab.attacks.losses import random_other_class
 from robustlab.nn.state import batch_stats_state, inference_state
 from robustlab.units import to_255
@@ -162,10 +162,17 @@ class Attack(ABC):
         # One device sync validates pixels and labels; the largest label is kept
         # for the class-count check at the first forward pass.
         maxima = check_batch(x, {"y": y, "target": target})
-        check_channels(model, x)
         state = inference_state(model) if self.bn_stats == "running" else batch_stats_state(model)
         with state, torch.enable_grad():  # also under a caller's torch.no_grad()
-            return self._attack(model, x.detach(), y, target, evaluate, maxima)
+            try:
+                return self._attack(model, x.detach(), y, target, evaluate, maxima)
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError:  # the model failed on x: say so when the channels are why
+                hint = channel_mismatch(model, x)
+                if hint is None:
+                    raise
+                raise ValueError(hint) from None
 
     def _labels(
         self, model: nn.Module, x: Tensor, y: Tensor | None, target: Tensor | None, gen: torch.Generator | None,

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from robustlab._checks import check_batch, check_channels, check_label_range
+from robustlab._checks import channel_mismatch, check_batch, check_label_range
 from robustlab.attacks.base import check_logits
 from robustlab.attacks.cascade import CLEAN_WRONG, SURVIVED, Cascade, Outcome, model_forward, wrong_classes_by_rank
 from robustlab.eval import protocols
@@ -450,13 +450,15 @@ def _unordered(data: Any, state: str | Path | None) -> str | None:
 def _probe(model: nn.Module, x0: Tensor, y0: Tensor) -> tuple[Tensor, list[str]]:
     """Check the first batch and the model's outputs on it: (clean logits, warnings)."""
     check_batch(x0, {"y": y0}, name="data images")
-    check_channels(model, x0, name="data images")
     with torch.no_grad():
         try:
             z = model(x0)
         except torch.OutOfMemoryError:
             raise
         except (RuntimeError, AssertionError) as err:  # another input size, dtype or layout than the model's
+            hint = channel_mismatch(model, x0, name="data images")
+            if hint is not None:
+                raise ValueError(hint) from None
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             raise ValueError(f"model: it fails on the data's {tuple(x0.shape[1:])} images ({first}); give it the "
                              "images it takes (--image-size, the model's channels) and weights of one "

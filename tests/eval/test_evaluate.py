@@ -703,3 +703,27 @@ def test_ctrl_c_keeps_the_samples_done_and_the_same_call_resumes_after_them(line
     saved = json.loads(state.read_text())["tally"]
     assert 40 <= len(saved["index"]) < 128 and len({len(saved[k]) for k in ("index", "stage", "recorded")}) == 1
     assert rl.eval.evaluate(linear, (x, y), state=state, **kw).per_sample == full.per_sample
+
+
+def test_a_model_that_adapts_its_input_channels_itself_is_not_refused(trained_model, digits):
+    """The channel check read the first registered nn.Conv2d and refused models that run: a grayscale wrapper
+    expanding 1 channel to 3, or a model registering its head before its stem. It now speaks only when the
+    model fails on the images."""
+
+    class Gray(nn.Module):  # 3-channel network, fed 1-channel images
+        def __init__(self):
+            super().__init__()
+            self.rgb = nn.Sequential(nn.Conv2d(3, 1, 1), trained_model)
+            with torch.no_grad():
+                self.rgb[0].weight.fill_(1 / 3)
+                self.rgb[0].bias.zero_()
+
+        def forward(self, x):
+            return self.rgb(x.expand(-1, 3, -1, -1))
+
+    x, y = digits[0][:32], digits[1][:32]
+    ref = rl.eval.evaluate(trained_model, (x, y), eps=0.05, protocol="quick", checklist=False)
+    assert rl.eval.evaluate(Gray(), (x, y), eps=0.05, protocol="quick", checklist=False).per_sample == ref.per_sample
+    assert rl.attacks.create("pgd", eps=0.05, steps=2)(Gray(), x, y).shape == x.shape
+    with pytest.raises(ValueError, match="data images has 3 channels .* first convolution takes 1"):
+        rl.eval.evaluate(trained_model, (x.expand(-1, 3, -1, -1), y), eps=0.05, protocol="quick")
