@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from robustlab._checks import channel_mismatch, check_batch, check_label_range, check_labels
 from robustlab.attacks.losses import random_other_class
-from robustlab.nn.state import batch_stats_state, inference_state
+from robustlab.nn.state import batch_stats_state, float32_io, inference_state
 from robustlab.units import to_255
 
 # How batch norms behave while an attack runs: "running" (inference mode, the
@@ -162,6 +162,10 @@ class Attack(ABC):
         # One device sync validates pixels and labels; the largest label is kept
         # for the class-count check at the first forward pass.
         maxima = check_batch(x, {"y": y, "target": target})
+        y, target = (t.long() if isinstance(t, Tensor) and t.dtype != torch.long else t for t in (y, target))
+        if x.dtype != torch.float32:  # half-precision images: attacked (and returned) in float32
+            x = x.float()
+        model = float32_io(model)  # a float64 or half model computes in its precision on the images cast to it
         state = inference_state(model) if self.bn_stats == "running" else batch_stats_state(model)
         with state, torch.enable_grad():  # also under a caller's torch.no_grad()
             try:

@@ -39,7 +39,7 @@ from robustlab.attacks.base import check_logits
 from robustlab.attacks.cascade import CLEAN_WRONG, SURVIVED, Cascade, Outcome, model_forward, wrong_classes_by_rank
 from robustlab.eval import protocols
 from robustlab.eval.sanity import run_sanity_checks
-from robustlab.nn.state import inference_state
+from robustlab.nn.state import float32_io, inference_state
 from robustlab.units import to_255
 
 _logger = logging.getLogger(__name__)
@@ -227,31 +227,6 @@ def _chunks(source: Iterable[Any], size: int, limit: int | None, labels: _Labels
 
 # -- checks ----------------------------------------------------------------------
 
-class _Float32IO(nn.Module):
-    """A model whose weights are all float64, float16 or bfloat16, fed float32
-    images cast to that precision and giving float32 logits: the attacks'
-    arithmetic (the ε-ball, steps, losses) stays in float32 whatever precision
-    the network computes in."""
-
-    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.model, self.dtype = model, dtype
-
-    def forward(self, x: Tensor) -> Any:
-        z = self.model(x.to(self.dtype))
-        return z.float() if isinstance(z, Tensor) and z.is_floating_point() else z
-
-
-def _float32_io(model: nn.Module) -> nn.Module:
-    """``model``, wrapped in :class:`_Float32IO` when its floating-point weights
-    and buffers share one precision other than float32 (a mixed model is left
-    as it is: its own forward decides)."""
-    dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
-    if len(dtypes) != 1 or dtypes == {torch.float32}:
-        return model
-    return _Float32IO(model, dtypes.pop())
-
-
 def _check_args(eps: Any, norm: str, protocol: str, batch_size: Any, limit: Any, fallback: Any) -> None:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps):
         raise TypeError(f"eps must be a number in [0, 1] pixel units (e.g. 8/255); got {eps!r}")
@@ -412,7 +387,7 @@ def evaluate(
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     proto = protocols.get(protocol)
     proto.resolve(options)  # unknown options fail before any work
-    model = _float32_io(model)
+    model = float32_io(model)
     unordered = _unordered(data, state)
     source, capacity = batch_source(data, batch_size)
     if device is None:

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
@@ -43,3 +45,28 @@ def batch_stats_state(model: nn.Module) -> Iterator[None]:
     finally:
         for m in switched:
             m.track_running_stats = True
+
+
+class Float32IO(nn.Module):
+    """A model whose weights are all float64, float16 or bfloat16, fed float32
+    images cast to that precision and giving float32 logits: the attacks'
+    arithmetic (the ε-ball, steps, losses) stays in float32 whatever precision
+    the network computes in."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x: Tensor) -> Any:
+        z = self.model(x.to(self.dtype))
+        return z.float() if isinstance(z, Tensor) and z.is_floating_point() else z
+
+
+def float32_io(model: nn.Module) -> nn.Module:
+    """``model``, wrapped in :class:`Float32IO` when its floating-point weights
+    and buffers share one precision other than float32 (a mixed model is left
+    as it is: its own forward decides)."""
+    dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
+    if len(dtypes) != 1 or dtypes == {torch.float32}:
+        return model
+    return Float32IO(model, dtypes.pop())

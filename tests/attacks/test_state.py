@@ -94,3 +94,21 @@ def test_batch_stats_attack_uses_batch_statistics_and_updates_nothing(trained_mo
     torch.nn.functional.cross_entropy(probe(xg), y).backward()
     assert torch.equal(xb, (x + 0.1 * xg.grad.sign()).clamp(0, 1))
     assert not torch.equal(xb, xr)
+
+
+def test_attacks_take_integer_labels_of_any_width_half_images_and_float64_models(trained_model, digits):
+    """int32/int16 labels failed in the loss ('expected Long'), half images and float64 models in the first
+    convolution; they are read as int64 labels and float32 images, a float64 model computing in float64."""
+    import copy
+
+    x, y = digits[0][:16], digits[1][:16]
+    pgd = rl.attacks.create("pgd", eps=0.1, steps=3, seed=0)
+    ref = pgd(trained_model, x, y)
+    for labels in (y.int(), y.short(), y.to(torch.uint8)):
+        assert torch.equal(rl.attacks.create("pgd", eps=0.1, steps=3, seed=0)(trained_model, x, labels), ref)
+    half = rl.attacks.create("pgd", eps=0.1, steps=3, seed=0)(trained_model, x.half(), y)
+    assert half.dtype == torch.float32 and float((half - x.half().float()).abs().max()) <= 0.1 + 1e-6
+    double = copy.deepcopy(trained_model).double()
+    x64 = rl.attacks.create("pgd", eps=0.1, steps=3, seed=0)(double, x, y)
+    assert x64.dtype == torch.float32 and float((x64 - ref).abs().max()) < 1e-3
+    assert next(double.parameters()).dtype == torch.float64
