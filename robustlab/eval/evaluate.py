@@ -156,9 +156,11 @@ def _samples(data: Any) -> bool:
 
 def batch_source(data: Any, batch_size: int | None) -> tuple[Iterable[tuple[Tensor, Tensor]], int]:
     """(iterable of (x, y) batches, slot count) for any supported data form."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(
-            isinstance(t, Tensor) or hasattr(t, "__array__") for t in data) and not _samples(data):
+    if isinstance(data, (tuple, list)) and len(data) == 2 and (isinstance(data[0], Tensor) or hasattr(
+            data[0], "__array__")) and not isinstance(_tensor(data[1]), (tuple, list)) and not _samples(data):
         x, y = (torch.as_tensor(t) for t in data)
+        if y.dim() == 0 and x.dim() in (3, 4):  # one sample: (image, label), or a batch of one and its label
+            x, y = (x[None] if x.dim() == 3 else x), y[None]
         size = batch_size or DEFAULT_BATCH
         if x.dim() == 0 or len(x) != len(y):
             raise ValueError(f"data: x and y must hold the same number of samples; got {tuple(x.shape)} and "

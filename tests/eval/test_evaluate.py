@@ -609,6 +609,9 @@ def test_samples_lists_and_numpy_pairs_evaluate_like_tensors(linear, digits):
     for data in ([(x[i], int(y[i])) for i in range(24)], [(x[i].numpy(), y[i].numpy()) for i in range(24)],
                  (x.numpy(), y.numpy()), [x, y], [(x.numpy(), y.tolist())]):
         assert rl.eval.evaluate(linear, data, **kw).per_sample == ref
+    assert rl.eval.evaluate(linear, (x, y.tolist()), **kw).per_sample == ref
+    one = rl.eval.evaluate(linear, (x[0], y[0]), **kw)  # a single (image, label)
+    assert one.n == 1 and rl.eval.evaluate(linear, (x[:1], int(y[0])), **kw).per_sample == one.per_sample
     with pytest.raises(TypeError, match="data batch 0: batches must be .x, y. pairs of tensors"):
         rl.eval.evaluate(linear, [[(x[i], int(y[i])) for i in range(24)]], **kw)
     with pytest.raises(TypeError, match="got one image .1, 8, 8. and one label"):
