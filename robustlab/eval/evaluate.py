@@ -27,6 +27,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -229,9 +230,14 @@ def _chunks(source: Iterable[Any], size: int, limit: int | None, labels: _Labels
 
 # -- checks ----------------------------------------------------------------------
 
-def _check_args(eps: Any, norm: str, protocol: str, batch_size: Any, limit: Any, fallback: Any) -> None:
+def _check_args(eps: Any, norm: str, protocol: str, batch_size: Any, limit: Any, fallback: Any, seed: Any,
+                checklist: Any) -> None:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps):
         raise TypeError(f"eps must be a number in [0, 1] pixel units (e.g. 8/255); got {eps!r}")
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed < 2 ** 63:
+        raise ValueError(f"seed must be a whole number in [0, 2**63); got {seed!r}")
+    if not isinstance(checklist, bool):
+        raise ValueError(f"checklist must be True or False; got {checklist!r}")
     if eps <= 0:
         raise ValueError(f"eps must be > 0 (pixel units, e.g. 8/255); got {eps!r}")
     if norm not in ("linf", "l2"):
@@ -384,7 +390,9 @@ def evaluate(
             ``evaluations_left`` (at most how many the active samples still
             need: :meth:`Cascade.evaluations_left`).
     """
-    _check_args(eps, norm, protocol, batch_size, limit, fallback)
+    if isinstance(eps, Tensor) and eps.numel() == 1 or type(eps).__module__ == "numpy":  # a numpy or torch scalar
+        eps = float(eps)
+    _check_args(eps, norm, protocol, batch_size, limit, fallback, seed, checklist)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     proto = protocols.get(protocol)

@@ -29,7 +29,7 @@ runs.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,11 +63,22 @@ class RobustProtocol:
     doc: str
 
     def resolve(self, options: dict[str, Any] | None) -> dict[str, Any]:
+        """The protocol's options with ``options`` applied; a key it has not, or
+        a value of the wrong kind, is refused before any work."""
+        if options is not None and not isinstance(options, Mapping):
+            raise TypeError(f"options must be a dict of protocol options ({', '.join(sorted(self.options))}); "
+                            f"got {type(options).__name__}")
         opts = dict(self.options)
         for key, value in (options or {}).items():
             if key not in opts:
                 raise ValueError(f"protocol {self.name!r} has no option {key!r}; options: {', '.join(sorted(opts))}")
             opts[key] = value
+        p_init = opts.get("p_init")
+        if isinstance(p_init, bool) or not isinstance(p_init, (int, float)) or not 0 < p_init <= 1:
+            raise ValueError(f"option p_init (Square's initial square fraction, 0.8) must be in (0, 1]; got {p_init!r}")
+        alpha = opts.get("step_size")
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))):
+            raise ValueError(f"option step_size must be a number in pixel units (1/255); got {alpha!r}")
         return opts
 
 

@@ -250,6 +250,31 @@ def test_l2_budgets_above_one_are_accepted(trained_model, digits):
     assert ev.audit["l2_max"] <= 1.5 + 1e-5 and ev.robust_accuracy < ev.clean_accuracy
 
 
+@pytest.mark.parametrize(("kwargs", "exc", "words"), [
+    ({"seed": None}, ValueError, "seed must be a whole number"), ({"seed": 2 ** 70}, ValueError, "seed must be"),
+    ({"seed": 1.5}, ValueError, "seed must be"), ({"options": [1]}, TypeError, "options must be a dict"),
+    ({"protocol": "thesis", "options": {"step_size": "a"}}, ValueError, "option step_size must be a number"),
+    ({"checklist": "no"}, ValueError, "checklist must be True or False"),
+    ({"options": {"p_init": -1}}, ValueError, "option p_init"), ({"options": {"p_init": 5}}, ValueError, "p_init"),
+    ({"options": {"p_init": math.nan}}, ValueError, "option p_init"),
+])
+def test_more_bad_arguments_name_themselves(linear, digits, kwargs, exc, words):
+    """They failed inside torch ('int() argument ... NoneType', 'Overflow when unpacking long', 'list' has no
+    'items'), or were taken: checklist='no' ran the checklist, p_init=-1 weakened Square without a word."""
+    with pytest.raises(exc, match=words):
+        rl.eval.evaluate(linear, digits, **{"eps": 0.05, "protocol": "quick", **kwargs})
+
+
+def test_numpy_and_torch_scalars_are_budgets(linear, digits):
+    import numpy as np
+
+    x, y = digits[0][:16], digits[1][:16]
+    ref = rl.eval.evaluate(linear, (x, y), eps=0.05, protocol="quick", checklist=False, seed=np.int64(2))
+    for eps in (np.float32(0.05), torch.tensor(0.05)):
+        ev = rl.eval.evaluate(linear, (x, y), eps=eps, protocol="quick", checklist=False, seed=2)
+        assert ev.per_sample == ref.per_sample
+
+
 def test_attack_preset_refuses_eps_in_255_units():
     with pytest.raises(ValueError, match="eps") as err:
         rl.attacks.create("pgd", eps=16)
