@@ -439,6 +439,23 @@ def test_weights_files_run_no_code(tmp_path):
         rl.models.create_model("smallcnn", 10, in_channels=1, width=4, weights=tmp_path / "other.pt")
 
 
+def test_a_damaged_weights_file_never_gets_the_advice_to_unpickle_it(tmp_path):
+    """A random .pt got torch's 'Re-running torch.load with weights_only set to False will likely succeed': the
+    advice the project forbids. A safetensors file named .pt is read by its contents."""
+    from safetensors.torch import save_file
+
+    from robustlab.models.factory import load_state_dict
+
+    (tmp_path / "garbage.pt").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "text.pt").write_bytes(b"not weights at all\n" * 20)
+    for name in ("garbage.pt", "text.pt"):
+        with pytest.raises(ValueError, match="is not a readable weights file: neither safetensors") as err:
+            load_state_dict(tmp_path / name)
+        assert "weights_only" not in str(err.value) and "False" not in str(err.value)
+    save_file({"w": torch.ones(2)}, str(tmp_path / "st.pt"))
+    assert torch.equal(load_state_dict(tmp_path / "st.pt")["w"], torch.ones(2))
+
+
 def test_the_config_yaml_loader_is_a_safe_loader():
     """safe_yaml reads 5e-4 as a number with a SafeLoader subclass: no Python object is ever built."""
     import yaml

@@ -297,7 +297,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix == ".safetensors" or _is_safetensors(path):
             from safetensors.torch import load_file
 
             state = load_file(str(path))
@@ -318,6 +318,13 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return finite_state(state, path)
 
 
+def _is_safetensors(path: Path) -> bool:
+    """Whether the file is safetensors whatever its name: an 8-byte header size, then a JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(10)
+    return len(head) == 10 and head[8:10] == b'{"' and int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
 def _is_state(d: dict[Any, Any]) -> bool:
     return bool(d) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
 
@@ -332,9 +339,12 @@ def _unreadable(path: Path, err: Exception) -> str:
         return (f"{path} holds a pickled {found.group(1)}, not only tensors; robustlab never unpickles objects "
                 "(loading them runs code). Re-save the weights where the file was made: "
                 "torch.save(model.state_dict(), 'weights.pth') or safetensors.torch.save_file")
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return (f"{path} is not a readable weights file (safetensors, or a tensors-only .pt/.pth): "
-            f"{type(err).__name__}: {first[:300]}")
+    if "Weights only load failed" in text:  # torch's own advice is to unpickle it: its cause is what we say
+        text = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else ""
+    first = next((line.strip() for line in text.strip().splitlines() if line.strip()), "")
+    why = f" ({type(err).__name__}: {first[:200]})" if first else ""
+    return (f"{path} is not a readable weights file: neither safetensors nor a tensors-only PyTorch file "
+            f"(.pt/.pth/.bin){why}")
 
 
 def fit_state(state: dict[str, torch.Tensor], model: nn.Module, where: Any) -> dict[str, torch.Tensor]:

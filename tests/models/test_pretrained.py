@@ -245,6 +245,6 @@ def test_train_config_reaches_create_model(caches, tmp_path, capsys, model):
     raw["data"] = {**raw.get("data", {}), "name": "digits", "limit": 64, "eval_limit": 32}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
-    assert main(["train", str(path), "train.epochs=1", "--out", str(tmp_path / "run")]) == 2
+    assert main(["train", str(path), "train.epochs=1", "train.batch_size=16", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "robustlab train: error:" in err and "are not in the cache" in err and "weights=PATH" in err
