@@ -387,6 +387,9 @@ class _Trainer:
         if self.evaluate is not None and self.info.is_main and ((epoch + 1) % self.opts.eval_every == 0 or last):
             try:
                 record.update(self.evaluate(self.recipe.export(self.model).eval()))
+            except (Exception, KeyboardInterrupt):  # an unreadable test image, a diverged model, Ctrl-C:
+                self._save()  # the epoch's training is kept, and the same command continues after it
+                raise
             finally:
                 self.model.train()
         record["train_seconds"] = round(self.train_seconds, 3)

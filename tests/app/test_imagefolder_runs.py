@@ -128,6 +128,22 @@ def _train_config(tmp_path, data, **sections):
     return str(path)
 
 
+def test_an_unreadable_test_image_keeps_the_epoch_trained_before_it(folder, tmp_path, capsys):
+    """A truncated validation image failed the end-of-epoch evaluation after the epoch's training, which was
+    thrown away (no checkpoint): on ImageNet, an epoch. The checkpoint is now written first."""
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    png = bad / "val" / "class2" / "1.png"
+    png.write_bytes(png.read_bytes()[:60])
+    out = tmp_path / "run"
+    cfg = _train_config(tmp_path, {"name": f"imagefolder:{bad}", "size": 16})
+    assert main(["-q", "train", cfg, "--out", str(out)]) == 2
+    assert f"{png} is not a readable image" in capsys.readouterr().err
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000003"]
+
+
 def test_a_tree_without_an_evaluation_split_is_refused_not_read_as_classes(folder, tmp_path, capsys):
     import shutil
 
