@@ -278,7 +278,7 @@ def _load_data(args: argparse.Namespace, split: str | None = None, limit: int | 
 def cmd_attack(args: argparse.Namespace) -> int:
     from robustlab._io import pick_device, write_tensors
     from robustlab.app.attack import attack_dataset, format_attack_table
-    from robustlab.app.evaluate import grayscale_folder
+    from robustlab.app.evaluate import check_trained_classes, grayscale_folder
     from robustlab.app.rundir import RunDir, fingerprint_of
     from robustlab.attacks import create
     from robustlab.data import dataset_info, make_loader
@@ -314,6 +314,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     data = _load_data(args)
     info = dataset_info(data)
+    check_trained_classes(args.model, info)
     arch = {k: v for k, v in (("act", args.act), ("norm", args.norm_layer), ("denoise", args.denoise))
             if v is not None}
     model = resolve_model(args.model, num_classes=info.num_classes, in_channels=info.channels,

@@ -123,10 +123,31 @@ def grayscale_folder(data: str, info: Any, models: Iterable[nn.Module]) -> bool:
             and {model_channels(m) for m in models} == {1})
 
 
+def check_trained_classes(model_spec: str, info: Any) -> None:
+    """Refuse data whose class names differ from those the model (a run or
+    model directory) was trained on, as its ``model.json`` records them: an
+    ImageFolder numbers its classes by sorted name, so one renamed folder
+    shifts every label and the accuracy is that of a permutation."""
+    path = Path(model_spec)
+    meta_path = path / "model.json" if path.is_dir() else None
+    if meta_path is None or not meta_path.is_file() or not info.classes:
+        return
+    from robustlab._io import read_json_mapping
+
+    trained = (read_json_mapping(meta_path, "a robustlab model.json").get("meta") or {}).get("classes")
+    if trained and list(trained) != list(info.classes):
+        only = sorted(set(trained) - set(info.classes))[:3], sorted(set(info.classes) - set(trained))[:3]
+        raise ValueError(f"data: its classes differ from the {len(trained)} that {model_spec} was trained on "
+                         f"(only in training: {only[0]}, only in the data: {only[1]}"
+                         f"{'; same names, another order' if not any(only) else ''}); a label would mean "
+                         "another class: evaluate on folders named as in training")
+
+
 def load_models(spec: EvalSpec, info: Any, device: torch.device) -> dict[str, nn.Module]:
     """Every model named, in eval mode on ``device`` (errors name the spec)."""
     models = {}
     for name, s in zip(_names(spec.models), spec.models):
+        check_trained_classes(s, info)
         model = resolve_model(s, weights=spec.weights, num_classes=info.num_classes, in_channels=info.channels,
                               mean=info.mean, std=info.std)
         model = normalized(model, spec.mean, spec.std)

@@ -186,7 +186,9 @@ def fit(
     if run_dir is not None and info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     recipe.label_smoothing = opts.label_smoothing
-    return _Trainer(model, recipe, opts, batches, info, run_dir, evaluate, step_callbacks, log_callbacks).run(resume)
+    classes = tuple(getattr(getattr(dataset, "info", None), "classes", None) or ())  # recorded in model.json
+    return _Trainer(model, recipe, opts, batches, info, run_dir, evaluate, step_callbacks, log_callbacks,
+                    classes=classes).run(resume)
 
 
 def _loader_options(opts: TrainOptions, overrides: dict[str, Any], batch_size: int | None,
@@ -206,8 +208,10 @@ def _loader_options(opts: TrainOptions, overrides: dict[str, Any], batch_size: i
 class _Trainer:
     def __init__(self, model: nn.Module, recipe: Recipe, opts: TrainOptions, batches: EpochBatches,
                  info: distributed.Dist, run_dir: Path | None, evaluate: Evaluate | None,
-                 on_step: Sequence[StepCallback], on_log: Sequence[LogCallback]) -> None:
+                 on_step: Sequence[StepCallback], on_log: Sequence[LogCallback], *,
+                 classes: Sequence[str] = ()) -> None:
         self.recipe, self.opts, self.batches, self.info = recipe, opts, batches, info
+        self.classes = list(classes)
         self.run_dir, self.evaluate, self.on_step, self.on_log = run_dir, evaluate, on_step, on_log
         self.sinks: list[sinks.Sink] = []  # opened by run(), on rank 0 only
         self.memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
@@ -305,7 +309,7 @@ class _Trainer:
         result = TrainResult(exported, self.history, self.step, seconds,
                              self.step * self.opts.batch_size / seconds if seconds else 0.0, self.run_dir, resumed)
         if self.run_dir is not None and self.info.is_main:
-            _export(exported, self.run_dir, result, self.recipe, self.opts)
+            _export(exported, self.run_dir, result, self.recipe, self.opts, self.classes)
         distributed.barrier(self.info)
         if self.info.enabled:
             # Free the DDP wrapper (its reducer holds process-group work) now, while the group
@@ -424,11 +428,14 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def _export(model: nn.Module, run_dir: Path, result: TrainResult, recipe: Recipe, opts: TrainOptions) -> None:
+def _export(model: nn.Module, run_dir: Path, result: TrainResult, recipe: Recipe, opts: TrainOptions,
+            classes: list[str]) -> None:
     from robustlab.models.checkpoint import save_model, save_weights
 
     meta = {"recipe": recipe.config(), "train": opts.to_dict(), "steps": result.steps,
             "final": result.history[-1] if result.history else {}}
+    if classes:  # an evaluation on a folder of other class names is refused by them (its labels would be shifted)
+        meta["classes"] = classes
     if getattr(model, "robustlab_spec", None) is not None:
         save_model(model, run_dir, meta=meta)
     else:  # a model from elsewhere: its weights, and the metadata beside them

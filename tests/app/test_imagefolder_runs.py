@@ -250,3 +250,23 @@ def test_model_refusals_leave_no_run_directory(folder, tmp_path, capsys):
         assert main([*args, "--data", f"imagefolder:{folder}", *extra, "--out", str(out)]) == 2, args
         err = capsys.readouterr().err
         assert fragment in err and "Traceback" not in err and not out.exists(), (args, err)
+
+
+def test_an_evaluation_folder_with_other_class_names_is_refused(folder, tmp_path, capsys):
+    """A class folder renamed in the evaluation copy shifted every label (clean 33% against 67%), without a word:
+    a trained run records its classes in model.json, and eval and attack refuse data named otherwise."""
+    import shutil
+
+    out = tmp_path / "run"
+    assert main(["-q", "train", _train_config(tmp_path, {"name": f"imagefolder:{folder}", "size": 16}),
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "model.json").read_text())["meta"]["classes"] == ["class0", "class1", "class2"]
+    renamed = tmp_path / "renamed"
+    shutil.copytree(folder / "val", renamed / "val")
+    (renamed / "val" / "class2").rename(renamed / "val" / "aclass")
+    for command in (["eval", "--protocol", "quick", "--eps", "8"], ["attack", "--split", "test", "--steps", "1"]):
+        assert main(["-q", *command, "--model", str(out), "--data", f"imagefolder:{renamed}", "--image-size", "16",
+                     "--out", str(tmp_path / command[0])]) == 2
+        err = capsys.readouterr().err
+        assert "its classes differ from the 3 that" in err and "only in the data: ['aclass']" in err
+        assert not (tmp_path / command[0]).exists()
