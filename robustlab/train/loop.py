@@ -239,16 +239,29 @@ class _Trainer:
         self.train_seconds = 0.0
 
     # -- bookkeeping -------------------------------------------------------
-    def _meta(self) -> dict[str, Any]:
+    def _meta(self, sums: dict[str, dict[str, float]]) -> dict[str, Any]:
         return {"epoch": self.step // self.spe, "steps_per_epoch": self.spe, "batch_size": self.opts.batch_size,
-                "world_size": self.info.world_size, "history": self.history,
-                "window": _floats(self.window), "epoch_sums": _floats(self.epoch_sums),
+                "world_size": self.info.world_size, "history": self.history, **sums,
                 "train_seconds": self.train_seconds, "recipe": self.recipe.config()}
 
-    def _save(self) -> None:
-        if self.run_dir is not None and self.info.is_main:
+    def _summed(self, sums: dict[str, float | Tensor]) -> dict[str, float]:
+        """Running sums added over the ranks (every rank calls it): what a
+        resume gives rank 0 alone, the others starting from zero."""
+        if not self.info.enabled or not sums:
+            return _floats(sums)
+        mean = self._reduce(sums, 1)
+        return {k: v * self.info.world_size for k, v in mean.items()}
+
+    def _save(self, every_rank: bool = True) -> None:
+        """A checkpoint, written by rank 0; ``every_rank``: all ranks call it
+        (the metric sums are added over them; rank 0 alone keeps its own)."""
+        if self.run_dir is None:
+            return
+        sums = {"window": self._summed(self.window), "epoch_sums": self._summed(self.epoch_sums)} if every_rank \
+            else {"window": _floats(self.window), "epoch_sums": _floats(self.epoch_sums)}
+        if self.info.is_main:
             save_checkpoint(self.run_dir, self.step, model=self.model, optimizer=self.optimizer, scaler=self.scaler,
-                            meta=self._meta(), keep=self.opts.keep_checkpoints)
+                            meta=self._meta(sums), keep=self.opts.keep_checkpoints)
 
     def _resume(self) -> int | None:
         if self.run_dir is None:
@@ -265,7 +278,10 @@ class _Trainer:
                 raise ValueError(f"checkpoint {found} was written with {key}={meta.get(key)}; this run has {mine}")
         restore(tensors, meta, model=self.model, optimizer=self.optimizer, scaler=self.scaler)
         self.step, self.history = int(meta["step"]), list(meta["history"])
-        self.window, self.epoch_sums = dict(meta["window"]), dict(meta["epoch_sums"])
+        # The sums were added over the ranks: rank 0 carries them, the others start from zero (each rank's
+        # own part, restored on every rank, was counted world-size times by the mean over ranks).
+        self.window, self.epoch_sums = ({k: (v if self.info.is_main else 0.0) for k, v in meta[key].items()}
+                                        for key in ("window", "epoch_sums"))
         self.train_seconds = float(meta["train_seconds"])
         if self.info.is_main:
             _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
@@ -392,7 +408,7 @@ class _Trainer:
             try:
                 record.update(self.evaluate(self.recipe.export(self.model).eval()))
             except (Exception, KeyboardInterrupt):  # an unreadable test image, a diverged model, Ctrl-C:
-                self._save()  # the epoch's training is kept, and the same command continues after it
+                self._save(every_rank=False)  # the epoch's training is kept: the same command continues after it
                 raise
             finally:
                 self.model.train()

@@ -198,3 +198,29 @@ def test_every_route_has_the_same_running_statistics_on_every_rank(route_dumps):
     for route in ("clean", "adv"):
         for k in _route_keys(r0, route, ("running_mean", "running_var")):
             assert torch.equal(r0[k], r1[k]), f"{k} differs across ranks"
+
+
+@pytest.mark.slow
+def test_a_torchrun_resume_in_mid_epoch_logs_the_epochs_an_uninterrupted_run_logs(tmp_path):
+    """Rank 0 saved its own part of the epoch's loss sums and every rank restored it, so the mean over ranks
+    counted it twice: epoch 1's train_loss read 0.8646 after a resume against 0.8622. The sums are now added
+    over the ranks when saved and carried by rank 0 alone."""
+    import json
+    import shutil
+
+    cfg = dict(CONFIG, train={"epochs": 2, "batch_size": 64, "lr": 0.05, "log_every": 5, "checkpoint_every": 7,
+                              "keep_checkpoints": 10})
+    path = _write(tmp_path, cfg)
+    whole = tmp_path / "whole"
+    _train(_torchrun(2, str(path), "--out", str(whole)))
+    steps = sorted(p.name for p in (whole / "checkpoints").iterdir())
+    cut = tmp_path / "cut"  # the run as a kill after its first mid-epoch checkpoint (step 7 of 22) leaves it
+    shutil.copytree(whole, cut)
+    for name in steps[1:]:
+        shutil.rmtree(cut / "checkpoints" / name)
+    for name in ("model.safetensors", "model.json", "results.json", "report.html"):
+        (cut / name).unlink(missing_ok=True)
+    assert steps[0] == "step-00000007"
+    _train(_torchrun(2, "--resume", str(cut)))
+    epochs = [json.loads((d / "results.json").read_text())["history"] for d in (whole, cut)]
+    assert [r["train_loss"] for r in epochs[1]] == pytest.approx([r["train_loss"] for r in epochs[0]], rel=1e-6)
