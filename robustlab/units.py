@@ -22,6 +22,12 @@ def to_255(value: float) -> float:
     return float(value) * PIXEL_LEVELS
 
 
+def budget_text(eps: float, norm: str = "linf") -> str:
+    """A budget as a summary line says it: ``ε = 8/255 (linf)`` in 0–255
+    units, or ``ε₂ = 0.5 (l2)`` in pixels (an L2 budget is no fraction of 255)."""
+    return f"ε₂ = {eps:.4g} (l2)" if norm == "l2" else f"ε = {to_255(eps):.4g}/255 ({norm})"
+
+
 def parse_eps(text: str | float | int, name: str = "eps", *, small_is_pixels: bool = False,
               pixels: bool = False) -> float:
     """Parse a budget written by a user into pixel units.

@@ -57,7 +57,8 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--early-stop", action="store_true", default=None, help="retire samples once fooled")
     g.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=None,
                    help="start from a random point of the ε-ball (default: the attack's; PGD yes)")
-    g.add_argument("--clean-init-prob", type=float, help="PGD: probability of a clean start (default 0.2)")
+    g.add_argument("--clean-init-prob", type=float, help="PGD: probability of a clean start (default: pgd 0, "
+                   "pgd_train 0.2, as in adversarial training)")
     g.add_argument("--smooth-grad", type=float, metavar="ALPHA", help="softplus(α) backward for ReLU (§5.3.2; default: "
                    "none)")
     g.add_argument("--confidence", type=float, help="C&W κ (default: the attack's)")
@@ -69,7 +70,8 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
 def _add_data_options(p: argparse.ArgumentParser, default: str | None = None) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default=default,
-                   help="fashion_mnist, mnist, cifar10, cifar100, digits, imagefolder:ROOT (required)")
+                   help="fashion_mnist, mnist, cifar10, cifar100, digits, imagefolder:ROOT"
+                   + (" (required)" if default is None else ""))
     g.add_argument("--split", default="test", choices=("train", "test"), help="dataset split")
     g.add_argument("--data-dir", help="where dataset files are looked for first")
     g.add_argument("--limit", type=int, help="use the first N samples (default: all)")

@@ -35,6 +35,7 @@ from robustlab.eval.transfer import transfer_matrix
 from robustlab.eval.whitebox import whitebox_protocol
 from robustlab.models.resolve import normalized, resolve_model
 from robustlab.nn.norm import route, route_names
+from robustlab.units import budget_text
 
 ROBUST = tuple(protocol_registry.robust_names())
 CURVES = ("whitebox", "transfer", "corruption", "all")
@@ -370,8 +371,8 @@ def format_eval_summary(results: dict[str, Any]) -> str:
     (:mod:`robustlab.app.summary`); the full figures are in the report."""
     from robustlab.app.summary import clip, path_lines, wrap_items
 
-    lines = [clip(f"{results['protocol']} on {results['data']} ({results['n']} images), ε = "
-                  f"{results['eps_255']:.4g}/255 ({results['norm']}):")]
+    lines = [clip(f"{results['protocol']} on {results['data']} ({results['n']} images), "
+                  f"{budget_text(results['eps'], results['norm'])}:")]
     for name, r in results.get("models", {}).items():
         line = f"  {name}: clean {100 * r['clean_accuracy']:.1f}%"
         if "robust_accuracy" in r:

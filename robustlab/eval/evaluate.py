@@ -41,7 +41,7 @@ from robustlab.attacks.cascade import CLEAN_WRONG, SURVIVED, Cascade, Outcome, m
 from robustlab.eval import protocols
 from robustlab.eval.sanity import run_sanity_checks
 from robustlab.nn.state import float32_io, inference_state
-from robustlab.units import to_255
+from robustlab.units import budget_text, to_255
 
 _logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class Evaluation:
     def summary(self) -> str:
         parts = ", ".join(f"{k} {100 * v:.1f}%" for k, v in self.per_attack.items())
         fb = " (Square fallback: " + self.fallback["reason"] + ")" if self.fallback.get("used") else ""
-        return (f"{self.protocol} at ε = {to_255(self.eps):.4g}/255 ({self.norm}) on {self.n} images: clean "
+        return (f"{self.protocol} at {budget_text(self.eps, self.norm)} on {self.n} images: clean "
                 f"{100 * self.clean_accuracy:.1f}%, robust {100 * self.robust_accuracy:.1f}% [{parts}]{fb} "
                 f"in {self.seconds:.1f} s")
 
@@ -575,6 +575,10 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
     if first is None:
         raise ValueError("data yielded no samples")
     x0, y0 = first[1].to(device), first[2].to(device)
+    diameter = float(x0[0].numel()) ** 0.5  # the L2 distance between an all-black and an all-white image
+    if norm == "l2" and eps > diameter:
+        raise ValueError(f"eps: an L2 budget of {eps:g} is above the largest distance between two "
+                         f"{tuple(x0.shape[1:])} images ({diameter:.4g}); give a budget in pixels below it")
     z0, warnings = _probe(model, x0, y0)
     check_label_range("data labels", 0, int(y0.max()), z0.shape[1])
     head = [(first[0], x0, y0, z0)]  # the first CHECKLIST_IMAGES samples (or the first batch): the checklist's

@@ -63,12 +63,14 @@ def test_eval_summary_fits():
              "whitebox": {"PGD untargeted": curve, "PGD targeted (C&W margin)": curve},
              "sanity": {"warnings": [{"check": "noise", "message": "random noise beats PGD " * 8}]},
              "corruption": {"mean_error": 0.3, "mce_vs_alexnet": 80.0}}
-    results = {"protocol": "all", "data": "cifar10", "n": 1000, "eps_255": 8.0, "norm": "linf",
+    results = {"protocol": "all", "data": "cifar10", "n": 1000, "eps": 8 / 255, "eps_255": 8.0, "norm": "linf",
                "models": {f"model_{i}": model for i in range(3)}, "report": "/tmp/r/report.html",
                "transfer": {"success": {"mdi2fgsm": {f"model_{i}": {f"model_{j}": 0.5 for j in range(3)}
                                                       for i in range(3)}}}}
     text = format_eval_summary(results)
-    assert _fits(text) and "1000:" in text and "model_2→model_2 0.50" in text
+    assert _fits(text) and "1000 images), ε = 8/255 (linf):" in text and "model_2→model_2 0.50" in text
+    # An L2 budget is pixels, not a fraction of 255: ε₂ = 8 read "ε = 2040/255 (l2)".
+    assert "ε₂ = 8 (l2):" in format_eval_summary({**results, "eps": 8.0, "eps_255": 2040.0, "norm": "l2"})
 
 
 def test_train_summary_fits():

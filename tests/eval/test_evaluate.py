@@ -265,6 +265,11 @@ def test_more_bad_arguments_name_themselves(linear, digits, kwargs, exc, words):
         rl.eval.evaluate(linear, digits, **{"eps": 0.05, "protocol": "quick", **kwargs})
 
 
+def test_an_l2_budget_beyond_the_image_box_is_refused(linear, digits):
+    with pytest.raises(ValueError, match=r"an L2 budget of 300 is above the largest distance between two \(1, 8, 8\)"):
+        rl.eval.evaluate(linear, digits, eps=300, norm="l2", protocol="quick")
+
+
 def test_numpy_and_torch_scalars_are_budgets(linear, digits):
     import numpy as np
 
