@@ -253,8 +253,9 @@ def _check_args(eps: Any, norm: str, protocol: str, batch_size: Any, limit: Any,
         raise ValueError(f"fallback must be None (decided by the checklist), True or False; got {fallback!r}")
 
 
-def output_warnings(z: Tensor, z_again: Tensor) -> list[str]:
-    """AutoAttack's checks on a model's outputs, as warnings (errors are raised by the caller)."""
+def output_warnings(z: Tensor, z_again: Tensor, z_alone: Tensor | None = None) -> list[str]:
+    """AutoAttack's checks on a model's outputs, as warnings (errors are raised by
+    the caller); ``z_alone``: the first image's logits computed on it alone."""
     out = []
     rows = z.sum(1)
     if bool(((z >= 0) & (z <= 1)).all()) and bool(torch.allclose(rows, torch.ones_like(rows), atol=1e-3)):
@@ -263,6 +264,10 @@ def output_warnings(z: Tensor, z_again: Tensor) -> list[str]:
     if not torch.allclose(z, z_again, rtol=1e-4, atol=1e-5):
         out.append("[randomness] two forward passes on the same images differ: the model is randomized; "
                    "gradient attacks need expectation over transformation (EOT) and results vary with the seed")
+    elif z_alone is not None and not torch.allclose(z[:1], z_alone, rtol=1e-3, atol=1e-3 * float(z.abs().max())):
+        out.append("[batch] an image's logits change with the other images of its batch (a BatchNorm using batch "
+                   "statistics: track_running_stats=False, or a layer kept in training mode): every result "
+                   "depends on batch_size and on which images share a call")
     return out
 
 
@@ -449,7 +454,8 @@ def _probe(model: nn.Module, x0: Tensor, y0: Tensor) -> tuple[Tensor, list[str]]
                              "images it takes (--image-size, the model's channels) and weights of one "
                              "precision (model.float())") from None
         z0 = _check_logits(z, len(y0))
-        return z0, output_warnings(z0, model(x0))
+        alone = _check_logits(model(x0[:1]), 1) if len(x0) > 1 else None
+        return z0, output_warnings(z0, model(x0), alone)
 
 
 def _checklist(model: nn.Module, x0: Tensor, y0: Tensor, z0: Tensor, *, protocol: str, fallback: bool | None,

@@ -265,6 +265,18 @@ def test_more_bad_arguments_name_themselves(linear, digits, kwargs, exc, words):
         rl.eval.evaluate(linear, digits, **{"eps": 0.05, "protocol": "quick", **kwargs})
 
 
+def test_a_model_whose_outputs_depend_on_the_batch_is_warned(linear, digits):
+    """BatchNorm with track_running_stats=False normalizes by each call's images: robust accuracy read 0.79, 0.81
+    and 0.54 at batch sizes 48, 16 and 4, without a word."""
+    torch.manual_seed(0)
+    batchy = nn.Sequential(nn.BatchNorm2d(1, track_running_stats=False), linear)
+    x, y = digits[0][:32], digits[1][:32]
+    ev = rl.eval.evaluate(batchy, (x, y), eps=0.05, protocol="quick", checklist=False)
+    assert any(w.startswith("[batch] an image's logits change with the other images") for w in ev.warnings)
+    ev = rl.eval.evaluate(linear, (x, y), eps=0.05, protocol="quick", checklist=False)
+    assert not any(w.startswith("[batch]") for w in ev.warnings)
+
+
 def test_an_l2_budget_beyond_the_image_box_is_refused(linear, digits):
     with pytest.raises(ValueError, match=r"an L2 budget of 300 is above the largest distance between two \(1, 8, 8\)"):
         rl.eval.evaluate(linear, digits, eps=300, norm="l2", protocol="quick")
