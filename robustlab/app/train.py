@@ -321,7 +321,10 @@ def _check_epochs(cfg: RunConfig, run_dir: Path) -> None:
     found = latest_checkpoint(run_dir) if run_dir.is_dir() else None
     if found is None:
         return
-    meta = json.loads((found / META).read_text())
+    try:
+        meta = json.loads((found / META).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return  # a damaged checkpoint: the resume names it, and the one before it
     done = int(meta.get("step", 0)) / max(int(meta.get("steps_per_epoch") or 1), 1)
     if cfg.train.epochs < done:
         raise ValueError(f"config key train.epochs={cfg.train.epochs}: {run_dir} has trained {done:g} epochs "

@@ -33,7 +33,7 @@ from robustlab._progress import progress
 from robustlab.nn.norm import use_running_stats
 from robustlab.train import distributed, sinks
 from robustlab.train.batches import EpochBatches, LoaderSettings, on_device, to_pixels, training_data
-from robustlab.train.checkpoint import latest_checkpoint, load_checkpoint, restore, save_checkpoint
+from robustlab.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, restore, save_checkpoint
 from robustlab.train.options import TrainOptions, make_optimizer, trainable_parameters
 from robustlab.train.recipes import Recipe
 from robustlab.train.schedule import LRSchedule, scaled_lr
@@ -271,7 +271,13 @@ class _Trainer:
             _logger.info("no checkpoint in %s: starting afresh", self.run_dir)
             return None
         found = found or latest_checkpoint(self.run_dir)  # ranks share the run directory
-        tensors, meta = load_checkpoint(found)
+        try:
+            tensors, meta = load_checkpoint(found)
+        except CheckpointError as err:
+            older = sorted(p.name for p in found.parent.iterdir() if p.is_dir() and p.name < found.name)
+            hint = (f"; remove {found} to resume from the one before it ({older[-1]})" if older
+                    else f"; remove {found} to start afresh")
+            raise CheckpointError(f"{err}{hint}") from None
         for key, mine in (("steps_per_epoch", self.spe), ("batch_size", self.opts.batch_size),
                           ("world_size", self.info.world_size)):
             if meta.get(key) != mine:

@@ -93,6 +93,28 @@ def test_corrupted_or_truncated_checkpoint_is_refused(tmp_path):
         load_checkpoint(ckpt)
 
 
+def test_a_damaged_newest_checkpoint_names_itself_and_the_one_before_it(tmp_path, capsys):
+    """A corrupt state.json gave 'error: Expecting property name enclosed in double quotes' on the command line:
+    no file named, no word of the older checkpoint that still resumes."""
+    import yaml
+
+    from robustlab.app.cli import main
+
+    cfg = {"seed": 0, "device": "cpu", "model": {"name": "smallcnn", "width": 4},
+           "data": {"name": "digits", "limit": 256, "eval_limit": 32}, "recipe": {"name": "vanilla"},
+           "train": {"epochs": 2, "batch_size": 64, "checkpoint_every": 2, "keep_checkpoints": 3},
+           "eval": {"attack": None}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    assert main(["-q", "train", str(tmp_path / "cfg.yaml"), "train.epochs=1", "--out", str(out)]) == 0
+    newest, older = list_checkpoints(out)[-1], list_checkpoints(out)[-2]
+    (newest / "state.json").write_text("{")
+    assert main(["-q", "train", "--resume", str(out), "train.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {newest / 'state.json'} is corrupted" in err
+    assert f"remove {newest} to resume from the one before it ({older.name})" in err
+
+
 def test_old_checkpoints_are_pruned_and_no_temp_left(tmp_path):
     ds = digits_train()
     rl.train.fit(small_model(ds.info), ds, out=tmp_path, epochs=2, batch_size=64, checkpoint_every=5,
