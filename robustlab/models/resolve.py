@@ -72,6 +72,24 @@ def normalized(model: nn.Module, mean: Sequence[float] | None, std: Sequence[flo
     return NormalizedModel(model, tuple(mean), tuple(std))
 
 
+def _refuse_weights_only(path: Path) -> None:
+    """A run that trained the user's own network (``model.name=file.py:factory``)
+    keeps its weights only: say the command that rebuilds and loads it."""
+    from robustlab._io import read_json_mapping, safe_yaml
+
+    meta = path / META if path.is_dir() else path
+    if not meta.is_file() or read_json_mapping(meta, "a robustlab model.json").get("spec") is not None \
+            or "dense" in read_json_mapping(meta, "a robustlab model.json"):
+        return
+    name = "file.py:factory"
+    config = meta.parent / "config.yaml"
+    if config.is_file():
+        raw = safe_yaml(config.read_text()) or {}
+        name = str((raw.get("model") or {}).get("name") or name) if isinstance(raw, dict) else name
+    raise ValueError(f"model: {meta.parent} holds the weights of your own network, not a model robustlab can "
+                     f"rebuild; pass --model {name} --weights {meta.parent / 'model.safetensors'}")
+
+
 def resolve_model(spec: str | Path, *, weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
     """A model from a user's string: a checkpoint directory (or its model.json),
     a built-in name, ``timm:NAME`` / ``tv:NAME``, or a factory
@@ -89,6 +107,7 @@ def resolve_model(spec: str | Path, *, weights: str | Path | None = None, **kwar
             raise ValueError(f"{surgery}: a checkpoint records its own architecture; drop these options")
         if not (path / META).is_file() and not path.is_file():
             raise FileNotFoundError(f"model: {path} holds no {META}")
+        _refuse_weights_only(path)
         return load_model(path, kind="classifier")
     key = str(spec)
     if is_factory_spec(key):

@@ -211,7 +211,7 @@ def test_a_grayscale_run_is_evaluated_and_attacked_on_the_folder_read_as_graysca
         rl.data.load_dataset(f"imagefolder:{folder}", "test", channels=4)
 
 
-def test_robustlab_train_trains_a_users_factory_model(folder, tmp_path):
+def test_robustlab_train_trains_a_users_factory_model(folder, tmp_path, capsys):
     (tmp_path / "net.py").write_text("import torch\nfrom torch import nn\n\n\ndef make():\n"
                                      "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))\n")
     out = tmp_path / "run"
@@ -221,6 +221,11 @@ def test_robustlab_train_trains_a_users_factory_model(folder, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["steps"] == 3 and 0 <= res["final"]["clean_acc"] <= 1
     assert json.loads((out / "model.json").read_text())["kind"] is None  # weights only: the factory rebuilds it
+    data = ["--data", f"imagefolder:{folder}", "--image-size", "16", "--protocol", "quick", "--eps", "8"]
+    assert main(["-q", "eval", "--model", str(out), *data, "--out", str(tmp_path / "ev")]) == 2
+    said = f"pass --model {tmp_path / 'net.py'}:make --weights {out / 'model.safetensors'}"
+    assert said in capsys.readouterr().err  # the command that works, not load_model's internals
+    assert main(["-q", "eval", *said.split()[1:], *data, "--out", str(tmp_path / "ev")]) == 0
     with pytest.raises(ValueError, match=r"is your own network; the options \['width'\] apply to"):
         rl.app.train.build_model(rl.app.config.resolve({**TRAIN, "model": {"name": f"{tmp_path / 'net.py'}:make",
                                                                            "width": 4}}), None,
