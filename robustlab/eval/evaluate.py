@@ -687,7 +687,8 @@ def _result(tally: _Tally, stages: list, protocol: str, eps: float, norm: str, o
     per_attack, alive = {}, sum(1 for s in stage if s != CLEAN_WRONG)
     for k, name in enumerate(names):
         alive -= sum(1 for s in stage if s == k)
-        per_attack[name] = alive / n
+        if stages[k].target != "top" or stages[k].target_rank < (casc.num_classes or 0):  # a rank K-1 classes
+            per_attack[name] = alive / n  # of a K-class model do not reach was skipped: not listed as run
     thesis = protocol == "thesis"
     curve = None
     robust = sum(1 for s in stage if s == SURVIVED) / n

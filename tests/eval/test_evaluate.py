@@ -277,6 +277,16 @@ def test_a_model_whose_outputs_depend_on_the_batch_is_warned(linear, digits):
     assert not any(w.startswith("[batch]") for w in ev.warnings)
 
 
+def test_targeted_stages_a_model_has_no_classes_for_are_not_listed_as_run():
+    """On a 2-class model per_attack and summary() listed apgd-margin-t2...t4, which were skipped."""
+    torch.manual_seed(0)
+    x, y = torch.rand(20, 1, 8, 8), torch.randint(0, 2, (20,))
+    for k, listed in ((2, ["apgd-ce", "apgd-margin"]), (3, ["apgd-ce", "apgd-margin", "apgd-margin-t2"])):
+        ev = rl.eval.evaluate(nn.Sequential(nn.Flatten(), nn.Linear(64, k)), (x, y), eps=0.05, checklist=False,
+                              options={"steps": 5})
+        assert list(ev.per_attack) == listed and "t3" not in ev.summary()
+
+
 def test_an_l2_budget_beyond_the_image_box_is_refused(linear, digits):
     with pytest.raises(ValueError, match=r"an L2 budget of 300 is above the largest distance between two \(1, 8, 8\)"):
         rl.eval.evaluate(linear, digits, eps=300, norm="l2", protocol="quick")
