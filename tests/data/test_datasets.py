@@ -120,14 +120,19 @@ def test_cifar_pickle_layout(tmp_path):
     assert y.tolist() == batches["test_batch"][b"labels"]
 
 
-def test_image_folder(tmp_path):
+def _random_folder(root, classes, per_class, shape, seed):
+    """ROOT/val/CLASS/i.png of uniform random RGB images."""
     from PIL import Image
 
-    rng = np.random.RandomState(0)
-    for cls in ("cat", "dog"):
-        (tmp_path / "val" / cls).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.randint(0, 256, (40, 50, 3)).astype(np.uint8)).save(tmp_path / "val" / cls / f"{i}.png")
+    rng = np.random.RandomState(seed)
+    for cls in classes:
+        (root / "val" / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.randint(0, 256, (*shape, 3)).astype(np.uint8)).save(root / "val" / cls / f"{i}.png")
+
+
+def test_image_folder(tmp_path):
+    _random_folder(tmp_path, ("cat", "dog"), 3, (40, 50), seed=0)
     ds = load_dataset(f"imagefolder:{tmp_path}", "test", size=32)
     assert len(ds) == 6 and ds.info.classes == ("cat", "dog") and ds.info.num_classes == 2
     x, y = next(iter(make_loader(ds, 6)))
@@ -140,13 +145,7 @@ def test_image_folder(tmp_path):
 
 def test_a_grayscale_image_folder_gives_the_luminance_of_its_rgb_images(tmp_path):
     """channels=1 was refused; it reads each image as PIL's L (ITU-R 601-2 luma) for a 1-channel model."""
-    from PIL import Image
-
-    rng = np.random.RandomState(1)
-    for cls in ("a", "b"):
-        (tmp_path / "val" / cls).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(rng.randint(0, 256, (37, 37, 3)).astype(np.uint8)).save(tmp_path / "val" / cls / f"{i}.png")
+    _random_folder(tmp_path, ("a", "b"), 2, (37, 37), seed=1)
     rgb = next(iter(make_loader(load_dataset(f"imagefolder:{tmp_path}", "test", size=32), 4)))[0]
     gray_ds = load_dataset(f"imagefolder:{tmp_path}", "test", size=32, channels=1)
     gray = next(iter(make_loader(gray_ds, 4)))[0]
