@@ -587,16 +587,8 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
                          f"{tuple(x0.shape[1:])} images ({diameter:.4g}); give a budget in pixels below it")
     z0, warnings = _probe(model, x0, y0)
     check_label_range("data labels", 0, int(y0.max()), z0.shape[1])
-    head = [(first[0], x0, y0, z0)]  # the first CHECKLIST_IMAGES samples (or the first batch): the checklist's
-    while checklist and sum(len(h[2]) for h in head) < CHECKLIST_IMAGES:
-        nxt = next(chunks, None)
-        if nxt is None:
-            break
-        xb, yb = nxt[1].to(device), nxt[2].to(device)
-        maxima = check_batch(xb, {"y": yb}, name=f"data images {nxt[0]}-{nxt[0] + len(yb) - 1}")
-        check_label_range("data labels", 0, maxima["y"], z0.shape[1])
-        with torch.no_grad():
-            head.append((nxt[0], xb, yb, _check_logits(model(xb), len(yb))))
+    head = [(first[0], x0, y0, z0), *(_more_first_samples(model, chunks, len(y0), device, z0.shape[1])
+                                      if checklist else [])]
     xh, yh, zh = (torch.cat([h[k] for h in head])[:CHECKLIST_IMAGES] for k in (1, 2, 3))
     sanity, use_fallback, reason, more = _checklist(model, xh, yh, zh, protocol=protocol, fallback=fallback, eps=eps,
                                                     norm=norm, seed=seed, capacity=capacity, device=device,
@@ -625,6 +617,25 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
         warnings.append(sorted_subset)
     return _result(feed.tally, stages, protocol, eps, norm, opts, warnings, sanity, use_fallback, reason, casc,
                    feed.grid(), time.perf_counter() - start_time)
+
+
+def _more_first_samples(model: nn.Module, chunks: Iterator[tuple[int, Tensor, Tensor]], have: int,
+                        device: torch.device, num_classes: int) -> list[tuple[int, Tensor, Tensor, Tensor]]:
+    """The chunks after the first up to :data:`CHECKLIST_IMAGES` samples, checked
+    and classified: (first index, x, y, clean logits) each, the checklist's pool
+    whatever the batch size."""
+    out = []
+    while have < CHECKLIST_IMAGES:
+        nxt = next(chunks, None)
+        if nxt is None:
+            break
+        xb, yb = nxt[1].to(device), nxt[2].to(device)
+        maxima = check_batch(xb, {"y": yb}, name=f"data images {nxt[0]}-{nxt[0] + len(yb) - 1}")
+        check_label_range("data labels", 0, maxima["y"], num_classes)
+        with torch.no_grad():
+            out.append((nxt[0], xb, yb, _check_logits(model(xb), len(yb))))
+        have += len(yb)
+    return out
 
 
 def _stream(feed: _Feeder, casc: Cascade, chunks: Iterator[tuple[int, Tensor, Tensor]], state: Path | None,
