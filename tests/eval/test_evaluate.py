@@ -689,7 +689,7 @@ def test_a_model_without_input_gradients_is_flagged_and_attacked_by_square(train
     masked = _Detached(trained_model)
     x_adv = rl.attacks.create("pgd", eps=0.1, steps=3)(masked, x[:8], y[:8])
     assert float((x_adv - x[:8]).abs().max()) <= 0.1 + 1e-6
-    ev = rl.eval.evaluate(masked, (x, y), eps=0.1, options=FAST)
+    ev = rl.eval.evaluate(masked, (x, y), eps=0.1, options={**FAST, "queries": 500})
     assert ev.fallback["used"] and "masking checklist flagged" in ev.fallback["reason"]
     assert ev.per_attack["apgd-ce"] == ev.clean_accuracy  # no gradient: the gradient attacks change nothing
     assert ev.robust_accuracy < ev.clean_accuracy - 0.2  # Square does
@@ -735,7 +735,8 @@ def test_the_checklist_sees_the_same_first_images_whatever_the_batch_size():
     x, y = torch.cat([x[wrong][:4], x[~wrong]]), torch.cat([y[wrong][:4], y[~wrong]])  # a first batch all wrong
     sizes = {}
     for bs in (4, 48):
-        ev = rl.eval.evaluate(model, DataLoader(TensorDataset(x, y), batch_size=bs), eps=0.1, options=FAST)
+        ev = rl.eval.evaluate(model, DataLoader(TensorDataset(x, y), batch_size=bs), eps=0.1,
+                              options={**FAST, "queries": 200})
         sizes[bs] = (ev.fallback["used"], ev.options["sanity"]["measurements"]["n"], ev.robust_accuracy)
     assert sizes[4] == sizes[48] and sizes[4][0] and sizes[4][1] > 20, sizes
 
