@@ -28,6 +28,7 @@ from robustlab._io import pick_device, write_tensors
 from robustlab._progress import Progress, progress
 from robustlab.app.rundir import RunDir, fingerprint_of
 from robustlab.data import dataset_info, load_dataset, make_loader
+from robustlab.data.info import class_difference
 from robustlab.eval import protocols as protocol_registry
 from robustlab.eval.analysis import bn_statistics
 from robustlab.eval.evaluate import evaluate
@@ -137,11 +138,9 @@ def check_trained_classes(model_spec: str, info: Any) -> None:
 
     trained = (read_json_mapping(meta_path, "a robustlab model.json").get("meta") or {}).get("classes")
     if trained and list(trained) != list(info.classes):
-        only = sorted(set(trained) - set(info.classes))[:3], sorted(set(info.classes) - set(trained))[:3]
         raise ValueError(f"data: its classes differ from the {len(trained)} that {model_spec} was trained on "
-                         f"(only in training: {only[0]}, only in the data: {only[1]}"
-                         f"{'; same names, another order' if not any(only) else ''}); a label would mean "
-                         "another class: evaluate on folders named as in training")
+                         f"({class_difference(trained, info.classes, 'training', 'the data')}); a label would "
+                         "mean another class: evaluate on folders named as in training")
 
 
 def load_models(spec: EvalSpec, info: Any, device: torch.device) -> dict[str, nn.Module]:

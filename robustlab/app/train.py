@@ -23,6 +23,7 @@ from robustlab.app.config import RunConfig
 from robustlab.app.rundir import RunDir, default_path, fingerprint_of
 from robustlab.data import dataset_info, load_dataset
 from robustlab.data.folder import spread_indices
+from robustlab.data.info import class_difference
 from robustlab.nn.norm import route, route_names
 from robustlab.train import fit, recipes, sinks
 from robustlab.units import from_255, parse_budget
@@ -305,10 +306,10 @@ def _check_classes(cfg: RunConfig, info: Any) -> Any:
     split = load_eval_split(cfg)
     test = dataset_info(split)
     if test.classes != info.classes:
-        only = sorted(set(info.classes) - set(test.classes))[:3], sorted(set(test.classes) - set(info.classes))[:3]
         raise ValueError(f"data.name: {d.name}: the {d.eval_split} split's classes differ from the train split's "
-                         f"({len(test.classes)} and {len(info.classes)} classes; only in train: {only[0]}, only in "
-                         f"{d.eval_split}: {only[1]}); both splits need the same class folders")
+                         f"({len(test.classes)} and {len(info.classes)} classes; "
+                         f"{class_difference(info.classes, test.classes, 'train', d.eval_split)}); both splits "
+                         "need the same class folders")
     return split
 
 

@@ -2,6 +2,7 @@
 normalization statistics that go into the model's first layer."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -29,3 +30,13 @@ INFO = {
     "digits": DatasetInfo("digits", 10, 1, 8, (0.3054,), (0.3759,), tuple(str(i) for i in range(10))),
 }
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def class_difference(first: Sequence[str], second: Sequence[str], first_name: str, second_name: str) -> str:
+    """How two lists of class names differ, as a refusal says it: ``only in
+    train: [...], only in val: [...]`` (three of each), or the same names in
+    another order."""
+    only = sorted(set(first) - set(second))[:3], sorted(set(second) - set(first))[:3]
+    if not any(only):
+        return "the same names in another order"
+    return f"only in {first_name}: {only[0]}, only in {second_name}: {only[1]}"

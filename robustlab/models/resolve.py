@@ -78,8 +78,8 @@ def _refuse_weights_only(path: Path) -> None:
     from robustlab._io import read_json_mapping, safe_yaml
 
     meta = path / META if path.is_dir() else path
-    if not meta.is_file() or read_json_mapping(meta, "a robustlab model.json").get("spec") is not None \
-            or "dense" in read_json_mapping(meta, "a robustlab model.json"):
+    doc = read_json_mapping(meta, "a robustlab model.json") if meta.is_file() else {"spec": "absent"}
+    if doc.get("spec") is not None or "dense" in doc:  # a model robustlab rebuilds (or no model.json at all)
         return
     name = "file.py:factory"
     config = meta.parent / "config.yaml"
