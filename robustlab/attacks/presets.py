@@ -193,12 +193,13 @@ _REGISTRY: dict[str, Callable[..., Attack]] = {
     "di2fgsm": di2fgsm,
     "mdi2fgsm": mdi2fgsm,
     "pgd": pgd,
-    "pgdtrain": pgd_train,
+    "pgd_train": pgd_train,
     "gd": gd,
     "cw": cw,
     "dcw": dcw,
 }
-_ALIASES = {"bim": "ifgsm", "difgsm": "di2fgsm", "mdifgsm": "mdi2fgsm", "candw": "cw", "dcandw": "dcw"}
+_ALIASES = {"pgdtrain": "pgd_train", "bim": "ifgsm", "difgsm": "di2fgsm", "mdifgsm": "mdi2fgsm", "candw": "cw",
+            "dcandw": "dcw"}
 
 
 def canonical_name(name: str) -> str:

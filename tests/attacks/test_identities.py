@@ -127,9 +127,10 @@ def test_thesis_step_rules():
 
 
 def test_registry_names_and_aliases():
-    assert rl.attacks.names() == ["fgsm", "ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm", "pgd", "pgdtrain", "gd", "cw",
+    assert rl.attacks.names() == ["fgsm", "ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm", "pgd", "pgd_train", "gd", "cw",
                                   "dcw"]
     assert rl.attacks.create("M-DI²-FGSM").name == "mdi2fgsm"
     assert rl.attacks.create("m-di2-fgsm").name == "mdi2fgsm"
     assert rl.attacks.create("I-FGSM").name == "ifgsm"
     assert rl.attacks.create("D-C&W").name == "dcw"
+    assert rl.attacks.canonical_name("PGD-train") == rl.attacks.canonical_name("pgd_train") == "pgd_train"
