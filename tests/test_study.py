@@ -106,6 +106,16 @@ def test_overrides_dataset_profile_and_smoke_order(tmp_path):
         load_study(path, ["defaults.train.epochs"])
 
 
+def test_a_study_title_names_the_dataset_it_runs_on():
+    quick = load_study("quickstart")
+    assert "Fashion-MNIST" in quick.title
+    digits = load_study("quickstart", ["dataset=digits"])
+    assert "8×8 digits" in digits.title and "Fashion-MNIST" not in digits.title
+    assert load_study("ch3_transfer", ["dataset=mnist"]).title.endswith("(on MNIST)")
+    # a title given on the command line is taken as written
+    assert load_study("quickstart", ["dataset=digits", "title=mine"]).title == "mine"
+
+
 STUDIES = sorted(p for p in ROOT.joinpath("configs").glob("*.yaml") if not p.stem.startswith(("train_", "attack_")))
 
 

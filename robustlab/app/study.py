@@ -260,7 +260,9 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, smoke: b
     and makes the study's ``form`` ``"smoke"`` (``"full"`` otherwise), which
     its results.json records (a sweep's studies, one per value, too)."""
     path = find_config(path, "study config")  # a file, or a packaged study by name (quickstart, ch3_transfer)
-    raw = apply_study_overrides(load_yaml(path, "study config"), overrides or [], "overrides")
+    from_file = load_yaml(path, "study config")
+    file_dataset, file_title = from_file.get("dataset"), from_file.get("title")
+    raw = apply_study_overrides(from_file, overrides or [], "overrides")
     if raw.get("dataset") and raw.get("datasets") and raw["dataset"] in raw["datasets"]:
         profile = raw["datasets"][raw["dataset"]]
         if not isinstance(profile, dict):
@@ -273,6 +275,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, smoke: b
             raise ValueError("study key 'smoke' must be a mapping of dotted overrides")
         raw = apply_study_overrides(raw, smoke_over, "smoke")
         raw = apply_study_overrides(raw, overrides or [], "overrides")
+    if raw.get("dataset") != file_dataset and raw.get("title") == file_title and isinstance(file_title, str):
+        raw["title"] = _retitled(file_title, file_dataset, raw.get("dataset"))
     form = "smoke" if smoke else "full"
     if raw.get("kind") == "dag":
         from robustlab.app.dag import resolve_dag_study
@@ -294,6 +298,18 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, smoke: b
     study = resolve_study(raw, name=path.stem)
     study.form = form
     return study
+
+
+def _retitled(title: str, old: Any, new: Any) -> str:
+    """A study's title names the dataset it runs on: ``dataset=digits`` turns
+    "… on Fashion-MNIST" into "… on 8×8 digits" (or adds "on …")."""
+    from robustlab.data.info import display_name
+
+    new_name = display_name(str(new))
+    old_name = display_name(str(old)) if old else None
+    if old_name and old_name in title:
+        return title.replace(old_name, new_name)
+    return f"{title} (on {new_name})"
 
 
 # ------------------------------------------------------------------ running

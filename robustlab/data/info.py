@@ -29,7 +29,15 @@ INFO = {
     "cifar100": DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "digits": DatasetInfo("digits", 10, 1, 8, (0.3054,), (0.3759,), tuple(str(i) for i in range(10))),
 }
+DISPLAY_NAMES = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
+                 "digits": "8×8 digits"}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def display_name(dataset: str) -> str:
+    """How a title writes a dataset: ``"fashion_mnist"`` → ``"Fashion-MNIST"``;
+    any other name (an ImageFolder root) as given."""
+    return DISPLAY_NAMES.get(dataset, dataset)
 
 
 def class_difference(first: Sequence[str], second: Sequence[str], first_name: str, second_name: str) -> str:
