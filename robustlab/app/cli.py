@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--restarts", type=int,
                     help=f"whitebox: random restarts (default: {WHITEBOX_DEFAULTS['restarts']})")
     ev.add_argument("--seed", type=int, default=0, help="seed of every random start and target")
-    ev.add_argument("--out", help="run directory (default RUN_DIR/eval-PROTOCOL for a run directory, else "
+    ev.add_argument("--out", help="run directory (default RUN_DIR/eval-PROTOCOL for a run directory, "
+                    "RUN_DIR/eval-PROTOCOL-2 … when that one holds an evaluation with other options; else "
                     "runs/eval-TIMESTAMP)")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
@@ -333,6 +334,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
                   data={"name": args.data, "split": args.split, "limit": args.limit, "n": len(data)},
                   classes=list(info.classes) or None)
     with run:
+        run.write_config(options)  # what ran: every option, resolved from the command line and --config
         if not args.no_save:
             write_tensors(run.ensure() / "adversarial.safetensors", tensors)
         if examples is not None:  # the report's grid: a few clean / adversarial pairs, kept even with --no-save
@@ -347,13 +349,13 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 
 def _run_kind(run_dir: Any) -> str | None:
-    """The ``kind`` a run directory's run.json records (None without one, or unreadable)."""
-    import json
+    """The ``kind`` a run directory's run.json records (None without one);
+    a damaged run.json is refused naming it, as the report refuses it."""
+    from robustlab._io import read_json_mapping
 
-    try:
-        kind = json.loads((run_dir / "run.json").read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
+    if not (run_dir / "run.json").is_file():
         return None
+    kind = read_json_mapping(run_dir / "run.json", "--resume reads the run's kind from it").get("kind")
     return kind if isinstance(kind, str) else None
 
 

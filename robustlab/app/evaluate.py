@@ -26,7 +26,7 @@ from torch import nn
 from robustlab._checks import model_channels
 from robustlab._io import pick_device, write_tensors
 from robustlab._progress import Progress, progress
-from robustlab.app.rundir import RunDir, fingerprint_of
+from robustlab.app.rundir import RunDir, fingerprint_of, first_free
 from robustlab.data import dataset_info, load_dataset, make_loader
 from robustlab.data.info import class_difference
 from robustlab.eval import protocols as protocol_registry
@@ -300,10 +300,11 @@ def run_eval(spec: EvalSpec, *, quiet: bool = False) -> dict[str, Any]:
         test = load_dataset(spec.data, "test", data_dir=spec.data_dir, limit=spec.limit, size=spec.image_size,
                             channels=1)
         info = dataset_info(test)
-    default = (Path(spec.models[0]) / f"eval-{spec.protocol}" if Path(spec.models[0]).is_dir() and spec.out is None
-               else spec.out)
     config = {k: v for k, v in asdict(spec).items() if k not in ("out", "device")}
-    run = RunDir(default, "eval", fingerprint_of(config))
+    out = spec.out
+    if out is None and Path(spec.models[0]).is_dir():  # RUN/eval-PROTOCOL, or -2, -3 … for other options
+        out = first_free(Path(spec.models[0]) / f"eval-{spec.protocol}", "eval", fingerprint_of(config))
+    run = RunDir(out, "eval", fingerprint_of(config))
     start = time.perf_counter()
     results: dict[str, Any] = {"kind": "eval", "protocol": spec.protocol, "data": spec.data, "n": len(test),
                                "eps": spec.eps, "eps_255": spec.eps * 255, "norm": spec.norm,

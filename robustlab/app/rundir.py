@@ -69,6 +69,21 @@ def default_path(out: str | Path | None, kind: str) -> Path:
     return Path(out) if out is not None else Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def first_free(base: Path, kind: str, fingerprint: str) -> Path:
+    """``base``, else ``base-2``, ``base-3``, …: the first folder that is new
+    or already holds this run. A default path never refuses a run for
+    holding another: an evaluation of a model at another ε lands next to
+    the first one, the same command resumes or reuses its own."""
+    path, n = base, 1
+    while True:
+        try:
+            RunDir(path, kind, fingerprint, writer=False)
+            return path
+        except ValueError:
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+
+
 class RunDirLocked(ValueError):
     """Another live process is writing into the run directory."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from robustlab.app.rundir import LOCK, RUN, RunDir, RunDirLocked, fingerprint_of
+from robustlab.app.rundir import LOCK, RUN, RunDir, RunDirLocked, fingerprint_of, first_free
 
 
 def test_fingerprint_is_the_canonical_json_sha256():
@@ -109,3 +109,15 @@ def test_a_second_writer_fails_naming_the_holder_and_a_stale_lock_is_taken_over(
     run.ensure()
     assert int((tmp_path / "r" / LOCK).read_text()) == os.getpid()
     run.close()
+
+
+def test_first_free_skips_folders_holding_other_runs(tmp_path):
+    base = tmp_path / "eval-standard"
+    assert first_free(base, "eval", "a" * 64) == base  # nothing there yet
+    with RunDir(base, "eval", "a" * 64) as run:
+        run.finish({"kind": "eval"}, report=False)
+    assert first_free(base, "eval", "a" * 64) == base  # its own run: reused
+    assert first_free(base, "eval", "b" * 64) == tmp_path / "eval-standard-2"
+    (tmp_path / "eval-standard-2").mkdir()
+    (tmp_path / "eval-standard-2" / "notes.txt").write_text("a user's file")
+    assert first_free(base, "eval", "b" * 64) == tmp_path / "eval-standard-3"

@@ -141,3 +141,18 @@ def test_a_large_linf_budget_is_evaluated_not_refused_for_its_checklist_step(tra
 
     ev = rl.eval.evaluate(trained_model, (digits[0][:16], digits[1][:16]), eps=0.6, protocol="quick")
     assert ev.robust_accuracy <= ev.clean_accuracy and ev.audit["within_budget"]
+
+
+def test_evaluations_of_one_run_with_other_options_get_folders_of_their_own(runs, capsys):
+    """The default RUN/eval-PROTOCOL holds one evaluation; another ε goes to
+    RUN/eval-PROTOCOL-2 instead of being refused, and the first command
+    run again reuses its own folder."""
+    model = runs / "b"
+    args = ["eval", "--checkpoint", str(model), "--data", "digits", "--protocol", "corruption", "--limit", "16"]
+    assert main([*args, "--eps", "8"]) == 0
+    assert main([*args, "--eps", "4"]) == 0
+    first = json.loads((model / "eval-corruption" / "results.json").read_text())
+    second = json.loads((model / "eval-corruption-2" / "results.json").read_text())
+    assert (first["eps_255"], second["eps_255"]) == pytest.approx((8, 4))
+    assert main([*args, "--eps", "8"]) == 0  # the same evaluation again: its own folder, no third one
+    assert not (model / "eval-corruption-3").exists()
