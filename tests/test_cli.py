@@ -34,6 +34,10 @@ def test_attack_writes_results_and_examples(tmp_path, checkpoint, capsys):
     assert t["x_adv"].shape == (100, 1, 8, 8)
     assert t["success"].float().mean().item() == pytest.approx(s["success_rate"])
     assert "pgd" in capsys.readouterr().out
+    import yaml
+
+    config = yaml.safe_load((out / "config.yaml").read_text())  # what ran, as train and eval runs record it
+    assert (config["attack"], config["eps"], config["steps"], config["limit"]) == ("pgd", "32", 5, 100)
 
 
 def test_attack_thesis_notation_and_options(tmp_path, checkpoint):

@@ -105,6 +105,9 @@ def test_resume_of_an_eval_run_says_it_is_not_a_train_run(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "ev")]) == 2
     err = capsys.readouterr().err
     assert "is a robustlab eval run, not a train run" in err and "unknown config section" not in err
+    (tmp_path / "ev" / "run.json").write_text('{"kind": ')  # damaged: refused naming it, as the report does
+    assert main(["train", "--resume", str(tmp_path / "ev")]) == 2
+    assert "run.json is not valid JSON" in capsys.readouterr().err
 
 
 VANILLA = next(p for p in CONFIGS if p.stem == "train_vanilla")
