@@ -38,21 +38,30 @@ TRAIN_AUGMENTS = ("none", "flip_crop", "random_resized_crop", "autoaugment")
 SPLIT_NAMES = ("train", "val", "test")
 
 
+def _has_class_dirs(path: Path) -> bool:
+    """``path`` is a folder with a visible sub-folder (``.ipynb_checkpoints``
+    and other hidden folders are no classes)."""
+    return path.is_dir() and any(c.is_dir() and not c.name.startswith(".") for c in path.iterdir())
+
+
 def _find_split(root: Path, split: str) -> Path:
     """ROOT/SPLIT (``test`` also tries ``val``), or ROOT itself when it holds
     class folders and no split folder at all; a tree with other splits only
     (``train/`` without ``val/``) is refused rather than read as classes."""
     names = (split, "val") if split == "test" else (split,)
-    folder = next((root / s for s in names if (root / s).is_dir() and any(c.is_dir() for c in (root / s).iterdir())),
-                  None)
+    folder = next((root / s for s in names if _has_class_dirs(root / s)), None)
     if folder is not None:
         return folder
+    empty = next((root / s for s in names if (root / s).is_dir()), None)
+    if empty is not None:
+        raise DataNotFoundError(f"imagefolder: {empty} holds no class folders; expected {empty}/CLASS/IMAGE "
+                                "(hidden folders such as .ipynb_checkpoints are not classes)")
     splits = sorted(c.name for c in root.iterdir() if c.is_dir() and c.name in SPLIT_NAMES) if root.is_dir() else []
     if splits:
         raise DataNotFoundError(f"imagefolder: {root} has no {' or '.join(f'{n}/' for n in names)} split (it has "
                                 f"{', '.join(f'{s}/' for s in splits)}): give the {split} images their own "
                                 "folder of class folders")
-    if root.is_dir() and any(c.is_dir() for c in root.iterdir()):
+    if _has_class_dirs(root):
         return root  # ROOT/CLASS/IMAGE: one set of images, every split
     tried = [root / s for s in names] + [root]
     raise DataNotFoundError("imagefolder: no class folders found. Paths tried:\n" + "\n".join(f"  {p}" for p in tried))

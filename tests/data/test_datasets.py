@@ -194,3 +194,14 @@ def test_hidden_files_and_folders_are_not_images_or_classes(tmp_path):
     assert ds.info.classes == ("a", "b") and len(ds) == 3
     x, y = next(iter(make_loader(pickle.loads(pickle.dumps(ds)), 3)))
     assert y.tolist() == [0, 0, 1] and abs(float(x[1].mean()) - 200 / 255) < 0.02
+
+
+def test_a_split_folder_with_only_hidden_folders_is_refused_naming_it(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "train" / "a" / "0.png")
+    (tmp_path / "val" / ".ipynb_checkpoints").mkdir(parents=True)
+    with pytest.raises(DataNotFoundError, match=r"val holds no class folders"):
+        load_dataset(f"imagefolder:{tmp_path}", "test", size=8)
+    assert len(load_dataset(f"imagefolder:{tmp_path}", "train", size=8)) == 1
