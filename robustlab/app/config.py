@@ -15,6 +15,7 @@ written as a fraction or in pixels (``robustlab.units.parse_budget``).
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,6 +26,8 @@ from robustlab._io import safe_yaml
 from robustlab.app.spec import SpecError, check_keys, check_mapping, from_mapping
 from robustlab.train.options import TrainOptions
 from robustlab.units import parse_budget
+
+_logger = logging.getLogger(__name__)
 
 SECTIONS = ("seed", "device", "model", "data", "recipe", "train", "eval")
 BUDGET_KEYS = ("eps", "step_size")
@@ -378,5 +381,36 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, dict[str, Any]]:
     """(resolved config, raw dict with overrides applied) of a YAML file or a
     packaged config's name (:func:`find_config`)."""
-    raw = apply_overrides(load_yaml(find_config(path)), overrides or [])
+    from_file = load_yaml(find_config(path))
+    raw = _without_foreign_model_options(from_file, apply_overrides(from_file, overrides or []), overrides or [])
     return resolve(raw), raw
+
+
+def _without_foreign_model_options(from_file: dict[str, Any], raw: dict[str, Any],
+                                   overrides: list[str]) -> dict[str, Any]:
+    """``model.name=tv:resnet50`` on a packaged config replaces its SmallCNN:
+    the file's options for that network (``width: 16``) do not follow to the
+    new one, its surgery options (``act: silu``, ``norm``, ``denoise``) do,
+    except to your own factory, which is built as it is. Options given on
+    the command line are kept (and refused if the model does not take them)."""
+    import inspect
+
+    from robustlab.models import create_model
+    from robustlab.models.resolve import is_factory_spec
+
+    given = {split_override(o)[0] for o in overrides}
+    file_model, model = from_file.get("model"), raw.get("model")
+    if "model.name" not in given or not isinstance(file_model, dict) or not isinstance(model, dict):
+        return raw
+    if file_model.get("name") == model.get("name"):
+        return raw
+    surgery = set() if is_factory_spec(str(model.get("name"))) else {
+        n for n, p in inspect.signature(create_model).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    dropped = sorted(k for k in file_model if k != "name" and k not in surgery and f"model.{k}" not in given
+                     and model.get(k) is not None)
+    for key in dropped:
+        model.pop(key)
+    if dropped:
+        _logger.info("model.name=%s: the config's model options %s are for its %s and are not used", model["name"],
+                     ", ".join(f"{k}={from_file['model'][k]!r}" for k in dropped), file_model.get("name"))
+    return raw

@@ -46,12 +46,24 @@ def build_model(cfg: RunConfig, info: Any, recipe: recipes.Recipe) -> nn.Module:
     if is_factory_spec(name):  # the user's own network: built as it is, exported as weights (save_weights)
         if spec:
             raise ValueError(f"config key model: {name} is your own network; the options {sorted(spec)} apply to "
-                             "robustlab's, timm's and torchvision's models only (build them into the factory)")
-        if recipe.routes:
-            raise ValueError(f"recipe {recipe.name!r} trains BN routes {list(recipe.routes)}, which a factory model "
-                             "does not have; use a named model (model.norm: mbn) or another recipe")
+                             "robustlab's, timm's and torchvision's models only: build them into the factory, and "
+                             f"clear a packaged config's with {' '.join(f'model.{k}=null' for k in sorted(spec))}")
         torch.manual_seed(cfg.seed)
-        return load_factory(name)
+        model = load_factory(name)
+        from robustlab.nn import convert_norm, route_names
+
+        if recipe.routes and not route_names(model):  # its batch norms become mixture BNs (§7.4.2); the
+            try:  # exported model drops the auxiliary ones again, so the factory rebuilds it
+                return convert_norm(model, "mbn", routes=recipe.routes, inplace=True)
+            except ValueError:
+                raise ValueError(f"recipe {recipe.name!r} trains BN routes {list(recipe.routes)}, and {name} has no "
+                                 "BatchNorm layers to give them; use another recipe or a network with batch "
+                                 "norms") from None
+        missing = [r for r in recipe.routes if r not in route_names(model)]
+        if missing:
+            raise ValueError(f"recipe {recipe.name!r} trains BN routes {list(recipe.routes)}; {name} has mixture "
+                             f"BNs without {missing}: return the plain network, robustlab converts its batch norms")
+        return model
     if recipe.routes:
         if spec.get("norm") not in (None, "bn", "mbn"):
             raise ValueError(f"recipe {recipe.name!r} trains BN routes {recipe.routes}; model.norm must be mbn, "
@@ -62,6 +74,36 @@ def build_model(cfg: RunConfig, info: Any, recipe: recipes.Recipe) -> nn.Module:
     if ":" not in name:  # built-in nets normalize with the dataset's statistics; timm/torchvision
         spec = {"mean": info.mean, "std": info.std, **spec}  # models with their own (pretrained weights')
     return create_model(name, info.num_classes, in_channels=info.channels, **spec)
+
+
+def check_model_output(model: nn.Module, data: Any, name: str) -> None:
+    """One forward pass on two training images, in eval mode, before anything
+    is written: a network that fails on the data or whose output is not
+    logits (N, classes) is refused now, not after training (10 logits for 3
+    classes would otherwise train without a word)."""
+    from robustlab.data import dataset_info
+    from robustlab.data.datasets import to_float
+
+    classes = dataset_info(data).num_classes
+    x = to_float(torch.stack([torch.as_tensor(data[i][0]) for i in range(min(2, len(data)))]))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            z = model(x)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as err:  # the user's network: its error, named, without a traceback
+        raise ValueError(f"config key model.name: {name} fails on the training images (a batch of shape "
+                         f"{tuple(x.shape)}): {type(err).__name__}: {err}") from None
+    finally:
+        model.train(was)
+    if not isinstance(z, torch.Tensor) or tuple(z.shape) != (len(x), classes):
+        got = f"shape {tuple(z.shape)}" if isinstance(z, torch.Tensor) else type(z).__name__
+        raise ValueError(f"config key model.name: {name} must return logits of shape (N, {classes}) for the "
+                         f"{classes} classes of the training data; it returns {got} for {len(x)} images"
+                         + (" (robustlab calls a factory with no arguments: build the right number of outputs "
+                            "into it)" if isinstance(z, torch.Tensor) and z.dim() == 2 else ""))
 
 
 EVAL_BATCH = 250  # images attacked at once by the training-time evaluation
@@ -362,6 +404,7 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
                          f"({len(train_set)} images)")
     test = _check_classes(cfg, train_set.info)
     model = build_model(cfg, train_set.info, recipe)
+    check_model_output(model, train_set, cfg.model.name)  # before the run directory: nothing half-written
     if init is not None:
         from robustlab.train.finetune import init_from_run
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from robustlab.models.checkpoint import META, load_model
@@ -45,7 +46,13 @@ def load_factory(spec: str) -> nn.Module:
             raise ValueError(f"model: cannot import {path}")
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[name] = module
-        loader_spec.loader.exec_module(module)
+        try:
+            loader_spec.loader.exec_module(module)
+        except SyntaxError as err:
+            raise ValueError(f"model: {path} has a syntax error at line {err.lineno}: {err.msg} "
+                             f"(from {spec!r})") from None
+        except ImportError as err:
+            raise ValueError(f"model: importing {path} failed: {err} (from {spec!r})") from None
     else:
         try:
             module = importlib.import_module(source)
@@ -54,10 +61,24 @@ def load_factory(spec: str) -> nn.Module:
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise ValueError(f"model: {source} has no callable {attr!r}")
-    model = factory()
+    try:
+        model = factory()
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as err:  # the user's code: its error, named as theirs, without robustlab's traceback
+        raise ValueError(f"model: {spec} failed: {attr}() raised {type(err).__name__}: {err}{_user_line(err)} "
+                         f"(robustlab calls the factory with no arguments)") from None
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: {spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _user_line(err: BaseException) -> str:
+    """`` at FILE:LINE``, the innermost frame of the error's traceback."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
 
 
 def normalized(model: nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None) -> nn.Module:

@@ -212,3 +212,15 @@ def test_scientific_notation_is_a_number_in_configs_and_overrides(tmp_path):
     assert cfg.train.lr == 0.0005 and cfg.train.weight_decay == 1e-5 and cfg.train.milestones == (10.0,)
     cfg, _ = load_config(path, ["model.name=x1e3"])
     assert cfg.model.name == "x1e3"  # not a number: still a string
+
+
+def test_another_network_on_the_command_line_drops_only_the_configs_options_for_its_own():
+    """docs/training.md's `train_madry ... model.name=tv:resnet50` was refused for the SmallCNN's width: 16."""
+    tv, _ = load_config("train_sat", ["model.name=tv:resnet18"])
+    assert tv.model.options == {"act": "silu"}  # the surgery option follows; width stays with the SmallCNN
+    mine, _ = load_config("train_sat", ["model.name=my.py:net"])
+    assert mine.model.options == {}  # your own factory is built as it is
+    kept, _ = load_config("train_sat", ["model.name=tv:resnet18", "model.width=4"])
+    assert kept.model.options["width"] == 4  # given on the command line: kept (and refused when built)
+    same, _ = load_config("train_sat", ["model.name=smallcnn"])
+    assert same.model.options["width"] == 16
