@@ -15,12 +15,20 @@ from typing import Any
 import torch
 
 
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` next to ``path``, then rename over it: readers see the old
     file or the new one, never half of one, and a failure leaves no temp file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() makes files: safetensors' writer makes them 0600
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -121,3 +121,18 @@ def test_first_free_skips_folders_holding_other_runs(tmp_path):
     (tmp_path / "eval-standard-2").mkdir()
     (tmp_path / "eval-standard-2" / "notes.txt").write_text("a user's file")
     assert first_free(base, "eval", "b" * 64) == tmp_path / "eval-standard-3"
+
+
+def test_written_files_take_the_umask_mode_whatever_writes_them(tmp_path):
+    """model.safetensors and state.safetensors were 0600, every other file of a run 0644."""
+    import stat
+
+    import torch
+
+    from robustlab._io import write_json, write_tensors
+
+    write_json(tmp_path / "a.json", {"a": 1})
+    write_tensors(tmp_path / "t.safetensors", {"x": torch.zeros(2)})
+    (tmp_path / "plain.txt").write_text("made by open()")
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes["a.json"] == modes["t.safetensors"] == modes["plain.txt"], modes
