@@ -28,7 +28,7 @@ def _image_form(x: object, name: str, dtypes: tuple[torch.dtype, ...] = IMAGE_DT
         raise TypeError(f"{name} must be a floating-point tensor with pixels in [0, 1]; got dtype {x.dtype}")
     if x.dtype not in dtypes:
         allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
-        raise TypeError(f"{name} must be {allowed}; got dtype {x.dtype} (convert with {name}.float())")
+        raise TypeError(f"{name} must have dtype {allowed}; got {x.dtype} (convert them with .float())")
     if x.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one image; got shape {tuple(x.shape)}")
     return x

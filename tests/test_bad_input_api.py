@@ -160,7 +160,7 @@ CASES = {
     "run_x_numpy": (lambda c: pgd().run(c.model, c.x.numpy(), c.y), TypeError, "x must be a torch.Tensor", 0),
     "run_x_uint8": (lambda c: pgd().run(c.model, (c.x * 255).to(torch.uint8), c.y), TypeError,
                     "x must be a floating-point tensor", 0),
-    "run_x_float64": (lambda c: pgd().run(c.model, c.x.double(), c.y), TypeError, "convert with x.float()", 0),
+    "run_x_float64": (lambda c: pgd().run(c.model, c.x.double(), c.y), TypeError, "got torch.float64 (convert them", 0),
     "run_x_empty": (lambda c: pgd().run(c.model, c.x[:0], c.y[:0]), ValueError, "x must hold at least one image", 0),
     "run_x_above_one": (lambda c: pgd().run(c.model, c.x * 255, c.y), ValueError, "x must lie in [0, 1]", 0),
     "run_x_negative": (lambda c: pgd().run(c.model, c.x - 0.5, c.y), ValueError, "x must lie in [0, 1]", 0),
@@ -179,7 +179,7 @@ CASES = {
     "run_target_too_large": (lambda c: pgd(targeted=True).run(c.model, c.x, c.y, target=c.y + 20), ValueError,
                              "target holds class index 23", 1),
     "run_cw_float64": (lambda c: rl.attacks.create("cw", steps=1).run(c.model, c.x.double(), c.y), TypeError,
-                       "x must be float32", 0),
+                       "x must have dtype float32", 0),
     # ---- channels against the model's first convolution (named once the model fails on them)
     "channels_rgb_into_gray": (lambda c: pgd().run(c.model, c.x.expand(-1, 3, -1, -1), c.y), ValueError,
                                "x has 3 channels", 1),
@@ -256,7 +256,7 @@ CASES = {
     "dag_str_gamma": (lambda c: rl.attacks.dag_segmentation(c.fcn, torch.rand(1, 3, 16, 16), gamma="0.5"), TypeError,
                       "gamma must be a number", 0),
     "dag_float64": (lambda c: rl.attacks.dag_segmentation(c.fcn, torch.rand(1, 3, 16, 16, dtype=torch.float64)),
-                    TypeError, "convert with x.float()", 0),
+                    TypeError, "got torch.float64 (convert them with .float())", 0),
     "dag_stop_fraction": (lambda c: rl.attacks.dag_segmentation(c.fcn, torch.rand(1, 3, 16, 16), stop_fraction=1.5),
                           ValueError, "stop_fraction must be in [0, 1)", 0),
 }

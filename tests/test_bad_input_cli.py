@@ -31,7 +31,9 @@ TINY_STUDY = {"name": "tiny", "seed": 0, "device": "cpu", "dataset": "digits", "
               "models": {"a": {"recipe": {"name": "vanilla"}},
                          "b": {"recipe": {"name": "madry", "eps": 25, "steps": 2, "step_size": 16}}},
               "evaluations": {"clean": {"kind": "accuracy"}}}
-FACTORY = "import torch\n\ndef make():\n    return torch.nn.Linear(2, 2)\n\ndef notmodule():\n    return 42\n"
+FACTORY = ("import torch\n\ndef make():\n    return torch.nn.Linear(2, 2)\n\ndef notmodule():\n    return 42\n\n"
+           "def broken():\n    raise RuntimeError('my factory broke')\n\n"
+           "def flat():\n    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1024, 10))\n")
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +145,8 @@ CASES = [
     ("train-eval-eps-abc", _train("eval.eps=abc"), "eval.eps"),
     ("train-unknown-model", _train("model.name=nosuchnet"), "nosuchnet"),
     ("train-unknown-activation", _train("model.act=nosuchact"), "nosuchact"),
-    ("train-model-option-it-does-not-take", _train("model.name=tv:resnet18"), "model option 'width' is not one "
+    ("train-model-option-it-does-not-take", _train("model.name=tv:resnet18", "model.width=4"),
+     "model option 'width' is not one "
      "tv:resnet18 takes"),
     ("train-model-option-typo", _train("model.widht=4"), "model option 'widht'"),
     ("train-unknown-recipe", _train("recipe.name=nosuchrecipe"), "nosuchrecipe"),
@@ -205,6 +208,13 @@ CASES = [
     ("eval-eps-abc", _eval("--eps", "abc"), "--eps"),
     ("eval-batch-size-zero", _eval("--batch-size", "0"), "--batch-size"),
     ("eval-limit-zero", _eval("--limit", "0"), "--limit"),
+    ("eval-seed-negative", _eval("--seed", "-1"), "--seed"),
+    ("attack-seed-negative", _attack("--seed", "-1"), "--seed"),
+    ("eval-factory-raises", _eval(model="factory.py:broken"), "broken() raised RuntimeError: my factory broke"),
+    ("attack-factory-raises", _with_file("factory.py", FACTORY, _attack(model="factory.py:broken")),
+     "broken() raised RuntimeError"),
+    ("attack-model-takes-other-images", _with_file("factory.py", FACTORY, _attack(model="factory.py:flat")),
+     "fails on the data's (1, 8, 8) images"),
     ("eval-steps-words", _eval("--steps", "a,b"), "--steps"),
     ("eval-missing-factory-file", _eval(model="missing.py:make"), "missing.py"),
     ("eval-factory-not-a-module", _eval(model="factory.py:notmodule"), "notmodule"),
@@ -265,6 +275,9 @@ CASES = [
     ("report-missing-dir", lambda tmp, run: ["report", str(tmp / "gone")], "gone"),
     ("list-nonsense", lambda tmp, run: ["list", "nonsense"], "nonsense"),
     ("unknown-command", lambda tmp, run: ["nosuchcommand"], "nosuchcommand"),
+    ("verbose-and-quiet", lambda tmp, run: ["-v", "list", "-q"], "contradict"),
+    ("resume-with-another-out", lambda tmp, run: ["train", "--resume", str(run), "--out", str(tmp / "elsewhere")],
+     "--resume continues"),
 ]
 
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from robustlab._progress import progress as progress_bar
 from robustlab.attacks.base import Attack, AttackResult
+from robustlab.eval.evaluate import model_output
 from robustlab.eval.metrics import predict
 
 
@@ -39,6 +40,9 @@ def attack_dataset(
     total = len(dataset) if hasattr(dataset, "__len__") else None
     with progress_bar(total, f"attack {attack.name}", "image", enabled=progress) as bar:
         for x, y in loader:
+            if not seen:  # a model that does not take these images: said so, not a traceback from its layers
+                with torch.no_grad():
+                    model_output(model, x[:2].to(device))
             room = max(examples - seen, 0)
             took, still_right = _attack_batch(attack, model, x.to(device), y.to(device), parts, keep_examples,
                                               kept if room else None, room)

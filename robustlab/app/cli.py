@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 _logger = logging.getLogger(__name__)
@@ -306,13 +307,16 @@ def cmd_attack(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"--{flag.replace('_', '-')} must be a whole number >= 1; got {value!r}")
+    if args.seed is not None and (isinstance(args.seed, bool) or not isinstance(args.seed, int) or args.seed < 0):
+        raise ValueError(f"--seed must be a whole number >= 0; got {args.seed!r}")
     atk = create(args.attack, **attack_kwargs(args))  # bad names/values fail before any loading
     if getattr(args, "resize_back", False):
         if getattr(atk, "diversity", None) is None:
             raise ValueError(f"--resize-back applies to an attack with input diversity (di2fgsm, mdi2fgsm, dcw, or "
                              f"--p above 0); {args.attack} has none")
         atk.diversity.resize_back = True
-    options = {k: v for k, v in vars(args).items() if k not in ("out", "device", "verbose", "config", "command")}
+    options = {k: v for k, v in vars(args).items()  # -q/-v and where it runs are no part of what runs
+               if k not in ("out", "device", "verbose", "quiet", "config", "command")}
     run = RunDir(args.out, "attack", fingerprint_of(options))  # another run there: refused before any work
     device = pick_device(args.device)
     data = _load_data(args)
@@ -360,8 +364,6 @@ def _run_kind(run_dir: Any) -> str | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from robustlab.app.config import load_config
     from robustlab.app.train import format_train_summary, run_train
 
@@ -448,8 +450,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         for run_dir in args.run_dir:
             print(write_report(run_dir))
         return 0
-    from pathlib import Path
-
     from robustlab._io import atomic_write_text
     from robustlab.report.markdown import read_study, studies_markdown, update_file
 
@@ -482,6 +482,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command not in ("train", "study") or not all("=" in e and not e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.config_and_overrides = [*args.config_and_overrides, *extra]
+    if args.verbose and args.quiet:
+        parser.error("-v/--verbose and -q/--quiet contradict each other; give one")
+    if getattr(args, "resume", None) and getattr(args, "out", None) is not None \
+            and Path(args.out).resolve() != Path(args.resume).resolve():
+        parser.error(f"--resume continues {args.resume} in place; --out {args.out} names another folder (drop it)")
     level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.INFO
     if level == logging.INFO and int(os.environ.get("RANK", "0")) > 0:
         level = logging.WARNING  # under torchrun, rank 0 alone reports progress

@@ -91,6 +91,8 @@ class EvalSpec:
                 raise ValueError(f"--{key.replace('_', '-')} must be >= 1; got {v}")
         if self.workers < 0:
             raise ValueError(f"--workers must be >= 0; got {self.workers}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"--seed must be a whole number in [0, 2**63); got {self.seed!r}")
         if self.weights is not None and len(self.models) > 1:
             raise ValueError("--weights applies to one model; give one --model with it")
         if (self.mean is None) != (self.std is None):

@@ -131,8 +131,8 @@ def _pair(item: Any, where: str) -> tuple[Tensor, Tensor]:
                         "pairs, or a DataLoader over them")
     if not torch.is_floating_point(y) and y.dtype not in (torch.long, torch.bool):
         y = y.long()  # int32, int16, uint8 labels: the losses index with int64
-    if x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()  # half-precision images: attacked in float32 (the model casts as it needs)
+    if x.dtype in (torch.float16, torch.bfloat16, torch.float64):
+        x = x.float()  # half-precision or numpy's float64 images: attacked in float32 (the model casts as it needs)
     return x, y
 
 
@@ -437,23 +437,29 @@ def _unordered(data: Any, state: str | Path | None) -> str | None:
             "run to run; pass shuffle=False (or generator=torch.Generator().manual_seed(0)) to reproduce it")
 
 
+def model_output(model: nn.Module, x: Tensor) -> Any:
+    """``model(x)``, or a ValueError saying what of the data the model does
+    not take (its input size, channels, dtype), instead of the error from
+    deep inside its layers."""
+    try:
+        return model(x)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, AssertionError) as err:  # another input size, dtype or layout than the model's
+        hint = channel_mismatch(model, x, name="data images")
+        if hint is not None:
+            raise ValueError(hint) from None
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ValueError(f"model: it fails on the data's {tuple(x.shape[1:])} images ({first}); give it the "
+                         "images it takes (--image-size, the model's channels) and weights of one "
+                         "precision (model.float())") from None
+
+
 def _probe(model: nn.Module, x0: Tensor, y0: Tensor) -> tuple[Tensor, list[str]]:
     """Check the first batch and the model's outputs on it: (clean logits, warnings)."""
     check_batch(x0, {"y": y0}, name="data images")
     with torch.no_grad():
-        try:
-            z = model(x0)
-        except torch.OutOfMemoryError:
-            raise
-        except (RuntimeError, AssertionError) as err:  # another input size, dtype or layout than the model's
-            hint = channel_mismatch(model, x0, name="data images")
-            if hint is not None:
-                raise ValueError(hint) from None
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise ValueError(f"model: it fails on the data's {tuple(x0.shape[1:])} images ({first}); give it the "
-                             "images it takes (--image-size, the model's channels) and weights of one "
-                             "precision (model.float())") from None
-        z0 = _check_logits(z, len(y0))
+        z0 = _check_logits(model_output(model, x0), len(y0))
         alone = _check_logits(model(x0[:1]), 1) if len(x0) > 1 else None
         return z0, output_warnings(z0, model(x0), alone)
 

@@ -652,6 +652,9 @@ def test_a_float64_or_half_model_is_evaluated_in_its_precision_on_float32_attack
     ev = rl.eval.evaluate(half, (x.half(), y), **kw)
     assert abs(ev.clean_accuracy - ref.clean_accuracy) <= 2 / 64 and ev.robust_accuracy < ev.clean_accuracy
     assert ev.audit["within_budget"] and next(half.parameters()).dtype == torch.float16
+    # numpy's default float64 images were refused; they are evaluated as float32, with float32's result
+    ev = rl.eval.evaluate(trained_model, (x.double().numpy(), y.numpy()), **kw)
+    assert ev.per_sample == ref.per_sample
 
 
 def test_samples_lists_and_numpy_pairs_evaluate_like_tensors(linear, digits):
