@@ -466,3 +466,17 @@ def test_the_config_yaml_loader_is_a_safe_loader():
     with pytest.raises(yaml.YAMLError):
         safe_yaml("!!python/object/apply:os.system ['true']")
     assert safe_yaml("lr: 5e-4") == {"lr": 0.0005}
+
+
+@pytest.mark.parametrize("payload", [SystemPayload, OpenPayload])
+def test_a_plain_pickle_as_weights_never_runs_and_is_named(tmp_path, payload, recwarn):
+    """pickle.dump of objects given as --weights: refused without running, and without torch's warning about
+    its protocol before an 'Unsupported operand' error."""
+    from robustlab.models.factory import load_state_dict
+
+    marker = tmp_path / "marker"
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"fc.weight": payload(marker)}, protocol=4))
+    with pytest.raises(ValueError, match="is a plain Python pickle of objects.*never unpickles"):
+        load_state_dict(tmp_path / "evil.pth")
+    assert not marker.exists()
+    assert not [w for w in recwarn if "pickle" in str(w.message).lower()]

@@ -15,6 +15,7 @@ mean/std normalization is its first layer.
 from __future__ import annotations
 
 import logging
+import pickle  # its error type only: nothing is ever unpickled
 import re
 from collections.abc import Callable, Sequence
 from numbers import Integral
@@ -303,8 +304,10 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             import argparse
+            import warnings
 
-            with torch.serialization.safe_globals([argparse.Namespace]):
+            with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's note on a plain pickle's protocol: we say what it is
                 state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a damaged file, or a pickle naming more than tensors (refused by weights_only)
         raise ValueError(_unreadable(path, err)) from None
@@ -339,6 +342,14 @@ def _unreadable(path: Path, err: Exception) -> str:
         return (f"{path} holds a pickled {found.group(1)}, not only tensors; robustlab never unpickles objects "
                 "(loading them runs code). Re-save the weights where the file was made: "
                 "torch.save(model.state_dict(), 'weights.pth') or safetensors.torch.save_file")
+    import zipfile
+
+    with open(path, "rb") as f:
+        plain_pickle = f.read(1) == b"\x80" and not zipfile.is_zipfile(path)
+    if plain_pickle and isinstance(err, pickle.UnpicklingError):  # pickle.dump of objects, not torch.save
+        return (f"{path} is a plain Python pickle of objects, not tensors saved by torch.save or safetensors; "
+                "robustlab never unpickles objects (loading them runs code). Re-save the weights where the file "
+                "was made: torch.save(model.state_dict(), 'weights.pth') or safetensors.torch.save_file")
     if "Weights only load failed" in text:  # torch's own advice is to unpickle it: its cause is what we say
         text = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else ""
     first = next((line.strip() for line in text.strip().splitlines() if line.strip()), "")
