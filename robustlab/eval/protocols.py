@@ -89,10 +89,20 @@ def _positive_int(opts: dict[str, Any], key: str) -> int:
     return v
 
 
+def targeted_steps(opts: Mapping[str, Any]) -> int | None:
+    """The iterations of each targeted stage of resolved options: their
+    ``target_steps``, else ``steps`` × :data:`TARGET_STEPS_FRACTION`; None for
+    a protocol without targeted stages of their own."""
+    if "target_steps" not in opts or not isinstance(opts.get("steps"), int):
+        return None
+    if opts["target_steps"] is None:
+        return max(int(opts["steps"] * TARGET_STEPS_FRACTION), 1)
+    return _positive_int(dict(opts), "target_steps")
+
+
 def _standard(eps: float, opts: dict[str, Any]) -> list[Stage]:
     steps, targets, restarts = (_positive_int(opts, k) for k in ("steps", "targets", "restarts"))
-    t_steps = (max(int(steps * TARGET_STEPS_FRACTION), 1) if opts["target_steps"] is None
-               else _positive_int(opts, "target_steps"))
+    t_steps = targeted_steps(opts)
     stages = []
     for r in range(restarts):
         tag = f" #{r + 1}" if restarts > 1 else ""

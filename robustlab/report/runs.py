@@ -106,7 +106,7 @@ def train_section(res: Mapping[str, Any]) -> Section:
 
 
 def _protocol_meta(res: Mapping[str, Any], first: Mapping[str, Any]) -> list[str]:
-    from robustlab.eval.protocols import describe
+    from robustlab.eval.protocols import describe, targeted_steps
 
     opts = first.get("options") or {}
     protocol = str(res.get("protocol") or first.get("protocol"))
@@ -119,6 +119,9 @@ def _protocol_meta(res: Mapping[str, Any], first: Mapping[str, Any]) -> list[str
             f"protocol {protocol}" + (f": {what}" if what else "")]
     if steps is not None:
         per = " per stage" if isinstance(steps, int) and len(opts.get("stages") or []) > 1 else ""
+        targeted = targeted_steps(opts)
+        if per and targeted is not None and targeted != steps:
+            per += f" ({targeted} per targeted stage)"
         meta.append(steps_text(steps) + per + (f", {opts['restarts']} restart(s)" if "restarts" in opts else ""))
     meta.append(f"n = {res.get('n', first.get('n'))} images of {res.get('data', '?')}")
     return meta
@@ -151,7 +154,7 @@ def robust_sections(res: Mapping[str, Any], run_dir: Path | None) -> list[Sectio
         a = r.get("audit") or {}
         blocks.append(Facts([("max ‖δ‖∞", f"{a.get('linf_max_255', 0):.3g}/255"),
                              ("max ‖δ‖₂", f"{a.get('l2_max', 0):.3g}"), ("NaNs", str(a.get("nan_count"))),
-                             ("pixels", f"[{a.get('pixel_min')}, {a.get('pixel_max')}]"),
+                             ("pixels", f"[{number(a.get('pixel_min'))}, {number(a.get('pixel_max'))}]"),
                              ("within budget", short(a.get("within_budget"))),
                              ("model calls", str(r.get("model_calls", "—"))),
                              ("time", f"{r.get('seconds', 0):.1f} s")]))
@@ -356,7 +359,7 @@ def attack_sections(res: Mapping[str, Any], run_dir: Path | None) -> list[Sectio
                          ("mean ‖δ‖∞", f"{s.get('linf_mean_255', 0):.4g}/255"),
                          ("mean ‖δ‖₂", number(s.get("l2_mean"))), ("max ‖δ‖₂", number(s.get("l2_max"))),
                          ("mean steps", f"{s.get('steps_mean', 0):.1f}"),
-                         ("pixels", f"[{s.get('pixel_min')}, {s.get('pixel_max')}]"),
+                         ("pixels", f"[{number(s.get('pixel_min'))}, {number(s.get('pixel_max'))}]"),
                          ("NaNs", str(s.get("nan_count"))), ("ε violations", str(s.get("eps_violations", "—"))),
                          ("throughput", f"{res.get('images_per_second', 0):.0f} images/s")]))
     if s.get("eps_violations"):

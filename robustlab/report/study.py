@@ -77,10 +77,12 @@ def evaluation_meta(ev: Mapping[str, Any]) -> list[str]:
 
         p = str(o.get("protocol", "standard"))
         try:
-            steps, what = protocols.get(p).resolve(o.get("options")).get("steps"), protocols.describe(p)
+            resolved, what = protocols.get(p).resolve(o.get("options")), protocols.describe(p)
+            steps, targeted = resolved.get("steps"), protocols.targeted_steps(resolved)
         except ValueError:
-            steps, what = None, ""
-        return [budget(pixels(o.get("eps")), str(o.get("norm", "linf"))), steps_text(steps) + " per stage",
+            steps, targeted, what = None, None, ""
+        per = " per stage" + (f" ({targeted} per targeted stage)" if targeted not in (None, steps) else "")
+        return [budget(pixels(o.get("eps")), str(o.get("norm", "linf"))), steps_text(steps) + per,
                 f"protocol {p}: {what}", images]
     if kind == "transfer":
         return [*transfer_meta(list(o.get("attacks") or []), pixels(o.get("eps")), n, ev.get("attack_configs")),

@@ -97,8 +97,8 @@ def eval_results(name: str = "model", n: int = 64) -> dict:
            "protocol": "standard", "per_attack": {"apgd-ce": 0.5, "apgd-margin": 0.45}, "warnings": [],
            "audit": {"linf_max": 8 / 255, "linf_max_255": 8.0, "l2_max": 1.2, "nan_count": 0, "pixel_min": 0.0,
                      "pixel_max": 1.0, "within_budget": True},
-           "seconds": 1.0, "options": {"steps": 100, "targets": 3, "restarts": 1, "stages": ["apgd-ce",
-                                                                                            "apgd-margin"]},
+           "seconds": 1.0, "options": {"steps": 100, "targets": 3, "target_steps": None, "restarts": 1,
+                                       "stages": ["apgd-ce", "apgd-margin"]},
            "fallback": {"used": False, "reason": ""}, "curve": None, "model_calls": 10, "iterations": 10,
            "per_sample": {"clean_correct": [True, True, False, True], "broken_by": ["apgd-ce", None, "clean", None],
                           "broken_at": [12, -1, 0, -1]}}
