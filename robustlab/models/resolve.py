@@ -139,4 +139,12 @@ def resolve_model(spec: str | Path, *, weights: str | Path | None = None, **kwar
     if _builtin(key) is None:
         kwargs.pop("mean", None)
         kwargs.pop("std", None)
-    return create_model(key, weights=weights, **kwargs)
+    try:
+        return create_model(key, weights=weights, **kwargs)
+    except ValueError as err:
+        n = kwargs.get("num_classes")
+        if weights is None or n is None or "mis-shaped" not in str(err):
+            raise
+        raise ValueError(f"{err}. The model was built with {n} outputs, one per class of the data (its class "
+                         f"folders); weights trained on another number of classes need data with that "
+                         "many") from None

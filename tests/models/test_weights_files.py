@@ -123,3 +123,19 @@ def test_a_checkpoint_without_tensors_names_the_keys_it_has(tmp_path):
     torch.save({"epoch": 3, "weights": [1.0, 2.0]}, tmp_path / "odd.pt")
     with pytest.raises(ValueError, match=r"odd.pt does not hold a state dict .*its keys: epoch, weights"):
         rl.models.load_state_dict(tmp_path / "odd.pt")
+
+
+def test_weights_for_another_class_count_say_where_the_model_s_count_came_from(tmp_path):
+    """A 10-class checkpoint on a 3-class folder blamed the weights alone; the model's head size comes from the
+    data's classes, and the message says so."""
+    from safetensors.torch import save_file
+
+    import robustlab as rl
+
+    ten = rl.models.create_model("smallcnn", 10, in_channels=1, width=4)
+    save_file({k: v.contiguous() for k, v in ten.state_dict().items()}, str(tmp_path / "ten.safetensors"))
+    with pytest.raises(ValueError, match="mis-shaped.*built with 3 outputs, one per class of the data"):
+        rl.models.resolve_model("smallcnn", weights=tmp_path / "ten.safetensors", num_classes=3, in_channels=1,
+                                width=4)
+    assert rl.models.resolve_model("smallcnn", weights=tmp_path / "ten.safetensors", num_classes=10,
+                                   in_channels=1, width=4) is not None
