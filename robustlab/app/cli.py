@@ -280,6 +280,7 @@ def _load_data(args: argparse.Namespace, split: str | None = None, limit: int | 
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
+    from robustlab._checks import check_number
     from robustlab._io import pick_device, write_tensors
     from robustlab.app.attack import attack_dataset, format_attack_table
     from robustlab.app.evaluate import check_trained_classes, grayscale_folder
@@ -307,8 +308,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"--{flag.replace('_', '-')} must be a whole number >= 1; got {value!r}")
-    if args.seed is not None and (isinstance(args.seed, bool) or not isinstance(args.seed, int) or args.seed < 0):
-        raise ValueError(f"--seed must be a whole number >= 0; got {args.seed!r}")
+    if args.seed is not None:
+        check_number(args.seed, "--seed", low=0, high=2**63 - 1, integer=True)
     atk = create(args.attack, **attack_kwargs(args))  # bad names/values fail before any loading
     if getattr(args, "resize_back", False):
         if getattr(atk, "diversity", None) is None:

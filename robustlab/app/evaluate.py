@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab._checks import model_channels
+from robustlab._checks import check_number, model_channels
 from robustlab._io import pick_device, write_tensors
 from robustlab._progress import Progress, progress
 from robustlab.app.rundir import RunDir, fingerprint_of, first_free
@@ -91,8 +91,7 @@ class EvalSpec:
                 raise ValueError(f"--{key.replace('_', '-')} must be >= 1; got {v}")
         if self.workers < 0:
             raise ValueError(f"--workers must be >= 0; got {self.workers}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise ValueError(f"--seed must be a whole number in [0, 2**63); got {self.seed!r}")
+        check_number(self.seed, "--seed", low=0, high=2**63 - 1, integer=True)
         if self.weights is not None and len(self.models) > 1:
             raise ValueError("--weights applies to one model; give one --model with it")
         if (self.mean is None) != (self.std is None):

@@ -83,6 +83,7 @@ def check_model_output(model: nn.Module, data: Any, name: str) -> None:
     classes would otherwise train without a word)."""
     from robustlab.data import dataset_info
     from robustlab.data.datasets import to_float
+    from robustlab.eval.evaluate import model_output
 
     classes = dataset_info(data).num_classes
     x = to_float(torch.stack([torch.as_tensor(data[i][0]) for i in range(min(2, len(data)))]))
@@ -90,12 +91,9 @@ def check_model_output(model: nn.Module, data: Any, name: str) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            z = model(x)
-    except torch.OutOfMemoryError:
-        raise
-    except Exception as err:  # the user's network: its error, named, without a traceback
-        raise ValueError(f"config key model.name: {name} fails on the training images (a batch of shape "
-                         f"{tuple(x.shape)}): {type(err).__name__}: {err}") from None
+            z = model_output(model, x)  # what eval and attack say of a model that does not take the images
+    except ValueError as err:
+        raise ValueError(f"config key model.name: {name} on the training images: {err}") from None
     finally:
         model.train(was)
     if not isinstance(z, torch.Tensor) or tuple(z.shape) != (len(x), classes):
