@@ -332,6 +332,10 @@ def _is_state(d: dict[Any, Any]) -> bool:
     return bool(d) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
 
 
+_RESAVE = ("Re-save the weights where the file was made: torch.save(model.state_dict(), 'weights.pth') or "
+           "safetensors.torch.save_file")
+
+
 def _unreadable(path: Path, err: Exception) -> str:
     """The error for a weights file torch or safetensors cannot read: a
     pickled object (a whole model, an optimizer class) is named, with how to
@@ -340,16 +344,14 @@ def _unreadable(path: Path, err: Exception) -> str:
     found = re.search(r"GLOBAL ([\w.]+)", text)
     if found:
         return (f"{path} holds a pickled {found.group(1)}, not only tensors; robustlab never unpickles objects "
-                "(loading them runs code). Re-save the weights where the file was made: "
-                "torch.save(model.state_dict(), 'weights.pth') or safetensors.torch.save_file")
+                f"(loading them runs code). {_RESAVE}")
     import zipfile
 
     with open(path, "rb") as f:
         plain_pickle = f.read(1) == b"\x80" and not zipfile.is_zipfile(path)
     if plain_pickle and isinstance(err, pickle.UnpicklingError):  # pickle.dump of objects, not torch.save
         return (f"{path} is a plain Python pickle of objects, not tensors saved by torch.save or safetensors; "
-                "robustlab never unpickles objects (loading them runs code). Re-save the weights where the file "
-                "was made: torch.save(model.state_dict(), 'weights.pth') or safetensors.torch.save_file")
+                f"robustlab never unpickles objects (loading them runs code). {_RESAVE}")
     if "Weights only load failed" in text:  # torch's own advice is to unpickle it: its cause is what we say
         text = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else ""
     first = next((line.strip() for line in text.strip().splitlines() if line.strip()), "")
