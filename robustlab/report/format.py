@@ -188,6 +188,13 @@ def steps_text(steps: Any) -> str:
     return f"{steps} steps" if steps != 1 else "1 step"
 
 
+def stage_steps_text(steps: Any, targeted: Any = None) -> str:
+    """The steps of a cascade's stages: ``100 steps per stage (50 per targeted
+    stage)``, the parenthesis only where the targeted stages run other counts."""
+    extra = f" ({targeted} per targeted stage)" if targeted not in (None, steps) else ""
+    return steps_text(steps) + " per stage" + extra
+
+
 # ------------------------------------------------------------------ recipes and networks
 
 

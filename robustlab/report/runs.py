@@ -19,6 +19,7 @@ from robustlab.report.format import (
     number,
     recipe_text,
     short,
+    stage_steps_text,
     steps_text,
 )
 from robustlab.units import to_255
@@ -118,11 +119,9 @@ def _protocol_meta(res: Mapping[str, Any], first: Mapping[str, Any]) -> list[str
     meta = [budget(res.get("eps", first.get("eps")), str(res.get("norm") or first.get("norm") or "linf")),
             f"protocol {protocol}" + (f": {what}" if what else "")]
     if steps is not None:
-        per = " per stage" if isinstance(steps, int) and len(opts.get("stages") or []) > 1 else ""
-        targeted = targeted_steps(opts)
-        if per and targeted is not None and targeted != steps:
-            per += f" ({targeted} per targeted stage)"
-        meta.append(steps_text(steps) + per + (f", {opts['restarts']} restart(s)" if "restarts" in opts else ""))
+        staged = isinstance(steps, int) and len(opts.get("stages") or []) > 1
+        text = stage_steps_text(steps, targeted_steps(opts)) if staged else steps_text(steps)
+        meta.append(text + (f", {opts['restarts']} restart(s)" if "restarts" in opts else ""))
     meta.append(f"n = {res.get('n', first.get('n'))} images of {res.get('data', '?')}")
     return meta
 

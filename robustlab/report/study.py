@@ -19,6 +19,7 @@ from robustlab.report.format import (
     pixels,
     recipe_text,
     short,
+    stage_steps_text,
     steps_text,
     table_rows,
 )
@@ -81,8 +82,7 @@ def evaluation_meta(ev: Mapping[str, Any]) -> list[str]:
             steps, targeted = resolved.get("steps"), protocols.targeted_steps(resolved)
         except ValueError:
             steps, targeted, what = None, None, ""
-        per = " per stage" + (f" ({targeted} per targeted stage)" if targeted not in (None, steps) else "")
-        return [budget(pixels(o.get("eps")), str(o.get("norm", "linf"))), steps_text(steps) + per,
+        return [budget(pixels(o.get("eps")), str(o.get("norm", "linf"))), stage_steps_text(steps, targeted),
                 f"protocol {p}: {what}", images]
     if kind == "transfer":
         return [*transfer_meta(list(o.get("attacks") or []), pixels(o.get("eps")), n, ev.get("attack_configs")),
