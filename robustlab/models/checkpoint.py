@@ -214,6 +214,12 @@ def _read_meta(meta_path: Path) -> ModelInfo:
         _check_dense_spec(spec, meta_path)
         return ModelInfo(KIND_OF_TASK[spec["task"]], spec, None, meta)
     spec = doc.get("spec")
+    if spec is None and "kind" in doc and doc["kind"] is None and "sha256" in doc:  # save_weights' output
+        weights = meta_path.parent / WEIGHTS
+        raise ValueError(f"{meta_path} holds the weights of your own network (saved by save_weights), not a model "
+                         f"robustlab can rebuild: build the network yourself and load them with "
+                         f"model.load_state_dict(robustlab.models.load_state_dict('{weights}')); on the CLI, "
+                         f"--model file.py:factory --weights {weights}")
     if spec is None:
         raise ValueError(f"{meta_path} describes no robustlab model spec (a model not made by create_model, or "
                          f"exported by another tool); load_model expects {_EXPECTED}")

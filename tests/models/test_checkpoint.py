@@ -18,6 +18,7 @@ from robustlab.models import (
     save_weights,
 )
 from robustlab.models.checkpoint import META, WEIGHTS
+from robustlab.models.factory import load_state_dict as rl_load_state_dict
 
 DENSE = {"segmentation": {"task": "segmentation", "num_classes": 3, "width": 2},
          "detection": {"task": "detection", "num_classes": 3, "width": 2}}
@@ -152,5 +153,9 @@ def test_weights_of_a_foreign_model_are_saved_but_not_rebuilt(tmp_path):
     doc = json.loads((d / META).read_text())
     assert doc["kind"] is None and doc["spec"] is None and doc["meta"] == {"steps": 3}
     assert doc["sha256"] == hashlib.sha256((d / WEIGHTS).read_bytes()).hexdigest()
-    with pytest.raises(ValueError, match="no robustlab model spec"):
+    with pytest.raises(ValueError, match=r"weights of your own network .*\.load_state_dict\('.*model.safetensors'\)"):
         load_model(d)
+    # the advice works: the state dict it names loads into the same architecture
+    other = torch.nn.Linear(3, 2)
+    other.load_state_dict(rl_load_state_dict(d / WEIGHTS))
+    assert torch.equal(other.weight, model.weight)
