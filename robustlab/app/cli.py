@@ -75,7 +75,8 @@ def _add_data_options(p: argparse.ArgumentParser, default: str | None = None) ->
                    + (" (required)" if default is None else ""))
     g.add_argument("--split", default="test", choices=("train", "test"), help="dataset split")
     g.add_argument("--data-dir", help="where dataset files are looked for first")
-    g.add_argument("--limit", type=int, help="use the first N samples (default: all)")
+    g.add_argument("--limit", type=int, help="use N samples (default: all): a built-in set's first N, an "
+                   "imagefolder's every k-th image (all classes)")
     g.add_argument("--image-size", type=int, help="resize images (and imagefolder crop size; default: as stored)")
     g.add_argument("--batch-size", type=int, default=128, help="images per batch")
     g.add_argument("--no-download", action="store_true", help="never download missing data")
@@ -183,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--norm", default="linf", choices=("linf", "l2"), help="threat model")
     ev.add_argument("--fallback", choices=("auto", "on", "off"), default="auto",
                     help="gradient-free Square Attack: auto = when the masking checklist flags the model")
-    ev.add_argument("--limit", type=int, help="evaluate the first N test images (default: all)")
+    ev.add_argument("--limit", type=int, help="evaluate N test images (default: all): a built-in set's first N, "
+                    "an imagefolder's every k-th image (all classes)")
     ev.add_argument("--batch-size", type=int, default=250, help="images attacked at once (the largest model call)")
     ev.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     ev.add_argument("--route", help="mixture-BN route to evaluate through")

@@ -39,9 +39,9 @@ class DataConfig:
 
     name: str = "fashion_mnist"
     data_dir: str | None = None
-    limit: int | None = None          # training images (first N)
+    limit: int | None = None          # training images (first N; a folder: every k-th)
     eval_split: str = "test"
-    eval_limit: int | None = 1000     # evaluation images (first N)
+    eval_limit: int | None = 1000     # evaluation images (first N; a folder: every k-th)
     size: int | None = None
     channels: int | None = None
     augment: str | None = None        # none | flip_crop | random_resized_crop | autoaugment; None: the
