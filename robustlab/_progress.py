@@ -114,6 +114,17 @@ class Progress:
                 self.mark, self.last = mark, now
                 logger.info(self.line())
 
+    def skip(self, n: int) -> None:
+        """``n`` more units found done before this loop began (a resumed
+        evaluation's saved samples): counted, but not in the rate."""
+        self.n += n
+        self.initial += n
+        self.mark = self._fraction_mark()
+        if self.mode == "bar":
+            self._bar.initial += n
+            self._bar.n += n
+            self._bar.refresh()
+
     def set_postfix(self, **values: Any) -> None:
         """Figures shown after the counts (``loss=0.41``), until replaced."""
         self.postfix = dict(values)

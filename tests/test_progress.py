@@ -92,6 +92,18 @@ def test_resumed_loop_counts_its_rate_from_where_it_started(records, clock):
     assert records == ["train: 10/10 steps (100%) in 4.0 s, 1.0 step/s"]
 
 
+def test_units_found_done_count_but_not_in_the_rate(records, clock):
+    with progress(10, "eval m", "sample", stream=io.StringIO()) as bar:
+        bar.skip(6)  # a resumed evaluation's saved samples
+        clock.now += 4
+        bar.update(4)
+    assert records == ["eval m: 10/10 samples (100%) in 4.0 s, 1.0 sample/s"]
+    term = _Terminal()
+    with progress(10, "eval m", "sample", stream=term) as bar:
+        bar.skip(10)
+    assert "10/10" in term.getvalue()
+
+
 def test_a_terminal_gets_a_tqdm_bar_and_the_log_only_the_closing_line(records):
     term = _Terminal()
     with progress(5, "train x", "step", stream=term) as bar:

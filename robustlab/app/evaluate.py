@@ -165,6 +165,8 @@ class SamplesDone:
         self.bar = bar
 
     def __call__(self, d: dict[str, Any]) -> None:
+        if d.get("resumed", 0) > self.bar.initial:  # the samples a saved state already holds: done, not timed
+            self.bar.skip(d["resumed"] - self.bar.initial)
         if self.bar.total:
             self.bar.estimate(work_done(d, self.bar.total))
         self.bar.set_postfix(active=d["active"], calls=d["calls"])

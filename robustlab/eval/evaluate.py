@@ -650,6 +650,15 @@ def _stream(feed: _Feeder, casc: Cascade, chunks: Iterator[tuple[int, Tensor, Te
     cascade, report progress and save the state every 30 s."""
     device = feed.device
     exhausted, last_save = False, time.perf_counter()
+
+    def report() -> None:
+        if progress is not None:
+            progress({"done": len(feed.tally.index), "active": len(casc.pool), "calls": casc.calls,
+                      "waiting": feed.waiting, "resumed": resumed, "evaluations": casc.iterations,
+                      "evaluations_left": casc.evaluations_left()})
+
+    if resumed:  # the saved samples count as done from the start (all of them, for a finished evaluation)
+        report()
     while True:
         while not exhausted and feed.waiting < casc.free:  # read no further than the free slots need
             nxt = next(chunks, None)
@@ -662,10 +671,7 @@ def _stream(feed: _Feeder, casc: Cascade, chunks: Iterator[tuple[int, Tensor, Te
         out = casc.step()
         if out is not None:
             feed.absorb(out)
-        if progress is not None:  # after every step: a long attack (2000 iterations) shows its calls growing
-            progress({"done": len(feed.tally.index), "active": len(casc.pool), "calls": casc.calls,
-                      "waiting": feed.waiting, "resumed": resumed, "evaluations": casc.iterations,
-                      "evaluations_left": casc.evaluations_left()})
+        report()  # after every step: a long attack (2000 iterations) shows its calls growing
         if out is not None and state is not None and time.perf_counter() - last_save > 30:
             _save_state(state, fp, feed.tally)
             last_save = time.perf_counter()

@@ -351,9 +351,11 @@ def test_resume_from_a_state_file(linear, digits, tmp_path):
     saved = json.loads(state.read_text())
     assert sorted(saved["tally"]["index"]) == list(range(360))
 
-    model = Counting(linear)
-    again = rl.eval.evaluate(model, (x, y), state=state, **kw)
+    model, seen = Counting(linear), []
+    again = rl.eval.evaluate(model, (x, y), state=state, progress=seen.append, **kw)
     _same(full, again)
+    # a finished evaluation says so: all 360 samples done from the saved state, none attacked here
+    assert seen and seen[-1]["done"] == seen[-1]["resumed"] == 360 and seen[-1]["active"] == 0
     assert again.audit == full.audit
     assert len(model.sizes) <= 3 < full_calls  # only the first batch's clean checks
 
