@@ -115,7 +115,7 @@ def test_demo_runs_on_digits(tmp_path, capsys):
     rc = main(["demo", "--data", "digits", "--out", str(tmp_path / "demo"), "--limit", "128"])
     assert rc == 0
     text = capsys.readouterr().out
-    for name in ("fgsm", "mdi2fgsm", "pgd-es", "transfer_acc_B"):
+    for name in ("fgsm", "mdi2fgsm", "pgd-es", "B %", "success %"):
         assert name in text
     res = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert len(res["records"]) == 9

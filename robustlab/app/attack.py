@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -48,7 +48,7 @@ def attack_dataset(
                                               kept if room else None, room)
             seconds, right, seen = seconds + took, right + still_right, seen + len(y)
             bar.update(len(y))
-            bar.set_postfix(adv_acc=f"{right / max(bar.n, 1):.3f}")
+            bar.set_postfix(adv_acc=f"{100 * right / max(bar.n, 1):.1f}%")
     record = _record(attack, parts, seconds, keep_examples)
     if examples and kept["clean"]:
         record["examples"] = {k: torch.cat(v) for k, v in kept.items()}
@@ -108,16 +108,24 @@ def _record(attack: Attack, parts: dict[str, list[Tensor]], seconds: float, keep
     return record
 
 
-def format_attack_table(records: Sequence[dict[str, Any]], extra: Sequence[str] = ()) -> str:
-    cols = ["attack", "clean_acc", "adv_acc", "success", "linf_255", "l2", "steps", "img/s", *extra]
+def format_attack_table(records: Sequence[dict[str, Any]], extra: Mapping[str, str] | None = None) -> str:
+    """The terminal table of attack runs, in percentages as ``robustlab eval``
+    prints them. ``success`` counts the images the model classified right
+    before the attack (an image already misclassified is no success of the
+    attack's); ``extra`` maps a column's heading to a record's key holding an
+    accuracy (0-1), printed as a percentage too. A legend follows the table."""
+    extra = dict(extra or {})
+    cols = ["attack", "n", "clean %", "adv %", "success %", "max L∞/255", "mean L2", "steps", "img/s", *extra]
     rows = []
     for r in records:
-        s = r["summary"]
-        row = [r["attack"]["name"], f"{r['clean_accuracy']:.3f}", f"{r['adversarial_accuracy']:.3f}",
-               f"{s['success_rate']:.3f}", f"{s['linf_max_255']:.2f}", f"{s['l2_mean']:.3f}",
-               f"{s['steps_mean']:.1f}", f"{r['images_per_second']:.0f}"]
-        row += [str(r.get(k, "")) for k in extra]
+        s, right = r["summary"], r.get("success_rate_on_correct")
+        row = [r["attack"]["name"], str(r["n"]), f"{100 * r['clean_accuracy']:.1f}",
+               f"{100 * r['adversarial_accuracy']:.1f}", "—" if right is None else f"{100 * right:.1f}",
+               f"{s['linf_max_255']:.2f}", f"{s['l2_mean']:.3f}", f"{s['steps_mean']:.1f}",
+               f"{r['images_per_second']:.0f}"]
+        row += [f"{100 * r[k]:.1f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in extra.values()]
         rows.append(row)
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+    legend = "success %: of the images right before the attack, the share it fooled (targeted: sent to the target)"
+    return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in rows), legend])

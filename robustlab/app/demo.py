@@ -82,8 +82,8 @@ def _run(args: argparse.Namespace, run: RunDir, eps: float, device: torch.device
                      data_name, time.perf_counter() - start)
     x, y = test.batch(slice(None))
     x, y = x.to(device), y.to(device)
-    clean = (f"clean accuracy on {len(y)} test images: A {accuracy(models['A'], x, y):.3f}, "
-             f"B {accuracy(models['B'], x, y):.3f}; ε = {to_255(eps):g}/255")
+    clean = (f"clean accuracy on {len(y)} test images: A {100 * accuracy(models['A'], x, y):.1f}%, "
+             f"B {100 * accuracy(models['B'], x, y):.1f}%; ε = {to_255(eps):g}/255")
     records = []
     for name, kw in _attacks(eps):
         _logger.info("attack %s %s", name, kw)
@@ -91,11 +91,11 @@ def _run(args: argparse.Namespace, run: RunDir, eps: float, device: torch.device
         rec = attack_dataset(atk, models["A"], make_loader(test, args.batch_size), device=device,
                              progress=False)
         x_adv = rec.pop("tensors")["x_adv"].to(device)
-        rec["transfer_acc_B"] = f"{accuracy(models['B'], x_adv, y):.3f}"
+        rec["transfer_acc_B"] = float(accuracy(models["B"], x_adv, y))
         label = atk.name + ("-es" if kw.get("early_stop") else "") + ("-tgt" if kw.get("targeted") else "")
         rec["attack"]["name"] = label
         records.append(rec)
     run.finish({"data": data_name, "eps_255": to_255(eps), "records": records}, report=False)
-    return "\n".join([clean, "", format_attack_table(records, extra=["transfer_acc_B"]), "",
-                      "adv_acc: model A's accuracy under the attack (white-box); transfer_acc_B: model B's",
-                      "accuracy on the same images (black-box). Results:", str(out / "results.json")])
+    return "\n".join([clean, "", format_attack_table(records, extra={"B %": "transfer_acc_B"}), "",
+                      "adv %: model A's accuracy under the attack (white-box); B %: model B's accuracy on the",
+                      "same images (black-box transfer). Results:", str(out / "results.json")])
