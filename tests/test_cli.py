@@ -33,7 +33,13 @@ def test_attack_writes_results_and_examples(tmp_path, checkpoint, capsys):
     t = load_file(str(out / "adversarial.safetensors"))
     assert t["x_adv"].shape == (100, 1, 8, 8)
     assert t["success"].float().mean().item() == pytest.approx(s["success_rate"])
-    assert "pgd" in capsys.readouterr().out
+    table = capsys.readouterr().out.splitlines()
+    row = next(line.split() for line in table if line.split()[:1] == ["pgd"])
+    # percentages as eval prints them; success over the images right before the attack, not all of them
+    assert row[1:5] == ["100", f"{100 * res['clean_accuracy']:.1f}", f"{100 * res['adversarial_accuracy']:.1f}",
+                        f"{100 * res['success_rate_on_correct']:.1f}"]
+    assert all(len(line) <= 100 for line in table)
+    assert res["clean_accuracy"] == 1 or res["success_rate_on_correct"] != s["success_rate"]  # the two differ
     import yaml
 
     config = yaml.safe_load((out / "config.yaml").read_text())  # what ran, as train and eval runs record it
