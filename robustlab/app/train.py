@@ -418,6 +418,9 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
     try:
         evaluate = make_evaluate(cfg, recipe, device, test) if main else None
         result = fit(model, train_set, recipe, options=cfg.train, out=run_dir, resume=resume, evaluate=evaluate)
+        if evaluate is not None and changed and result.resumed_from == result.steps and any(
+                k.startswith("eval.") for k in changed):  # a finished run, evaluated again as eval.* now says
+            _reevaluate(result, evaluate(result.model))
         results = {
             "kind": "train", "run_dir": str(run_dir), "recipe": recipe.config(), "config": cfg.to_dict(),
             "steps": result.steps, "train_seconds": round(result.seconds, 3),
@@ -437,6 +440,20 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
         if main:
             run.close()
     return results
+
+
+def _reevaluate(result: Any, metrics: dict[str, Any]) -> None:
+    """A finished run re-run with other ``eval.*`` options: its last epoch's
+    evaluation figures are replaced by the new ones (the same model, measured
+    as the config now says; run.json records the change), so the old figures
+    are not reported under the new options."""
+    if not result.history:
+        return
+    last = result.history[-1]
+    kept = {k: v for k, v in last.items() if k in ("kind", "epoch", "step", "train_seconds") or k.startswith("train_")}
+    result.history[-1] = {**kept, **metrics}
+    _logger.info("evaluated again with the new eval.* options: %s",
+                 ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
 
 
 def format_train_summary(results: dict[str, Any]) -> str:

@@ -224,3 +224,22 @@ def test_another_network_on_the_command_line_drops_only_the_configs_options_for_
     assert kept.model.options["width"] == 4  # given on the command line: kept (and refused when built)
     same, _ = load_config("train_sat", ["model.name=smallcnn"])
     assert same.model.options["width"] == 16
+
+
+def test_a_finished_run_rerun_with_other_eval_options_reports_the_new_figures(tmp_path, capsys):
+    """Only eval.* changed on a finished run: nothing is trained again, and the figures are measured as the
+    config now says (they kept the old attack's under the new config)."""
+    out = tmp_path / "run"
+    args = ["train", str(VANILLA), *TINY, "eval.attack=null", "--out", str(out)]
+    assert main(args) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert "pgd_acc" not in first["final"]
+    weights = (out / "model.safetensors").read_bytes()
+    assert main([*args, "eval.attack=pgd"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["resumed_from_step"] == res["steps"] == first["steps"]  # not trained again
+    assert (out / "model.safetensors").read_bytes() == weights
+    final = res["final"]
+    assert final["pgd_n"] == 32 and 0 <= final["pgd_acc"] <= final["clean_acc"]
+    assert final["train_loss"] == first["final"]["train_loss"] and res["history"][-1] == final
+    assert yaml.safe_load((out / "config.yaml").read_text())["eval"]["attack"] == "pgd"
