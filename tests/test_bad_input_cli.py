@@ -333,6 +333,24 @@ def test_a_global_batch_that_processes_cannot_share_is_refused_before_work(tmp_p
     assert not out.exists()
 
 
+def test_under_torchrun_a_config_error_is_said_by_rank_0_alone(tmp_path, monkeypatch, capsys):
+    """Every rank checks the config and fails alike: one message, not one per process. An error after a rank
+    joined the process group may be its own, so it is said with the rank."""
+    from robustlab.train import distributed
+
+    out = tmp_path / "run"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, said in (("0", True), ("1", False)):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["train", _yaml(tmp_path, TINY_TRAIN), "train.batch_size=7", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert ("must be divisible by the number of processes (2)" in err) is said and "Traceback" not in err
+    monkeypatch.setattr(distributed, "joined", True)
+    assert main(["train", _yaml(tmp_path, TINY_TRAIN), "train.batch_size=7", "--out", str(out)]) == 2
+    assert "robustlab train: error (rank 1): config key train.batch_size" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     import robustlab.app.cli as cli
 

@@ -522,6 +522,24 @@ def _log_to_stderr(level: int) -> Callable[[], None]:
     return undo
 
 
+def _say_error(command: str, text: str) -> None:
+    """``robustlab COMMAND: error: TEXT`` on stderr. Under torchrun the other
+    ranks say it only once they have joined the process group (then naming
+    their rank): before that it is the config's own check, failing alike on
+    every rank, and rank 0 alone says it instead of every process repeating it."""
+    try:
+        rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except ValueError:  # not torchrun's numbers: said as on one process
+        rank = 0
+    if rank:
+        distributed = sys.modules.get("robustlab.train.distributed")
+        if not getattr(distributed, "joined", False):
+            return
+        print(f"robustlab {command}: error (rank {rank}): {text}", file=sys.stderr)
+        return
+    print(f"robustlab {command}: error: {text}", file=sys.stderr)
+
+
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace) -> int:
     commands = {"attack": cmd_attack, "list": cmd_list, "train": cmd_train, "eval": cmd_eval, "report": cmd_report,
                 "study": cmd_study}
@@ -546,14 +564,14 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argp
         text = str(err)
         if "Original Traceback" in text:  # raised in a DataLoader worker: its own message is the last line
             text = text.strip().splitlines()[-1].split(": ", 1)[-1]
-        print(f"robustlab {args.command}: error: {text}", file=sys.stderr)
+        _say_error(args.command, text)
         return 2
     except (PermissionError, NotADirectoryError, IsADirectoryError) as err:  # an --out it cannot write, ...
         where = f" {err.filename}" if err.filename else ""
-        print(f"robustlab {args.command}: error: cannot use{where}: {err.strerror or err}", file=sys.stderr)
+        _say_error(args.command, f"cannot use{where}: {err.strerror or err}")
         return 2
     except FloatingPointError as err:  # a run that diverged: said plainly (its checkpoints stay), exit 1
-        print(f"robustlab {args.command}: error: {err}", file=sys.stderr)
+        _say_error(args.command, str(err))
         return 1
     except KeyboardInterrupt:  # Ctrl-C: what was saved stays (checkpoints, an evaluation's state)
         print(f"robustlab {args.command}: interrupted; the same command continues from what was saved",

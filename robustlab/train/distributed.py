@@ -56,6 +56,13 @@ class Dist:
         return self.launched
 
 
+#: True once this process has joined a torchrun process group: the command
+#: line then says an error on every rank (it may be this rank's alone), while
+#: an error before it (the config's checks, the same on every rank) is said
+#: by rank 0 only.
+joined = False
+
+
 def setup(device: str = "auto") -> Dist:
     """Join the process group ``torchrun`` describes (if any) and pick this
     process's device: ``cuda:LOCAL_RANK`` on GPUs. Under torchrun the model is
@@ -69,6 +76,8 @@ def setup(device: str = "auto") -> Dist:
     if dev.type == "cuda":
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
+    global joined
+    joined = True
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
         _logger.info("process group: backend %s, rank %d of %d on %s", dist.get_backend(), rank, world, dev)
