@@ -26,7 +26,7 @@ from robustlab.data.folder import spread_indices
 from robustlab.data.info import class_difference
 from robustlab.nn.norm import route, route_names
 from robustlab.train import fit, recipes, sinks
-from robustlab.units import from_255, parse_budget
+from robustlab.units import from_255, parse_budget, to_255
 
 _logger = logging.getLogger(__name__)
 
@@ -304,6 +304,30 @@ def _check_resume(cfg: RunConfig, run_dir: Path) -> RunConfig | None:
     return old
 
 
+def config_warnings(cfg: RunConfig, recipe: recipes.Recipe) -> list[str]:
+    """What a valid config may still not mean: an attacker that cannot reach
+    the edge of its ε-ball (``steps × step_size < eps`` from the clean image:
+    a weaker adversary than the budget says), and step-schedule milestones
+    past the last epoch (the learning rate never decays there: fine for a
+    short trial of a long config, worth a word)."""
+    out = []
+    atk = getattr(recipe, "attack", None)
+    steps, alpha, eps = (getattr(atk, k, None) for k in ("steps", "step_size", "eps"))
+    if all(isinstance(v, (int, float)) for v in (steps, alpha, eps)) and steps * alpha < eps * (1 - 1e-6):
+        linf = getattr(getattr(atk, "threat", None), "name", "linf") == "linf"
+        say = (lambda v: f"{to_255(v):.4g}/255") if linf else (lambda v: f"{v:.4g}")  # noqa: E731
+        out.append(f"config keys recipe.steps × recipe.step_size: the attacker moves at most {steps} × "
+                   f"{say(alpha)} = {say(steps * alpha)} from the clean image, less than ε = {say(eps)}: it never "
+                   f"reaches the budget's edge (raise steps or step_size)")
+    t = cfg.train
+    late = [m for m in t.milestones if m >= t.epochs]
+    if t.schedule == "step" and late:
+        out.append(f"config key train.milestones: {', '.join(f'{m:g}' for m in late)} "
+                   f"{'is' if len(late) == 1 else 'are'} at or past train.epochs ({t.epochs}): the learning rate "
+                   f"is not divided there")
+    return out
+
+
 def checked_recipe(cfg: RunConfig) -> recipes.Recipe:
     """The run's recipe, after its evaluation options, device and log sinks are
     checked (a missing tensorboard too): what fails before any folder or training."""
@@ -388,6 +412,8 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
         raise ValueError(f"config key train.batch_size ({cfg.train.batch_size}) must be divisible by the number of "
                          f"processes ({world}): it is the global batch, split evenly over them")
     main = int(os.environ.get("RANK", "0")) == 0
+    for warning in config_warnings(cfg, recipe) if main else ():
+        _logger.warning(warning)
     out = default_path(out, f"train-{recipe.name}")
     old = _check_resume(cfg, out) if resume else None  # --resume: names the keys that would change the run
     run = RunDir(out, "train", fingerprint_of(identity(cfg)), writer=main)  # another run there: refused now

@@ -182,6 +182,10 @@ def fit(
                            seed=opts.seed, workers=opts.workers, settings=settings, device=info.device)
     x0, y0 = batches.first()
     check_batch(to_pixels(x0), {"y": y0})  # pixels in [0, 1], integer labels: refused before any work
+    left = len(dataset) - batches.steps_per_epoch * opts.batch_size
+    if left and info.is_main:  # every step has the whole global batch (the LR scaling rule, DDP's equal split)
+        _logger.info("an epoch is %d steps of %d images: %d images sit out each epoch (another random %d each "
+                     "time)", batches.steps_per_epoch, opts.batch_size, left, left)
     run_dir = Path(out) if out is not None else None
     if run_dir is not None and info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

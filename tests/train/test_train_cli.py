@@ -243,3 +243,26 @@ def test_a_finished_run_rerun_with_other_eval_options_reports_the_new_figures(tm
     assert final["pgd_n"] == 32 and 0 <= final["pgd_acc"] <= final["clean_acc"]
     assert final["train_loss"] == first["final"]["train_loss"] and res["history"][-1] == final
     assert yaml.safe_load((out / "config.yaml").read_text())["eval"]["attack"] == "pgd"
+
+
+def test_configs_that_mean_less_than_they_say_are_warned_before_work(tmp_path, caplog):
+    """A valid config can still be weaker than it reads: an attacker whose steps × α falls short of ε, and
+    step milestones past the last epoch. Both are said (and the shipped configs say neither)."""
+    from robustlab.app.train import build_recipe, config_warnings
+
+    cfg, _ = load_config(Path(__file__).resolve().parents[2] / "configs" / "train_madry.yaml",
+                         ["recipe.steps=2", "recipe.step_size=4", "train.epochs=2", "train.milestones=[1, 2, 5]"])
+    said = config_warnings(cfg, build_recipe(cfg))
+    assert len(said) == 2
+    assert "moves at most 2 × 4/255 = 8/255 from the clean image, less than ε" in said[0]
+    assert "train.milestones: 2, 5 are at or past train.epochs (2)" in said[1]
+    for path in CONFIGS:
+        shipped, _ = load_config(path)
+        assert config_warnings(shipped, build_recipe(shipped)) == [], path.name
+    out = tmp_path / "run"
+    with caplog.at_level("INFO", logger="robustlab"):
+        assert main(["train", str(VANILLA), *TINY, "data.limit=200", "eval.attack=null", "train.milestones=[3]",
+                     "--out", str(out)]) == 0
+    text = caplog.text
+    assert "train.milestones: 3 is at or past train.epochs (1)" in text
+    assert "an epoch is 3 steps of 64 images: 8 images sit out each epoch" in text
