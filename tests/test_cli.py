@@ -103,6 +103,9 @@ def test_attack_writes_a_report_with_its_grid_and_numbers(tmp_path, checkpoint, 
     (["--eps", "-3"], "--eps must be finite and >= 0"),
     (["--eps", "abc"], "--eps must be a number"),
     (["--attack", "fgsm", "--steps", "3"], "fgsm is a single step"),
+    (["--attack", "cw", "--norm", "l2"], "--norm does not apply to cw (C&W bounds no ε"),
+    (["--attack", "cw", "--eps", "8"], "--eps does not apply to cw"),  # the API ignores it; the CLI says so
+    (["--attack", "fgsm", "--confidence", "3", "--lr", "0.1"], "--confidence, --lr do not apply to fgsm"),
 ])
 def test_attack_bad_arguments(tmp_path, checkpoint, capsys, argv, match):
     out = tmp_path / "run"
@@ -110,6 +113,20 @@ def test_attack_bad_arguments(tmp_path, checkpoint, capsys, argv, match):
     assert rc == 2
     assert match in capsys.readouterr().err
     assert not out.exists()  # nothing half-written
+
+
+def test_an_unbounded_attack_says_so_in_the_table_and_the_report(tmp_path, checkpoint, capsys):
+    """GD (§7.5.4) drops PGD's projection: its accuracy is no robust accuracy at its ε."""
+    out = tmp_path / "gd"
+    assert main(["attack", "--model", str(checkpoint), "--data", "digits", "--limit", "32", "--attack", "gd",
+                 "--steps", "3", "--out", str(out)]) == 0
+    assert "gd is not ε-bounded" in capsys.readouterr().out
+    page = (out / "report.html").read_text()
+    assert "bounds the random start only (no projection)" in page and "this attack is not ε-bounded" in page
+    pgd = tmp_path / "pgd"
+    assert main(["attack", "--model", str(checkpoint), "--data", "digits", "--limit", "32", "--steps", "3",
+                 "--out", str(pgd)]) == 0
+    assert "not ε-bounded" not in capsys.readouterr().out + (pgd / "report.html").read_text()
 
 
 def test_attack_missing_model(tmp_path, capsys):

@@ -273,6 +273,25 @@ def attack_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
+def _checked_attack_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`attack_kwargs`, refusing the flags the attack does not take by
+    their names (``--norm does not apply to cw``), not as unknown keywords."""
+    from robustlab.attacks.presets import accepted_options, canonical_name
+
+    kw = attack_kwargs(args)
+    name = canonical_name(args.attack)
+    # cw and dcw take eps in the API (a study loops over attacks with one ε) and ignore it: refused here
+    allowed = accepted_options(name) - ({"eps"} if name in ("cw", "dcw") else set())
+    foreign = sorted(set(kw) - allowed)
+    if foreign:
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        takes = sorted("--" + k.replace("_", "-") for k in allowed & set(_ATTACK_FLAGS))
+        why = " (C&W bounds no ε and no norm but L2: it minimizes ‖δ‖₂)" if name in ("cw", "dcw") else ""
+        raise ValueError(f"{flags} {'does' if len(foreign) == 1 else 'do'} not apply to {args.attack}{why}; "
+                         f"its flags: {', '.join(takes)}")
+    return kw
+
+
 def _load_data(args: argparse.Namespace, split: str | None = None, limit: int | None = None,  # noqa: ANN202
                channels: int | None = None):
     from robustlab.data import load_dataset
@@ -312,7 +331,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
             raise ValueError(f"--{flag.replace('_', '-')} must be a whole number >= 1; got {value!r}")
     if args.seed is not None:
         check_number(args.seed, "--seed", low=0, high=2**63 - 1, integer=True)
-    atk = create(args.attack, **attack_kwargs(args))  # bad names/values fail before any loading
+    atk = create(args.attack, **_checked_attack_flags(args))  # bad names/values fail before any loading
     if getattr(args, "resize_back", False):
         if getattr(atk, "diversity", None) is None:
             raise ValueError(f"--resize-back applies to an attack with input diversity (di2fgsm, mdi2fgsm, dcw, or "
@@ -350,6 +369,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from robustlab.app.summary import path_lines
 
     print(format_attack_table([record]))
+    if getattr(atk, "project", True) is False or not hasattr(atk, "threat"):  # GD (§7.5.4), C&W
+        print(f"{args.attack} is not ε-bounded: its adv % is no robust accuracy; compare the perturbation sizes")
     print("\n".join(path_lines("wrote", run.path / "results.json", indent="")
                     + path_lines("report", done["report"], indent="")))
     return 0

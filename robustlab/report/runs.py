@@ -333,7 +333,12 @@ def attack_sections(res: Mapping[str, Any], run_dir: Path | None) -> list[Sectio
     n = int(res.get("n") or 0)
     s = res.get("summary") or {}
     norm = str(a.get("norm") or "linf")
-    meta = [f"{attack_label(a.get('name', '?'))}", budget(a.get("eps"), norm)]
+    unbounded = a.get("project") is False or "eps" not in a  # GD (§7.5.4), C&W: no ε-ball caps their images
+    if "eps" not in a:
+        meta = [f"{attack_label(a.get('name', '?'))}", "no ε-ball: it minimizes ‖δ‖₂ (sizes below)"]
+    else:
+        meta = [f"{attack_label(a.get('name', '?'))}", budget(a.get("eps"), norm)
+                + (" bounds the random start only (no projection)" if a.get("project") is False else "")]
     if a.get("step_size") is not None:
         meta.append(budget(a["step_size"], norm, "α"))
     meta.append(steps_text(a.get("steps")))
@@ -363,6 +368,9 @@ def attack_sections(res: Mapping[str, Any], run_dir: Path | None) -> list[Sectio
                          ("throughput", f"{res.get('images_per_second', 0):.0f} images/s")]))
     if s.get("eps_violations"):
         blocks.append(Note(f"{s['eps_violations']} adversarial images leave the ε-ball", "warn"))
+    if unbounded:
+        blocks.append(Note("this attack is not ε-bounded: its accuracy is not a robust accuracy at any budget; "
+                           "compare it by the perturbation sizes it needed", "info"))
     grid = attack_examples(run_dir, res)
     if grid is not None:
         blocks.append(grid)
