@@ -195,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--targeted", action="store_true", help="whitebox: also the targeted curve (random target, §6.3)")
     ev.add_argument("--restarts", type=int,
                     help=f"whitebox: random restarts (default: {WHITEBOX_DEFAULTS['restarts']})")
+    ev.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a robust protocol's option, repeatable: --option steps=20 --option queries=1000 "
+                    "(standard: steps, targets, target_steps, restarts, queries, p_init; thesis: steps, "
+                    "step_size, queries, p_init; quick: steps, step_size, targeted, queries, p_init)")
     ev.add_argument("--seed", type=int, default=0, help="seed of every random start and target")
     ev.add_argument("--out", help="run directory (default RUN_DIR/eval-PROTOCOL for a run directory, "
                     "RUN_DIR/eval-PROTOCOL-2 … when that one holds an evaluation with other options; else "
@@ -423,6 +427,25 @@ def _floats(text: str | None, flag: str) -> list[float] | None:
         raise ValueError(f"{flag} must be comma-separated numbers (e.g. 0.485,0.456,0.406); got {text!r}") from None
 
 
+def _protocol_options(items: Sequence[str], norm: str) -> dict[str, Any]:
+    """``--option KEY=VALUE`` as a protocol's options: values read as YAML
+    (``20``, ``true``), a step size as a budget (``2/255``, ``0.5px``)."""
+    from robustlab.app.config import parse_value
+    from robustlab.units import parse_budget
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key or not value.strip():
+            raise ValueError(f"--option must be KEY=VALUE (e.g. --option steps=20); got {item!r}")
+        if key in options:
+            raise ValueError(f"--option {key} is given twice")
+        options[key] = (parse_budget(value.strip(), f"--option {key}", pixels=norm == "l2") if key == "step_size"
+                        else parse_value(value.strip()))
+    return options
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from robustlab.app.evaluate import EvalSpec, format_eval_summary, run_eval
     from robustlab.units import parse_budget
@@ -448,7 +471,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                     route=args.route, data_dir=args.data_dir, image_size=args.image_size, device=args.device,
                     out=args.out, steps=steps,
                     step_size=parse_budget(args.step_size, "--step-size", pixels=args.norm == "l2"),
-                    targeted=args.targeted, restarts=args.restarts)
+                    targeted=args.targeted, restarts=args.restarts,
+                    options=_protocol_options(args.option, args.norm) if args.option else None)
     results = run_eval(spec, quiet=args.quiet)
     print(format_eval_summary(results))
     return 0

@@ -73,6 +73,8 @@ class EvalSpec:
     step_size: float = 1 / 255
     targeted: bool = False
     restarts: int = 1
+    # robust protocols: their options (rl.eval.protocols; --option KEY=VALUE), None: the protocol's own
+    options: dict[str, Any] | None = None
 
     def check(self) -> None:
         if not self.models:
@@ -105,6 +107,14 @@ class EvalSpec:
                              "by 255")
         if any(s < 1 for s in self.steps):
             raise ValueError(f"--steps must be iteration counts >= 1; got {self.steps}")
+        if self.options:
+            if self.protocol not in ROBUST:
+                raise ValueError(f"--option applies to the robust protocols ({', '.join(ROBUST)}), not "
+                                 f"{self.protocol}; its own flags set it (--steps, --step-size, --restarts)")
+            try:  # a key the protocol has not, a value of the wrong kind: refused before any loading
+                protocol_registry.stages_for(self.protocol, self.eps, self.options, fallback=True)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"--option: {err}") from None
 
 
 def _names(specs: list[str]) -> list[str]:
@@ -205,7 +215,7 @@ def _robust(models: dict[str, nn.Module], data: Any, spec: EvalSpec, run: RunDir
         with route(model, spec.route), progress(len(data), f"eval {name}", "sample", enabled=not quiet) as bar:
             ev = evaluate(model, loader, eps=spec.eps, norm=spec.norm, protocol=spec.protocol,
                           fallback=spec.fallback, batch_size=spec.batch_size, device=device, seed=spec.seed,
-                          state=path / f"state-{name}.json", progress=SamplesDone(bar))
+                          state=path / f"state-{name}.json", progress=SamplesDone(bar), options=spec.options)
         _logger.info("model %s: clean %.1f%%, robust %.1f%% in %.0f s", name, 100 * ev.clean_accuracy,
                      100 * ev.robust_accuracy, ev.seconds)
         if ev.examples is not None:

@@ -53,6 +53,12 @@ def test_whitebox_and_corruption_write_results_and_report(runs, capsys):
     (["--eps", "300"], "above 255"),
     (["--protocol", "standard", "--batch-size", "0"], "--batch-size"),
     (["--weights", "missing.pt", "--model", "x.py:f"], "--weights"),
+    (["--option", "stepz=3"], "--option: protocol 'standard' has no option 'stepz'; options: p_init, queries"),
+    (["--protocol", "quick", "--option", "steps=abc"], "--option: option steps must be a whole number >= 1"),
+    (["--option", "queries=0"], "option queries must be a whole number >= 1"),
+    (["--option", "steps"], "--option must be KEY=VALUE"),
+    (["--option", "steps=3", "--option", "steps=4"], "--option steps is given twice"),
+    (["--protocol", "whitebox", "--option", "steps=3"], "--option applies to the robust protocols"),
 ])
 def test_eval_errors(runs, capsys, tmp_path, args, match):
     out = tmp_path / "out"
@@ -156,3 +162,23 @@ def test_evaluations_of_one_run_with_other_options_get_folders_of_their_own(runs
     assert (first["eps_255"], second["eps_255"]) == pytest.approx((8, 4))
     assert main([*args, "--eps", "8"]) == 0  # the same evaluation again: its own folder, no third one
     assert not (model / "eval-corruption-3").exists()
+
+
+def test_protocol_options_from_the_command_line_shrink_the_attacks(runs, capsys, tmp_path):
+    """--option KEY=VALUE reaches the protocol: the standard cascade at 3 steps per stage (2 per targeted
+    stage) makes fewer model calls than at its default 100, and the run records and reports them."""
+    calls = {}
+    for name, extra in (("small", ["--option", "steps=3", "--option", "target_steps=2"]), ("default", [])):
+        out = tmp_path / name
+        assert main(["eval", "--checkpoint", str(runs / "a"), "--data", "digits", "--limit", "32", "--eps", "8",
+                     "--fallback", "off", "--out", str(out), *extra]) == 0
+        res = json.loads((out / "results.json").read_text())
+        calls[name] = res["models"]["a"]["model_calls"]
+        opts = res["models"]["a"]["options"]
+        if extra:
+            assert (opts["steps"], opts["target_steps"]) == (3, 2)
+            assert "3 steps per stage (2 per targeted stage)" in (out / "report.html").read_text()
+        else:
+            assert opts["steps"] == 100
+    capsys.readouterr()
+    assert calls["small"] < calls["default"]
