@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from numbers import Integral
 from pathlib import Path
@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from robustlab._checks import channel_mismatch, check_batch, check_label_range
 from robustlab.attacks.base import check_logits
@@ -127,8 +127,9 @@ def _pair(item: Any, where: str) -> tuple[Tensor, Tensor]:
                         f"({type(x).__name__}, {type(y).__name__})")
     if y.dim() == 0:
         raise TypeError(f"{where}: batches must be (x, y) pairs of a batch of images and its labels; got one image "
-                        f"{tuple(x.shape)} and one label: pass samples as a list or Dataset of (image, label) "
-                        "pairs, or a DataLoader over them")
+                        f"{tuple(x.shape)} and one label: an iterable of single samples (a zip, a generator, a "
+                        "DataLoader with batch_size=None) is no batch; pass list(...) of them, a Dataset, or a "
+                        "DataLoader with a batch_size")
     if not torch.is_floating_point(y) and y.dtype not in (torch.long, torch.bool):
         y = y.long()  # int32, int16, uint8 labels: the losses index with int64
     if x.dtype in (torch.float16, torch.bfloat16, torch.float64):
@@ -149,14 +150,37 @@ def _tensor(value: Any) -> Any:
 def _samples(data: Any) -> bool:
     """Whether a list or tuple holds (image, label) samples (a Dataset as a list), not (x, y) batches."""
     first = data[0] if isinstance(data, (list, tuple)) and len(data) else None
-    if not isinstance(first, (tuple, list)) or len(first) != 2:
+    if not isinstance(first, (tuple, list)) or len(first) < 2:  # (image, label) or (image, label, index, ...)
         return False
     label = _tensor(first[1])
     return isinstance(label, Tensor) and label.dim() == 0
 
 
+def _tensor_pair(data: Any) -> bool:
+    """Whether ``data`` is (x, y) tensors (or arrays), or (x, y, extra, ...) of equal lengths."""
+    if not isinstance(data, (tuple, list)) or len(data) < 2 or _samples(data):
+        return False
+    if not (isinstance(data[0], Tensor) or hasattr(data[0], "__array__")) or isinstance(_tensor(data[1]),
+                                                                                         (tuple, list)):
+        return False
+    if len(data) == 2:
+        return True
+    x, y = (_tensor(t) for t in data[:2])  # (x, y, index): the first two, as a DataLoader's batches are read
+    return (isinstance(x, Tensor) and isinstance(y, Tensor) and x.dim() == 4 and y.dim() == 1
+            and len(x) == len(y))
+
+
 def batch_source(data: Any, batch_size: int | None) -> tuple[Iterable[tuple[Tensor, Tensor]], int]:
     """(iterable of (x, y) batches, slot count) for any supported data form."""
+    if isinstance(data, Mapping):
+        raise TypeError(f"data: a dict (keys {sorted(map(str, data))}) is not (x, y); pass the images and the "
+                        "labels as a pair, e.g. (d['image'], d['label'])")
+    if (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], (list, tuple)) and data[0]
+            and isinstance(data[0][0], Tensor) and data[0][0].dim() == 3):
+        raise TypeError(f"data: x is a {type(data[0]).__name__} of {len(data[0])} images; stack them into one "
+                        "(N, C, H, W) tensor: (torch.stack(x), torch.as_tensor(y))")
+    if _tensor_pair(data):
+        data = data[:2]
     if isinstance(data, (tuple, list)) and len(data) == 2 and (isinstance(data[0], Tensor) or hasattr(
             data[0], "__array__")) and not isinstance(_tensor(data[1]), (tuple, list)) and not _samples(data):
         x, y = (torch.as_tensor(t) for t in data)
@@ -208,12 +232,29 @@ class _Labels:
                 "image) or a loader shuffled with a seeded generator")
 
 
+def _readable(source: Iterable[Any]) -> Iterator[Any]:
+    """``source``'s items; a Dataset of PIL images (no ``ToTensor``), which
+    the DataLoader cannot collate, is named as such instead of torch's own error."""
+    items = iter(source)
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except TypeError as err:
+            if "PIL" not in str(err):
+                raise
+            raise TypeError("data: the Dataset yields PIL images, which a DataLoader cannot batch; add "
+                            "torchvision.transforms.ToTensor() (pixels in [0, 1]) to its transform") from None
+        yield item
+
+
 def _chunks(source: Iterable[Any], size: int, limit: int | None, labels: _Labels | None = None
             ) -> Iterator[tuple[int, Tensor, Tensor]]:
     """(first index, x, y) in pieces of at most ``size``, up to ``limit`` samples
     (``labels`` sees every label yielded)."""
     start = 0
-    for b, item in enumerate(source):
+    for b, item in enumerate(_readable(source)):
         x, y = _pair(item, f"data batch {b}")
         for i in range(0, len(y), size):
             xs, ys = x[i: i + size], y[i: i + size]
@@ -405,6 +446,7 @@ def evaluate(
     model = float32_io(model)
     unordered = _unordered(data, state)
     source, capacity = batch_source(data, batch_size)
+    label_max = _check_in_memory(data, limit)
     if device is None:
         param = next(iter(model.parameters()), None)
         device = param.device if param is not None else torch.device("cpu")
@@ -413,10 +455,30 @@ def evaluate(
     with inference_state(model):
         ev = _evaluate(model, source, capacity, eps=eps, norm=norm, protocol=protocol, fallback=fallback,
                        device=device, seed=seed, limit=limit, options=options, checklist=checklist,
-                       state=Path(state) if state is not None else None, progress=progress, start_time=start_time)
-    if unordered is not None:
-        ev.warnings.insert(0, unordered)
+                       state=Path(state) if state is not None else None, progress=progress, start_time=start_time,
+                       label_max=label_max)
+    ev.warnings[:0] = [w for w in (unordered, *_data_warnings(data, eps, norm, limit)) if w is not None]
     return ev
+
+
+def _check_in_memory(data: Any, limit: int | None) -> int | None:
+    """Data held in memory ((x, y) tensors, a TensorDataset) checked whole
+    before any attack: an out-of-range label or pixel late in it would
+    otherwise stop the evaluation after everything before it was attacked.
+    Returns the largest label, for the class-count check; None for streamed data."""
+    if _tensor_pair(data):
+        x, y = (_tensor(t) for t in data[:2])
+    elif isinstance(data, TensorDataset) and len(data.tensors) >= 2:
+        x, y = data.tensors[:2]
+    else:
+        return None
+    if not (isinstance(x, Tensor) and isinstance(y, Tensor)) or x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
+        return None  # a form batch_source reads otherwise (one sample), or refuses with its own message
+    x, y = (x, y) if limit is None else (x[:limit], y[:limit])
+    if x.dtype in (torch.float16, torch.bfloat16, torch.float64):
+        x = x.float()
+    return check_batch(x, {"y": y if torch.is_floating_point(y) or y.dtype == torch.bool else y.long()},
+                       name="data images")["y"]
 
 
 def _unordered(data: Any, state: str | Path | None) -> str | None:
@@ -461,7 +523,39 @@ def _probe(model: nn.Module, x0: Tensor, y0: Tensor) -> tuple[Tensor, list[str]]
     with torch.no_grad():
         z0 = _check_logits(model_output(model, x0), len(y0))
         alone = _check_logits(model(x0[:1]), 1) if len(x0) > 1 else None
-        return z0, output_warnings(z0, model(x0), alone)
+        return z0, _image_warnings(x0) + output_warnings(z0, model(x0), alone)
+
+
+def _image_warnings(x0: Tensor) -> list[str]:
+    """What valid [0, 1] images may still get wrong: divided by 255 twice (the
+    brightest pixel of the first batch at most 1/255), or channels-last
+    (N, H, W, C) data a model that flattens its input takes without error."""
+    out = []
+    top = float(x0.max())
+    if top <= 1 / 255 + 1e-6:
+        out.append(f"[data] the first images' brightest pixel is {top:.3g} (at most 1/255): were they divided by "
+                   "255 twice? Images are [0, 1] pixels")
+    if x0.shape[1] not in (1, 2, 3, 4) and x0.shape[-1] in (1, 3, 4):
+        out.append(f"[data] images of shape {tuple(x0.shape[1:])} look channels-last (H, W, C); models take "
+                   "(N, C, H, W): pass x.permute(0, 3, 1, 2)")
+    return out
+
+
+def _data_warnings(data: Any, eps: float, norm: str, limit: int | None) -> list[str]:
+    """Warnings known before any work: a DataLoader that drops its last
+    partial batch (``drop_last=True``: images not evaluated), and an L∞ budget
+    of half the pixel range or more (``eps=1`` meant as 1/255)."""
+    out = []
+    if isinstance(data, DataLoader) and data.drop_last and data.batch_size and hasattr(data.dataset, "__len__"):
+        n = len(data.dataset) if limit is None else min(limit, len(data.dataset))
+        kept = len(data.dataset) // data.batch_size * data.batch_size
+        if kept < n:
+            out.append(f"[data] the DataLoader drops its last partial batch (drop_last=True): {n - kept} of {n} "
+                       "images are not evaluated; pass drop_last=False")
+    if norm == "linf" and eps >= 0.5:
+        out.append(f"[budget] ε = {255 * eps:.4g}/255 (eps={eps:g}) lets the attack move every pixel across "
+                   f"half the range or more; for {eps:g} in 0-255 units pass eps={eps:g}/255")
+    return out
 
 
 def _checklist(model: nn.Module, x0: Tensor, y0: Tensor, z0: Tensor, *, protocol: str, fallback: bool | None,
@@ -580,7 +674,8 @@ class _Feeder:
 def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: float, norm: str, protocol: str,
               fallback: bool | None, device: torch.device, seed: int, limit: int | None,
               options: dict[str, Any] | None, checklist: bool, state: Path | None,
-              progress: Callable[[dict[str, Any]], None] | None, start_time: float) -> Evaluation:
+              progress: Callable[[dict[str, Any]], None] | None, start_time: float,
+              label_max: int | None = None) -> Evaluation:
     labels = _Labels()
     chunks = _chunks(source, capacity, limit, labels)
     first = next(chunks, None)
@@ -592,7 +687,7 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
         raise ValueError(f"eps: an L2 budget of {eps:g} is above the largest distance between two "
                          f"{tuple(x0.shape[1:])} images ({diameter:.4g}); give a budget in pixels below it")
     z0, warnings = _probe(model, x0, y0)
-    check_label_range("data labels", 0, int(y0.max()), z0.shape[1])
+    check_label_range("data labels", 0, int(y0.max()) if label_max is None else label_max, z0.shape[1])
     head = [(first[0], x0, y0, z0), *(_more_first_samples(model, chunks, len(y0), device, z0.shape[1])
                                       if checklist else [])]
     xh, yh, zh = (torch.cat([h[k] for h in head])[:CHECKLIST_IMAGES] for k in (1, 2, 3))

@@ -677,6 +677,71 @@ def test_samples_lists_and_numpy_pairs_evaluate_like_tensors(linear, digits):
         rl.eval.evaluate(linear, ((x[i], y[i]) for i in range(24)), **kw)  # a generator of samples
 
 
+def test_more_data_forms_a_user_passes_are_read_or_named(linear, digits):
+    """(x, y, index) triples, as lists of samples or as tensors, evaluate as (x, y); a dict of tensors, a list of
+    images and a Dataset of PIL images are refused saying what to pass (a KeyError or default_collate's error came
+    from inside torch)."""
+    x, y = digits[0][:24], digits[1][:24]
+    kw = {"eps": 0.05, "protocol": "quick", "checklist": False, "batch_size": 8}
+    ref = rl.eval.evaluate(linear, (x, y), **kw).per_sample
+    assert rl.eval.evaluate(linear, [(x[i], int(y[i]), i) for i in range(24)], **kw).per_sample == ref
+    assert rl.eval.evaluate(linear, (x, y, torch.arange(24)), **kw).per_sample == ref
+    with pytest.raises(TypeError, match=r"data: a dict \(keys \['image', 'label'\]\) is not \(x, y\)"):
+        rl.eval.evaluate(linear, {"image": x, "label": y}, **kw)
+    with pytest.raises(TypeError, match=r"x is a list of 24 images; stack them"):
+        rl.eval.evaluate(linear, (list(x), y.tolist()), **kw)
+    with pytest.raises(TypeError, match=r"DataLoader with batch_size=None\) is no batch"):
+        rl.eval.evaluate(linear, zip(x, y), **kw)
+    from PIL import Image
+
+    class Pictures(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return Image.new("L", (8, 8)), 0
+
+    with pytest.raises(TypeError, match=r"the Dataset yields PIL images.*transforms.ToTensor\(\)"):
+        rl.eval.evaluate(linear, Pictures(), **kw)
+
+
+def test_bad_values_late_in_memory_data_are_refused_before_any_attack(linear, digits):
+    """A label or pixel out of range in the last image of in-memory data stopped the evaluation only after
+    everything before it had been attacked; tensors and TensorDatasets are checked whole first."""
+    x, y = digits[0][:64].clone(), digits[1][:64].clone()
+    kw = {"eps": 0.05, "protocol": "quick", "checklist": False, "batch_size": 8}
+    bad_y = y.clone()
+    bad_y[-1] = 10
+    bad_x = x.clone()
+    bad_x[-1, 0, 0, 0] = 1.0000001
+    for data, match in (((x, bad_y), "class index 10, out of range for a model with 10 classes"),
+                        (torch.utils.data.TensorDataset(x, bad_y), "class index 10"),
+                        ((bad_x, y), r"must lie in \[0, 1\].*got min 0, max 1.0000001")):
+        model = Counting(linear)
+        with pytest.raises(ValueError, match=match):
+            rl.eval.evaluate(model, data, **kw)
+        assert len(model.sizes) <= 3  # the first batch's checks, no attack
+    # a limit that leaves the bad image out evaluates
+    assert rl.eval.evaluate(linear, (x, bad_y), limit=63, **kw).n == 63
+
+
+def test_data_that_is_valid_but_likely_wrong_is_warned(linear, digits):
+    x, y = digits[0][:24], digits[1][:24]
+    kw = {"protocol": "quick", "checklist": False, "batch_size": 8}
+    twice = rl.eval.evaluate(linear, (x / 255, y), eps=0.05, **kw).warnings
+    assert any("divided by 255 twice" in w for w in twice)
+    dropped = rl.eval.evaluate(linear, DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=10,
+                                                  drop_last=True), eps=0.05, **kw)
+    assert dropped.n == 20 and any("drop_last=True): 4 of 24 images are not evaluated" in w for w in dropped.warnings)
+    whole = rl.eval.evaluate(linear, (x, y), eps=1, **kw).warnings
+    assert any("ε = 255/255 (eps=1)" in w and "pass eps=1/255" in w for w in whole)
+    assert not any(w.startswith(("[data]", "[budget]")) for w in rl.eval.evaluate(linear, (x, y), eps=0.05,
+                                                                               **kw).warnings)
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(8 * 8 * 3, 10))
+    last = rl.eval.evaluate(flat, (x.repeat(1, 3, 1, 1).permute(0, 2, 3, 1), y), eps=0.05, **kw).warnings
+    assert any("look channels-last (H, W, C)" in w for w in last)
+
+
 class _Detached(nn.Module):
     """A model whose forward detaches its input (a linear probe on a frozen, no_grad backbone does the same)."""
 
