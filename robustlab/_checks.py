@@ -89,9 +89,12 @@ def check_batch(x: object, labels: dict[str, Tensor | None] | None = None, name:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} contains {int((~torch.isfinite(x)).sum())} NaN or infinite values")
     if lo < 0.0 or hi > 1.0:
+        # a value outside [0, 1] with as many digits as show it (1.0000001 read as "max 1" before)
+        shown = [f"{v:.9g}" if not 0 <= v <= 1 and 0 <= float(f"{v:.4g}") <= 1 else f"{v:.4g}" for v in (lo, hi)]
+        tiny = lo > -1e-3 and hi < 1 + 1e-3  # a resize's or a float round-off's overshoot
         raise ValueError(
             f"{name} must lie in [0, 1] (pixel space; mean/std normalization belongs inside the model); "
-            f"got min {lo:.4g}, max {hi:.4g}"
+            f"got min {shown[0]}, max {shown[1]}" + ("; clamp such round-off with x.clamp(0, 1)" if tiny else "")
         )
     maxima = {}
     for i, k in enumerate(labels):

@@ -170,6 +170,10 @@ def create_model(
             net, record = _torchvision(key.split(":", 1)[1], num_classes, library, **kwargs)
             if mean is None:  # torchvision's ImageNet statistics
                 mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        elif str(name).lower().endswith((".pt", ".pth", ".bin", ".ckpt", ".safetensors")):
+            raise ValueError(f"unknown model {name!r}: a weights file is no architecture; name the network and "
+                             f"pass the file as its weights: resolve_model('tv:resnet50', weights={name!r}) "
+                             f"(CLI: --model tv:resnet50 --weights {name}), or your own file.py:factory")
         else:
             raise ValueError(
                 f"unknown model {name!r}; built-in: {', '.join(model_names())}; or timm:NAME / tv:NAME"
