@@ -345,7 +345,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         atk.diversity.resize_back = True
     options = {k: v for k, v in vars(args).items()  # -q/-v and where it runs are no part of what runs
                if k not in ("out", "device", "verbose", "quiet", "config", "command")}
-    run = RunDir(args.out, "attack", fingerprint_of(options))  # another run there: refused before any work
+    run = RunDir(args.out, "attack", fingerprint_of(options), config=options)  # another run there: refused now
     device = pick_device(args.device)
     data = _load_data(args)
     info = dataset_info(data)

@@ -317,7 +317,7 @@ def run_eval(spec: EvalSpec, *, quiet: bool = False) -> dict[str, Any]:
     out = spec.out
     if out is None and Path(spec.models[0]).is_dir():  # RUN/eval-PROTOCOL, or -2, -3 … for other options
         out = first_free(Path(spec.models[0]) / f"eval-{spec.protocol}", "eval", fingerprint_of(config))
-    run = RunDir(out, "eval", fingerprint_of(config))
+    run = RunDir(out, "eval", fingerprint_of(config), config=config)
     start = time.perf_counter()
     results: dict[str, Any] = {"kind": "eval", "protocol": spec.protocol, "data": spec.data, "n": len(test),
                                "eps": spec.eps, "eps_255": spec.eps * 255, "norm": spec.norm,

@@ -69,6 +69,17 @@ def default_path(out: str | Path | None, kind: str) -> Path:
     return Path(out) if out is not None else Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def flat_keys(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{dotted.key: value}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(flat_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def first_free(base: Path, kind: str, fingerprint: str) -> Path:
     """``base``, else ``base-2``, ``base-3``, …: the first folder that is new
     or already holds this run. A default path never refuses a run for
@@ -105,9 +116,9 @@ class RunDir:
     """
 
     def __init__(self, out: str | Path | None, kind: str, fingerprint: str | None = None, *,
-                 writer: bool = True) -> None:
+                 writer: bool = True, config: Mapping[str, Any] | None = None) -> None:
         self.path = default_path(out, kind)
-        self.kind, self.fingerprint, self.writer = kind, fingerprint, writer
+        self.kind, self.fingerprint, self.writer, self.config = kind, fingerprint, writer, config
         self._locked = False
         self.existing = self._check()
         if writer:
@@ -129,12 +140,32 @@ class RunDir:
         stored = read_json_mapping(path, f"refusing to write into {self.path}")
         differs = [f"kind {stored.get('kind')!r} (this run: {self.kind!r})"] if stored.get("kind") != self.kind else []
         if self.fingerprint is not None and stored.get("fingerprint") not in (None, self.fingerprint):
-            differs.append(f"config fingerprint {str(stored.get('fingerprint'))[:12]}… "
+            changed = self._changed_keys()
+            differs.append(f"its config differs in {changed}" if changed else
+                           f"config fingerprint {str(stored.get('fingerprint'))[:12]}… "
                            f"(this run: {self.fingerprint[:12]}…)")
         if differs:
             raise ValueError(f"{self.path} holds another run ({'; '.join(differs)}, created "
                              f"{stored.get('created', '?')}); choose another output directory or remove it")
         return stored
+
+    def _changed_keys(self, most: int = 4) -> str:
+        """The keys where this run's ``config`` differs from the folder's
+        config.yaml (``steps: 3 → 4``); empty when either is unknown."""
+        if self.config is None or not (self.path / "config.yaml").is_file():
+            return ""
+        from robustlab._io import safe_yaml
+
+        try:
+            old = safe_yaml((self.path / "config.yaml").read_text())
+        except Exception:  # noqa: BLE001 - a damaged config.yaml: the fingerprint alone is said
+            return ""
+        if not isinstance(old, Mapping):
+            return ""
+        a, b = flat_keys(old), flat_keys(json.loads(json.dumps(dict(self.config), default=str)))
+        keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        text = ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys[:most])
+        return text + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
     @property
     def reused(self) -> bool:

@@ -328,6 +328,22 @@ def _trained(run: Path, cfg: RunConfig) -> bool | None:
     return (run / "results.json").is_file() and (run / "model.json").is_file()
 
 
+def _changes(run: Path, cfg: RunConfig, most: int = 4) -> str:
+    """`` (train.epochs 1 → 3, ...)``: where a model's stored config differs from its config now."""
+    from robustlab.app.rundir import flat_keys
+
+    try:
+        old = flat_keys(load_yaml(run / "config.yaml"))
+    except (ValueError, FileNotFoundError, TypeError, AttributeError):
+        return ""
+    new = flat_keys(json.loads(json.dumps(cfg.to_dict(), default=str)))
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if not keys:
+        return " (it started from other weights)"
+    text = ", ".join(f"{k} {old.get(k)!r} → {new.get(k)!r}" for k in keys[:most])
+    return f" ({text}{f' and {len(keys) - most} more' if len(keys) > most else ''})"
+
+
 def train_models(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:
     """Train every model of the study that is not trained yet; returns each
     model's training summary (its ``results.json``)."""
@@ -342,7 +358,8 @@ def train_models(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:
         if state is not None and study_models.stored_init(run) != init:
             state = None  # it started from other weights (its source was trained again)
         if state is None and run.exists():
-            _logger.warning("model %s: its configuration changed; training it again", name)
+            _logger.warning("model %s: its configuration changed%s; training it again (the model trained before "
+                            "is removed)", name, _changes(run, cfg))
             shutil.rmtree(run)
         tag = f"[{i + 1}/{len(study.models)}] model {name}"
         if state:

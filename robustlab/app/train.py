@@ -20,7 +20,7 @@ from torch import nn
 
 from robustlab._io import pick_device
 from robustlab.app.config import RunConfig
-from robustlab.app.rundir import RunDir, default_path, fingerprint_of
+from robustlab.app.rundir import RunDir, default_path, fingerprint_of, flat_keys
 from robustlab.data import dataset_info, load_dataset
 from robustlab.data.folder import spread_indices
 from robustlab.data.info import class_difference
@@ -272,19 +272,9 @@ def identity(cfg: RunConfig) -> dict[str, Any]:
     return d
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_changes(old: RunConfig, new: RunConfig, *, identity_only: bool = True) -> dict[str, tuple[Any, Any]]:
     """``{dotted key: (old, new)}`` where two configs differ (in what the run is, by default)."""
-    a, b = (_flat(identity(c) if identity_only else c.to_dict()) for c in (old, new))
+    a, b = (flat_keys(identity(c) if identity_only else c.to_dict()) for c in (old, new))
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
@@ -307,9 +297,7 @@ def _check_resume(cfg: RunConfig, run_dir: Path) -> RunConfig | None:
 def config_warnings(cfg: RunConfig, recipe: recipes.Recipe) -> list[str]:
     """What a valid config may still not mean: an attacker that cannot reach
     the edge of its ε-ball (``steps × step_size < eps`` from the clean image:
-    a weaker adversary than the budget says), and step-schedule milestones
-    past the last epoch (the learning rate never decays there: fine for a
-    short trial of a long config, worth a word)."""
+    a weaker adversary than the budget says)."""
     out = []
     atk = getattr(recipe, "attack", None)
     steps, alpha, eps = (getattr(atk, k, None) for k in ("steps", "step_size", "eps"))
@@ -319,13 +307,19 @@ def config_warnings(cfg: RunConfig, recipe: recipes.Recipe) -> list[str]:
         out.append(f"config keys recipe.steps × recipe.step_size: the attacker moves at most {steps} × "
                    f"{say(alpha)} = {say(steps * alpha)} from the clean image, less than ε = {say(eps)}: it never "
                    f"reaches the budget's edge (raise steps or step_size)")
+    return out
+
+
+def milestone_note(cfg: RunConfig) -> str | None:
+    """Step-schedule milestones at or past the last epoch: the learning rate
+    is never divided there. Logged as a note, not a warning: it is what a
+    short trial of a long config (``train.epochs=1``, a smoke study) means."""
     t = cfg.train
     late = [m for m in t.milestones if m >= t.epochs]
-    if t.schedule == "step" and late:
-        out.append(f"config key train.milestones: {', '.join(f'{m:g}' for m in late)} "
-                   f"{'is' if len(late) == 1 else 'are'} at or past train.epochs ({t.epochs}): the learning rate "
-                   f"is not divided there")
-    return out
+    if t.schedule != "step" or not late:
+        return None
+    return (f"config key train.milestones: {', '.join(f'{m:g}' for m in late)} {'is' if len(late) == 1 else 'are'} "
+            f"at or past train.epochs ({t.epochs}): the learning rate is not divided there")
 
 
 def checked_recipe(cfg: RunConfig) -> recipes.Recipe:
@@ -414,9 +408,13 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
     main = int(os.environ.get("RANK", "0")) == 0
     for warning in config_warnings(cfg, recipe) if main else ():
         _logger.warning(warning)
+    note = milestone_note(cfg) if main else None
+    if note is not None:
+        _logger.info(note)
     out = default_path(out, f"train-{recipe.name}")
     old = _check_resume(cfg, out) if resume else None  # --resume: names the keys that would change the run
-    run = RunDir(out, "train", fingerprint_of(identity(cfg)), writer=main)  # another run there: refused now
+    # another run there: refused now, naming the keys that differ
+    run = RunDir(out, "train", fingerprint_of(identity(cfg)), writer=main, config=cfg.to_dict())
     if not resume and run.reused:  # the same command again continues the run (or reuses it, finished)
         resume, old = True, _check_resume(cfg, out)
     _check_epochs(cfg, out)

@@ -59,7 +59,7 @@ def test_bad_init_from_on_the_command_line_exits_2_and_writes_nothing(tmp_path, 
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
 
 
-def test_a_fine_tuned_model_starts_from_its_source_and_follows_it(tmp_path):
+def test_a_fine_tuned_model_starts_from_its_source_and_follows_it(tmp_path, caplog):
     out = tmp_path / "run"
     res = run_study(resolve_study(BASE), out)
     assert list(res["models"]) == ["at", "at_bn_clean"]  # trained in dependency order
@@ -83,7 +83,11 @@ def test_a_fine_tuned_model_starts_from_its_source_and_follows_it(tmp_path):
     # the source changes: it retrains, so does its dependent (other start weights), and the evaluation reruns
     changed = copy.deepcopy(BASE)
     changed["models"]["at"]["train"] = {"lr": 0.05}
-    run_study(resolve_study(changed), out)
+    with caplog.at_level("WARNING", logger="robustlab"):
+        run_study(resolve_study(changed), out)
+    said = [r.getMessage() for r in caplog.records if "configuration changed" in r.getMessage()]
+    assert any(m.startswith("model at: its configuration changed (train.lr ") and "→ 0.05" in m for m in said), said
+    assert any("model at_bn_clean: its configuration changed (it started from other weights)" in m for m in said)
     assert (out / "models" / "at_bn_clean" / "model.safetensors").stat().st_mtime_ns != stamp
     new = json.loads((out / "models" / "at_bn_clean" / "init_from.json").read_text())
     assert new["weights_sha256"] != record["weights_sha256"]
