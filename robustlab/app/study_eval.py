@@ -10,6 +10,7 @@ ones not already stored in the run directory's ``evaluations/``.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ from robustlab.app.spec import EvaluationSpec, check_keys, parse_budgets
 from robustlab.app.study_ch3 import CH3_EVALUATIONS, CH3_EVALUATORS, check_ch3_evaluation
 from robustlab.app.summary import result_line
 from robustlab.data.folder import spread_indices
+from robustlab.models.resolve import is_factory_spec, load_factory
 from robustlab.nn.norm import route
 from robustlab.train.checkpoint import load_trained_model
 
@@ -149,7 +151,11 @@ class Context:
         route (AdvProp's auxiliary BNs included) from its last checkpoint."""
         key = (name, routed)
         if key not in self._models:
-            model = load_trained_model(self.run_dir / "models" / name, routed=routed)
+            spec = self.study.models[name].model.name if name in getattr(self.study, "models", {}) else ""
+            build = None
+            if is_factory_spec(str(spec)):  # your own network: its factory rebuilds it, the run's weights fill it
+                build = functools.partial(load_factory, str(spec))
+            model = load_trained_model(self.run_dir / "models" / name, routed=routed, build=build)
             self._models[key] = model.to(self.device).eval()
         return self._models[key]
 

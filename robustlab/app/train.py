@@ -44,12 +44,18 @@ def build_model(cfg: RunConfig, info: Any, recipe: recipes.Recipe) -> nn.Module:
     name = cfg.model.name
     spec = {k: v for k, v in cfg.model.options.items() if v is not None}  # null: the factory's default
     if is_factory_spec(name):  # the user's own network: built as it is, exported as weights (save_weights)
+        weights = spec.pop("weights", None)  # its own trained weights to start from (fine-tuning)
         if spec:
             raise ValueError(f"config key model: {name} is your own network; the options {sorted(spec)} apply to "
-                             "robustlab's, timm's and torchvision's models only: build them into the factory, and "
-                             f"clear a packaged config's with {' '.join(f'model.{k}=null' for k in sorted(spec))}")
+                             "robustlab's, timm's and torchvision's models only (yours takes model.weights): build "
+                             "them into the factory, and clear a packaged config's with "
+                             f"{' '.join(f'model.{k}=null' for k in sorted(spec))}")
         torch.manual_seed(cfg.seed)
         model = load_factory(name)
+        if weights is not None:
+            from robustlab.models.factory import load_weights
+
+            load_weights(model, weights, name)
         from robustlab.nn import convert_norm, route_names
 
         if recipe.routes and not route_names(model):  # its batch norms become mixture BNs (§7.4.2); the
@@ -336,7 +342,12 @@ def check_model(cfg: RunConfig, info: Any) -> None:
     without training it: the network is built on PyTorch's meta device (no
     memory, no weights loaded; one a meta build cannot make is left to the
     run itself). For a study, before its first model trains."""
+    from robustlab.models.resolve import is_factory_spec
+
     recipe = checked_recipe(cfg)
+    own = is_factory_spec(cfg.model.name)
+    if own and set(k for k, v in cfg.model.options.items() if v is not None) - {"weights"}:
+        build_model(cfg, info, recipe)  # refuses the options before the factory runs
     if cfg.model.options.get("weights") is not None or cfg.model.options.get("pretrained"):
         return  # weights load into real tensors: the run checks them
     try:

@@ -5,6 +5,7 @@ from robustlab.models.checkpoint import (
     ModelInfo,
     load_checkpoint,
     load_model,
+    load_weights_into,
     read_model_info,
     save_model,
     save_weights,
@@ -17,7 +18,7 @@ from robustlab.models.small import BasicBlock, CifarResNet, SmallCNN
 
 __all__ = [
     "KINDS", "BasicBlock", "CifarResNet", "ModelInfo", "Normalize", "NormalizedModel", "SmallCNN",
-    "create_model", "load_checkpoint", "load_model", "load_state_dict", "model_names", "read_model_info",
-    "resolve_model", "save_model", "save_weights",
+    "create_model", "load_checkpoint", "load_model", "load_state_dict", "load_weights_into", "model_names",
+    "read_model_info", "resolve_model", "save_model", "save_weights",
     "SmallFCN", "create_dense", "small_faster_rcnn",
 ]

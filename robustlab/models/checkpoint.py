@@ -106,6 +106,30 @@ def save_weights(model: nn.Module, directory: str | Path, meta: dict[str, Any] |
     return directory
 
 
+def load_weights_into(model: nn.Module, path: str | Path, map_location: str = "cpu") -> nn.Module:
+    """The weights :func:`save_weights` wrote at ``path`` (a run directory, its
+    model.json or model.safetensors) loaded into ``model``: the user's own
+    network, rebuilt by the caller (its factory), after the sha256 check and
+    with every weight finite; returns ``model`` in eval mode. A robustlab
+    model (one :func:`load_model` rebuilds) loads the same way."""
+    meta_path, weights_path = _paths(path)
+    doc = read_json_mapping(meta_path, f"load_weights_into expects {_EXPECTED}")
+    digest = doc.get("sha256")
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise ValueError(f"{meta_path} records no sha256 of {WEIGHTS} (key 'sha256', 64 hex digits); got {digest!r}")
+    actual = sha256_file(weights_path)
+    if actual != digest:
+        raise ValueError(f"{weights_path} is corrupted or truncated: its sha256 {actual} differs from {digest} "
+                         f"recorded in {meta_path}")
+    state = _read_weights(weights_path, ModelInfo(doc.get("kind"), doc.get("spec"), None, {}), meta_path,
+                          map_location)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{weights_path} does not fit the network it is loaded into: {err}") from None
+    return model.eval()
+
+
 def _write(model: nn.Module, directory: Path, kind: str | None, spec: dict[str, Any] | None,
            meta: dict[str, Any] | None) -> None:
     """The one ``model.json`` writer: weights first, then the JSON naming their digest."""
@@ -218,6 +242,7 @@ def _read_meta(meta_path: Path) -> ModelInfo:
         weights = meta_path.parent / WEIGHTS
         raise ValueError(f"{meta_path} holds the weights of your own network (saved by save_weights), not a model "
                          f"robustlab can rebuild: build the network yourself and load them with "
+                         f"robustlab.models.load_weights_into(model, '{meta_path.parent}') or "
                          f"model.load_state_dict(robustlab.models.load_state_dict('{weights}')); on the CLI, "
                          f"--model file.py:factory --weights {weights}")
     if spec is None:

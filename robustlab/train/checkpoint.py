@@ -19,6 +19,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -191,21 +192,28 @@ def restore(
     set_rng_state(tensors, meta["rng"])
 
 
-def load_trained_model(run_dir: str | Path, routed: bool = True, map_location: str = "cpu") -> nn.Module:
+def load_trained_model(run_dir: str | Path, routed: bool = True, map_location: str = "cpu", *,
+                       build: Callable[[], nn.Module] | None = None) -> nn.Module:
     """The model a ``robustlab train`` run made, in eval mode.
 
     ``routed=False``: the exported model (``model.json``), which for AdvProp
     has dropped its auxiliary BNs (§7.4.3). ``routed=True``: the trained model
     with every BN route its recipe trained, rebuilt from the exported
     architecture with mixture BN and the weights of the last training
-    checkpoint; the exported model when the recipe trains no routes."""
+    checkpoint; the exported model when the recipe trains no routes.
+    ``build``: for a run that trained the user's own network (its weights
+    only), a call that builds that network (its factory); its weights are
+    loaded into it."""
     from robustlab.models.checkpoint import META as MODEL_META
-    from robustlab.models.checkpoint import load_model
+    from robustlab.models.checkpoint import load_model, load_weights_into
     from robustlab.nn.norm import route_names
     from robustlab.nn.surgery import convert_norm
 
     run_dir = Path(run_dir)
-    model = load_model(run_dir, map_location=map_location)
+    if build is not None:
+        model = load_weights_into(build(), run_dir, map_location=map_location)
+    else:
+        model = load_model(run_dir, map_location=map_location)
     if not routed or route_names(model):
         return model
     recipe = (json.loads((run_dir / MODEL_META).read_text()).get("meta") or {}).get("recipe") or {}
@@ -214,10 +222,11 @@ def load_trained_model(run_dir: str | Path, routed: bool = True, map_location: s
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir} has no training checkpoint to read the BN routes from")
-    spec = dict(model.robustlab_spec)
-    routes = spec.get("routes") or recipe["routes"]
+    spec = getattr(model, "robustlab_spec", None)  # None: the user's own network
+    routes = (spec or {}).get("routes") or recipe["routes"]
     model = convert_norm(model, "mbn", routes=tuple(routes), inplace=True)
-    model.robustlab_spec = {**spec, "norm": "mbn", "routes": list(routes)}
+    if spec is not None:
+        model.robustlab_spec = {**spec, "norm": "mbn", "routes": list(routes)}
     _load_model_state(model, load_checkpoint(ckpt, map_location=map_location)[0])
     return model.eval()
 

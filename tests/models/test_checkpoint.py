@@ -13,6 +13,7 @@ from robustlab.models import (
     create_model,
     load_checkpoint,
     load_model,
+    load_weights_into,
     read_model_info,
     save_model,
     save_weights,
@@ -155,7 +156,16 @@ def test_weights_of_a_foreign_model_are_saved_but_not_rebuilt(tmp_path):
     assert doc["sha256"] == hashlib.sha256((d / WEIGHTS).read_bytes()).hexdigest()
     with pytest.raises(ValueError, match=r"weights of your own network .*\.load_state_dict\('.*model.safetensors'\)"):
         load_model(d)
-    # the advice works: the state dict it names loads into the same architecture
+    # the advice works: the state dict it names loads into the same architecture, checked by load_weights_into
     other = torch.nn.Linear(3, 2)
     other.load_state_dict(rl_load_state_dict(d / WEIGHTS))
     assert torch.equal(other.weight, model.weight)
+    again = load_weights_into(torch.nn.Linear(3, 2), d)
+    assert torch.equal(again.weight, model.weight) and not again.training
+    with pytest.raises(ValueError, match="does not fit the network"):
+        load_weights_into(torch.nn.Linear(4, 2), d)
+    data = bytearray((d / WEIGHTS).read_bytes())
+    data[-1] ^= 1
+    (d / WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="is corrupted or truncated: its sha256"):
+        load_weights_into(torch.nn.Linear(3, 2), d)

@@ -76,3 +76,57 @@ def test_a_packaged_config_trains_your_network_and_advprop_gives_it_routes(nets,
     load_weights(net, out / "model.safetensors", "nets.py:good")
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))  # the trained weights
     assert isinstance(net[1], nn.BatchNorm2d)
+
+
+def test_a_study_trains_and_evaluates_your_network(nets, capsys):
+    """A study model named by file.py:factory trained, then its first evaluation failed ('holds the weights of
+    your own network'): the study rebuilds it with the factory and loads the run's weights, routes included."""
+    import yaml
+
+    study = {"name": "mine", "dataset": "digits", "limit": 32, "batch_size": 32, "device": "cpu",
+             "defaults": {"data": {"limit": 128, "eval_limit": 32}, "eval": {"attack": None},
+                          "train": {"epochs": 1, "batch_size": 64}},
+             "models": {"mine": {"model": {"name": "nets.py:good"}, "recipe": {"name": "vanilla"}},
+                        "mine_ap": {"model": {"name": "nets.py:good"},
+                                    "recipe": {"name": "advprop", "eps": 8, "steps": 1, "step_size": 8}}},
+             "evaluations": {"clean": {"kind": "accuracy"},
+                             "routes": {"kind": "accuracy", "models": ["mine_ap"], "routes": True},
+                             "pgd": {"kind": "robust", "protocol": "quick", "eps": 8, "options": {"steps": 2}}}}
+    (nets / "study.yaml").write_text(yaml.safe_dump(study))
+    out = nets / "s"
+    assert main(["study", "study.yaml", "--out", str(out)]) == 0, capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    clean = {r["model"]: r["clean accuracy"] for r in res["evaluations"]["clean"]["table"]}
+    assert set(clean) == {"mine", "mine_ap"}
+    import importlib.util
+
+    import robustlab as rl
+
+    spec = importlib.util.spec_from_file_location("nets_for_study", nets / "nets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    x, y = rl.data.load_dataset("digits", "test").batch(slice(0, 32))
+    for name in clean:  # the figure is the trained weights' own, measured independently
+        net = module.good()
+        load_weights(net, out / "models" / name / "model.safetensors", "nets.py:good")
+        assert clean[name] == pytest.approx(rl.eval.accuracy(net.eval(), x, y))
+    assert {r.get("route") for r in res["evaluations"]["routes"]["table"]} >= {"clean", "adv"}
+    assert main(["study", "study.yaml", "--out", str(out)]) == 0  # again: reused, the same figures
+    again = json.loads((out / "results.json").read_text())
+    assert again["evaluations"]["clean"] == res["evaluations"]["clean"]
+
+
+def test_your_network_starts_from_its_own_weights(nets, capsys):
+    """model.weights with a factory: fine-tuning your own trained network (it was refused as an option that
+    applies to robustlab's, timm's and torchvision's models only)."""
+    first = nets / "first"
+    assert main(["train", "train_vanilla", *TINY, "model.name=nets.py:good", "--out", str(first)]) == 0
+    tuned = nets / "tuned"
+    assert main(["train", "train_vanilla", *TINY, "model.name=nets.py:good", "train.lr=1e-9",
+                 f"model.weights={first / 'model.safetensors'}", "--out", str(tuned)]) == 0
+    a = json.loads((first / "results.json").read_text())["final"]["clean_acc"]
+    b = json.loads((tuned / "results.json").read_text())["final"]["clean_acc"]
+    assert b == pytest.approx(a, abs=0.07)  # a near-zero learning rate keeps the weights it started from
+    assert main(["train", "train_vanilla", *TINY, "model.name=nets.py:good", "model.width=4",
+                 "--out", str(nets / "bad")]) == 2
+    assert "yours takes model.weights" in capsys.readouterr().err and not (nets / "bad").exists()
