@@ -150,10 +150,10 @@ ROBUST: dict[str, RobustProtocol] = {
     "thesis": RobustProtocol("thesis", _thesis,
                              {"steps": THESIS_STEPS, "step_size": THESIS_ALPHA, "queries": SQUARE_QUERIES,
                               "p_init": SQUARE_P_INIT},
-                             False, "§4.6.1/§6.3: targeted random-target PGD, α = 1, final iterate scored"),
+                             False, "§4.6.1/§6.3: targeted random-target PGD, α = 1/255, final iterate scored"),
     "quick": RobustProtocol("quick", _quick, {"steps": QUICK_STEPS, "step_size": None, "targeted": False,
                                               "queries": SQUARE_QUERIES, "p_init": SQUARE_P_INIT},
-                            False, "one CE PGD-20"),
+                            False, "one CE PGD (20 steps unless options say; α = 2.5·ε/steps)"),
 }
 
 #: Protocol kinds that evaluate several models or other data (not a single
@@ -203,6 +203,8 @@ def stages_for(name: str, eps: float, options: dict[str, Any] | None = None, *,
     proto = get(name)
     opts = proto.resolve(options)
     stages = proto.build(eps, opts)
+    if "step_size" in opts and opts["step_size"] is None and stages:  # quick's default α, recorded as it ran
+        opts["step_size"] = stages[0].step_size
     if fallback:
         stages.append(Stage("square", "square", _positive_int(opts, "queries"), p_init=float(opts["p_init"])))
     return stages, opts

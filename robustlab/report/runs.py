@@ -122,6 +122,12 @@ def _protocol_meta(res: Mapping[str, Any], first: Mapping[str, Any]) -> list[str
         staged = isinstance(steps, int) and len(opts.get("stages") or []) > 1
         text = stage_steps_text(steps, targeted_steps(opts)) if staged else steps_text(steps)
         meta.append(text + (f", {opts['restarts']} restart(s)" if "restarts" in opts else ""))
+    if isinstance(opts.get("step_size"), (int, float)):
+        meta.append(budget(opts["step_size"], str(res.get("norm") or first.get("norm") or "linf"), "α"))
+    elif protocol == "standard":
+        meta.append("APGD's own step sizes (2ε, halved where progress stalls)")
+    if (first.get("fallback") or {}).get("used") and opts.get("queries"):
+        meta.append(f"Square fallback: {opts['queries']} queries (p₀ = {opts.get('p_init', 0.8):g})")
     meta.append(f"n = {res.get('n', first.get('n'))} images of {res.get('data', '?')}")
     return meta
 

@@ -182,3 +182,12 @@ def test_protocol_options_from_the_command_line_shrink_the_attacks(runs, capsys,
             assert opts["steps"] == 100
     capsys.readouterr()
     assert calls["small"] < calls["default"]
+    # quick: the α it ran (2.5·ε/steps by default) in results and report; a Square fallback says its queries
+    out = tmp_path / "quick"
+    assert main(["eval", "--checkpoint", str(runs / "a"), "--data", "digits", "--limit", "16", "--eps", "8",
+                 "--protocol", "quick", "--option", "steps=4", "--fallback", "on", "--option", "queries=7",
+                 "--out", str(out)]) == 0
+    opts = json.loads((out / "results.json").read_text())["models"]["a"]["options"]
+    assert opts["step_size"] == pytest.approx(2.5 * 8 / 255 / 4)
+    page = (out / "report.html").read_text()
+    assert "α = 5/255" in page and "Square fallback: 7 queries" in page and "PGD-20" not in page
