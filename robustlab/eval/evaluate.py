@@ -60,7 +60,9 @@ class Evaluation:
     so the figures fall monotonically to ``robust_accuracy``).
     ``per_sample``: for each sample (in data order) ``clean_correct``,
     ``broken_by`` (attack name, ``"clean"`` or None) and ``broken_at`` (the
-    attack's iteration, -1 if never broken)."""
+    attack's iteration, -1 if never broken). ``seconds``, ``model_calls``
+    and ``iterations``: the evaluation's whole cost, a resumed one's earlier
+    calls included (as its ``state`` file records them)."""
 
     protocol: str
     eps: float
@@ -340,6 +342,10 @@ class _Tally:
     nan: int = 0
     pixel_min: float = math.inf
     pixel_max: float = -math.inf
+    # what the calls before this one spent (a resumed evaluation reports its whole cost, not this call's alone)
+    calls: int = 0
+    iterations: int = 0
+    seconds: float = 0.0
 
     def add_clean_wrong(self, idx: Tensor, n_rec: int) -> None:
         k = len(idx)
@@ -706,13 +712,13 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
     for start, xb, yb, zb in head:
         feed.admit(start, xb, yb, zb)
     try:
-        _stream(feed, casc, chunks, state, fp, progress, resumed)
+        _stream(feed, casc, chunks, state, fp, progress, resumed, start_time)
     except KeyboardInterrupt:  # Ctrl-C: the samples done so far are kept, the same call resumes after them
         if state is not None:
-            _save_state(state, fp, feed.tally)
+            _save_state(state, fp, feed.tally, casc, start_time)
         raise
     if state is not None:
-        _save_state(state, fp, feed.tally)
+        _save_state(state, fp, feed.tally, casc, start_time)
     sorted_subset = labels.warning(limit, z0.shape[1])
     if sorted_subset is not None:
         warnings.append(sorted_subset)
@@ -740,7 +746,7 @@ def _more_first_samples(model: nn.Module, chunks: Iterator[tuple[int, Tensor, Te
 
 
 def _stream(feed: _Feeder, casc: Cascade, chunks: Iterator[tuple[int, Tensor, Tensor]], state: Path | None,
-            fp: str, progress: Callable[[dict[str, Any]], None] | None, resumed: int) -> None:
+            fp: str, progress: Callable[[dict[str, Any]], None] | None, resumed: int, start_time: float) -> None:
     """Attack the data to its end: read chunks as slots free up, step the
     cascade, report progress and save the state every 30 s."""
     device = feed.device
@@ -768,7 +774,7 @@ def _stream(feed: _Feeder, casc: Cascade, chunks: Iterator[tuple[int, Tensor, Te
             feed.absorb(out)
         report()  # after every step: a long attack (2000 iterations) shows its calls growing
         if out is not None and state is not None and time.perf_counter() - last_save > 30:
-            _save_state(state, fp, feed.tally)
+            _save_state(state, fp, feed.tally, casc, start_time)
             last_save = time.perf_counter()
 
 
@@ -787,10 +793,13 @@ def _resume(state: Path | None, fp: str) -> _Tally:
     return _Tally(**saved["tally"])
 
 
-def _save_state(path: Path, fp: str, tally: _Tally) -> None:
+def _save_state(path: Path, fp: str, tally: _Tally, casc: Cascade, start_time: float) -> None:
+    """The tally, with the cost so far (the earlier calls' and this one's)."""
     from robustlab._io import write_json
 
-    write_json(path, {"version": STATE_VERSION, "fingerprint": fp, "tally": tally.state()})
+    spent = {"calls": tally.calls + casc.calls, "iterations": tally.iterations + casc.iterations,
+             "seconds": tally.seconds + time.perf_counter() - start_time}
+    write_json(path, {"version": STATE_VERSION, "fingerprint": fp, "tally": {**tally.state(), **spent}})
 
 
 def _result(tally: _Tally, stages: list, protocol: str, eps: float, norm: str, opts: dict[str, Any],
@@ -834,6 +843,7 @@ def _result(tally: _Tally, stages: list, protocol: str, eps: float, norm: str, o
     opts_out = {**{k: list(v) if isinstance(v, tuple) else v for k, v in opts.items()}, "stages": names,
                 "batch_size": casc.capacity, "seed": casc.seed, "sanity": sanity}
     return Evaluation(protocol=protocol, eps=eps, norm=norm, n=n, clean_accuracy=clean, robust_accuracy=robust,
-                      per_attack=per_attack, warnings=warnings, audit=audit, seconds=round(seconds, 3),
+                      per_attack=per_attack, warnings=warnings, audit=audit, seconds=round(tally.seconds + seconds, 3),
                       options=opts_out, fallback={"used": used, "reason": reason}, per_sample=per_sample,
-                      curve=curve, model_calls=casc.calls, iterations=casc.iterations, examples=examples)
+                      curve=curve, model_calls=tally.calls + casc.calls, iterations=tally.iterations + casc.iterations,
+                      examples=examples)

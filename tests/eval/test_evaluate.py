@@ -356,6 +356,9 @@ def test_resume_from_a_state_file(linear, digits, tmp_path):
     _same(full, again)
     # a finished evaluation says so: all 360 samples done from the saved state, none attacked here
     assert seen and seen[-1]["done"] == seen[-1]["resumed"] == 360 and seen[-1]["active"] == 0
+    # and reports the cost it took, not this call's nothing (model_calls 0 and a fraction of the seconds)
+    assert again.model_calls == full.model_calls > 0 and again.iterations == full.iterations
+    assert again.seconds >= json.loads(state.read_text())["tally"]["seconds"] - 1e-3 > 0.5 * full.seconds
     assert again.audit == full.audit
     assert len(model.sizes) <= 3 < full_calls  # only the first batch's clean checks
 
