@@ -98,8 +98,10 @@ def check_evaluation(name: str, spec: dict[str, Any], model_names: list[str]) ->
         if opts["loss"] not in ("ce", "cw", "both"):
             raise ValueError(f"evaluations.{name}.loss must be ce, cw or both; got {opts['loss']!r}")
         steps = opts["steps"]
-        if not isinstance(steps, list) or not steps or not all(isinstance(s, int) and s >= 0 for s in steps):
-            raise ValueError(f"evaluations.{name}.steps must be a list of iteration counts; got {steps!r}")
+        if not isinstance(steps, list) or not steps or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in steps):
+            raise ValueError(f"evaluations.{name}.steps must be a list of iteration counts >= 1 (a PGD-0 column "
+                             f"would be clean accuracy under an attack's name); got {steps!r}")
     if kind in ("transfer", "blackbox"):
         from robustlab.app.study_attacks import resolve_attacks
 

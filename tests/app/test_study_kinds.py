@@ -195,6 +195,7 @@ def _bad(tmp: Path, edit) -> dict:
     (lambda r: r["evaluations"].update(s={"kind": "imagenet_a", "root": "LOOSE"}), "holds images directly"),
     (lambda r: r["evaluations"].update(s={"kind": "stylized", "root": "WRONG"}), "name no class"),
     (lambda r: r["evaluations"].update(b={"kind": "bn_statistics", "channels": 0}), "channels must be"),
+    (lambda r: r["evaluations"].update(w={"kind": "whitebox", "steps": [0, 2]}), "iteration counts >= 1"),
     (lambda r: r["models"].update(g={"model": {"norm": "gn"}}) or
      r["evaluations"].update(b={"kind": "bn_statistics"}), "GroupNorm"),
     (lambda r: r["evaluations"].update(b={"kind": "bn_statistics", "chanels": 3}), "unknown option(s) ['chanels']"),
