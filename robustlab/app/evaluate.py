@@ -382,7 +382,7 @@ def _curves(models: dict[str, nn.Module], test: Any, spec: EvalSpec, device: tor
 def format_eval_summary(results: dict[str, Any]) -> str:
     """What ``robustlab eval`` prints: every line within 100 columns
     (:mod:`robustlab.app.summary`); the full figures are in the report."""
-    from robustlab.app.summary import clip, path_lines, wrap_items
+    from robustlab.app.summary import clip, path_lines, wrap_items, wrap_words
 
     lines = [clip(f"{results['protocol']} on {results['data']} ({results['n']} images), "
                   f"{budget_text(results['eps'], results['norm'])}:")]
@@ -397,20 +397,22 @@ def format_eval_summary(results: dict[str, Any]) -> str:
         if after:
             lines += wrap_items("    after ", after, indent="      ")
         for cname, c in (r.get("whitebox") or {}).items():
-            lines += wrap_items(f"    {cname}: ", [f"{s}:{a:.3f}" for s, a in zip(c["steps"], c["accuracy"])],
-                                indent="      ")
-        lines += [clip(f"    warning: {w}") for w in r.get("warnings") or []]
+            lines += wrap_items(f"    {cname} (accuracy after N steps): ",
+                                [f"{s}: {100 * a:.1f}%" for s, a in zip(c["steps"], c["accuracy"])], indent="      ")
+        lines += [x for w in r.get("warnings") or [] for x in wrap_words(f"warning: {w}", "    ")]
         if r.get("sanity"):
             warns = r["sanity"]["warnings"]
-            lines += ([clip(f"    sanity: [{w['check']}] {w['message']}") for w in warns] if warns
-                      else ["    sanity: no gradient-masking symptom"])
+            lines += ([x for w in warns for x in wrap_words(f"sanity: [{w['check']}] {w['message']}", "    ")]
+                      if warns else ["    sanity: no gradient-masking symptom"])
         if r.get("corruption"):
             c = r["corruption"]
-            lines.append(f"    corruption: mean error {c['mean_error']:.3f}, mCE vs AlexNet {c['mce_vs_alexnet']:.1f}")
+            lines.append(f"    corruption: mean error {100 * c['mean_error']:.1f}%, "
+                         f"mCE vs AlexNet {c['mce_vs_alexnet']:.1f}")
     if results.get("transfer"):
         for attack, by_src in results["transfer"]["success"].items():
-            lines += wrap_items(f"  transfer {attack}: ", [f"{s}→{t} {v:.2f}" for s, row in by_src.items()
-                                                           for t, v in row.items()], sep="; ")
+            lines += wrap_items(f"  transfer {attack} (success): ", [f"{s}→{t} {100 * v:.0f}%" for s, row in
+                                                                     by_src.items() for t, v in row.items()],
+                                sep="; ")
         fixed = results["transfer"].get("resize_back")
         if fixed:
             lines.append(clip(f"  transfer: input diversity resized back on {', '.join(fixed)} (one input size)"))

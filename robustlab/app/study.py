@@ -76,7 +76,7 @@ from robustlab.app.config import (
 from robustlab.app.rundir import RunDir, study_fingerprint
 from robustlab.app.spec import EvaluationSpec, check_keys
 from robustlab.app.study_eval import EVALUATIONS, check_evaluation, run_evaluations
-from robustlab.app.summary import clip, fit_table, metrics_line, path_lines
+from robustlab.app.summary import clip, fit_table, metrics_line, path_lines, wrap_words
 
 _logger = logging.getLogger(__name__)
 
@@ -441,8 +441,12 @@ def format_study_summary(results: dict[str, Any]) -> str:
     from robustlab.report.html import table_rows
 
     lines = [clip(f"study {results['name']}: {results['title']} ({results['seconds']:.0f} s)")]
+    if results.get("form") == "smoke":
+        lines += wrap_words("smoke form (--smoke): a few images and epochs that test the pipeline; its verdicts "
+                            "are no result of the thesis's", "  ", "    ")
     for c in results.get("claims") or []:
-        lines.append(f"  {c['id']}: {c['verdict'].upper()} — {c['says']}"[:100])
+        noise = " (within noise)" if c.get("within_noise") else ""
+        lines += wrap_words(f"{c['id']}: {c['verdict'].upper()}{noise} — {c['says']}", "  ", "      ")
     for name, ev in results["evaluations"].items():
         lines += ["", clip(f"{name} ({ev['kind']}, {ev.get('n', '?')} images)")]
         lines += fit_table(*table_rows(ev["table"]))

@@ -15,6 +15,14 @@ def clip(line: str, width: int = WIDTH) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
+def wrap_words(text: str, first: str = "  ", rest: str = "      ", width: int = WIDTH) -> list[str]:
+    """``text`` wrapped at spaces to ``width`` columns: its first line after
+    ``first``, the others after ``rest`` (a warning or a claim is never cut)."""
+    import textwrap
+
+    return textwrap.wrap(text, width, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False) or [first]
+
+
 def path_lines(label: str, path: object, *, indent: str = "  ", width: int = WIDTH) -> list[str]:
     """``label: path`` on one line, or the path alone on the next when too long
     (a path is never cut: it is to be copied)."""

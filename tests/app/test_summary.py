@@ -53,6 +53,10 @@ def test_study_summary_fits():
                "evaluations": {"pgd": {"kind": "pgd", "n": 1000, "table": WIDE}}, "report": "/tmp/r/report.html"}
     text = format_study_summary(results)
     assert _fits(text) and "PGD-2000" in text and "resnet152_denoise_0" in text
+    assert " ".join(text.split()).count("denoising helps") == 10  # the claim is wrapped, never cut
+    smoke = format_study_summary({**results, "form": "smoke",
+                                  "claims": [{**results["claims"][0], "within_noise": True}]})
+    assert "smoke form (--smoke)" in smoke and "c1: HOLDS (within noise)" in smoke and _fits(smoke)
     assert result_line({"table": WIDE[:2]}) == "PGD-2000: resnet152_denoise_0 0.3000, resnet152_denoise_1 0.3000"
 
 
@@ -68,7 +72,10 @@ def test_eval_summary_fits():
                "transfer": {"success": {"mdi2fgsm": {f"model_{i}": {f"model_{j}": 0.5 for j in range(3)}
                                                       for i in range(3)}}}}
     text = format_eval_summary(results)
-    assert _fits(text) and "1000 images), ε = 8/255 (linf):" in text and "model_2→model_2 0.50" in text
+    assert _fits(text) and "1000 images), ε = 8/255 (linf):" in text and "model_2→model_2 50%" in text
+    flat = " ".join(text.split())
+    assert flat.count("the loss does not grow with the budget") == 15  # warnings wrapped, never cut
+    assert "1: 50.0%" in text and "mean error 30.0%" in text  # percentages, as the accuracies
     # An L2 budget is pixels, not a fraction of 255: ε₂ = 8 read "ε = 2040/255 (l2)".
     assert "ε₂ = 8 (l2):" in format_eval_summary({**results, "eps": 8.0, "eps_255": 2040.0, "norm": "l2"})
 
