@@ -193,6 +193,8 @@ CASES = {
     "model_float_classes": (lambda c: rl.models.create_model("smallcnn", 2.5), ValueError, "num_classes", 0),
     "model_unknown_name": (lambda c: rl.models.create_model("resnet_huge"), ValueError, "unknown model 'resnet_huge'",
                            0),
+    "model_factory_with_surgery": (lambda c: rl.models.resolve_model("nope.py:f", act="silu"), ValueError,
+                                   "is your own network, built as its factory makes it", 0),
     "model_weights_file_as_name": (lambda c: rl.models.resolve_model("r50.pt", num_classes=10), ValueError,
                                    "a weights file is no architecture; name the network", 0),
     "model_bad_depth": (lambda c: rl.models.create_model("resnet7_cifar"), ValueError, "CIFAR ResNet depth", 0),

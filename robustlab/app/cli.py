@@ -77,8 +77,8 @@ def _add_data_options(p: argparse.ArgumentParser, default: str | None = None) ->
     g.add_argument("--data-dir", help="where dataset files are looked for first")
     g.add_argument("--limit", type=int, help="use N samples (default: all): a built-in set's first N, an "
                    "imagefolder's every k-th image (all classes)")
-    g.add_argument("--image-size", type=int, help="resize images (and imagefolder crop size; default: as "
-                   "stored); the API's load_dataset(size=), a config's data.size")
+    g.add_argument("--image-size", type=int, help="resize images (default: a built-in set as stored, an "
+                   "imagefolder 224: resize + centre crop); the API's load_dataset(size=), a config's data.size")
     g.add_argument("--batch-size", type=int, default=128, help="images per batch")
     g.add_argument("--no-download", action="store_true", help="never download missing data")
 
@@ -175,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="dataset whose test split is used: fashion_mnist, cifar10, "
                     "imagefolder:ROOT, ...")
     ev.add_argument("--data-dir", help="where dataset files are looked for first")
-    ev.add_argument("--image-size", type=int, help="resize (imagefolder: resize + centre crop) to this size; the API's "
-                    "load_dataset(size=), a config's data.size")
+    ev.add_argument("--image-size", type=int, help="resize images (default: a built-in set as stored, an "
+                    "imagefolder 224: resize + centre crop); the API's load_dataset(size=), a config's data.size")
     ev.add_argument("--protocol", default="standard", choices=("standard", "thesis", "quick", "whitebox",
                                                                "transfer", "corruption", "all"),
                     help="standard | thesis | quick: robust accuracy; whitebox | transfer | corruption | all: "

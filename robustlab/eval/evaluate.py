@@ -518,9 +518,11 @@ def model_output(model: nn.Module, x: Tensor) -> Any:
         if hint is not None:
             raise ValueError(hint) from None
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise ValueError(f"model: it fails on the data's {tuple(x.shape[1:])} images ({first}); give it the "
-                         "images it takes (--image-size, the model's channels) and weights of one "
-                         "precision (model.float())") from None
+        precision = any(w in first.lower() for w in ("dtype", "half", "double", "bfloat", "scalar type"))
+        advice = ("weights of one precision (model.float())" if precision else
+                  "the images it takes (their size: --image-size, data.size or load_dataset(size=); its channels)")
+        raise ValueError(f"model: it fails on the data's {tuple(x.shape[1:])} images ({first}); give it "
+                         f"{advice}") from None
 
 
 def _probe(model: nn.Module, x0: Tensor, y0: Tensor) -> tuple[Tensor, list[str]]:

@@ -132,6 +132,11 @@ def resolve_model(spec: str | Path, *, weights: str | Path | None = None, **kwar
         return load_model(path, kind="classifier")
     key = str(spec)
     if is_factory_spec(key):
+        surgery = sorted(k for k in ("act", "norm", "denoise") if kwargs.get(k) is not None)
+        if surgery:  # recorded as if applied, and the model ran as the factory built it
+            raise ValueError(f"{surgery}: {key} is your own network, built as its factory makes it; these options "
+                             "change robustlab's, timm's and torchvision's models only (convert yours with "
+                             "rl.nn.swap_activation, convert_norm or add_denoise_blocks in the factory)")
         model = load_factory(key)
         if weights is not None:
             load_weights(model, weights, key)

@@ -708,6 +708,20 @@ def test_more_data_forms_a_user_passes_are_read_or_named(linear, digits):
         rl.eval.evaluate(linear, Pictures(), **kw)
 
 
+def test_a_model_that_fails_on_the_images_is_told_what_to_change(digits):
+    """Another input size gets the size advice; mixed-precision weights the precision one (every failure was
+    told both)."""
+    x, y = digits[0][:8], digits[1][:8]
+    kw = {"eps": 0.05, "protocol": "quick", "checklist": False}
+    wrong_size = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 10))
+    with pytest.raises(ValueError, match=r"fails on the data's \(1, 8, 8\) images .*their size: --image-size") as err:
+        rl.eval.evaluate(wrong_size, (x, y), **kw)
+    assert "precision" not in str(err.value)
+    mixed = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Linear(16, 10).double())
+    with pytest.raises(ValueError, match=r"weights of one precision \(model.float\(\)\)"):
+        rl.eval.evaluate(mixed, (x, y), **kw)
+
+
 def test_bad_values_late_in_memory_data_are_refused_before_any_attack(linear, digits):
     """A label or pixel out of range in the last image of in-memory data stopped the evaluation only after
     everything before it had been attacked; tensors and TensorDatasets are checked whole first."""
