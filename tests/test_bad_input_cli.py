@@ -10,6 +10,7 @@ tiny (``data.name=digits``), and the point is that no row trains a model.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -369,6 +370,19 @@ def test_report_on_a_broken_or_unfinished_run_says_what_it_is(trained, tmp_path,
     (run / "results.json").write_text("[1, 2]")
     assert main(["report", str(run)]) == 2
     assert "results.json holds a JSON list" in capsys.readouterr().err
+    # another tool's JSON, or a kind without its parts: refused, not rendered as an empty page
+    page = (run / "report.html").read_bytes()
+    for doc, said in (({"foo": 1}, "is not the results of a robustlab run: its kind is None"),
+                      ({"kind": "study", "foo": 1}, "is a study results.json without evaluations")):
+        (run / "results.json").write_text(json.dumps(doc))
+        assert main(["report", str(run)]) == 2
+        assert said in capsys.readouterr().err and (run / "report.html").read_bytes() == page
     (run / "results.json").unlink()
     assert main(["report", str(run)]) == 2
     assert "is a train run that has not finished (no results.json yet)" in capsys.readouterr().err
+    # several folders: all are checked before any report is written
+    (tmp_path / "good").mkdir()
+    good = Path(_copy_run(tmp_path / "good", trained))
+    (good / "report.html").unlink()
+    assert main(["report", str(good), str(tmp_path / "nonexistent")]) == 2
+    assert "has no results.json" in capsys.readouterr().err and not (good / "report.html").exists()

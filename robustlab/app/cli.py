@@ -496,7 +496,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.out or args.update:
             raise ValueError("--out and --update go with --markdown (report.html is always RUN_DIR/report.html)")
         from robustlab.report import write_report
+        from robustlab.report.html import read_results
 
+        for run_dir in args.run_dir:  # every folder checked before any report is written
+            read_results(run_dir)
         for run_dir in args.run_dir:
             print(write_report(run_dir))
         return 0

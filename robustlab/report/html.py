@@ -150,9 +150,14 @@ def _read(path: Path) -> dict[str, Any]:
     return read_json_mapping(path, "a run's results.json is the object robustlab wrote; run its command again")
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Render ``run_dir/results.json`` (and the results of the runs inside it,
-    e.g. an eval run in a training run) into ``run_dir/report.html``."""
+#: What each kind of results.json holds at least (an attack record has no kind: :func:`is_attack`).
+_REQUIRED = {"train": ("steps",), "eval": ("protocol",), "study": ("evaluations",)}
+
+
+def read_results(run_dir: str | Path) -> dict[str, Any]:
+    """``run_dir/results.json``, checked to be a robustlab run's (train, eval,
+    study or attack): another file is refused naming what it lacks, not
+    rendered as an empty page."""
     run_dir = Path(run_dir)
     path = run_dir / "results.json"
     if not path.is_file():
@@ -162,6 +167,24 @@ def write_report(run_dir: str | Path) -> Path:
                                     "run its command again to finish it")
         raise FileNotFoundError(f"{run_dir} has no results.json; is it a robustlab run directory?")
     results = _read(path)
+    kind = results.get("kind")
+    if kind is None and is_attack(results):
+        return results
+    if kind not in _REQUIRED:
+        raise ValueError(f"{path} is not the results of a robustlab run: its kind is {kind!r} (train, eval, study "
+                         "or an attack record); run the command again, or pass the run directory it came from")
+    missing = [k for k in _REQUIRED[kind] if k not in results]
+    if missing:
+        raise ValueError(f"{path} is a {kind} results.json without {', '.join(missing)}: it was not written by "
+                         "robustlab, or was edited; run the command again to rewrite it")
+    return results
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Render ``run_dir/results.json`` (and the results of the runs inside it,
+    e.g. an eval run in a training run) into ``run_dir/report.html``."""
+    run_dir = Path(run_dir)
+    results = read_results(run_dir)
     if results.get("kind") == "study":
         return write_study_report(run_dir)
     sections = run_sections(results, run_dir)
