@@ -386,3 +386,9 @@ def test_report_on_a_broken_or_unfinished_run_says_what_it_is(trained, tmp_path,
     (good / "report.html").unlink()
     assert main(["report", str(good), str(tmp_path / "nonexistent")]) == 2
     assert "has no results.json" in capsys.readouterr().err and not (good / "report.html").exists()
+
+
+def test_a_training_config_given_to_study_is_named_as_one(tmp_path, capsys):
+    assert main(["study", "train_vanilla", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "this is a training config" in err and "robustlab train CONFIG" in err and not (tmp_path / "s").exists()

@@ -127,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     atk.add_argument("--config", help="YAML file of options (keys as the flags: eps, steps, data, ...); "
                      "flags on the command line win")
     atk.add_argument("--model",
-                     help="checkpoint directory, built-in name (smallcnn, resnet18_cifar, ...), timm:NAME or "
-                     "tv:NAME (required)")
-    atk.add_argument("--weights", help="local weights file for a named model")
+                     help="checkpoint directory, built-in name (smallcnn, resnet18_cifar, ...), timm:NAME, "
+                     "tv:NAME or your own path/to/file.py:factory (required)")
+    atk.add_argument("--weights", help="local weights file for a named model or your factory's network")
     g = atk.add_argument_group("architecture of a named model (checkpoints record their own)")
     g.add_argument("--act", help="swap activations (names: robustlab list activations)")
     g.add_argument("--norm-layer", choices=("bn", "mbn", "gn"), help="batch norm, mixture BN or GroupNorm")
@@ -464,6 +464,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         steps = [int(s) for s in str(args.steps).split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--steps must be comma-separated integers; got {args.steps!r}") from None
+    for run_dir in args.checkpoint:  # a run directory by name: a typo is said as one, not as an unknown model
+        if not Path(run_dir).is_dir():
+            raise FileNotFoundError(f"--checkpoint {run_dir}: no such run directory (a robustlab train run, or a "
+                                    "study's RUN/models/NAME)")
     spec = EvalSpec(models=[*args.model, *args.checkpoint], data=args.data, protocol=args.protocol,
                     eps=parse_budget(args.eps, "--eps", pixels=args.norm == "l2"), norm=args.norm,
                     weights=args.weights,

@@ -187,6 +187,9 @@ def resolve_study(raw: dict[str, Any], *, name: str | None = None) -> Study:
     model config and every evaluation is checked before anything runs."""
     if not isinstance(raw, dict):
         raise ValueError("a study config must be a mapping (name, defaults, models, evaluations, ...)")
+    if {"recipe", "train"} & set(raw) and "models" not in raw:  # a training config given to `robustlab study`
+        raise ValueError("this is a training config (model, data, recipe, train), not a study: run it with "
+                         "`robustlab train CONFIG`, or name it as a model of a study (models: {NAME: {recipe: ...}})")
     check_keys(raw, STUDY_KEYS, noun="study key")
     name = str(raw.get("name") or name or "study")
     if not name.replace("_", "").replace("-", "").isalnum():

@@ -53,6 +53,7 @@ def test_whitebox_and_corruption_write_results_and_report(runs, capsys):
     (["--eps", "300"], "above 255"),
     (["--protocol", "standard", "--batch-size", "0"], "--batch-size"),
     (["--weights", "missing.pt", "--model", "x.py:f"], "--weights"),
+    (["--checkpoint", "/nonexistent/run"], "--checkpoint /nonexistent/run: no such run directory"),
     (["--option", "stepz=3"], "--option: protocol 'standard' has no option 'stepz'; options: p_init, queries"),
     (["--protocol", "quick", "--option", "steps=abc"], "--option: option steps must be a whole number >= 1"),
     (["--option", "queries=0"], "option queries must be a whole number >= 1"),
