@@ -166,6 +166,26 @@ def load_models(spec: EvalSpec, info: Any, device: torch.device) -> dict[str, nn
     return models
 
 
+def output_count(model: nn.Module, data: Any, device: torch.device) -> int:
+    """How many outputs ``model`` gives on the data's first image."""
+    x = torch.as_tensor(data[0][0])[None].float().to(device)
+    with torch.no_grad():
+        return int(model(x).shape[-1])
+
+
+def class_count_warning(outputs: int, info: Any) -> str | None:
+    """A folder of fewer classes than the model has outputs: its labels are the
+    folder's class indices (sorted names), right only if they are the model's
+    first classes in that order (an ImageNet model on a 3-class folder is not)."""
+    classes = list(getattr(info, "classes", None) or [])
+    if not classes or outputs == len(classes):
+        return None
+    shown = ", ".join(classes[:3]) + (", ..." if len(classes) > 3 else "")
+    return (f"[data] the model has {outputs} outputs and the data {len(classes)} classes ({shown}): label i is "
+            f"the folder's i-th class by sorted name, read as the model's output i; right only if those are the "
+            "model's first classes in that order")
+
+
 class SamplesDone:
     """``evaluate``'s progress callback (cumulative counts after each cascade
     step) as a :mod:`robustlab._progress` loop of samples, whose eta follows
@@ -221,6 +241,9 @@ def _robust(models: dict[str, nn.Module], data: Any, spec: EvalSpec, run: RunDir
         if ev.examples is not None:
             write_tensors(path / f"examples-{name}.safetensors", ev.examples)
         per_model[name] = ev.to_dict()
+        extra = class_count_warning(output_count(model, data, device), dataset_info(data))
+        if extra is not None:
+            per_model[name]["warnings"] = [extra, *per_model[name]["warnings"]]
     results: dict[str, Any] = {"models": per_model}
     if len(per_model) == 1:  # one model: its figures at the top level too
         only = next(iter(per_model.values()))

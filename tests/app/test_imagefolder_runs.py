@@ -26,6 +26,11 @@ def linear(seed=0):
 
 def other():
     return linear(1)
+
+
+def ten():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10))
 """
 
 
@@ -275,3 +280,15 @@ def test_an_evaluation_folder_with_other_class_names_is_refused(folder, tmp_path
         err = capsys.readouterr().err
         assert "its classes differ from the 3 that" in err and "only in the data: ['aclass']" in err
         assert not (tmp_path / command[0]).exists()
+
+
+def test_a_model_with_more_outputs_than_the_folder_has_classes_is_warned(folder, tmp_path):
+    """A 10-output network on a 3-class folder ran without a word: label i is the folder's i-th class, which
+    is the model's class i only by luck. Equal counts say nothing."""
+    for name, said in (("ten", True), ("linear", False)):
+        out = tmp_path / name
+        assert main(["-q", "eval", "--model", f"{folder / 'mine.py'}:{name}", "--data", f"imagefolder:{folder}",
+                     "--image-size", "16", "--protocol", "quick", "--option", "steps=1", "--out", str(out)]) == 0
+        warnings = json.loads((out / "results.json").read_text())["models"][name]["warnings"]
+        assert any("the model has 10 outputs and the data 3 classes (class0, class1, class2)" in w
+                   for w in warnings) is said
