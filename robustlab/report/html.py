@@ -157,16 +157,9 @@ _REQUIRED = {"train": ("steps",), "eval": ("protocol",), "study": ("evaluations"
 def read_results(run_dir: str | Path) -> dict[str, Any]:
     """``run_dir/results.json``, checked to be a robustlab run's (train, eval,
     study or attack): another file is refused naming what it lacks, not
-    rendered as an empty page."""
-    run_dir = Path(run_dir)
-    path = run_dir / "results.json"
-    if not path.is_file():
-        if (run_dir / "run.json").is_file():
-            kind = read_json_mapping(run_dir / "run.json", "a run's identity").get("kind", "robustlab")
-            raise FileNotFoundError(f"{run_dir} is a {kind} run that has not finished (no results.json yet); "
-                                    "run its command again to finish it")
-        raise FileNotFoundError(f"{run_dir} has no results.json; is it a robustlab run directory?")
-    results = _read(path)
+    rendered as an empty page (what ``robustlab report`` reads)."""
+    path = Path(run_dir) / "results.json"
+    results = _load(Path(run_dir))
     kind = results.get("kind")
     if kind is None and is_attack(results):
         return results
@@ -180,11 +173,25 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
     return results
 
 
+def _load(run_dir: Path) -> dict[str, Any]:
+    """``run_dir/results.json`` as a mapping; a missing one is said as an unfinished run or no run."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        if (run_dir / "run.json").is_file():
+            kind = read_json_mapping(run_dir / "run.json", "a run's identity").get("kind", "robustlab")
+            raise FileNotFoundError(f"{run_dir} is a {kind} run that has not finished (no results.json yet); "
+                                    "run its command again to finish it")
+        raise FileNotFoundError(f"{run_dir} has no results.json; is it a robustlab run directory?")
+    return _read(path)
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Render ``run_dir/results.json`` (and the results of the runs inside it,
-    e.g. an eval run in a training run) into ``run_dir/report.html``."""
+    e.g. an eval run in a training run) into ``run_dir/report.html``; a
+    results.json of a kind without a report of its own gets the page's frame
+    (``robustlab report`` checks the kind first: :func:`read_results`)."""
     run_dir = Path(run_dir)
-    results = read_results(run_dir)
+    results = _load(run_dir)
     if results.get("kind") == "study":
         return write_study_report(run_dir)
     sections = run_sections(results, run_dir)
