@@ -37,6 +37,8 @@ def humanize(key: str) -> str:
     ``train acc (adv)``), others with their underscores spelled as spaces."""
     if key in LABELS:
         return LABELS[key]
+    if key.startswith("→ "):  # a transfer target: a model's name, as the claims and results.json spell it
+        return key
     for stem in ("_acc_", "_loss_", "_error_"):
         head, sep, tail = key.partition(stem)
         if sep:

@@ -72,7 +72,8 @@ def evaluation_meta(ev: Mapping[str, Any]) -> list[str]:
         return [budget(pixels(o.get("eps"))), budget(pixels(o.get("step_size")), symbol="α"),
                 "PGD " + steps_text(o.get("steps")),
                 f"protocol white-box PGD: {loss}, {'targeted' if o.get('targeted') else 'untargeted'}, "
-                f"{o.get('restarts', 1)} restart(s), worst case over the losses", images]
+                f"{o.get('restarts', 1)} restart(s)" + (", worst case over the losses" if o.get("loss") == "both"
+                                                          else ""), images]
     if kind == "robust":
         from robustlab.eval import protocols
 

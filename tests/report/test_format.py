@@ -66,6 +66,7 @@ def test_labels_for_known_keys_and_humanized_unknown_ones():
     assert humanize("clean_acc") == "clean acc"
     assert humanize("val_loss_clean") == "val loss (clean)"
     assert humanize("some_new_key") == "some new key"
+    assert humanize("→ vanilla_b") == "→ vanilla_b"  # a transfer target keeps the model's name
     assert network_text({"name": "smallcnn", "width": 16, "act": "silu", "norm": None}) == \
         "smallcnn (width 16, act silu)"
 
@@ -78,3 +79,12 @@ def test_wide_tables_turn_on_their_side_and_intervals_follow_each_rows_n():
     assert t.rows[0][1].note == "[23.7, 76.3] n=10" and t.rows[1][1].note.endswith("n=1000")
     t = table([{"mIoU": 0.5}], 10, proportions=False)
     assert t.rows[0][0].text == "0.5000"
+
+
+def test_a_whitebox_header_speaks_of_a_worst_case_only_over_two_losses():
+    from robustlab.report.study import evaluation_meta
+
+    one = {"kind": "whitebox", "n": 10, "options": {"eps": 16, "step_size": 1, "steps": [1, 5], "loss": "ce"}}
+    both = {**one, "options": {**one["options"], "loss": "both"}}
+    assert not any("worst case" in m for m in evaluation_meta(one))
+    assert any("CE and C&W-margin losses" in m and "worst case over the losses" in m for m in evaluation_meta(both))
