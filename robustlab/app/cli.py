@@ -168,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the model to evaluate (repeat for several; every one is evaluated)")
     ev.add_argument("--checkpoint", action="append", default=[], metavar="RUN_DIR",
                     help="a robustlab run directory (same as --model RUN_DIR)")
-    ev.add_argument("--weights", help="a local state-dict file (.safetensors, or .pt/.pth read weights-only)")
+    ev.add_argument("--weights", action="append", default=[],
+                    help="a local state-dict file (.safetensors, or .pt/.pth read weights-only); repeat it with "
+                    "--model, one per --model in the same order")
     ev.add_argument("--mean", help="per-channel mean the model expects, e.g. 0.485,0.456,0.406: the model is "
                     "wrapped to take [0, 1] pixels")
     ev.add_argument("--std", help="per-channel std the model expects, with --mean")
@@ -464,13 +466,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         steps = [int(s) for s in str(args.steps).split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--steps must be comma-separated integers; got {args.steps!r}") from None
+    if len(args.weights) > 1 and len(args.weights) != len(args.model):
+        raise ValueError(f"--weights: give one per --model, in the same order ({len(args.model)} --model, "
+                         f"{len(args.weights)} --weights); a --checkpoint carries its own")
     for run_dir in args.checkpoint:  # a run directory by name: a typo is said as one, not as an unknown model
         if not Path(run_dir).is_dir():
             raise FileNotFoundError(f"--checkpoint {run_dir}: no such run directory (a robustlab train run, or a "
                                     "study's RUN/models/NAME)")
     spec = EvalSpec(models=[*args.model, *args.checkpoint], data=args.data, protocol=args.protocol,
                     eps=parse_budget(args.eps, "--eps", pixels=args.norm == "l2"), norm=args.norm,
-                    weights=args.weights,
+                    weights=(args.weights[0] if len(args.weights) == 1 else args.weights or None),
                     mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"), limit=args.limit,
                     batch_size=args.batch_size, workers=args.workers,
                     fallback={"auto": None, "on": True, "off": False}[args.fallback], seed=args.seed,

@@ -55,7 +55,7 @@ class EvalSpec:
     protocol: str = "standard"
     eps: float = 8 / 255
     norm: str = "linf"
-    weights: str | None = None
+    weights: str | list[str] | None = None  # a list: one per model, in order (the first len(weights) models)
     mean: list[float] | None = None
     std: list[float] | None = None
     limit: int | None = None
@@ -94,8 +94,11 @@ class EvalSpec:
         if self.workers < 0:
             raise ValueError(f"--workers must be >= 0; got {self.workers}")
         check_number(self.seed, "--seed", low=0, high=2**63 - 1, integer=True)
-        if self.weights is not None and len(self.models) > 1:
-            raise ValueError("--weights applies to one model; give one --model with it")
+        if isinstance(self.weights, str) and len(self.models) > 1:
+            raise ValueError("--weights applies to one model; give one --model with it, or one --weights per "
+                             "--model")
+        if isinstance(self.weights, list) and len(self.weights) > len(self.models):
+            raise ValueError(f"--weights: {len(self.weights)} files for {len(self.models)} models")
         if (self.mean is None) != (self.std is None):
             raise ValueError("--mean and --std must be given together")
         if self.mean is not None and (not self.mean or len(self.mean) != len(self.std)):
@@ -157,10 +160,11 @@ def check_trained_classes(model_spec: str, info: Any) -> None:
 def load_models(spec: EvalSpec, info: Any, device: torch.device) -> dict[str, nn.Module]:
     """Every model named, in eval mode on ``device`` (errors name the spec)."""
     models = {}
-    for name, s in zip(_names(spec.models), spec.models):
+    weights = spec.weights if isinstance(spec.weights, list) else [spec.weights] if spec.weights else []
+    for i, (name, s) in enumerate(zip(_names(spec.models), spec.models)):
         check_trained_classes(s, info)
-        model = resolve_model(s, weights=spec.weights, num_classes=info.num_classes, in_channels=info.channels,
-                              mean=info.mean, std=info.std)
+        model = resolve_model(s, weights=weights[i] if i < len(weights) else None, num_classes=info.num_classes,
+                              in_channels=info.channels, mean=info.mean, std=info.std)
         model = normalized(model, spec.mean, spec.std)
         models[name] = model.to(device).eval()
     return models

@@ -53,6 +53,7 @@ def test_whitebox_and_corruption_write_results_and_report(runs, capsys):
     (["--eps", "300"], "above 255"),
     (["--protocol", "standard", "--batch-size", "0"], "--batch-size"),
     (["--weights", "missing.pt", "--model", "x.py:f"], "--weights"),
+    (["--model", "x.py:f", "--weights", "a.pt", "--weights", "b.pt"], "give one per --model, in the same order (1"),
     (["--checkpoint", "/nonexistent/run"], "--checkpoint /nonexistent/run: no such run directory"),
     (["--option", "stepz=3"], "--option: protocol 'standard' has no option 'stepz'; options: p_init, queries"),
     (["--protocol", "quick", "--option", "steps=abc"], "--option: option steps must be a whole number >= 1"),
@@ -125,6 +126,24 @@ def test_eval_a_user_factory_model(tmp_path, capsys):
     assert main(["eval", "--model", f"{tmp_path / 'mine.py'}:not_a_model", "--data", "digits",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "not a torch.nn.Module" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    # Two of your own models, each with its weights (one --weights per --model, in order), in one evaluation.
+    two = tmp_path / "two"
+    assert main(["eval", "--model", f"{tmp_path / 'mine.py'}:model", "--weights", str(tmp_path / "w.safetensors"),
+                 "--model", f"{tmp_path / 'mine.py'}:model", "--data", "digits", "--protocol", "quick",
+                 "--limit", "60", "--out", str(two), "-q"]) == 2  # one --weights for two --model: which one?
+    assert "or one --weights per --model" in capsys.readouterr().err and not two.exists()
+    torch.manual_seed(1)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+               .state_dict().items()}, str(tmp_path / "untrained.safetensors"))
+    assert main(["eval", "--model", f"{tmp_path / 'mine.py'}:model", "--weights", str(tmp_path / "w.safetensors"),
+                 "--model", f"{tmp_path / 'mine.py'}:model", "--weights", str(tmp_path / "untrained.safetensors"),
+                 "--data", "digits", "--protocol", "quick", "--limit", "60", "--out", str(two), "-q"]) == 0
+    models = json.loads((two / "results.json").read_text())["models"]
+    assert len(models) == 2
+    trained, untrained = (m["clean_accuracy"] for m in models.values())
+    assert trained == pytest.approx(res["clean_accuracy"]) and untrained < 0.5  # each its own weights
 
 
 def test_l2_budgets_reach_every_protocol_and_plain_l2_numbers_are_pixels(runs, tmp_path):
