@@ -434,6 +434,9 @@ def _run_study(study: Study, run: RunDir) -> dict[str, Any]:
                "data": next(iter(study.models.values())).data.name, "models": models,
                "evaluations": {k: {kk: vv for kk, vv in v.items() if kk != "key"} for k, v in evaluations.items()},
                "seconds": round(time.perf_counter() - start, 2)}
+    # what the models and evaluations took when they ran (a rerun that reuses them takes a second)
+    results["compute_seconds"] = round(sum(float(m.get("train_seconds") or 0) for m in models.values())
+                                       + sum(float(e.get("seconds") or 0) for e in evaluations.values()), 2)
     results["claims"] = evaluate_claims(study.claims, results["evaluations"])
     return run.finish(results)
 
@@ -443,7 +446,10 @@ def format_study_summary(results: dict[str, Any]) -> str:
     their key columns (:func:`~robustlab.app.summary.fit_table`); the report has them whole."""
     from robustlab.report.html import table_rows
 
-    lines = [clip(f"study {results['name']}: {results['title']} ({results['seconds']:.0f} s)")]
+    took = f"{results['seconds']:.0f} s"
+    if results.get("compute_seconds") is not None and results["compute_seconds"] > 2 * results["seconds"]:
+        took += f"; {results['compute_seconds']:.0f} s of training and evaluation in all"  # reused
+    lines = [clip(f"study {results['name']}: {results['title']} ({took})")]
     if results.get("form") == "smoke":
         lines += wrap_words("smoke form (--smoke): a few images and epochs that test the pipeline; its verdicts "
                             "are no result of the thesis's", "  ", "    ")

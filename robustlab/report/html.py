@@ -133,8 +133,10 @@ def render_study(results: Mapping[str, Any], run_dir: Path | None = None) -> str
     evaluation (a readable table, its plot, adversarial examples where kept,
     and the cells exactly as ``results.json`` holds them)."""
     title = f"robustlab study — {results.get('title', results.get('name', '?'))}"
-    intro = [("", f"data {results.get('data', '?')}; {len(results.get('models') or {})} models; "
-                  f"{float(results.get('seconds', 0)):.0f} s"
+    took = f"{float(results.get('seconds', 0)):.0f} s"
+    if results.get("compute_seconds") is not None:
+        took += f" this run ({float(results['compute_seconds']):.0f} s of training and evaluation in all)"
+    intro = [("", f"data {results.get('data', '?')}; {len(results.get('models') or {})} models; {took}"
                   + (f"; thesis chapter {results['chapter']}" if results.get("chapter") else ""))]
     if results.get("form") == "smoke":
         intro.append(("Smoke form.", "run with the config's smoke: overrides (fewer images and epochs): a check "

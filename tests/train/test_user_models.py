@@ -114,6 +114,9 @@ def test_a_study_trains_and_evaluates_your_network(nets, capsys):
     assert main(["study", "study.yaml", "--out", str(out)]) == 0  # again: reused, the same figures
     again = json.loads((out / "results.json").read_text())
     assert again["evaluations"]["clean"] == res["evaluations"]["clean"]
+    # a reused study keeps the cost of what it reuses (it reported 0 s)
+    assert again["compute_seconds"] == res["compute_seconds"] > 0
+    assert "of training and evaluation in all" in (out / "report.html").read_text()
 
 
 def test_your_network_starts_from_its_own_weights(nets, capsys):
