@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from robustlab._checks import check_number, model_channels
-from robustlab._io import pick_device, write_tensors
+from robustlab._io import pick_device, sha256_file, write_tensors
 from robustlab._progress import Progress, progress
 from robustlab.app.rundir import RunDir, fingerprint_of, first_free
 from robustlab.data import dataset_info, load_dataset, make_loader
@@ -341,10 +341,14 @@ def run_eval(spec: EvalSpec, *, quiet: bool = False) -> dict[str, Any]:
                             channels=1)
         info = dataset_info(test)
     config = {k: v for k, v in asdict(spec).items() if k not in ("out", "device")}
+    files = [spec.weights] if isinstance(spec.weights, str) else list(spec.weights or [])
+    if files:  # the weights are known by their contents: a copy elsewhere is the same run, an edit in place is not
+        config["weights_sha256"] = [sha256_file(Path(f)) for f in files]
+    identity = {k: v for k, v in config.items() if k != "weights"}
     out = spec.out
     if out is None and Path(spec.models[0]).is_dir():  # RUN/eval-PROTOCOL, or -2, -3 … for other options
-        out = first_free(Path(spec.models[0]) / f"eval-{spec.protocol}", "eval", fingerprint_of(config))
-    run = RunDir(out, "eval", fingerprint_of(config), config=config)
+        out = first_free(Path(spec.models[0]) / f"eval-{spec.protocol}", "eval", fingerprint_of(identity))
+    run = RunDir(out, "eval", fingerprint_of(identity), config=config)
     start = time.perf_counter()
     results: dict[str, Any] = {"kind": "eval", "protocol": spec.protocol, "data": spec.data, "n": len(test),
                                "eps": spec.eps, "eps_255": spec.eps * 255, "norm": spec.norm,

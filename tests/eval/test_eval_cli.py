@@ -85,7 +85,7 @@ def not_a_model():
 """
 
 
-def _train_linear(path):
+def _train_linear(path, steps=150):
     """A linear digits classifier saved as a state dict, for --weights."""
     import robustlab as rl
 
@@ -94,7 +94,7 @@ def _train_linear(path):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     opt = torch.optim.Adam(net.parameters(), lr=0.05)
-    for _ in range(150):
+    for _ in range(steps):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
@@ -122,6 +122,15 @@ def test_eval_a_user_factory_model(tmp_path, capsys):
     other = [a if a != "0.1" else "0.2" for a in args]
     assert main(other) == 2
     assert "holds another run" in capsys.readouterr().err
+    # The weights are known by their contents: a copy under another name is the same run, an edit in place not.
+    import shutil
+
+    shutil.copy(tmp_path / "w.safetensors", tmp_path / "copy.safetensors")
+    assert main([a.replace("w.safetensors", "copy.safetensors") for a in args]) == 0
+    _train_linear(tmp_path / "w.safetensors", steps=5)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds another run (its config differs in " in err and "weights_sha256: [" in err
     # A factory that does not return a module is refused by name.
     assert main(["eval", "--model", f"{tmp_path / 'mine.py'}:not_a_model", "--data", "digits",
                  "--out", str(tmp_path / "bad")]) == 2
@@ -137,7 +146,7 @@ def test_eval_a_user_factory_model(tmp_path, capsys):
 
     save_file({k: v.contiguous() for k, v in torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
                .state_dict().items()}, str(tmp_path / "untrained.safetensors"))
-    assert main(["eval", "--model", f"{tmp_path / 'mine.py'}:model", "--weights", str(tmp_path / "w.safetensors"),
+    assert main(["eval", "--model", f"{tmp_path / 'mine.py'}:model", "--weights", str(tmp_path / "copy.safetensors"),
                  "--model", f"{tmp_path / 'mine.py'}:model", "--weights", str(tmp_path / "untrained.safetensors"),
                  "--data", "digits", "--protocol", "quick", "--limit", "60", "--out", str(two), "-q"]) == 0
     models = json.loads((two / "results.json").read_text())["models"]
