@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -364,8 +363,7 @@ def run_eval(spec: EvalSpec, *, quiet: bool = False) -> dict[str, Any]:
                 results.update(_curves(models, test, spec, dev))
         except (ValueError, TypeError):  # refused on the data or the model's outputs: no half-written run
             if fresh and {p.name for p in run.path.iterdir()} <= {"config.yaml", "run.json", ".lock"}:
-                run.close()  # (a saved evaluation state stays: the same command resumes it)
-                shutil.rmtree(run.path, ignore_errors=True)
+                run.discard()  # with the parents made for it (a saved evaluation state stays: it resumes)
             raise
         results["seconds"] = round(time.perf_counter() - start, 2)
         return run.finish(results)

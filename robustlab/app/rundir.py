@@ -120,6 +120,7 @@ class RunDir:
         self.path = default_path(out, kind)
         self.kind, self.fingerprint, self.writer, self.config = kind, fingerprint, writer, config
         self._locked = False
+        self._made: list[Path] = []
         self.existing = self._check()
         if writer:
             self._check_lock()
@@ -222,6 +223,19 @@ class RunDir:
                 pass
             atexit.unregister(self.close)
 
+    def discard(self) -> None:
+        """Remove a run refused after its folder was made (nothing of it is
+        kept), with the parent folders :meth:`ensure` created for it, if empty."""
+        import shutil
+
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+        for parent in self._made[1:]:  # deepest first, each only if empty
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
     def __enter__(self) -> RunDir:
         return self
 
@@ -235,6 +249,7 @@ class RunDir:
             raise RuntimeError(f"{self.path}: this process only reads the run directory")
         if not self._locked:
             self._check()  # nothing changed since construction
+            self._made = [p for p in (self.path, *self.path.parents) if not p.exists()]  # what discard may remove
             self.path.mkdir(parents=True, exist_ok=True)
             self._acquire()
             if self.existing is None:

@@ -255,11 +255,11 @@ def test_model_refusals_leave_no_run_directory(folder, tmp_path, capsys):
              (["eval", "--model", f"{tmp_path / 'm.py'}:flat", "--mean", "123.7,116.3,103.5", "--std",
                "58.4,57.1,57.4"], "divide 0-255 values by 255")]
     for i, (args, fragment) in enumerate(cases):
-        out = tmp_path / f"run{i}"
+        out = tmp_path / f"new{i}" / "deeper" / "run"  # the parents made for it go too
         extra = [] if "--image-size" in args else ["--image-size", "16"]
         assert main([*args, "--data", f"imagefolder:{folder}", *extra, "--out", str(out)]) == 2, args
         err = capsys.readouterr().err
-        assert fragment in err and "Traceback" not in err and not out.exists(), (args, err)
+        assert fragment in err and "Traceback" not in err and not (tmp_path / f"new{i}").exists(), (args, err)
 
 
 def test_an_evaluation_folder_with_other_class_names_is_refused(folder, tmp_path, capsys):
