@@ -444,7 +444,7 @@ def _run_study(study: Study, run: RunDir) -> dict[str, Any]:
 def format_study_summary(results: dict[str, Any]) -> str:
     """What ``robustlab study`` prints, within 100 columns: wide tables keep
     their key columns (:func:`~robustlab.app.summary.fit_table`); the report has them whole."""
-    from robustlab.report.html import table_rows
+    from robustlab.report.markdown import evaluation_cells
 
     took = f"{results['seconds']:.0f} s"
     if results.get("compute_seconds") is not None and results["compute_seconds"] > 2 * results["seconds"]:
@@ -457,7 +457,8 @@ def format_study_summary(results: dict[str, Any]) -> str:
         noise = " (within noise)" if c.get("within_noise") else ""
         lines += wrap_words(f"{c['id']}: {c['verdict'].upper()}{noise} — {c['says']}", "  ", "      ")
     for name, ev in results["evaluations"].items():
-        lines += ["", clip(f"{name} ({ev['kind']}, {ev.get('n', '?')} images)")]
-        lines += fit_table(*table_rows(ev["table"]))
+        columns, cells, unit = evaluation_cells(ev)
+        lines += ["", clip(f"{name} ({ev['kind']}, {ev.get('n', '?')} images" + (f"; {unit})" if unit else ")"))]
+        lines += fit_table(columns, cells)
     lines += ["", *path_lines("report", results["report"], indent="")]
     return "\n".join(lines)

@@ -92,14 +92,16 @@ def result_line(ev: dict, width: int = WIDTH) -> str:
     """An evaluation's result in one line: each row's first cell and its last
     numeric column (the strongest attack or the quantity of the table), e.g.
     ``PGD-10: plain 0.0312, at 0.4688``."""
-    from robustlab.report.html import table_rows
+    from robustlab.report.markdown import evaluation_cells
 
-    columns, rows = table_rows(ev.get("table") or [])
+    columns, rows, unit = evaluation_cells(ev)
     numeric = [i for i in range(1, len(columns)) if all(_is_number(r[i]) for r in rows)]
     if not rows or not numeric:
         return f"{len(rows)} rows"
-    i = numeric[-1]
-    return clip(f"{columns[i]}: " + ", ".join(f"{r[0]} {r[i]}" for r in rows), width)
+    summary = [i for i in numeric if "(mean)" in columns[i] or columns[i] in ("robust", "mean")]
+    i = (summary or numeric)[-1]  # a corruption table's mean, not its last corruption
+    pct = "%" if unit == "%" else ""
+    return clip(f"{columns[i]}: " + ", ".join(f"{r[0]} {r[i]}{pct}" for r in rows), width)
 
 
 def _is_number(cell: str) -> bool:

@@ -209,12 +209,25 @@ def _table_cell(v: Any, column: str, proportions: Any) -> str:
     return _cell(short(v) if isinstance(v, (list, tuple, bool)) else v)
 
 
+def evaluation_cells(ev: Mapping[str, Any]) -> tuple[list[str], list[list[str]], str]:
+    """(columns, rows of cells, unit) of a study evaluation's table as the
+    markdown and the terminal print it: proportions of images in percent with
+    one decimal (``unit`` says so), other numbers to 4 significant digits."""
+    from robustlab.report.study import proportion_rule
+
+    rows = [r for r in ev.get("table") or [] if isinstance(r, Mapping)]
+    proportions = proportion_rule(ev) if "kind" in ev else False
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    unit = "%" if proportions is True else ("%; differences in points" if callable(proportions) else "")
+    return columns, [[_table_cell(r.get(c, ""), c, proportions) for c in columns] for r in rows], unit
+
+
 def evaluation_tables(results: Mapping[str, Any]) -> list[str]:
     """Every evaluation's table, folded under its name, kind, n and
     conditions (ε, steps, protocol: the report's section header): proportions
     of images in percent with one decimal, other numbers to 4 significant
     digits, as ``results.json`` holds them otherwise."""
-    from robustlab.report.study import KIND_TITLES, evaluation_meta, proportion_rule
+    from robustlab.report.study import KIND_TITLES, evaluation_meta
 
     out = []
     for name, ev in (results.get("evaluations") or {}).items():
@@ -222,9 +235,7 @@ def evaluation_tables(results: Mapping[str, Any]) -> list[str]:
         if not rows:
             continue
         kind = str(ev.get("kind", ""))
-        proportions = proportion_rule(ev)
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-        unit = "%" if proportions is True else ("%; differences in points" if callable(proportions) else "")
+        columns, cells, unit = evaluation_cells(ev)
         head = f"<b>{_cell(name)}</b> ({_cell(kind)}" + (f": {KIND_TITLES[kind]}" if kind in KIND_TITLES else "")
         head += f"; n = {short(ev.get('n', '?'))}" + (f"; {unit})" if unit else ")")
         try:
@@ -238,7 +249,7 @@ def evaluation_tables(results: Mapping[str, Any]) -> list[str]:
             out += [f"*{_cell(ev['value'])}*", ""]
         out.append("| " + " | ".join(_cell(c) for c in columns) + " |")
         out.append("|" + "---|" * len(columns))
-        out += ["| " + " | ".join(_table_cell(r.get(c, ""), c, proportions) for c in columns) + " |" for r in rows]
+        out += ["| " + " | ".join(row) + " |" for row in cells]
         out += ["", "</details>", ""]
     return out
 

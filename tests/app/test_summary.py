@@ -57,7 +57,12 @@ def test_study_summary_fits():
     smoke = format_study_summary({**results, "form": "smoke",
                                   "claims": [{**results["claims"][0], "within_noise": True}]})
     assert "smoke form (--smoke)" in smoke and "c1: HOLDS (within noise)" in smoke and _fits(smoke)
-    assert result_line({"table": WIDE[:2]}) == "PGD-2000: resnet152_denoise_0 0.3000, resnet152_denoise_1 0.3000"
+    # an evaluation of accuracies in percent, as the report and the markdown give them
+    assert result_line({"kind": "whitebox", "table": WIDE[:2]}) == \
+        "PGD-2000: resnet152_denoise_0 30.0%, resnet152_denoise_1 30.0%"
+    assert "30.0" in text and "0.3000" not in text
+    corruption = {"kind": "corruption", "table": [{"model": "a", "clean": 0.9, "corrupted (mean)": 0.5, "fog": 0.2}]}
+    assert result_line(corruption) == "corrupted (mean): a 50.0%"  # the mean, not the last corruption
 
 
 def test_eval_summary_fits():
