@@ -181,11 +181,8 @@ def batch_source(data: Any, batch_size: int | None) -> tuple[Iterable[tuple[Tens
             and isinstance(data[0][0], Tensor) and data[0][0].dim() == 3):
         raise TypeError(f"data: x is a {type(data[0]).__name__} of {len(data[0])} images; stack them into one "
                         "(N, C, H, W) tensor: (torch.stack(x), torch.as_tensor(y))")
-    if _tensor_pair(data):
-        data = data[:2]
-    if isinstance(data, (tuple, list)) and len(data) == 2 and (isinstance(data[0], Tensor) or hasattr(
-            data[0], "__array__")) and not isinstance(_tensor(data[1]), (tuple, list)) and not _samples(data):
-        x, y = (torch.as_tensor(t) for t in data)
+    if _tensor_pair(data):  # (x, y) tensors or arrays, or (x, y, index, ...)
+        x, y = (torch.as_tensor(t) for t in data[:2])
         if y.dim() == 0 and x.dim() in (3, 4):  # one sample: (image, label), or a batch of one and its label
             x, y = (x[None] if x.dim() == 3 else x), y[None]
         size = batch_size or DEFAULT_BATCH
