@@ -394,6 +394,9 @@ def _curves(models: dict[str, nn.Module], test: Any, spec: EvalSpec, device: tor
                 with torch.no_grad():
                     res.update(_corruption(model, x, y, res["clean_accuracy"]))
                 _logger.info("model %s: corruption mean error %.3f", name, res["corruption"]["mean_error"])
+        extra = class_count_warning(output_count(model, test, device), dataset_info(test))
+        if extra is not None:
+            res["warnings"] = [extra]
         res["routes"] = list(route_names(model))
         stats = bn_statistics(model)
         if stats:  # Fig. 6.5: running statistics per route (or of the plain BNs)

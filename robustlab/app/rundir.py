@@ -80,6 +80,20 @@ def flat_keys(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{dotted.key: (old, new)}`` where two nested configs differ."""
+    a, b = flat_keys(old), flat_keys(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any], most: int = 4) -> str:
+    """``steps: 3 → 4, lr: 0.1 → 0.05 and 2 more``: the first ``most`` keys
+    where two nested configs differ, for a message; empty when none do."""
+    changes = changed_keys(old, new)
+    text = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in list(changes.items())[:most])
+    return text + (f" and {len(changes) - most} more" if len(changes) > most else "")
+
+
 def first_free(base: Path, kind: str, fingerprint: str) -> Path:
     """``base``, else ``base-2``, ``base-3``, …: the first folder that is new
     or already holds this run. A default path never refuses a run for
@@ -163,10 +177,7 @@ class RunDir:
             return ""
         if not isinstance(old, Mapping):
             return ""
-        a, b = flat_keys(old), flat_keys(json.loads(json.dumps(dict(self.config), default=str)))
-        keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        text = ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys[:most])
-        return text + (f" and {len(keys) - most} more" if len(keys) > most else "")
+        return describe_changes(old, json.loads(json.dumps(dict(self.config), default=str)), most)
 
     @property
     def reused(self) -> bool:

@@ -332,19 +332,15 @@ def _trained(run: Path, cfg: RunConfig) -> bool | None:
 
 
 def _changes(run: Path, cfg: RunConfig, most: int = 4) -> str:
-    """`` (train.epochs 1 → 3, ...)``: where a model's stored config differs from its config now."""
-    from robustlab.app.rundir import flat_keys
+    """`` (train.epochs: 1 → 3, ...)``: where a model's stored config differs from its config now."""
+    from robustlab.app.rundir import describe_changes
 
     try:
-        old = flat_keys(load_yaml(run / "config.yaml"))
+        old = load_yaml(run / "config.yaml")
+        text = describe_changes(old, json.loads(json.dumps(cfg.to_dict(), default=str)), most)
     except (ValueError, FileNotFoundError, TypeError, AttributeError):
         return ""
-    new = flat_keys(json.loads(json.dumps(cfg.to_dict(), default=str)))
-    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    if not keys:
-        return " (it started from other weights)"
-    text = ", ".join(f"{k} {old.get(k)!r} → {new.get(k)!r}" for k in keys[:most])
-    return f" ({text}{f' and {len(keys) - most} more' if len(keys) > most else ''})"
+    return f" ({text})" if text else " (it started from other weights)"
 
 
 def train_models(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:

@@ -20,7 +20,7 @@ from torch import nn
 
 from robustlab._io import pick_device
 from robustlab.app.config import RunConfig
-from robustlab.app.rundir import RunDir, default_path, fingerprint_of, flat_keys
+from robustlab.app.rundir import RunDir, changed_keys, default_path, fingerprint_of
 from robustlab.data import dataset_info, load_dataset
 from robustlab.data.folder import spread_indices
 from robustlab.data.info import class_difference
@@ -280,8 +280,7 @@ def identity(cfg: RunConfig) -> dict[str, Any]:
 
 def config_changes(old: RunConfig, new: RunConfig, *, identity_only: bool = True) -> dict[str, tuple[Any, Any]]:
     """``{dotted key: (old, new)}`` where two configs differ (in what the run is, by default)."""
-    a, b = (flat_keys(identity(c) if identity_only else c.to_dict()) for c in (old, new))
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    return changed_keys(*(identity(c) if identity_only else c.to_dict() for c in (old, new)))
 
 
 def _check_resume(cfg: RunConfig, run_dir: Path) -> RunConfig | None:
@@ -456,6 +455,10 @@ def run_train(cfg: RunConfig, raw: dict[str, Any], out: str | Path | None, *, re
         if evaluate is not None and changed and result.resumed_from == result.steps and any(
                 k.startswith("eval.") for k in changed):  # a finished run, evaluated again as eval.* now says
             _reevaluate(result, evaluate(result.model))
+            if main:
+                from robustlab.models.checkpoint import update_meta
+
+                update_meta(run_dir, final=result.history[-1])  # model.json says what results.json says
         results = {
             "kind": "train", "run_dir": str(run_dir), "recipe": recipe.config(), "config": cfg.to_dict(),
             "steps": result.steps, "train_seconds": round(result.seconds, 3),

@@ -144,6 +144,16 @@ def _write(model: nn.Module, directory: Path, kind: str | None, spec: dict[str, 
                                   "meta": meta or {}})
 
 
+def update_meta(directory: str | Path, **fields: Any) -> None:
+    """Set ``fields`` in a saved model's ``model.json`` metadata (the weights
+    and their digest are left as they are): a finished run evaluated again
+    records its new figures beside the model."""
+    path = Path(directory) / META
+    doc = dict(read_json_mapping(path, f"update_meta expects {_EXPECTED}"))
+    doc["meta"] = {**(doc.get("meta") or {}), **fields}
+    write_json(path, doc)
+
+
 def load_model(path: str | Path, map_location: str = "cpu", *, kind: str | Sequence[str] | None = None
                ) -> nn.Module:
     """Rebuild a model saved by :func:`save_model` (a directory, its model.json

@@ -271,6 +271,8 @@ def curve_sections(res: Mapping[str, Any], title: str = "", *, corruption_plot: 
     opts = res.get("options") or {}
     n = res.get("n") or (res.get("sanity") or {}).get("measurements", {}).get("n")
     out = []
+    if res.get("warnings"):  # on the data or the model (the robust protocols give theirs beside their table)
+        out.append(Section("Warnings", [], [Note(str(w), "warn") for w in res["warnings"]]))
     if res.get("clean_accuracy") is not None and title:
         out.append(Section("Clean accuracy", ["no adversary", f"n = {n} images"], [table(
             [{"model": title, "clean acc": res["clean_accuracy"]}], n)]))

@@ -292,3 +292,9 @@ def test_a_model_with_more_outputs_than_the_folder_has_classes_is_warned(folder,
         warnings = json.loads((out / "results.json").read_text())["models"][name]["warnings"]
         assert any("the model has 10 outputs and the data 3 classes (class0, class1, class2)" in w
                    for w in warnings) is said
+    out = tmp_path / "corruption"  # a curve protocol says it too, in its results and its report
+    assert main(["-q", "eval", "--model", f"{folder / 'mine.py'}:ten", "--data", f"imagefolder:{folder}",
+                 "--image-size", "16", "--protocol", "corruption", "--out", str(out)]) == 0
+    warnings = json.loads((out / "results.json").read_text())["models"]["ten"]["warnings"]
+    assert len(warnings) == 1 and "the model has 10 outputs and the data 3 classes" in warnings[0]
+    assert "the model has 10 outputs and the data 3 classes" in (out / "report.html").read_text()

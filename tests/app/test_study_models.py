@@ -86,7 +86,7 @@ def test_a_fine_tuned_model_starts_from_its_source_and_follows_it(tmp_path, capl
     with caplog.at_level("WARNING", logger="robustlab"):
         run_study(resolve_study(changed), out)
     said = [r.getMessage() for r in caplog.records if "configuration changed" in r.getMessage()]
-    assert any(m.startswith("model at: its configuration changed (train.lr ") and "→ 0.05" in m for m in said), said
+    assert any(m.startswith("model at: its configuration changed (train.lr: ") and "→ 0.05" in m for m in said), said
     assert any("model at_bn_clean: its configuration changed (it started from other weights)" in m for m in said)
     assert (out / "models" / "at_bn_clean" / "model.safetensors").stat().st_mtime_ns != stamp
     new = json.loads((out / "models" / "at_bn_clean" / "init_from.json").read_text())

@@ -243,6 +243,8 @@ def test_a_finished_run_rerun_with_other_eval_options_reports_the_new_figures(tm
     final = res["final"]
     assert final["pgd_n"] == 32 and 0 <= final["pgd_acc"] <= final["clean_acc"]
     assert final["train_loss"] == first["final"]["train_loss"] and res["history"][-1] == final
+    assert json.loads((out / "model.json").read_text())["meta"]["final"] == final  # beside the model too
+    assert rl.models.load_model(out) is not None  # its digest still holds
     assert yaml.safe_load((out / "config.yaml").read_text())["eval"]["attack"] == "pgd"
 
 
