@@ -355,7 +355,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     arch = {k: v for k, v in (("act", args.act), ("norm", args.norm_layer), ("denoise", args.denoise))
             if v is not None}
     model = resolve_model(args.model, num_classes=info.num_classes, in_channels=info.channels,
-                          mean=info.mean, std=info.std, weights=args.weights, **arch).to(device).eval()
+                          data_stats=(info.mean, info.std), weights=args.weights, **arch).to(device).eval()
     if grayscale_folder(args.data, info, [model]):
         data = _load_data(args, channels=1)
         info = dataset_info(data)

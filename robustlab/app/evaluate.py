@@ -163,7 +163,7 @@ def load_models(spec: EvalSpec, info: Any, device: torch.device) -> dict[str, nn
     for i, (name, s) in enumerate(zip(_names(spec.models), spec.models)):
         check_trained_classes(s, info)
         model = resolve_model(s, weights=weights[i] if i < len(weights) else None, num_classes=info.num_classes,
-                              in_channels=info.channels, mean=info.mean, std=info.std)
+                              in_channels=info.channels, data_stats=(info.mean, info.std))
         model = normalized(model, spec.mean, spec.std)
         models[name] = model.to(device).eval()
     return models

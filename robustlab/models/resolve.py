@@ -111,15 +111,25 @@ def _refuse_weights_only(path: Path) -> None:
                      f"rebuild; pass --model {name} --weights {meta.parent / 'model.safetensors'}")
 
 
-def resolve_model(spec: str | Path, *, weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
+def resolve_model(spec: str | Path, *, weights: str | Path | None = None,
+                  data_stats: tuple[Sequence[float], Sequence[float]] | None = None, **kwargs: Any) -> nn.Module:
     """A model from a user's string: a checkpoint directory (or its model.json),
     a built-in name, ``timm:NAME`` / ``tv:NAME``, or a factory
     (``path/to/file.py:factory``, ``package.module:factory``), with optional
     local weights.
+
     ``kwargs`` go to :func:`create_model` (``num_classes``, ``in_channels``,
-    ``mean``, ``std``: the dataset's statistics, used by built-in nets only;
-    external models keep their own)."""
+    ``mean``, ``std``, ...). ``data_stats``: the dataset's ``(mean, std)``,
+    the input statistics of a built-in net given no ``mean``/``std`` (what
+    the CLI passes); timm and torchvision models keep their own. A checkpoint
+    records its statistics and a factory's network normalizes as it is built:
+    ``mean``/``std`` for them are refused (wrap the model with
+    :func:`normalized` instead)."""
+    stats = sorted(k for k in ("mean", "std") if kwargs.get(k) is not None)
     path = Path(spec)
+    if stats and (path.is_dir() or path.suffix == ".json" or is_factory_spec(str(spec))):
+        raise ValueError(f"{', '.join(stats)}: {spec} is built with its own input statistics; wrap the model "
+                         "instead: rl.models.normalized(model, mean, std)")
     if path.is_dir() or path.suffix == ".json":
         if weights is not None:
             raise ValueError("weights: a checkpoint directory carries its own weights; drop --weights")
@@ -141,9 +151,8 @@ def resolve_model(spec: str | Path, *, weights: str | Path | None = None, **kwar
         if weights is not None:
             load_weights(model, weights, key)
         return model
-    if _builtin(key) is None:
-        kwargs.pop("mean", None)
-        kwargs.pop("std", None)
+    if data_stats is not None and _builtin(key) is not None and not stats:
+        kwargs["mean"], kwargs["std"] = data_stats
     try:
         return create_model(key, weights=weights, **kwargs)
     except ValueError as err:

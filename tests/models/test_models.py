@@ -42,6 +42,22 @@ def test_external_models_without_download(name):
     assert m.normalize.mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
 
 
+def test_resolve_model_applies_the_statistics_it_is_given_and_the_datasets_to_built_in_nets_only(tmp_path,
+                                                                                                  trained_model):
+    """mean/std given to resolve_model were dropped for torchvision and timm models; the dataset's statistics
+    (what the CLI passes) stay for built-in nets only, and a checkpoint or factory is refused given ones."""
+    data = ((0.2, 0.3, 0.4), (0.1, 0.2, 0.3))
+    mine = resolve_model("tv:resnet18", num_classes=3, mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert mine.normalize.mean.flatten().tolist() == [0.5] * 3 and mine.normalize.std.flatten().tolist() == [0.25] * 3
+    tv = resolve_model("tv:resnet18", num_classes=3, data_stats=data)
+    assert tv.normalize.mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
+    small = resolve_model("smallcnn", num_classes=3, data_stats=data)
+    assert small.normalize.mean.flatten().tolist() == pytest.approx(data[0])
+    save_model(trained_model, tmp_path / "ckpt")
+    with pytest.raises(ValueError, match=r"mean, std: .*ckpt is built with its own input statistics.*normalized"):
+        resolve_model(tmp_path / "ckpt", mean=(0.5,), std=(0.25,))
+
+
 def test_unknown_model():
     with pytest.raises(ValueError, match="unknown model 'resnet9000'"):
         create_model("resnet9000")
