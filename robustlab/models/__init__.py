@@ -9,16 +9,17 @@ from robustlab.models.checkpoint import (
     read_model_info,
     save_model,
     save_weights,
+    update_meta,
 )
 from robustlab.models.dense import SmallFCN, create_dense, small_faster_rcnn
 from robustlab.models.factory import create_model, load_state_dict, model_names
 from robustlab.models.normalize import Normalize, NormalizedModel
-from robustlab.models.resolve import resolve_model
+from robustlab.models.resolve import normalized, resolve_model
 from robustlab.models.small import BasicBlock, CifarResNet, SmallCNN
 
 __all__ = [
     "KINDS", "BasicBlock", "CifarResNet", "ModelInfo", "Normalize", "NormalizedModel", "SmallCNN",
     "create_model", "load_checkpoint", "load_model", "load_state_dict", "load_weights_into", "model_names",
-    "read_model_info", "resolve_model", "save_model", "save_weights",
+    "normalized", "read_model_info", "resolve_model", "save_model", "save_weights", "update_meta",
     "SmallFCN", "create_dense", "small_faster_rcnn",
 ]

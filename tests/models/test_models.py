@@ -56,6 +56,8 @@ def test_resolve_model_applies_the_statistics_it_is_given_and_the_datasets_to_bu
     save_model(trained_model, tmp_path / "ckpt")
     with pytest.raises(ValueError, match=r"mean, std: .*ckpt is built with its own input statistics.*normalized"):
         resolve_model(tmp_path / "ckpt", mean=(0.5,), std=(0.25,))
+    wrapped = rl.models.normalized(load_model(tmp_path / "ckpt"), (0.5,), (0.25,))  # what the message says
+    assert wrapped(torch.full((1, 1, 8, 8), 0.75)).shape[-1] == 10
 
 
 def test_unknown_model():
