@@ -145,6 +145,21 @@ def test_demo_runs_on_digits(tmp_path, capsys):
     assert (tmp_path / "demo" / "model_A" / "model.safetensors").is_file()
 
 
+def test_demo_trains_over_few_steps_and_a_failed_demo_leaves_no_folder(tmp_path, monkeypatch):
+    # 256 images at batch 64: four steps, where OneCycleLR divides by zero
+    assert main(["demo", "--data", "digits", "--out", str(tmp_path / "demo"), "--train-limit", "256",
+                 "--limit", "32"]) == 0
+    assert len(json.loads((tmp_path / "demo" / "results.json").read_text())["records"]) == 9
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr("robustlab.app.demo.attack_dataset", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        main(["demo", "--data", "digits", "--out", str(tmp_path / "runs" / "demo"), "--limit", "32"])
+    assert not (tmp_path / "runs").exists()  # nothing to refuse a demo with other options
+
+
 def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "robustlab", "--help"], capture_output=True, text=True, check=True)
     assert "attack" in out.stdout and "demo" in out.stdout

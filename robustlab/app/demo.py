@@ -62,8 +62,15 @@ def run_demo(args: argparse.Namespace) -> str:
     torch.manual_seed(0)
     train, test, data_name = _load(args)
     options = {k: v for k, v in vars(args).items() if k not in ("out", "device", "verbose", "config", "command")}
-    with RunDir(args.out, "demo", fingerprint_of(options)) as run:
-        return _run(args, run, eps, device, train, test, data_name)
+    run = RunDir(args.out, "demo", fingerprint_of(options))
+    fresh = not run.reused and not run.path.exists()
+    with run:
+        try:
+            return _run(args, run, eps, device, train, test, data_name)
+        except BaseException:  # the demo does not resume: a failed one leaves no folder to refuse the next
+            if fresh:
+                run.discard()
+            raise
 
 
 def _run(args: argparse.Namespace, run: RunDir, eps: float, device: torch.device, train: Any, test: Any,

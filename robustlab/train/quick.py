@@ -14,6 +14,8 @@ from torch import nn
 
 _logger = logging.getLogger(__name__)
 
+MIN_CYCLE_STEPS = 8  # the fewest steps a one-cycle schedule is run over: two of warm-up, six of annealing
+
 
 def fit_classifier(
     model: nn.Module,
@@ -27,13 +29,16 @@ def fit_classifier(
 ) -> list[float]:
     """Train with Adam and a one-cycle learning rate (peak ``lr``) on
     cross-entropy; returns the mean loss of each epoch. ``loader`` yields
-    (x, y) batches and has a length."""
+    (x, y) batches and has a length. Under :data:`MIN_CYCLE_STEPS` steps in
+    all, no cycle fits (a quarter of the steps to warm up, the rest to
+    anneal): the rate stays at ``lr``."""
     if seed is not None:
         torch.manual_seed(seed)
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(epochs * len(loader), 1),
-                                                pct_start=0.25)
+    total_steps = epochs * len(loader)
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.25)
+             if total_steps >= MIN_CYCLE_STEPS else None)  # OneCycleLR divides by zero at 4 steps
     history = []
     for epoch in range(epochs):
         total, count = 0.0, 0
@@ -43,7 +48,8 @@ def fit_classifier(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            if sched is not None:
+                sched.step()
             total += float(loss.detach()) * len(y)
             count += len(y)
         history.append(total / max(count, 1))
