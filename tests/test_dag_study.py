@@ -33,7 +33,10 @@ TINY = {
     ({"scenes": {"test": 0}}, "scenes.test must be a positive integer"),
     ({"attack": {"gamma": 0}}, "attack.gamma must be > 0"),
     ({"attack": {"gamma": "abc"}}, "attack.gamma must be a number in 0-255 units"),
-    ({"attack": {"gamma": -1}}, "attack.gamma must be finite and >= 0"),
+    ({"attack": {"gamma": -1}}, "attack.gamma must be > 0 (0-255 units"),  # the message a 0 gets, in any notation
+    ({"attack": {"gamma": "-1/255"}}, "attack.gamma must be > 0 (0-255 units"),
+    ({"attack": {"gamma": "-0.002px"}}, "attack.gamma must be > 0 (0-255 units"),
+    ({"attack": {"gamma": "nan"}}, "attack.gamma must be finite"),
     ({"attack": {"nms_iou": 0.9}}, "unknown key(s) ['attack.nms_iou']"),  # a detection option
     ({"models": {}}, "'models' must map"),
     ({"models": {"a": {"depth": 3}}}, "models.a takes width and seed"),

@@ -64,10 +64,25 @@ def parse_gamma(value: float | str, name: str = "gamma") -> float:
     Raises:
         ValueError: not a budget, or not > 0.
     """
-    gamma = parse_eps(value, name)
+    positive = f"{name} must be > 0 (0-255 units; the thesis's {GAMMA}); got {value!r}"
+    try:
+        gamma = parse_eps(value, name)
+    except ValueError:
+        raw = str(value).strip()
+        if raw.startswith("-") and _parses(raw[1:], name):  # -1, -1/255, -0.002px: a sign, not a notation, is wrong
+            raise ValueError(positive) from None
+        raise
     if not gamma > 0:
-        raise ValueError(f"{name} must be > 0 (0-255 units; the thesis's {GAMMA}); got {value!r}")
+        raise ValueError(positive)
     return gamma
+
+
+def _parses(text: str, name: str) -> bool:
+    try:
+        parse_eps(text, name)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
