@@ -138,6 +138,22 @@ def test_a_missing_cell_is_not_evaluated_rather_than_guessed():
     assert _one("pgd[at].PGD-20 > 0.5")["verdict"] == "not evaluated"
 
 
+def test_an_evaluation_that_counted_no_image_is_not_evaluated_rather_than_failed():
+    # transfer counts only images every model classifies: on a tiny smoke run none may be, and its rates are 0 / 0
+    def record(n):
+        evals = {"transfer": {"n": n, "value": "success rate on images every model classifies correctly",
+                              "table": [{"attack": "ifgsm", "source": "a", "→ b": 0.0},
+                                        {"attack": "mdi2fgsm", "source": "a", "→ b": 0.0}]}}
+        claims = parse_claims([{"id": "C", "says": "s", "holds_if":
+                                'transfer[mdi2fgsm, a]."→ b" > transfer[ifgsm, a]."→ b"'}], evals)
+        return evaluate_claims(claims, evals)[0]
+
+    empty = record(0)
+    assert empty["verdict"] == "not evaluated" and "counted no image (n = 0" in empty["reason"]
+    assert "every model classifies correctly" in empty["reason"]
+    assert record(5)["verdict"] == "does not hold"  # the same zeros measured on five images are a result
+
+
 @pytest.mark.parametrize(("claim", "match"), [
     ({"id": "X", "says": "s", "holds_if": "pgd[at].PGD-3 >"}, "ends too early"),
     ({"id": "X", "says": "s", "holds_if": "pgd[at].PGD-3 ~ 1"}, "cannot read"),

@@ -291,6 +291,9 @@ def lookup(cell: Cell, evaluations: Mapping[str, Any]) -> list[tuple[str, float]
     ev = evaluations.get(cell.evaluation)
     if ev is None:
         raise MissingCell(f"evaluation {cell.evaluation!r} is not in the results")
+    if ev.get("n") == 0 and not isinstance(ev.get("n"), bool):  # e.g. transfer: no image every model classifies
+        value = f" ({ev['value']})" if ev.get("value") else ""
+        raise MissingCell(f"evaluation {cell.evaluation!r} counted no image (n = 0{value}): its cells measure nothing")
     found = []
     for row in ev.get("table", []):
         keys = _key_columns(row)
