@@ -34,12 +34,14 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+#: rl.attacks.names(), spelled out so that --help imports no torch (a test keeps the two equal)
+ATTACK_NAMES = ("fgsm", "ifgsm", "mifgsm", "di2fgsm", "mdi2fgsm", "pgd", "pgd_train", "gd", "cw", "dcw")
 WHITEBOX_DEFAULTS = {"step_size": "1", "steps": "10,20,50,100,200", "restarts": 1}  # eval --protocol whitebox
 
 
 def _add_attack_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("attack")
-    g.add_argument("--attack", default="pgd", help="fgsm, ifgsm, mifgsm, di2fgsm, mdi2fgsm, pgd, gd, cw, dcw")
+    g.add_argument("--attack", default="pgd", help=", ".join(ATTACK_NAMES))
     g.add_argument("--eps", help="budget: 16 (0-255 units), 16/255, or 0.5px; a plain number below 1 is pixels "
                    "(0.03 = 0.03 px), and with --norm l2 any plain number (default: the attack's; pgd 16, the ch. 3 "
                    "family 15)")

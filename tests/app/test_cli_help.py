@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from robustlab.app.cli import build_parser
+from robustlab.app.cli import ATTACK_NAMES, build_parser
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -23,6 +23,13 @@ COMMANDS = _subparsers(PARSER)
 
 def test_the_commands_are_the_documented_ones():
     assert sorted(COMMANDS) == ["attack", "demo", "eval", "list", "report", "study", "train"]
+
+
+def test_the_attack_help_names_every_registered_attack():
+    import robustlab as rl
+
+    assert list(ATTACK_NAMES) == rl.attacks.names()
+    assert ", ".join(rl.attacks.names()) in " ".join(COMMANDS["attack"].format_help().split())
 
 
 @pytest.mark.parametrize("name", ["robustlab", *COMMANDS])
