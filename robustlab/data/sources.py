@@ -308,7 +308,9 @@ def _missing_message(name: str, files: list[str], tried: list[Path], errors: lis
         lines += [f"  {e}" for e in errors]
     elif not download:
         lines.append("Downloading was disabled (download=False).")
-    lines.append("Pass --data-dir / data_dir=, or set ROBUSTLAB_DATA.")
+    lines.append("Name the folder that holds them: --data-dir (robustlab attack, eval, demo), data.data_dir=DIR "
+                 "(a train config or override), defaults.data.data_dir=DIR (a study), data_dir= (Python), "
+                 "or set ROBUSTLAB_DATA.")
     if name == "fashion_mnist":
         lines.append("On Debian: apt-get install dataset-fashion-mnist")
     return "\n".join(lines)

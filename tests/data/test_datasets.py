@@ -97,6 +97,8 @@ def test_missing_data_names_the_paths_tried(tmp_path):
         load_dataset("mnist", data_dir=tmp_path / "nowhere", download=False)
     msg = str(err.value)
     assert "Paths tried" in msg and str(tmp_path / "nowhere") in msg and "download=False" in msg
+    for way in ("--data-dir", "data.data_dir=DIR", "defaults.data.data_dir=DIR", "data_dir=", "ROBUSTLAB_DATA"):
+        assert way in msg  # each surface's own spelling: a study user is not left guessing the key
     with pytest.raises(DataNotFoundError, match="cifar-10-batches-py"):
         load_dataset("cifar10", data_dir=tmp_path, download=False)
 
