@@ -27,7 +27,8 @@ one step of size ε by definition and refuses any other ``steps`` or
 ``step_size`` with an error.
 
 The thesis works in L∞ only. For ``norm="l2"`` the defaults are not the
-thesis's: N = 10 (ch. 3 family) and α = 2.5·ε/N (Madry et al.'s rule).
+thesis's: N = 10 for the ch. 3 family (the others keep their N) and
+α = 2.5·ε/N for every preset (Madry et al.'s rule).
 """
 from __future__ import annotations
 
