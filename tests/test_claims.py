@@ -140,18 +140,32 @@ def test_a_missing_cell_is_not_evaluated_rather_than_guessed():
 
 def test_an_evaluation_that_counted_no_image_is_not_evaluated_rather_than_failed():
     # transfer counts only images every model classifies: on a tiny smoke run none may be, and its rates are 0 / 0
-    def record(n):
+    def record(n, target="b"):
         evals = {"transfer": {"n": n, "value": "success rate on images every model classifies correctly",
                               "table": [{"attack": "ifgsm", "source": "a", "→ b": 0.0},
                                         {"attack": "mdi2fgsm", "source": "a", "→ b": 0.0}]}}
         claims = parse_claims([{"id": "C", "says": "s", "holds_if":
-                                'transfer[mdi2fgsm, a]."→ b" > transfer[ifgsm, a]."→ b"'}], evals)
+                                f'transfer[mdi2fgsm, a]."→ {target}" > transfer[ifgsm, a]."→ {target}"'}], evals)
         return evaluate_claims(claims, evals)[0]
 
     empty = record(0)
-    assert empty["verdict"] == "not evaluated" and "counted no image (n = 0" in empty["reason"]
+    assert empty["verdict"] == "not evaluated" and "counted no image there (n = 0" in empty["reason"]
     assert "every model classifies correctly" in empty["reason"]
     assert record(5)["verdict"] == "does not hold"  # the same zeros measured on five images are a result
+    # a mistyped cell is reported as mistyped, even where the evaluation counted nothing
+    assert "no cell" in record(0, target="nosuch")["reason"]
+
+
+def test_a_row_that_counted_no_image_is_not_evaluated_where_n_is_given_per_row():
+    # a sweep's gaps: one row per swept value, each from its own transfer evaluation with its own n
+    rows = [{"resolution": "8", "di2_gap": 0.1}, {"resolution": "16", "di2_gap": 0.0}]
+    evals = {"gaps": {"n": [7, 0], "table": rows}}
+    claims = parse_claims([{"id": "G", "says": "s", "holds_if": "gaps[16].di2_gap > gaps[8].di2_gap"},
+                           {"id": "E", "says": "s", "holds_if": "gaps[8].di2_gap > 0"}], evals)
+    grows, eight = evaluate_claims(claims, evals)
+    assert grows["verdict"] == "not evaluated" and "gaps[16].di2_gap" in grows["reason"]
+    assert "counted no image there" in grows["reason"] and "gaps[8]" not in grows["reason"]
+    assert eight["verdict"] == "holds"
 
 
 @pytest.mark.parametrize(("claim", "match"), [

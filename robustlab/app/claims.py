@@ -286,16 +286,22 @@ def _key_columns(row: Mapping[str, Any]) -> list[str]:
     return cols
 
 
+def _row_counts(ev: Mapping[str, Any]) -> list[Any]:
+    """Images behind each table row: the evaluation's ``n``, or one per row where
+    ``n`` is a list as long as the table (a sweep's gaps: one inner evaluation each)."""
+    n, table = ev.get("n"), ev.get("table", [])
+    if isinstance(n, list) and len(n) == len(table):
+        return n
+    return [n] * len(table)
+
+
 def lookup(cell: Cell, evaluations: Mapping[str, Any]) -> list[tuple[str, float]]:
     """(label, value) of every table cell ``cell`` matches."""
     ev = evaluations.get(cell.evaluation)
     if ev is None:
         raise MissingCell(f"evaluation {cell.evaluation!r} is not in the results")
-    if ev.get("n") == 0 and not isinstance(ev.get("n"), bool):  # e.g. transfer: no image every model classifies
-        value = f" ({ev['value']})" if ev.get("value") else ""
-        raise MissingCell(f"evaluation {cell.evaluation!r} counted no image (n = 0{value}): its cells measure nothing")
-    found = []
-    for row in ev.get("table", []):
+    found, empty = [], []
+    for row, n in zip(ev.get("table", []), _row_counts(ev)):
         keys = _key_columns(row)
         if len(cell.keys) > len(keys):
             continue
@@ -307,9 +313,16 @@ def lookup(cell: Cell, evaluations: Mapping[str, Any]) -> list[tuple[str, float]
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            found.append((f"{cell.evaluation}[{', '.join(str(row[k]) for k in keys)}].{col}", float(value)))
+            label = f"{cell.evaluation}[{', '.join(str(row[k]) for k in keys)}].{col}"
+            found.append((label, float(value)))
+            if n == 0 and not isinstance(n, bool):
+                empty.append(label)
     if not found:
         raise MissingCell(f"no cell {cell} in the results")
+    if empty:  # e.g. transfer: no image every model classifies correctly, so its rates are 0 / 0
+        value = f" ({ev['value']})" if ev.get("value") else ""
+        raise MissingCell(f"{', '.join(empty)}: evaluation {cell.evaluation!r} counted no image there "
+                          f"(n = 0{value}): its cells measure nothing")
     if not cell.glob and len(found) > 1:
         raise MissingCell(f"{cell} matches {len(found)} cells ({', '.join(f[0] for f in found)}); "
                           "name more row keys")

@@ -94,6 +94,9 @@ def result_line(ev: dict, width: int = WIDTH) -> str:
     ``PGD-10: plain 0.0312, at 0.4688``."""
     from robustlab.report.markdown import evaluation_cells
 
+    n = ev.get("n")
+    if n == 0 and not isinstance(n, bool):  # a transfer none of whose images every model classifies: rates 0 / 0
+        return clip(f"counted no image (n = 0): {ev.get('value') or 'nothing measured'}", width)
     columns, rows, unit = evaluation_cells(ev)
     numeric = [i for i in range(1, len(columns)) if all(_is_number(r[i]) for r in rows)]
     if not rows or not numeric:

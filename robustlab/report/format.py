@@ -76,6 +76,8 @@ def pct(p: float | None, n: int | None) -> str:
     one form every report uses); ``41.2% (n not recorded)`` without n."""
     if p is None:
         return "—"
+    if n == 0:
+        return "— (n=0: counted no image)"
     ci = interval(p, n)
     return f"{100 * float(p):.1f}% {ci}" if ci else f"{100 * float(p):.1f}% (n not recorded)"
 

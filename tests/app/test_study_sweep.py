@@ -26,8 +26,9 @@ SWEEP = {
                                                        "mdi2_gap": ["mdi2fgsm", "mifgsm"]}},
     "claims": [{"id": "grows", "says": "the DI² gap grows", "holds_if": "gaps[16].di2_gap > gaps[8].di2_gap"},
                {"id": "inner", "says": "DI² on b at 16 px", "holds_if": 'transfer_16[di2fgsm, a]."→ b" >= 0'}],
-    "defaults": {"model": {"name": "smallcnn", "width": 4}, "data": {"limit": 384, "eval_limit": 32},
-                 "train": {"epochs": 2, "batch_size": 64, "lr": 0.1}, "eval": {"attack": None}},
+    # trained enough that some images are classified correctly by all three models (transfer's n > 0)
+    "defaults": {"model": {"name": "smallcnn", "width": 4}, "data": {"limit": 768, "eval_limit": 32},
+                 "train": {"epochs": 4, "batch_size": 64, "lr": 0.1}, "eval": {"attack": None}},
     "models": {"a": {"recipe": {"name": "vanilla"}}, "b": {"recipe": {"name": "vanilla"}, "seed": 1},
                "c": {"recipe": {"name": "vanilla"}, "seed": 2}},
     "evaluations": {"clean": {"kind": "accuracy"},
@@ -77,6 +78,7 @@ def test_sweep_runs_each_value_in_its_folder_and_combines_the_gaps(tmp_path, cap
         assert row["mdi2_gap"] == pytest.approx(black["mdi2fgsm"] - black["mifgsm"])
         assert row["white-box di2_gap"] == pytest.approx(table["di2fgsm"]["→ a"] - table["ifgsm"]["→ a"])
     assert [r["resolution"] for r in res["evaluations"]["gaps"]["table"]] == ["8", "16"]
+    assert all(n > 0 for n in res["evaluations"]["gaps"]["n"])
     assert {c["id"]: c["verdict"] in ("holds", "does not hold") for c in res["claims"]} == {"grows": True,
                                                                                              "inner": True}
     assert (out / "gaps.png").read_bytes()[:4] == b"\x89PNG"

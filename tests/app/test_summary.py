@@ -63,6 +63,11 @@ def test_study_summary_fits():
     assert "30.0" in text and "0.3000" not in text
     corruption = {"kind": "corruption", "table": [{"model": "a", "clean": 0.9, "corrupted (mean)": 0.5, "fog": 0.2}]}
     assert result_line(corruption) == "corrupted (mean): a 50.0%"  # the mean, not the last corruption
+    # a transfer that counted no image has no rates to give, rather than rates of 0 %
+    empty = {"kind": "transfer", "n": 0, "value": "success rate on images every model classifies correctly",
+             "table": [{"attack": "ifgsm", "source": "a", "→ b": 0.0}]}
+    assert result_line(empty).startswith("counted no image (n = 0)") and "0.0%" not in result_line(empty)
+    assert result_line({**empty, "n": 3}) == "→ b: ifgsm 0.0%"
 
 
 def test_eval_summary_fits():

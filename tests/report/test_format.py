@@ -36,6 +36,9 @@ def test_one_form_for_a_percentage_and_no_invented_n():
     assert (c.text, c.note, c.title) == ("80.2%", "[76.5, 83.5] n=500", "0.8020")
     assert cell(0.802, None).text == "80.2%†" and cell(0.802, None).note == ""
     assert cell(12, 500).text == "12" and cell("none").cls == "text"
+    # n recorded as 0 (a transfer no image of which every model classifies) is not a measured 0 %
+    assert pct(0.0, 0) == "— (n=0: counted no image)"
+    assert cell(0.0, 0).text == "—" and cell(0.0, 0).note == "n=0" and "counted no image" in cell(0.0, 0).title
     assert "n not recorded" in table([{"a": 0.5}]).footnote
 
 
