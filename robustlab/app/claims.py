@@ -70,7 +70,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from robustlab.report.format import NOT_RATE_COLUMNS
+from robustlab.report.format import NOT_RATE_COLUMNS, counted_nothing, row_counts
 
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq,
        "!=": operator.ne}
@@ -286,22 +286,13 @@ def _key_columns(row: Mapping[str, Any]) -> list[str]:
     return cols
 
 
-def _row_counts(ev: Mapping[str, Any]) -> list[Any]:
-    """Images behind each table row: the evaluation's ``n``, or one per row where
-    ``n`` is a list as long as the table (a sweep's gaps: one inner evaluation each)."""
-    n, table = ev.get("n"), ev.get("table", [])
-    if isinstance(n, list) and len(n) == len(table):
-        return n
-    return [n] * len(table)
-
-
 def lookup(cell: Cell, evaluations: Mapping[str, Any]) -> list[tuple[str, float]]:
     """(label, value) of every table cell ``cell`` matches."""
     ev = evaluations.get(cell.evaluation)
     if ev is None:
         raise MissingCell(f"evaluation {cell.evaluation!r} is not in the results")
     found, empty = [], []
-    for row, n in zip(ev.get("table", []), _row_counts(ev)):
+    for row, n in zip(ev.get("table", []), row_counts(ev)):
         keys = _key_columns(row)
         if len(cell.keys) > len(keys):
             continue
@@ -315,7 +306,7 @@ def lookup(cell: Cell, evaluations: Mapping[str, Any]) -> list[tuple[str, float]
                 continue
             label = f"{cell.evaluation}[{', '.join(str(row[k]) for k in keys)}].{col}"
             found.append((label, float(value)))
-            if n == 0 and not isinstance(n, bool):
+            if counted_nothing(n):
                 empty.append(label)
     if not found:
         raise MissingCell(f"no cell {cell} in the results")

@@ -92,19 +92,19 @@ def result_line(ev: dict, width: int = WIDTH) -> str:
     """An evaluation's result in one line: each row's first cell and its last
     numeric column (the strongest attack or the quantity of the table), e.g.
     ``PGD-10: plain 0.0312, at 0.4688``."""
+    from robustlab.report.format import NOTHING, counted_nothing
     from robustlab.report.markdown import evaluation_cells
 
-    n = ev.get("n")
-    if n == 0 and not isinstance(n, bool):  # a transfer none of whose images every model classifies: rates 0 / 0
+    if counted_nothing(ev.get("n")):  # a transfer none of whose images every model classifies: rates 0 / 0
         return clip(f"counted no image (n = 0): {ev.get('value') or 'nothing measured'}", width)
     columns, rows, unit = evaluation_cells(ev)
-    numeric = [i for i in range(1, len(columns)) if all(_is_number(r[i]) for r in rows)]
+    numeric = [i for i in range(1, len(columns)) if all(_is_number(r[i]) or r[i] == NOTHING for r in rows)]
     if not rows or not numeric:
         return f"{len(rows)} rows"
     summary = [i for i in numeric if "(mean)" in columns[i] or columns[i] in ("robust", "mean")]
     i = (summary or numeric)[-1]  # a corruption table's mean, not its last corruption
     pct = "%" if unit == "%" else ""
-    return clip(f"{columns[i]}: " + ", ".join(f"{r[0]} {r[i]}{pct}" for r in rows), width)
+    return clip(f"{columns[i]}: " + ", ".join(f"{r[0]} {r[i]}{pct if r[i] != NOTHING else ''}" for r in rows), width)
 
 
 def _is_number(cell: str) -> bool:

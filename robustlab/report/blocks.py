@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from robustlab.report.format import interval, is_proportion, number
+from robustlab.report.format import NOTHING, counted_nothing, interval, is_proportion, number
 
 
 @dataclass
@@ -32,8 +32,8 @@ def cell(value: Any, n: int | None = None, *, proportion: bool | None = None) ->
         proportion = is_proportion(value)
     if proportion and isinstance(value, (int, float)) and not isinstance(value, bool):
         exact = f"{float(value):.4f}"
-        if n == 0:  # recorded, and zero: e.g. a transfer none of whose images every model classifies
-            return Cell("—", "n=0", f"{exact}: counted no image, so this cell measures nothing", "num")
+        if counted_nothing(n):  # recorded, and zero: e.g. a transfer none of whose images every model classifies
+            return Cell(NOTHING, "n=0", f"{exact}: counted no image, so this cell measures nothing", "num")
         if not n:
             return Cell(f"{100 * value:.1f}%†", title=exact, cls="num")
         return Cell(f"{100 * value:.1f}%", interval(value, n), exact, "num")

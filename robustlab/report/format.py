@@ -53,6 +53,24 @@ def attack_label(name: str) -> str:
 # ------------------------------------------------------------------ proportions
 
 
+NOTHING = "—"  # a rate over no image (n = 0): 0 / 0 measures nothing
+
+
+def row_counts(ev: Mapping[str, Any]) -> list[Any]:
+    """Images behind each row of an evaluation's table: its ``n``, or one per
+    row where ``n`` is a list as long as the table (a sweep's gaps: one inner
+    evaluation each). A count of 0 means the row's rates are 0 / 0."""
+    n, table = ev.get("n"), ev.get("table") or []
+    if isinstance(n, list) and len(n) == len(table):
+        return n
+    return [n] * len(table)
+
+
+def counted_nothing(n: Any) -> bool:
+    """n recorded, and 0 (not unknown, not a flag)."""
+    return n == 0 and not isinstance(n, bool)
+
+
 def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a proportion p measured on n samples."""
     if n <= 0:
@@ -76,8 +94,8 @@ def pct(p: float | None, n: int | None) -> str:
     one form every report uses); ``41.2% (n not recorded)`` without n."""
     if p is None:
         return "—"
-    if n == 0:
-        return "— (n=0: counted no image)"
+    if counted_nothing(n):
+        return f"{NOTHING} (n=0: counted no image)"
     ci = interval(p, n)
     return f"{100 * float(p):.1f}% {ci}" if ci else f"{100 * float(p):.1f}% (n not recorded)"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from robustlab._io import atomic_write_text, safe_yaml
-from robustlab.report.format import comparisons, is_proportion, short
+from robustlab.report.format import NOTHING, comparisons, counted_nothing, is_proportion, row_counts, short
 
 #: Marker comments of the generated blocks: name → renderer over run directories.
 BLOCKS = ("results", "results-summary")
@@ -215,11 +215,18 @@ def evaluation_cells(ev: Mapping[str, Any]) -> tuple[list[str], list[list[str]],
     one decimal (``unit`` says so), other numbers to 4 significant digits."""
     from robustlab.report.study import proportion_rule
 
-    rows = [r for r in ev.get("table") or [] if isinstance(r, Mapping)]
+    pairs = [(r, n) for r, n in zip(ev.get("table") or [], row_counts(ev)) if isinstance(r, Mapping)]
     proportions = proportion_rule(ev) if "kind" in ev else False
-    columns = list(dict.fromkeys(k for r in rows for k in r))
+    columns = list(dict.fromkeys(k for r, _ in pairs for k in r))
     unit = "%" if proportions is True else ("%; differences in points" if callable(proportions) else "")
-    return columns, [[_table_cell(r.get(c, ""), c, proportions) for c in columns] for r in rows], unit
+
+    def text(row: Mapping[str, Any], n: Any, column: str) -> str:
+        v = row.get(column, "")
+        if counted_nothing(n) and isinstance(v, float):  # a rate over no image: 0 / 0, not 0 %
+            return NOTHING
+        return _table_cell(v, column, proportions)
+
+    return columns, [[text(r, n, c) for c in columns] for r, n in pairs], unit
 
 
 def evaluation_tables(results: Mapping[str, Any]) -> list[str]:

@@ -6,6 +6,7 @@ from robustlab.app.evaluate import format_eval_summary
 from robustlab.app.study import format_study_summary
 from robustlab.app.summary import WIDTH, clip, fit_table, path_lines, result_line, wrap_items
 from robustlab.app.train import format_train_summary
+from robustlab.report.markdown import evaluation_cells
 
 STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
 WIDE = [{"model": f"resnet152_denoise_{i}", "clean accuracy": 0.9 - i / 100,
@@ -68,6 +69,11 @@ def test_study_summary_fits():
              "table": [{"attack": "ifgsm", "source": "a", "→ b": 0.0}]}
     assert result_line(empty).startswith("counted no image (n = 0)") and "0.0%" not in result_line(empty)
     assert result_line({**empty, "n": 3}) == "→ b: ifgsm 0.0%"
+    # per-row counts (a sweep's gaps): only the row over no image loses its numbers
+    rows = [{"resolution": "8", "ifgsm": 0.5, "di2_gap": 0.25}, {"resolution": "16", "ifgsm": 0.0, "di2_gap": 0.0}]
+    gaps = {"kind": "gaps", "n": [3, 0], "options": {"differences": {"di2_gap": ["di2fgsm", "ifgsm"]}}, "table": rows}
+    assert evaluation_cells(gaps)[1] == [["8", "50.0", "+25.0"], ["16", "—", "—"]]
+    assert result_line(gaps) == "di2_gap: 8 +25.0, 16 —"
 
 
 def test_eval_summary_fits():
