@@ -15,6 +15,7 @@ from robustlab.report.format import (
     attack_label,
     budget,
     comparisons,
+    counted_nothing,
     humanize,
     number,
     recipe_text,
@@ -237,9 +238,12 @@ def transfer_blocks(success: Mapping[str, Mapping[str, Mapping[str, float]]], n:
             for a, by in success.items() for s, row in by.items()]
     values = [[None if r[f"→ {t}"] is None else 100 * r[f"→ {t}"] for t in targets] for r in rows]
     labels = [f"{r['attack']} from {r['source']}" for r in rows]
+    blocks: list[Any] = [table(rows, n, caption="success rate on images every model classifies correctly")]
+    if counted_nothing(n):  # no image every model classifies: nothing to draw
+        return [Note("no image is classified correctly by every model (n = 0): the success rates measure "
+                     "nothing", "warn"), *blocks]
     fig = plots.heatmap(labels, targets, values, title="transfer success rate (%): (attack, source) → target")
-    return [table(rows, n, caption="success rate on images every model classifies correctly"),
-            figure(fig, "heatmap of transfer success rates")]
+    return [*blocks, figure(fig, "heatmap of transfer success rates")]
 
 
 def transfer_meta(attacks: list[str], eps: float | None, n: Any, configs: Mapping[str, Any] | None = None

@@ -14,6 +14,7 @@ from robustlab.report.examples import study_examples
 from robustlab.report.format import (
     attack_label,
     budget,
+    counted_nothing,
     humanize,
     network_text,
     pixels,
@@ -239,7 +240,7 @@ def _plots(ev: Mapping[str, Any]) -> list[Figure]:
     kind = ev["kind"]
     if kind in ("whitebox", "robust") and ev.get("curves"):
         return [figure(plots.robustness_curves(ev["curves"]), "accuracy against PGD iterations")]
-    if kind == "transfer" and (ev.get("raw") or {}).get("success"):
+    if kind == "transfer" and (ev.get("raw") or {}).get("success") and not counted_nothing(ev.get("n")):
         success = ev["raw"]["success"]
         targets = list(dict.fromkeys(t for by in success.values() for row in by.values() for t in row))
         labels = [f"{attack_label(a)} from {s}" for a, by in success.items() for s in by]
@@ -275,6 +276,9 @@ def evaluation_section(name: str, ev: Mapping[str, Any], run_dir: Path | None,
     blocks: list[Any] = []
     if ev.get("value"):
         blocks.append(Note(str(ev["value"]), "info"))
+    if counted_nothing(ev.get("n")):  # e.g. a transfer none of whose images every model classifies
+        blocks.append(Note("this evaluation counted no image (n = 0): its rates are 0 / 0 and measure nothing; "
+                           "train the models longer or evaluate more images", "warn"))
     blocks.append(table(rows, ev.get("n"), labels=labels, proportions=proportions))
     blocks += _plots(ev)
     for label, warns in (ev.get("warnings") or {}).items():

@@ -207,6 +207,26 @@ def test_a_claim_not_evaluated_says_why_and_shows_its_rule():
     assert "pgd[ghost].PGD-3 &gt; 0.5" in page and "no row ghost in pgd" in page
 
 
+def test_a_transfer_over_no_image_shows_dashes_a_warning_and_no_heatmap():
+    res = study_results()
+    full = render_study(res)
+    res["evaluations"]["transfer"]["n"] = 0  # no image every model classifies: every rate is 0 / 0
+    empty = render_study(res)
+    section = empty[empty.index('id="evaluation-transfer"'):]
+    shown = section[:section.index('<details class="exact">')]  # the exact values (results.json's) stay below
+    assert "counted no image (n = 0)" in shown and shown.count("n=0</small>") == 6 and "%" not in \
+        re.sub(r"<[^>]+>", "", shown.split("<table")[1])
+    assert "heatmap of transfer success rates" in full and "heatmap of transfer success rates" not in empty
+    # the same for an eval run's transfer protocol
+    from robustlab.report.blocks import Figure, Note
+    from robustlab.report.runs import transfer_blocks
+
+    success = res["evaluations"]["transfer"]["raw"]["success"]
+    assert any(isinstance(b, Figure) for b in transfer_blocks(success, 300))
+    none = transfer_blocks(success, 0)
+    assert not any(isinstance(b, Figure) for b in none) and isinstance(none[0], Note) and "n = 0" in none[0].text
+
+
 def test_a_smoke_form_says_so_at_the_top():
     assert "Smoke form." in render_study({**study_results(), "form": "smoke"})
     assert "Smoke form." not in render_study({**study_results(), "form": "full"})
