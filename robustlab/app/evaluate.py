@@ -441,7 +441,17 @@ def format_eval_summary(results: dict[str, Any]) -> str:
             lines.append(f"    corruption: mean error {100 * c['mean_error']:.1f}%, "
                          f"mCE vs AlexNet {c['mce_vs_alexnet']:.1f}")
     if results.get("transfer"):
-        for attack, by_src in results["transfer"]["success"].items():
+        from robustlab.report.format import counted_nothing
+
+        n = results["transfer"].get("n")
+        success = results["transfer"]["success"]
+        if counted_nothing(n):  # the rates are 0 / 0
+            lines += wrap_words("transfer: no image is classified correctly by every model (n = 0), so no "
+                                "success rate is measured; evaluate more images", "  ")
+            success = {}
+        elif n is not None:
+            lines.append(f"  transfer success on the {n} images every model classifies correctly:")
+        for attack, by_src in success.items():
             lines += wrap_items(f"  transfer {attack} (success): ", [f"{s}→{t} {100 * v:.0f}%" for s, row in
                                                                      by_src.items() for t, v in row.items()],
                                 sep="; ")

@@ -94,6 +94,12 @@ def test_eval_summary_fits():
     assert "1: 50.0%" in text and "mean error 30.0%" in text  # percentages, as the accuracies
     # An L2 budget is pixels, not a fraction of 255: ε₂ = 8 read "ε = 2040/255 (l2)".
     assert "ε₂ = 8 (l2):" in format_eval_summary({**results, "eps": 8.0, "eps_255": 2040.0, "norm": "l2"})
+    # the transfer rates say over how many images; over none, they are not printed as 0 %
+    counted = {**results, "transfer": {**results["transfer"], "n": 7}}
+    assert "transfer success on the 7 images every model classifies correctly" in format_eval_summary(counted)
+    empty = format_eval_summary({**results, "transfer": {**results["transfer"], "n": 0}})
+    assert "no image is classified correctly by every model (n = 0)" in empty and "→model_2" not in empty
+    assert _fits(empty)
 
 
 def test_train_summary_fits():
