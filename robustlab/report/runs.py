@@ -236,12 +236,12 @@ def transfer_blocks(success: Mapping[str, Mapping[str, Mapping[str, float]]], n:
     targets = list(dict.fromkeys(t for by in success.values() for row in by.values() for t in row))
     rows = [{"attack": attack_label(a), "source": s, **{f"→ {t}": row.get(t) for t in targets}}
             for a, by in success.items() for s, row in by.items()]
-    values = [[None if r[f"→ {t}"] is None else 100 * r[f"→ {t}"] for t in targets] for r in rows]
-    labels = [f"{r['attack']} from {r['source']}" for r in rows]
     blocks: list[Any] = [table(rows, n, caption="success rate on images every model classifies correctly")]
     if counted_nothing(n):  # no image every model classifies: nothing to draw
         return [Note("no image is classified correctly by every model (n = 0): the success rates measure "
                      "nothing", "warn"), *blocks]
+    values = [[None if r[f"→ {t}"] is None else 100 * r[f"→ {t}"] for t in targets] for r in rows]
+    labels = [f"{r['attack']} from {r['source']}" for r in rows]
     fig = plots.heatmap(labels, targets, values, title="transfer success rate (%): (attack, source) → target")
     return [*blocks, figure(fig, "heatmap of transfer success rates")]
 
