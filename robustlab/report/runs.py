@@ -231,6 +231,16 @@ def corruption_blocks(c: Mapping[str, Any], n: Any) -> list[Any]:
             table(rows, n, caption="accuracy (1 − error rate) by severity")]
 
 
+def transfer_heatmap(success: Mapping[str, Mapping[str, Mapping[str, float]]]) -> Figure:
+    """The heatmap of every (attack, source) → target success rate, in percent."""
+    targets = list(dict.fromkeys(t for by in success.values() for row in by.values() for t in row))
+    labels = [f"{attack_label(a)} from {s}" for a, by in success.items() for s in by]
+    values = [[None if row.get(t) is None else 100 * row[t] for t in targets]
+              for by in success.values() for row in by.values()]
+    fig = plots.heatmap(labels, targets, values, title="transfer success rate (%): (attack, source) → target")
+    return figure(fig, "heatmap of transfer success rates")
+
+
 def transfer_blocks(success: Mapping[str, Mapping[str, Mapping[str, float]]], n: Any) -> list[Any]:
     """One table and one heatmap of every (attack, source) → target success rate."""
     targets = list(dict.fromkeys(t for by in success.values() for row in by.values() for t in row))
@@ -240,10 +250,7 @@ def transfer_blocks(success: Mapping[str, Mapping[str, Mapping[str, float]]], n:
     if counted_nothing(n):  # no image every model classifies: nothing to draw
         return [Note("no image is classified correctly by every model (n = 0): the success rates measure "
                      "nothing", "warn"), *blocks]
-    values = [[None if r[f"→ {t}"] is None else 100 * r[f"→ {t}"] for t in targets] for r in rows]
-    labels = [f"{r['attack']} from {r['source']}" for r in rows]
-    fig = plots.heatmap(labels, targets, values, title="transfer success rate (%): (attack, source) → target")
-    return [*blocks, figure(fig, "heatmap of transfer success rates")]
+    return [*blocks, transfer_heatmap(success)]
 
 
 def transfer_meta(attacks: list[str], eps: float | None, n: Any, configs: Mapping[str, Any] | None = None

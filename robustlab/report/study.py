@@ -24,7 +24,7 @@ from robustlab.report.format import (
     steps_text,
     table_rows,
 )
-from robustlab.report.runs import accuracy_key, figure, is_count_key, metric_n, transfer_meta
+from robustlab.report.runs import accuracy_key, figure, is_count_key, metric_n, transfer_heatmap, transfer_meta
 
 #: Training-record keys the models table leaves out (said elsewhere or not results).
 _SKIP = {"kind", "step", "lr", "train_seconds", "epoch"}
@@ -241,13 +241,7 @@ def _plots(ev: Mapping[str, Any]) -> list[Figure]:
     if kind in ("whitebox", "robust") and ev.get("curves"):
         return [figure(plots.robustness_curves(ev["curves"]), "accuracy against PGD iterations")]
     if kind == "transfer" and (ev.get("raw") or {}).get("success") and not counted_nothing(ev.get("n")):
-        success = ev["raw"]["success"]
-        targets = list(dict.fromkeys(t for by in success.values() for row in by.values() for t in row))
-        labels = [f"{attack_label(a)} from {s}" for a, by in success.items() for s in by]
-        values = [[None if row.get(t) is None else 100 * row[t] for t in targets]
-                  for by in success.values() for row in by.values()]
-        return [figure(plots.heatmap(labels, targets, values, title="transfer success rate (%): "
-                                     "(attack, source) → target"), "heatmap of transfer success rates")]
+        return [transfer_heatmap(ev["raw"]["success"])]
     if kind == "corruption" and ev.get("errors"):
         clean = {r["model"]: r["clean"] for r in ev.get("table") or [] if isinstance(r.get("clean"), float)}
         return [figure(plots.corruption_curves(ev["errors"], clean), "accuracy against corruption severity, "
