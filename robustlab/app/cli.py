@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     atk.add_argument("--model",
                      help="checkpoint directory, built-in name (smallcnn, resnet18_cifar, ...), timm:NAME, "
                      "tv:NAME or your own path/to/file.py:factory (required)")
-    atk.add_argument("--weights", help="local weights file for a named model or your factory's network")
+    atk.add_argument("--weights", help="local weights file for a named model or your factory's network, or DEFAULT: "
+                     "torchvision's or timm's pretrained weights (from their cache)")
     g = atk.add_argument_group("architecture of a named model (checkpoints record their own)")
     g.add_argument("--act", help="swap activations (names: robustlab list activations)")
     g.add_argument("--norm-layer", choices=("bn", "mbn", "gn"), help="batch norm, mixture BN or GroupNorm")
@@ -171,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", action="append", default=[], metavar="RUN_DIR",
                     help="a robustlab run directory (same as --model RUN_DIR)")
     ev.add_argument("--weights", action="append", default=[],
-                    help="a local state-dict file (.safetensors, or .pt/.pth read weights-only); repeat it with "
-                    "--model, one per --model in the same order")
+                    help="a local state-dict file (.safetensors, or .pt/.pth read weights-only), or DEFAULT: "
+                    "torchvision's or timm's pretrained weights (from their cache); repeat it with --model, one "
+                    "per --model in the same order")
     ev.add_argument("--mean", help="per-channel mean the model expects, e.g. 0.485,0.456,0.406: the model is "
                     "wrapped to take [0, 1] pixels")
     ev.add_argument("--std", help="per-channel std the model expects, with --mean")
@@ -314,7 +316,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from robustlab._checks import check_number
     from robustlab._io import pick_device, write_tensors
     from robustlab.app.attack import attack_dataset, format_attack_table
-    from robustlab.app.evaluate import check_trained_classes, grayscale_folder
+    from robustlab.app.evaluate import check_trained_classes, check_trained_head, grayscale_folder
     from robustlab.app.rundir import RunDir, fingerprint_of
     from robustlab.attacks import create
     from robustlab.data import dataset_info, make_loader
@@ -358,6 +360,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
             if v is not None}
     model = resolve_model(args.model, num_classes=info.num_classes, in_channels=info.channels,
                           data_stats=(info.mean, info.std), weights=args.weights, **arch).to(device).eval()
+    check_trained_head(args.model, model, info)
     if grayscale_folder(args.data, info, [model]):
         data = _load_data(args, channels=1)
         info = dataset_info(data)

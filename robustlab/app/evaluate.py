@@ -33,7 +33,7 @@ from robustlab.eval.analysis import bn_statistics
 from robustlab.eval.evaluate import evaluate
 from robustlab.eval.transfer import transfer_matrix
 from robustlab.eval.whitebox import whitebox_protocol
-from robustlab.models.resolve import normalized, resolve_model
+from robustlab.models.resolve import is_factory_spec, normalized, resolve_model
 from robustlab.nn.norm import route, route_names
 from robustlab.units import budget_text
 
@@ -156,17 +156,50 @@ def check_trained_classes(model_spec: str, info: Any) -> None:
                          "mean another class: evaluate on folders named as in training")
 
 
-def load_models(spec: EvalSpec, info: Any, device: torch.device) -> dict[str, nn.Module]:
-    """Every model named, in eval mode on ``device`` (errors name the spec)."""
-    models = {}
+def check_trained_head(model_spec: str, model: nn.Module, info: Any) -> None:
+    """Refuse a model whose pretrained classifier was replaced by a freshly
+    initialized one because the data has another number of classes (what
+    fine-tuning wants): evaluating or attacking it measures an untrained head."""
+    record = (getattr(model, "robustlab_spec", None) or {}).get("pretrained") or {}
+    if record.get("new_head"):
+        what = record.get("weights") or record.get("tag") or record.get("name")
+        raise ValueError(f"weights: {model_spec}'s pretrained weights ({record.get('source')}: {what}) were made "
+                         f"for another number of classes than the data's {info.num_classes}, so its classifier "
+                         f"({record['new_head']}) would be a freshly initialized, untrained one: evaluate or attack "
+                         "it on data of the weights' classes, or fine-tune it first (robustlab train, model.weights)")
+
+
+def untrained_warning(model_spec: str, model: nn.Module) -> str | None:
+    """A warning for a named network (built-in, ``timm:``, ``tv:``) built with
+    no weights at all: its figures are those of a random initialization. A run
+    directory and a factory's network carry or load their own."""
+    path = Path(model_spec)
+    if path.is_dir() or path.suffix == ".json" or is_factory_spec(model_spec):
+        return None
+    if (getattr(model, "robustlab_spec", None) or {}).get("pretrained") is not None:
+        return None
+    return (f"[weights] {model_spec} is randomly initialized (no --weights given): its accuracy is that of an "
+            "untrained network; give --weights FILE (a state dict, .safetensors or .pt/.pth), or DEFAULT for "
+            "torchvision's or timm's pretrained weights")
+
+
+def load_models(spec: EvalSpec, info: Any, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """Every model named, in eval mode on ``device`` (errors name the spec), and
+    a warning per model built with random weights (:func:`untrained_warning`)."""
+    models, untrained = {}, {}
     weights = spec.weights if isinstance(spec.weights, list) else [spec.weights] if spec.weights else []
     for i, (name, s) in enumerate(zip(_names(spec.models), spec.models)):
         check_trained_classes(s, info)
         model = resolve_model(s, weights=weights[i] if i < len(weights) else None, num_classes=info.num_classes,
                               in_channels=info.channels, data_stats=(info.mean, info.std))
+        check_trained_head(s, model, info)
+        warning = untrained_warning(s, model)
+        if warning is not None:
+            _logger.warning("model %s: %s", name, warning)
+            untrained[name] = warning
         model = normalized(model, spec.mean, spec.std)
         models[name] = model.to(device).eval()
-    return models
+    return models, untrained
 
 
 def output_count(model: nn.Module, data: Any, device: torch.device) -> int:
@@ -187,6 +220,14 @@ def class_count_warning(outputs: int, info: Any) -> str | None:
     return (f"[data] the model has {outputs} outputs and the data {len(classes)} classes ({shown}): label i is "
             f"the folder's i-th class by sorted name, read as the model's output i; right only if those are the "
             "model's first classes in that order")
+
+
+def model_warnings(name: str, model: nn.Module, data: Any, device: torch.device,
+                   untrained: dict[str, str]) -> list[str]:
+    """The warnings about a model itself that head its results: random weights,
+    and more outputs than the data has classes."""
+    extra = class_count_warning(output_count(model, data, device), dataset_info(data))
+    return [w for w in (untrained.get(name), extra) if w is not None]
 
 
 class SamplesDone:
@@ -229,7 +270,7 @@ def work_done(d: dict[str, Any], total: int) -> float:
 
 
 def _robust(models: dict[str, nn.Module], data: Any, spec: EvalSpec, run: RunDir, device: torch.device,
-            quiet: bool) -> dict[str, Any]:
+            quiet: bool, untrained: dict[str, str]) -> dict[str, Any]:
     per_model: dict[str, Any] = {}
     loader = make_loader(data, spec.batch_size, num_workers=spec.workers)
     for name, model in models.items():
@@ -244,9 +285,8 @@ def _robust(models: dict[str, nn.Module], data: Any, spec: EvalSpec, run: RunDir
         if ev.examples is not None:
             write_tensors(path / f"examples-{name}.safetensors", ev.examples)
         per_model[name] = ev.to_dict()
-        extra = class_count_warning(output_count(model, data, device), dataset_info(data))
-        if extra is not None:
-            per_model[name]["warnings"] = [extra, *per_model[name]["warnings"]]
+        per_model[name]["warnings"] = [*model_warnings(name, model, data, device, untrained),
+                                       *per_model[name]["warnings"]]
     results: dict[str, Any] = {"models": per_model}
     if len(per_model) == 1:  # one model: its figures at the top level too
         only = next(iter(per_model.values()))
@@ -334,7 +374,7 @@ def run_eval(spec: EvalSpec, *, quiet: bool = False) -> dict[str, Any]:
     dev = pick_device(spec.device)
     test = load_dataset(spec.data, "test", data_dir=spec.data_dir, limit=spec.limit, size=spec.image_size)
     info = dataset_info(test)
-    models = load_models(spec, info, dev)
+    models, untrained = load_models(spec, info, dev)
     if grayscale_folder(spec.data, info, models.values()):
         test = load_dataset(spec.data, "test", data_dir=spec.data_dir, limit=spec.limit, size=spec.image_size,
                             channels=1)
@@ -342,7 +382,7 @@ def run_eval(spec: EvalSpec, *, quiet: bool = False) -> dict[str, Any]:
     config = {k: v for k, v in asdict(spec).items() if k not in ("out", "device")}
     files = [spec.weights] if isinstance(spec.weights, str) else list(spec.weights or [])
     if files:  # the weights are known by their contents: a copy elsewhere is the same run, an edit in place is not
-        config["weights_sha256"] = [sha256_file(Path(f)) for f in files]
+        config["weights_sha256"] = [sha256_file(Path(f)) if Path(f).is_file() else None for f in files]
     identity = {k: v for k, v in config.items() if k != "weights"}
     out = spec.out
     if out is None and Path(spec.models[0]).is_dir():  # RUN/eval-PROTOCOL, or -2, -3 … for other options
@@ -358,9 +398,9 @@ def run_eval(spec: EvalSpec, *, quiet: bool = False) -> dict[str, Any]:
         run.write_config(config)
         try:
             if spec.protocol in ROBUST:
-                results.update(_robust(models, test, spec, run, dev, quiet))
+                results.update(_robust(models, test, spec, run, dev, quiet, untrained))
             else:
-                results.update(_curves(models, test, spec, dev))
+                results.update(_curves(models, test, spec, dev, untrained))
         except (ValueError, TypeError):  # refused on the data or the model's outputs: no half-written run
             if fresh and {p.name for p in run.path.iterdir()} <= {"config.yaml", "run.json", ".lock"}:
                 run.discard()  # with the parents made for it (a saved evaluation state stays: it resumes)
@@ -369,7 +409,8 @@ def run_eval(spec: EvalSpec, *, quiet: bool = False) -> dict[str, Any]:
         return run.finish(results)
 
 
-def _curves(models: dict[str, nn.Module], test: Any, spec: EvalSpec, device: torch.device) -> dict[str, Any]:
+def _curves(models: dict[str, nn.Module], test: Any, spec: EvalSpec, device: torch.device,
+            untrained: dict[str, str]) -> dict[str, Any]:
     """The curve and comparison protocols, on every model named."""
     from robustlab.data import load_tensors
     from robustlab.eval.metrics import predict
@@ -394,9 +435,9 @@ def _curves(models: dict[str, nn.Module], test: Any, spec: EvalSpec, device: tor
                 with torch.no_grad():
                     res.update(_corruption(model, x, y, res["clean_accuracy"]))
                 _logger.info("model %s: corruption mean error %.3f", name, res["corruption"]["mean_error"])
-        extra = class_count_warning(output_count(model, test, device), dataset_info(test))
-        if extra is not None:
-            res["warnings"] = [extra]
+        extra = model_warnings(name, model, test, device, untrained)
+        if extra:
+            res["warnings"] = extra
         res["routes"] = list(route_names(model))
         stats = bn_statistics(model)
         if stats:  # Fig. 6.5: running statistics per route (or of the plain BNs)

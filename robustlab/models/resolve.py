@@ -116,7 +116,8 @@ def resolve_model(spec: str | Path, *, weights: str | Path | None = None,
     """A model from a user's string: a checkpoint directory (or its model.json),
     a built-in name, ``timm:NAME`` / ``tv:NAME``, or a factory
     (``path/to/file.py:factory``, ``package.module:factory``), with optional
-    local weights.
+    local weights (or ``weights="DEFAULT"``: torchvision's default weights of
+    a ``tv:`` model, timm's pretrained ones of a ``timm:`` model).
 
     ``kwargs`` go to :func:`create_model` (``num_classes``, ``in_channels``,
     ``mean``, ``std``, ...). ``data_stats``: the dataset's ``(mean, std)``,
@@ -153,6 +154,8 @@ def resolve_model(spec: str | Path, *, weights: str | Path | None = None,
         return model
     if data_stats is not None and _builtin(key) is not None and not stats:
         kwargs["mean"], kwargs["std"] = data_stats
+    if key.startswith("timm:") and weights == "DEFAULT" and not kwargs.get("pretrained"):
+        weights, kwargs["pretrained"] = None, True  # as for tv:NAME, DEFAULT names the library's own weights
     try:
         return create_model(key, weights=weights, **kwargs)
     except ValueError as err:

@@ -6,6 +6,7 @@ offline mode and torch hub's downloader raises as without a network."""
 from __future__ import annotations
 
 import hashlib
+import json
 import urllib.error
 from pathlib import Path
 from types import SimpleNamespace
@@ -248,3 +249,77 @@ def test_train_config_reaches_create_model(caches, tmp_path, capsys, model):
     assert main(["train", str(path), "train.epochs=1", "train.batch_size=16", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "robustlab train: error:" in err and "are not in the cache" in err and "weights=PATH" in err
+
+
+@pytest.fixture()
+def hf_cached(caches):
+    """timm's resnet18 weights in the (offline) Hugging Face cache, as timm's download leaves them."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = caches.hf / ("models--" + HF_REPO.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    state = _timm_state()
+    save_file(state, str(repo / "snapshots" / commit / "model.safetensors"))
+    return state
+
+
+def test_resolve_model_reads_default_as_timms_pretrained_weights(hf_cached):
+    from robustlab.models import resolve_model
+
+    _assert_loaded(resolve_model("timm:resnet18", weights="DEFAULT", num_classes=1000), hf_cached)
+
+
+@pytest.fixture()
+def thousand_classes(tmp_path):
+    """An ImageFolder of 1000 classes (one 8×8 image each): ImageNet's number."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for k in range(1000):
+        (tmp_path / "folder" / f"c{k:04d}").mkdir(parents=True)
+        pixels = torch.randint(0, 256, (8, 8, 3), dtype=torch.uint8, generator=gen).numpy()
+        Image.fromarray(pixels).save(tmp_path / "folder" / f"c{k:04d}" / "0.png")
+    return tmp_path / "folder"
+
+
+def test_eval_of_torchvision_and_timm_default_weights(tv_cached, hf_cached, thousand_classes, tmp_path, capsys):
+    """`--weights DEFAULT` loads each library's own weights (no "[weights]"
+    warning), and the run is keyed on their name (no file to hash)."""
+    out = tmp_path / "run"
+    assert main(["eval", "--model", "tv:resnet18", "--weights", "DEFAULT", "--model", "timm:resnet18",
+                 "--weights", "DEFAULT", "--data", f"imagefolder:{thousand_classes}", "--image-size", "32",
+                 "--protocol", "quick", "--limit", "4", "--device", "cpu", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["models"]) == {"resnet18", "resnet18-2"} and results["n"] == 4
+    for per_model in results["models"].values():
+        assert not [w for w in per_model["warnings"] if w.startswith("[weights]")]
+    assert yaml.safe_load((out / "config.yaml").read_text())["weights_sha256"] == [None, None]
+
+
+@pytest.mark.parametrize("command", ["eval", "attack"])
+def test_pretrained_weights_with_a_fresh_head_are_refused_before_any_run(tv_cached, tmp_path, capsys, command):
+    """The 1000-category weights on 10-class digits would get a freshly
+    initialized classifier: right for fine-tuning, meaningless to evaluate or
+    attack."""
+    out = tmp_path / "run"
+    assert main([command, "--model", "tv:resnet18", "--weights", "DEFAULT", "--data", "digits", "--limit", "4",
+                 "--device", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"robustlab {command}: error: weights:" in err and "freshly initialized, untrained" in err
+    assert "data's 10" in err and "Traceback" not in err and not out.exists()
+
+
+def test_eval_warns_of_a_named_network_with_random_weights(tmp_path, capsys):
+    """A named network given no weights is evaluated, with a warning heading
+    its results; the user's own factory and a run directory get none."""
+    factory = tmp_path / "mine.py"
+    factory.write_text("import robustlab as rl\n\ndef net():\n"
+                       "    return rl.models.create_model('smallcnn', 10, in_channels=1, width=4)\n")
+    out = tmp_path / "run"
+    assert main(["eval", "--model", "smallcnn", "--model", f"{factory}:net", "--data", "digits", "--limit", "8",
+                 "--protocol", "quick", "--device", "cpu", "--out", str(out)]) == 0
+    models = json.loads((out / "results.json").read_text())["models"]
+    assert models["smallcnn"]["warnings"][0].startswith("[weights] smallcnn is randomly initialized")
+    assert not [w for w in models["net"]["warnings"] if w.startswith("[weights]")]
+    assert "smallcnn is randomly initialized" in capsys.readouterr().err
