@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import itertools
 import re
 import sys
 from collections.abc import Sequence
@@ -111,6 +112,32 @@ def _refuse_weights_only(path: Path) -> None:
                      f"rebuild; pass --model {name} --weights {meta.parent / 'model.safetensors'}")
 
 
+def _model_dirs_near(path: Path) -> str:
+    """Where the model is when ``path`` is not one: a folder above it holding
+    ``model.json`` (a run's ``checkpoints/``), or folders below it (a study's
+    ``models/NAME``, a folder of runs), as a hint to append to the error."""
+    above = next((p for p in path.resolve().parents if (p / META).is_file()), None)
+    if above is not None:
+        return f"; the model is the run directory above it: {above}"
+    below = sorted(str(d) for d in _subfolders(path) if (d / META).is_file())
+    if not below:  # one level further (a study's models/NAME), looked through only in a small tree
+        below = sorted(str(d) for c in _subfolders(path) for d in _subfolders(c) if (d / META).is_file())
+    if not below:
+        return ""
+    shown = ", ".join(below[:4]) + (f", ... ({len(below)} in all)" if len(below) > 4 else "")
+    return f"; the model directories in it: {shown}"
+
+
+def _subfolders(path: Path, most: int = 200) -> list[Path]:
+    """The visible folders in ``path``; none when it holds more than ``most``
+    entries (a dataset's class folders, not runs)."""
+    try:
+        entries = list(itertools.islice(path.iterdir(), most + 1))
+    except OSError:
+        return []
+    return [] if len(entries) > most else [e for e in entries if e.is_dir() and not e.name.startswith(".")]
+
+
 def resolve_model(spec: str | Path, *, weights: str | Path | None = None,
                   data_stats: tuple[Sequence[float], Sequence[float]] | None = None, **kwargs: Any) -> nn.Module:
     """A model from a user's string: a checkpoint directory (or its model.json),
@@ -138,7 +165,7 @@ def resolve_model(spec: str | Path, *, weights: str | Path | None = None,
         if surgery:
             raise ValueError(f"{surgery}: a checkpoint records its own architecture; drop these options")
         if not (path / META).is_file() and not path.is_file():
-            raise FileNotFoundError(f"model: {path} holds no {META}")
+            raise FileNotFoundError(f"model: {path} holds no {META}{_model_dirs_near(path)}")
         _refuse_weights_only(path)
         return load_model(path, kind="classifier")
     key = str(spec)

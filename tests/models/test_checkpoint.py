@@ -169,3 +169,25 @@ def test_weights_of_a_foreign_model_are_saved_but_not_rebuilt(tmp_path):
     (d / WEIGHTS).write_bytes(bytes(data))
     with pytest.raises(ValueError, match="is corrupted or truncated: its sha256"):
         load_weights_into(torch.nn.Linear(3, 2), d)
+
+
+def test_a_folder_that_is_no_model_names_the_model_folders_near_it(tmp_path):
+    """A run's checkpoints/ or step folder points up to the run; a study's
+    folder or a folder of runs lists the model folders in it."""
+    from robustlab.models import resolve_model
+
+    model = create_model("smallcnn", 10, in_channels=1, width=4)
+    for name in ("study/models/a", "study/models/b", "runs/one"):
+        save_model(model, tmp_path / name)
+    (tmp_path / "runs/one/checkpoints/step-00000001").mkdir(parents=True)
+    cases = {"runs/one/checkpoints/step-00000001": f"the run directory above it: {tmp_path / 'runs/one'}",
+             "runs": f"the model directories in it: {tmp_path / 'runs/one'}",
+             "study": f"in it: {tmp_path / 'study/models/a'}, {tmp_path / 'study/models/b'}"}
+    for folder, hint in cases.items():
+        with pytest.raises(FileNotFoundError, match=f"holds no {META}; ") as err:
+            resolve_model(tmp_path / folder)
+        assert hint in str(err.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError) as err:
+        resolve_model(tmp_path / "empty")
+    assert str(err.value).endswith(f"holds no {META}")
