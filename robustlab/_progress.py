@@ -54,7 +54,8 @@ def _plural(unit: str) -> str:
     return unit + ("es" if unit.endswith(("ch", "sh", "x")) else "s")
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """``seconds`` as a person reads them: 0.3 s, 42 s, 2.5 min, 1.2 h."""
     if seconds < 10:
         return f"{seconds:.1f} s"
     if seconds < 90:
@@ -147,7 +148,7 @@ class Progress:
     def _bar_postfix(self) -> None:
         if self.mode == "bar":
             eta = self._eta()
-            extra = {} if self.fraction is None or eta is None else {"eta": _duration(eta)}
+            extra = {} if self.fraction is None or eta is None else {"eta": duration(eta)}
             self._bar.set_postfix(refresh=False, **self.postfix, **extra)
 
     def _eta(self) -> float | None:
@@ -171,12 +172,12 @@ class Progress:
         else:
             text += f" {_plural(self.unit)}"
         if final:
-            text += f" in {_duration(elapsed)}"
+            text += f" in {duration(elapsed)}"
         if rate > 0:
             text += f", {_rate(rate, self.unit)}"
         eta = None if final or not self.total or self.n >= self.total else self._eta()
         if eta is not None:
-            text += f", eta {_duration(eta)}"
+            text += f", eta {duration(eta)}"
         return ", ".join([text, *(f"{k} {_value(v)}" for k, v in self.postfix.items())])
 
     def close(self) -> None:

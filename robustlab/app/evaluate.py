@@ -24,7 +24,7 @@ from torch import nn
 
 from robustlab._checks import check_number, model_channels
 from robustlab._io import pick_device, sha256_file, write_tensors
-from robustlab._progress import Progress, progress
+from robustlab._progress import Progress, duration, progress
 from robustlab.app.rundir import RunDir, fingerprint_of, first_free
 from robustlab.data import dataset_info, load_dataset, make_loader
 from robustlab.data.info import class_difference
@@ -280,8 +280,8 @@ def _robust(models: dict[str, nn.Module], data: Any, spec: EvalSpec, run: RunDir
             ev = evaluate(model, loader, eps=spec.eps, norm=spec.norm, protocol=spec.protocol,
                           fallback=spec.fallback, batch_size=spec.batch_size, device=device, seed=spec.seed,
                           state=path / f"state-{name}.json", progress=SamplesDone(bar), options=spec.options)
-        _logger.info("model %s: clean %.1f%%, robust %.1f%% in %.0f s", name, 100 * ev.clean_accuracy,
-                     100 * ev.robust_accuracy, ev.seconds)
+        _logger.info("model %s: clean %.1f%%, robust %.1f%% (n = %d) in %s", name, 100 * ev.clean_accuracy,
+                     100 * ev.robust_accuracy, ev.n, duration(ev.seconds))
         if ev.examples is not None:
             write_tensors(path / f"examples-{name}.safetensors", ev.examples)
         per_model[name] = ev.to_dict()
@@ -426,7 +426,7 @@ def _curves(models: dict[str, nn.Module], test: Any, spec: EvalSpec, device: tor
             right = sum(int((predict(model, xb.to(device), spec.batch_size).cpu() == yb).sum())
                         for xb, yb in _batches(x, y, spec.batch_size))
             res["clean_accuracy"] = right / len(y)
-            _logger.info("model %s: clean accuracy %.3f on %d images", name, res["clean_accuracy"], len(y))
+            _logger.info("model %s: clean accuracy %.1f%% on %d images", name, 100 * res["clean_accuracy"], len(y))
             if spec.protocol in ("whitebox", "all"):
                 _logger.info("model %s: whitebox curves, PGD steps %s", name, spec.steps)
                 res.update(_whitebox(model, x, y, opts, device))
@@ -434,7 +434,7 @@ def _curves(models: dict[str, nn.Module], test: Any, spec: EvalSpec, device: tor
                 _logger.info("model %s: 15 corruptions × 5 severities", name)
                 with torch.no_grad():
                     res.update(_corruption(model, x, y, res["clean_accuracy"]))
-                _logger.info("model %s: corruption mean error %.3f", name, res["corruption"]["mean_error"])
+                _logger.info("model %s: corruption mean error %.1f%%", name, 100 * res["corruption"]["mean_error"])
         extra = model_warnings(name, model, test, device, untrained)
         if extra:
             res["warnings"] = extra

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from robustlab._io import pick_device, write_json
+from robustlab._progress import duration, progress
 from robustlab.app import study_kinds, study_models
 from robustlab.app.spec import EvaluationSpec, check_keys, parse_budgets
 from robustlab.app.study_ch3 import CH3_EVALUATIONS, CH3_EVALUATORS, check_ch3_evaluation
@@ -233,7 +234,6 @@ def _whitebox_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
 
 def _eval_robust(ctx: Context, opts: EvaluationSpec) -> dict[str, Any]:
     """rl.eval.evaluate on every model (and route), through the protocol registry."""
-    from robustlab._progress import progress
     from robustlab.app.evaluate import SamplesDone
     from robustlab.eval.evaluate import evaluate
 
@@ -248,8 +248,8 @@ def _eval_robust(ctx: Context, opts: EvaluationSpec) -> dict[str, Any]:
                 ev = evaluate(model, batches, eps=eps, norm=opts["norm"], protocol=opts["protocol"],
                               fallback=opts["fallback"], options=opts["options"], device=ctx.device,
                               seed=ctx.study.models[m].seed, progress=SamplesDone(bar))
-            _logger.info("%s %s: clean %.1f%%, robust %.1f%% (n = %d) in %.0f s", opts["protocol"], label,
-                         100 * ev.clean_accuracy, 100 * ev.robust_accuracy, n, ev.seconds)
+            _logger.info("%s %s: clean %.1f%%, robust %.1f%% (n = %d) in %s", opts["protocol"], label,
+                         100 * ev.clean_accuracy, 100 * ev.robust_accuracy, n, duration(ev.seconds))
             warnings[label] = ev.warnings
             iterates = {}
             if ev.curve:  # the thesis protocol (§4.6.1, §6.3): the final iterate scored, the best beside it

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from robustlab._progress import duration
 from robustlab.attacks.iterative import IterativeAttack
 from robustlab.eval.metrics import pooled_batches
 from robustlab.units import from_255
@@ -191,8 +192,8 @@ def whitebox_protocol(
             curves[name] = robustness_curve(model, loader, steps=steps, eps=eps, step_size=step_size, targeted=t,
                                             restarts=restarts, seed=seed, device=device, loss=loss, norm=norm)
             c = curves[name]
-            _logger.info("whitebox %s: accuracy %.3f after %d steps (%.0f s)", name, c.accuracy[-1], c.steps[-1],
-                         c.seconds)
+            _logger.info("whitebox %s: accuracy %.1f%% after %d steps (%s)", name, 100 * c.accuracy[-1],
+                         c.steps[-1], duration(c.seconds))
     worst = worst_case(list(curves.values())) if len(curves) > 1 else next(iter(curves.values()))
     sanity = (run_sanity_checks(model, loader, eps=eps, steps=10, queries=100, noise_draws=2, limit=100, seed=seed,
                                 device=device, norm=norm) if checklist else None)
