@@ -25,7 +25,8 @@ def _image_form(x: object, name: str, dtypes: tuple[torch.dtype, ...] = IMAGE_DT
             f"{name} must have shape (N, C, H, W) (rank 4); got rank {x.dim()} with shape {tuple(x.shape)}"
         )
     if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor with pixels in [0, 1]; got dtype {x.dtype}")
+        hint = " (8-bit images: x.float() / 255)" if x.dtype == torch.uint8 else ""
+        raise TypeError(f"{name} must be a floating-point tensor with pixels in [0, 1]; got dtype {x.dtype}{hint}")
     if x.dtype not in dtypes:
         allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         raise TypeError(f"{name} must have dtype {allowed}; got {x.dtype} (convert them with .float())")

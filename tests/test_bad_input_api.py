@@ -159,7 +159,7 @@ CASES = {
     "run_x_rank5": (lambda c: pgd().run(c.model, c.x[None], c.y), ValueError, "x must have shape (N, C, H, W)", 0),
     "run_x_numpy": (lambda c: pgd().run(c.model, c.x.numpy(), c.y), TypeError, "x must be a torch.Tensor", 0),
     "run_x_uint8": (lambda c: pgd().run(c.model, (c.x * 255).to(torch.uint8), c.y), TypeError,
-                    "x must be a floating-point tensor", 0),
+                    "got dtype torch.uint8 (8-bit images: x.float() / 255)", 0),
     "run_x_float64": (lambda c: pgd().run(c.model, c.x.double(), c.y), TypeError, "got torch.float64 (convert them", 0),
     "run_x_empty": (lambda c: pgd().run(c.model, c.x[:0], c.y[:0]), ValueError, "x must hold at least one image", 0),
     "run_x_above_one": (lambda c: pgd().run(c.model, c.x * 255, c.y), ValueError, "x must lie in [0, 1]", 0),
