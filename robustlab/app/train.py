@@ -490,16 +490,15 @@ def _reevaluate(result: Any, metrics: dict[str, Any]) -> None:
     last = result.history[-1]
     kept = {k: v for k, v in last.items() if k in ("kind", "epoch", "step", "train_seconds") or k.startswith("train_")}
     result.history[-1] = {**kept, **metrics}
-    _logger.info("evaluated again with the new eval.* options: %s",
-                 ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+    _logger.info("evaluated again with the new eval.* options: %s", ", ".join(sinks.metric_cells(metrics)))
 
 
 def format_train_summary(results: dict[str, Any]) -> str:
     """What ``robustlab train`` prints: the last metrics, wrapped to 100 columns."""
+    from robustlab._progress import duration
     from robustlab.app.summary import clip, path_lines, wrap_items
 
-    final = {k: v for k, v in results["final"].items() if k not in ("kind",)}
-    cells = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in final.items()]
-    head = clip(f"{results['recipe']['name']}: {results['steps']} steps, {results['train_seconds']:.1f} s "
+    cells = sinks.metric_cells(results["final"], skip=("kind",))
+    head = clip(f"{results['recipe']['name']}: {results['steps']} steps, {duration(results['train_seconds'])} "
                 f"({results['images_per_second']:.0f} img/s)")
     return "\n".join([head, *wrap_items("  ", cells), *path_lines("run directory", results["run_dir"])])

@@ -425,8 +425,7 @@ class _Trainer:
         record["train_seconds"] = round(self.train_seconds, 3)
         self.history.append(record)
         self._log(record)
-        _logger.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                                          for k, v in record.items() if k not in ("kind", "epoch")))
+        _logger.info("epoch %d/%d: %s", epoch + 1, self.opts.epochs, ", ".join(sinks.metric_cells(record)))
         self._save()
 
 

@@ -15,7 +15,29 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
+from robustlab._progress import duration
+
 INSTALL_HINT = "pip install 'robustlab[tensorboard]'"
+
+
+def metric_cells(record: dict[str, Any], skip: tuple[str, ...] = ("kind", "epoch")) -> list[str]:
+    """A record's fields as a person reads them, for logs and summaries: an
+    accuracy (``clean_acc``, ``pgd_acc_adv``, ``train_acc``) in percent with
+    the n of its evaluation (``clean_n``, ``pgd_n``) beside it, seconds as a
+    duration, other numbers to 4 significant digits; the keys stay those of
+    ``metrics.jsonl``."""
+    cells = []
+    for key, value in record.items():
+        if key in skip or key.endswith("_n") and any(k.startswith(f"{key[:-2]}_acc") for k in record):
+            continue  # an evaluation's n: shown with its accuracies
+        if "_acc" in f"_{key}" and isinstance(value, float):
+            n = record.get(f"{key.split('_acc')[0]}_n") if not key.startswith("acc") else None
+            cells.append(f"{key} {100 * value:.1f}%" + (f" (n={n})" if n is not None else ""))
+        elif key.endswith("seconds") and isinstance(value, (int, float)):
+            cells.append(f"{key} {duration(value)}")
+        else:
+            cells.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    return cells
 
 
 class Sink(Protocol):

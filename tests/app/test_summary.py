@@ -104,8 +104,9 @@ def test_eval_summary_fits():
 
 def test_train_summary_fits():
     final = {"kind": "epoch", "epoch": 90, "step": 450000, **{f"clean_acc_route_{i}": 0.9 for i in range(10)},
-             "train_loss": 1.23456}
+             "clean_n": 500, "train_loss": 1.23456}
     results = {"recipe": {"name": "advprop_finegrained"}, "steps": 450000, "train_seconds": 86400.0,
                "images_per_second": 1234.5, "final": final, "run_dir": "runs/train-advprop"}
     text = format_train_summary(results)
-    assert _fits(text) and "train_loss 1.2346" in text and "clean_acc_route_9" in text
+    assert _fits(text) and "train_loss 1.235" in text and "clean_acc_route_9 90.0% (n=500)" in text
+    assert "450000 steps, 24.0 h (1234 img/s)" in text and "clean_n" not in text  # n sits by its accuracies
