@@ -604,6 +604,22 @@ def _say_error(command: str, text: str) -> None:
     print(f"robustlab {command}: error: {text}", file=sys.stderr)
 
 
+def out_of_memory_text(args: argparse.Namespace, err: BaseException) -> str:
+    """What to do when the device ran out of memory: the batch-size option of
+    the command, and what the same command keeps when run again."""
+    first = (str(err).strip().splitlines() or ["out of memory"])[0][:160]
+    if args.command == "eval":
+        hint = (f"give a smaller --batch-size (it was {args.batch_size}): the same command with it continues "
+                "after the images already evaluated")
+    elif args.command == "attack":
+        hint = f"give a smaller --batch-size (it was {args.batch_size})"
+    else:  # train, study: the config's batch sizes (the learning rate is the config's too)
+        hint = ("give a smaller train.batch_size (with a learning rate to match: train.lr; training continues "
+                "from its last checkpoint)" + (", or, in the study's evaluations, a smaller study key batch_size"
+                                               if args.command == "study" else ""))
+    return f"the device ran out of memory ({first}); {hint}"
+
+
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace) -> int:
     commands = {"attack": cmd_attack, "list": cmd_list, "train": cmd_train, "eval": cmd_eval, "report": cmd_report,
                 "study": cmd_study}
@@ -636,6 +652,11 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argp
         return 2
     except FloatingPointError as err:  # a run that diverged: said plainly (its checkpoints stay), exit 1
         _say_error(args.command, str(err))
+        return 1
+    except RuntimeError as err:
+        if type(err).__name__ != "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA, MPS)
+            raise
+        _say_error(args.command, out_of_memory_text(args, err))
         return 1
     except KeyboardInterrupt:  # Ctrl-C: what was saved stays (checkpoints, an evaluation's state)
         print(f"robustlab {args.command}: interrupted; the same command continues from what was saved",

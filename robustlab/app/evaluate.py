@@ -383,7 +383,9 @@ def run_eval(spec: EvalSpec, *, quiet: bool = False) -> dict[str, Any]:
     files = [spec.weights] if isinstance(spec.weights, str) else list(spec.weights or [])
     if files:  # the weights are known by their contents: a copy elsewhere is the same run, an edit in place is not
         config["weights_sha256"] = [sha256_file(Path(f)) if Path(f).is_file() else None for f in files]
-    identity = {k: v for k, v in config.items() if k != "weights"}
+    # how it runs is no part of what it computes (every random start is keyed on the sample, not its batch):
+    # after running out of memory, the same command with a smaller --batch-size resumes in the same folder
+    identity = {k: v for k, v in config.items() if k not in ("weights", "batch_size", "workers")}
     out = spec.out
     if out is None and Path(spec.models[0]).is_dir():  # RUN/eval-PROTOCOL, or -2, -3 … for other options
         out = first_free(Path(spec.models[0]) / f"eval-{spec.protocol}", "eval", fingerprint_of(identity))

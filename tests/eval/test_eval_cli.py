@@ -1,13 +1,14 @@
 """`robustlab eval` and `robustlab report` on trained run directories."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from robustlab.app.cli import main
+from robustlab.app.cli import main, out_of_memory_text
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train_vanilla.yaml"
 TINY = ["data.name=digits", "train.epochs=2", "train.batch_size=64", "eval.attack=null", "data.eval_limit=64"]
@@ -220,3 +221,32 @@ def test_protocol_options_from_the_command_line_shrink_the_attacks(runs, capsys,
     assert opts["step_size"] == pytest.approx(2.5 * 8 / 255 / 4)
     page = (out / "report.html").read_text()
     assert "α = 5/255" in page and "Square fallback: 7 queries" in page and "PGD-20" not in page
+
+
+def test_running_out_of_memory_names_the_batch_size_and_the_same_folder_continues(runs, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """A device out of memory is said in one line with the option to lower
+    (exit 1, no traceback); the batch size is no part of the run's identity
+    (results do not depend on it), so the smaller one continues in its folder."""
+    import robustlab.app.evaluate as app_eval
+
+    real = app_eval.evaluate
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.6 GiB total)")
+
+    out = tmp_path / "ev"
+    args = ["eval", "--model", str(runs / "a"), "--data", "digits", "--limit", "32", "--protocol", "quick",
+            "--device", "cpu", "--out", str(out)]
+    monkeypatch.setattr(app_eval, "evaluate", out_of_memory)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "robustlab eval: error: the device ran out of memory (CUDA out of memory. Tried to allocate" in err
+    assert "smaller --batch-size (it was 250)" in err and "Traceback" not in err
+    monkeypatch.setattr(app_eval, "evaluate", real)
+    assert main([*args, "--batch-size", "16"]) == 0
+    assert json.loads((out / "results.json").read_text())["n"] == 32
+    for command, option in (("attack", "--batch-size (it was 128)"), ("train", "train.batch_size"),
+                            ("study", "study key batch_size")):
+        assert option in out_of_memory_text(argparse.Namespace(command=command, batch_size=128),
+                                            torch.OutOfMemoryError("oom"))
