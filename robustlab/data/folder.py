@@ -23,6 +23,7 @@ Training transforms by ``augment``:
 from __future__ import annotations
 
 import functools
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def _find_split(root: Path, split: str) -> Path:
     empty = next((root / s for s in names if (root / s).is_dir()), None)
     if empty is not None:
         raise DataNotFoundError(f"imagefolder: {empty} holds no class folders; expected {empty}/CLASS/IMAGE "
-                                "(hidden folders such as .ipynb_checkpoints are not classes)")
+                                f"(hidden folders such as .ipynb_checkpoints are not classes){_flat_hint(empty)}")
     splits = sorted(c.name for c in root.iterdir() if c.is_dir() and c.name in SPLIT_NAMES) if root.is_dir() else []
     if splits:
         raise DataNotFoundError(f"imagefolder: {root} has no {' or '.join(f'{n}/' for n in names)} split (it has "
@@ -64,7 +65,21 @@ def _find_split(root: Path, split: str) -> Path:
     if _has_class_dirs(root):
         return root  # ROOT/CLASS/IMAGE: one set of images, every split
     tried = [root / s for s in names] + [root]
-    raise DataNotFoundError("imagefolder: no class folders found. Paths tried:\n" + "\n".join(f"  {p}" for p in tried))
+    raise DataNotFoundError("imagefolder: no class folders found. Paths tried:\n" + "\n".join(f"  {p}" for p in tried)
+                            + _flat_hint(root))
+
+
+def _flat_hint(folder: Path) -> str:
+    """When ``folder`` holds images itself, not in class folders: what that
+    layout is (ImageNet's validation set as downloaded) and what to do."""
+    if not folder.is_dir():
+        return ""
+    images = sum(1 for f in itertools.islice(folder.iterdir(), 100_000) if f.is_file() and visible_image(f.name))
+    if not images:
+        return ""
+    return (f"\n{folder} holds {images} images itself, none in a class folder, and an image's class is the folder "
+            "it is in. ImageNet's validation images as downloaded are such a flat folder (their labels in a "
+            "separate file): move each into a folder named by its class, as in training (val/n01440764/...)")
 
 
 def spread_indices(n: int, limit: int | None) -> list[int] | None:

@@ -207,3 +207,24 @@ def test_a_split_folder_with_only_hidden_folders_is_refused_naming_it(tmp_path):
     with pytest.raises(DataNotFoundError, match=r"val holds no class folders"):
         load_dataset(f"imagefolder:{tmp_path}", "test", size=8)
     assert len(load_dataset(f"imagefolder:{tmp_path}", "train", size=8)) == 1
+
+
+def test_a_flat_folder_of_images_says_its_images_need_class_folders(tmp_path):
+    """ImageNet's validation images as downloaded: one folder of JPEGs, no
+    class folders. The error counts them and says what layout is wanted."""
+    from PIL import Image
+
+    for root in (tmp_path / "imagenet" / "val", tmp_path / "flat"):
+        root.mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / f"ILSVRC2012_val_{i:08d}.JPEG")
+        (root / "notes.txt").write_text("not an image")
+    for name, folder in (("imagenet", tmp_path / "imagenet" / "val"), ("flat", tmp_path / "flat")):
+        with pytest.raises(DataNotFoundError) as err:
+            load_dataset(f"imagefolder:{tmp_path / name}", "test", size=8)
+        assert f"{folder} holds 3 images itself, none in a class folder" in str(err.value)
+        assert "val/n01440764/" in str(err.value)
+    (tmp_path / "empty" / "val").mkdir(parents=True)  # nothing there: no word about images
+    with pytest.raises(DataNotFoundError) as err:
+        load_dataset(f"imagefolder:{tmp_path / 'empty'}", "test", size=8)
+    assert "images itself" not in str(err.value)
