@@ -302,7 +302,8 @@ def _check_resume(cfg: RunConfig, run_dir: Path) -> RunConfig | None:
 def config_warnings(cfg: RunConfig, recipe: recipes.Recipe) -> list[str]:
     """What a valid config may still not mean: an attacker that cannot reach
     the edge of its ε-ball (``steps × step_size < eps`` from the clean image:
-    a weaker adversary than the budget says)."""
+    a weaker adversary than the budget says); an ImageFolder decoded with no
+    loader worker (the GPU waiting on JPEG decoding)."""
     out = []
     atk = getattr(recipe, "attack", None)
     steps, alpha, eps = (getattr(atk, k, None) for k in ("steps", "step_size", "eps"))
@@ -312,6 +313,10 @@ def config_warnings(cfg: RunConfig, recipe: recipes.Recipe) -> list[str]:
         out.append(f"config keys recipe.steps × recipe.step_size: the attacker moves at most {steps} × "
                    f"{say(alpha)} = {say(steps * alpha)} from the clean image, less than ε = {say(eps)}: it never "
                    f"reaches the budget's edge (raise steps or step_size)")
+    if str(cfg.data.name).startswith("imagefolder:") and cfg.train.workers == 0:
+        out.append(f"config key data.workers is 0: every training image of {cfg.data.name} is decoded and cropped "
+                   "in the training process, between steps; set data.workers (about the CPU cores per GPU, e.g. 8) "
+                   "to load them in parallel with training")
     return out
 
 

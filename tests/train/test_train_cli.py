@@ -261,6 +261,10 @@ def test_configs_that_mean_less_than_they_say_are_warned_before_work(tmp_path, c
     for path in CONFIGS:
         shipped, _ = load_config(path)
         assert config_warnings(shipped, build_recipe(shipped)) == [], path.name
+    folder, _ = load_config(CONFIGS[0], ["data.name=imagefolder:/data/imagenet"])  # decoded between steps
+    assert [w for w in config_warnings(folder, build_recipe(folder)) if "data.workers is 0" in w]
+    folder, _ = load_config(CONFIGS[0], ["data.name=imagefolder:/data/imagenet", "data.workers=8"])
+    assert not [w for w in config_warnings(folder, build_recipe(folder)) if "data.workers" in w]
     out = tmp_path / "run"
     with caplog.at_level("INFO", logger="robustlab"):
         assert main(["train", str(VANILLA), *TINY, "data.limit=200", "eval.attack=null", "train.milestones=[3]",
