@@ -175,8 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a local state-dict file (.safetensors, or .pt/.pth read weights-only), or DEFAULT: "
                     "torchvision's or timm's pretrained weights (from their cache); repeat it with --model, one "
                     "per --model in the same order")
-    ev.add_argument("--mean", help="per-channel mean the model expects, e.g. 0.485,0.456,0.406: the model is "
-                    "wrapped to take [0, 1] pixels")
+    ev.add_argument("--mean", help="per-channel mean the model expects, e.g. 0.485,0.456,0.406: your factory's "
+                    "model is wrapped to take [0, 1] pixels; a timm:/tv: or built-in one normalizes with it instead "
+                    "of its own")
     ev.add_argument("--std", help="per-channel std the model expects, with --mean")
     ev.add_argument("--data", required=True, help="dataset whose test split is used: fashion_mnist, cifar10, "
                     "imagefolder:ROOT, ...")

@@ -169,12 +169,16 @@ def check_trained_head(model_spec: str, model: nn.Module, info: Any) -> None:
                          "it on data of the weights' classes, or fine-tune it first (robustlab train, model.weights)")
 
 
+def _is_run(model_spec: str) -> bool:
+    """A robustlab run or model directory (or its ``model.json``)."""
+    return Path(model_spec).is_dir() or Path(model_spec).suffix == ".json"
+
+
 def untrained_warning(model_spec: str, model: nn.Module) -> str | None:
     """A warning for a named network (built-in, ``timm:``, ``tv:``) built with
     no weights at all: its figures are those of a random initialization. A run
     directory and a factory's network carry or load their own."""
-    path = Path(model_spec)
-    if path.is_dir() or path.suffix == ".json" or is_factory_spec(model_spec):
+    if _is_run(model_spec) or is_factory_spec(model_spec):
         return None
     if (getattr(model, "robustlab_spec", None) or {}).get("pretrained") is not None:
         return None
@@ -190,14 +194,20 @@ def load_models(spec: EvalSpec, info: Any, device: torch.device) -> tuple[dict[s
     weights = spec.weights if isinstance(spec.weights, list) else [spec.weights] if spec.weights else []
     for i, (name, s) in enumerate(zip(_names(spec.models), spec.models)):
         check_trained_classes(s, info)
+        if spec.mean is not None and _is_run(s):
+            raise ValueError(f"--mean/--std: {s} is a robustlab model, which takes [0, 1] pixels and normalizes "
+                             "them itself with the statistics it was trained with; drop --mean and --std")
+        # a named network's own Normalize takes them (wrapping it would normalize twice); a factory's is wrapped
+        stats = {"mean": spec.mean, "std": spec.std} if not is_factory_spec(s) else {}
         model = resolve_model(s, weights=weights[i] if i < len(weights) else None, num_classes=info.num_classes,
-                              in_channels=info.channels, data_stats=(info.mean, info.std))
+                              in_channels=info.channels, data_stats=(info.mean, info.std), **stats)
         check_trained_head(s, model, info)
         warning = untrained_warning(s, model)
         if warning is not None:
             _logger.warning("model %s: %s", name, warning)
             untrained[name] = warning
-        model = normalized(model, spec.mean, spec.std)
+        if not stats:
+            model = normalized(model, spec.mean, spec.std)
         models[name] = model.to(device).eval()
     return models, untrained
 

@@ -250,3 +250,25 @@ def test_running_out_of_memory_names_the_batch_size_and_the_same_folder_continue
                             ("study", "study key batch_size")):
         assert option in out_of_memory_text(argparse.Namespace(command=command, batch_size=128),
                                             torch.OutOfMemoryError("oom"))
+
+
+def test_mean_and_std_normalize_once(runs, tmp_path):
+    """--mean/--std: a named network's own Normalize takes them (wrapping it
+    would normalize twice), your factory's model is wrapped, a robustlab run
+    (which normalizes itself) is refused."""
+    from types import SimpleNamespace
+
+    from robustlab.app.evaluate import EvalSpec, load_models
+    from robustlab.models import Normalize
+
+    (tmp_path / "mine.py").write_text(FACTORY)
+    info = SimpleNamespace(num_classes=10, channels=1, mean=(0.1,), std=(0.2,), classes=())
+    for name, key in (("smallcnn", "smallcnn"), (f"{tmp_path / 'mine.py'}:model", "model")):
+        spec = EvalSpec(models=[name], data="digits", mean=[0.3], std=[0.4])
+        model = load_models(spec, info, torch.device("cpu"))[0][key]
+        layers = [m for m in model.modules() if isinstance(m, Normalize)]
+        assert [(m.mean.flatten().tolist(), m.std.flatten().tolist()) for m in layers] == \
+            [([pytest.approx(0.3)], [pytest.approx(0.4)])], name
+    with pytest.raises(ValueError, match="--mean/--std: .* is a robustlab model"):
+        load_models(EvalSpec(models=[str(runs / "a")], data="digits", mean=[0.3], std=[0.4]), info,
+                    torch.device("cpu"))
