@@ -187,10 +187,30 @@ def untrained_warning(model_spec: str, model: nn.Module) -> str | None:
             "torchvision's or timm's pretrained weights")
 
 
-def load_models(spec: EvalSpec, info: Any, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, str]]:
+def weights_record(model_spec: str, weights: str | None, model: nn.Module) -> dict[str, Any]:
+    """Which weights a model holds, for its results: a run's
+    ``model.safetensors``, the library's pretrained weights or a local file
+    (its path and sha256); ``{"source": "factory"}`` for a factory's network
+    given no file (it loads its own, or none), ``{"source": "random"}`` for
+    a named network given none."""
+    from robustlab.models.checkpoint import WEIGHTS
+
+    if _is_run(model_spec):
+        file = (Path(model_spec) if Path(model_spec).is_dir() else Path(model_spec).parent) / WEIGHTS
+        return {"source": "run", "file": str(file.resolve()), "sha256": sha256_file(file) if file.is_file() else None}
+    record = (getattr(model, "robustlab_spec", None) or {}).get("pretrained")
+    if record is not None:
+        return dict(record)
+    if weights is not None and Path(weights).is_file():
+        return {"source": "file", "file": str(Path(weights).resolve()), "sha256": sha256_file(Path(weights))}
+    return {"source": "factory" if is_factory_spec(model_spec) else "random"}
+
+
+def load_models(spec: EvalSpec, info: Any, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, Any]]:
     """Every model named, in eval mode on ``device`` (errors name the spec), and
-    a warning per model built with random weights (:func:`untrained_warning`)."""
-    models, untrained = {}, {}
+    what its results say about it: ``weights`` (:func:`weights_record`) and a
+    ``warning`` for one built with random weights (:func:`untrained_warning`)."""
+    models, about = {}, {}
     weights = spec.weights if isinstance(spec.weights, list) else [spec.weights] if spec.weights else []
     for i, (name, s) in enumerate(zip(_names(spec.models), spec.models)):
         check_trained_classes(s, info)
@@ -202,14 +222,14 @@ def load_models(spec: EvalSpec, info: Any, device: torch.device) -> tuple[dict[s
         model = resolve_model(s, weights=weights[i] if i < len(weights) else None, num_classes=info.num_classes,
                               in_channels=info.channels, data_stats=(info.mean, info.std), **stats)
         check_trained_head(s, model, info)
-        warning = untrained_warning(s, model)
-        if warning is not None:
-            _logger.warning("model %s: %s", name, warning)
-            untrained[name] = warning
+        file = weights[i] if i < len(weights) else None
+        about[name] = {"weights": weights_record(s, file, model), "warning": untrained_warning(s, model)}
+        if about[name]["warning"] is not None:
+            _logger.warning("model %s: %s", name, about[name]["warning"])
         if not stats:
             model = normalized(model, spec.mean, spec.std)
         models[name] = model.to(device).eval()
-    return models, untrained
+    return models, about
 
 
 def output_count(model: nn.Module, data: Any, device: torch.device) -> int:
@@ -233,11 +253,11 @@ def class_count_warning(outputs: int, info: Any) -> str | None:
 
 
 def model_warnings(name: str, model: nn.Module, data: Any, device: torch.device,
-                   untrained: dict[str, str]) -> list[str]:
+                   about: dict[str, Any]) -> list[str]:
     """The warnings about a model itself that head its results: random weights,
     and more outputs than the data has classes."""
     extra = class_count_warning(output_count(model, data, device), dataset_info(data))
-    return [w for w in (untrained.get(name), extra) if w is not None]
+    return [w for w in (about[name]["warning"], extra) if w is not None]
 
 
 class SamplesDone:
@@ -280,7 +300,7 @@ def work_done(d: dict[str, Any], total: int) -> float:
 
 
 def _robust(models: dict[str, nn.Module], data: Any, spec: EvalSpec, run: RunDir, device: torch.device,
-            quiet: bool, untrained: dict[str, str]) -> dict[str, Any]:
+            quiet: bool, about: dict[str, Any]) -> dict[str, Any]:
     per_model: dict[str, Any] = {}
     loader = make_loader(data, spec.batch_size, num_workers=spec.workers)
     for name, model in models.items():
@@ -295,8 +315,9 @@ def _robust(models: dict[str, nn.Module], data: Any, spec: EvalSpec, run: RunDir
         if ev.examples is not None:
             write_tensors(path / f"examples-{name}.safetensors", ev.examples)
         per_model[name] = ev.to_dict()
-        per_model[name]["warnings"] = [*model_warnings(name, model, data, device, untrained),
+        per_model[name]["warnings"] = [*model_warnings(name, model, data, device, about),
                                        *per_model[name]["warnings"]]
+        per_model[name]["weights"] = about[name]["weights"]
     results: dict[str, Any] = {"models": per_model}
     if len(per_model) == 1:  # one model: its figures at the top level too
         only = next(iter(per_model.values()))
@@ -384,7 +405,7 @@ def run_eval(spec: EvalSpec, *, quiet: bool = False) -> dict[str, Any]:
     dev = pick_device(spec.device)
     test = load_dataset(spec.data, "test", data_dir=spec.data_dir, limit=spec.limit, size=spec.image_size)
     info = dataset_info(test)
-    models, untrained = load_models(spec, info, dev)
+    models, about = load_models(spec, info, dev)
     if grayscale_folder(spec.data, info, models.values()):
         test = load_dataset(spec.data, "test", data_dir=spec.data_dir, limit=spec.limit, size=spec.image_size,
                             channels=1)
@@ -410,9 +431,9 @@ def run_eval(spec: EvalSpec, *, quiet: bool = False) -> dict[str, Any]:
         run.write_config(config)
         try:
             if spec.protocol in ROBUST:
-                results.update(_robust(models, test, spec, run, dev, quiet, untrained))
+                results.update(_robust(models, test, spec, run, dev, quiet, about))
             else:
-                results.update(_curves(models, test, spec, dev, untrained))
+                results.update(_curves(models, test, spec, dev, about))
         except (ValueError, TypeError):  # refused on the data or the model's outputs: no half-written run
             if fresh and {p.name for p in run.path.iterdir()} <= {"config.yaml", "run.json", ".lock"}:
                 run.discard()  # with the parents made for it (a saved evaluation state stays: it resumes)
@@ -422,7 +443,7 @@ def run_eval(spec: EvalSpec, *, quiet: bool = False) -> dict[str, Any]:
 
 
 def _curves(models: dict[str, nn.Module], test: Any, spec: EvalSpec, device: torch.device,
-            untrained: dict[str, str]) -> dict[str, Any]:
+            about: dict[str, Any]) -> dict[str, Any]:
     """The curve and comparison protocols, on every model named."""
     from robustlab.data import load_tensors
     from robustlab.eval.metrics import predict
@@ -447,9 +468,10 @@ def _curves(models: dict[str, nn.Module], test: Any, spec: EvalSpec, device: tor
                 with torch.no_grad():
                     res.update(_corruption(model, x, y, res["clean_accuracy"]))
                 _logger.info("model %s: corruption mean error %.1f%%", name, 100 * res["corruption"]["mean_error"])
-        extra = model_warnings(name, model, test, device, untrained)
+        extra = model_warnings(name, model, test, device, about)
         if extra:
             res["warnings"] = extra
+        res["weights"] = about[name]["weights"]
         res["routes"] = list(route_names(model))
         stats = bn_statistics(model)
         if stats:  # Fig. 6.5: running statistics per route (or of the plain BNs)

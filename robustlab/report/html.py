@@ -107,6 +107,21 @@ def run_sections(results: Mapping[str, Any], run_dir: Path | None = None) -> lis
     return out
 
 
+def weights_text(record: Mapping[str, Any]) -> str:
+    """Which weights a model held (``robustlab eval``'s per-model ``weights``),
+    in a few words: the source, the file's name and the start of its sha256."""
+    source = record.get("source")
+    if source == "random":
+        return "randomly initialized (no weights given)"
+    if source == "factory":
+        return "as its factory built it"
+    what = {"run": "robustlab run", "file": "file"}.get(str(source), f"{source} pretrained")
+    name = record.get("weights") or record.get("tag")
+    file = Path(str(record["file"])).name if record.get("file") else None
+    sha = f"sha256 {str(record['sha256'])[:12]}…" if record.get("sha256") else None
+    return ", ".join(str(p) for p in (what, name, file, sha) if p)
+
+
 def _intro(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     if is_attack(results):
         data = results.get("data") or {}
@@ -114,8 +129,11 @@ def _intro(results: Mapping[str, Any]) -> list[tuple[str, str]]:
                      f"of {data.get('name', '?')}; {results.get('seconds', 0):.1f} s")]
     if results.get("kind") == "eval":
         specs = ", ".join(map(str, results.get("model_specs") or []))
+        weights = [f"{name}: {weights_text(m['weights'])}" for name, m in (results.get("models") or {}).items()
+                   if isinstance(m, Mapping) and isinstance(m.get("weights"), Mapping)]
         return [("", f"robustlab eval, protocol {results.get('protocol')}, on {results.get('n')} images of "
-                     f"{results.get('data')}; models {specs}; {results.get('seconds', 0):.1f} s")]
+                     f"{results.get('data')}; models {specs}; {results.get('seconds', 0):.1f} s"),
+                *([("", "weights: " + "; ".join(weights))] if weights else [])]
     if results.get("kind") == "train":
         return [("", f"robustlab train: {results.get('steps', '?')} steps")]
     return []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -118,6 +119,10 @@ def test_eval_a_user_factory_model(tmp_path, capsys):
     assert res["audit"]["linf_max"] <= 0.1 + 1e-6
     page = (out / "report.html").read_text()
     assert "<img" in page and "n=60" in page
+    sha = hashlib.sha256((tmp_path / "w.safetensors").read_bytes()).hexdigest()  # which weights were evaluated
+    assert res["models"]["model"]["weights"] == {"source": "file", "file": str((tmp_path / "w.safetensors").resolve()),
+                                                 "sha256": sha}
+    assert f"weights: model: file, w.safetensors, sha256 {sha[:12]}" in page
     # The same command again reuses the finished state; another --eps into the same DIR is refused.
     assert main(args) == 0
     other = [a if a != "0.1" else "0.2" for a in args]
@@ -245,7 +250,11 @@ def test_running_out_of_memory_names_the_batch_size_and_the_same_folder_continue
     assert "smaller --batch-size (it was 250)" in err and "Traceback" not in err
     monkeypatch.setattr(app_eval, "evaluate", real)
     assert main([*args, "--batch-size", "16"]) == 0
-    assert json.loads((out / "results.json").read_text())["n"] == 32
+    results = json.loads((out / "results.json").read_text())
+    assert results["n"] == 32
+    weights = runs / "a" / "model.safetensors"
+    assert results["models"]["a"]["weights"] == {"source": "run", "file": str(weights.resolve()),
+                                                 "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
     for command, option in (("attack", "--batch-size (it was 128)"), ("train", "train.batch_size"),
                             ("study", "study key batch_size")):
         assert option in out_of_memory_text(argparse.Namespace(command=command, batch_size=128),

@@ -294,6 +294,8 @@ def test_eval_of_torchvision_and_timm_default_weights(tv_cached, hf_cached, thou
     assert set(results["models"]) == {"resnet18", "resnet18-2"} and results["n"] == 4
     for per_model in results["models"].values():
         assert not [w for w in per_model["warnings"] if w.startswith("[weights]")]
+    assert results["models"]["resnet18"]["weights"]["weights"] == "ResNet18_Weights.IMAGENET1K_V1"
+    assert results["models"]["resnet18-2"]["weights"]["source"] == "timm"
     assert yaml.safe_load((out / "config.yaml").read_text())["weights_sha256"] == [None, None]
 
 
@@ -321,5 +323,8 @@ def test_eval_warns_of_a_named_network_with_random_weights(tmp_path, capsys):
                  "--protocol", "quick", "--device", "cpu", "--out", str(out)]) == 0
     models = json.loads((out / "results.json").read_text())["models"]
     assert models["smallcnn"]["warnings"][0].startswith("[weights] smallcnn is randomly initialized")
+    assert models["smallcnn"]["weights"] == {"source": "random"} and models["net"]["weights"] == {"source": "factory"}
+    assert "weights: smallcnn: randomly initialized (no weights given); net: as its factory built it" in \
+        (out / "report.html").read_text()
     assert not [w for w in models["net"]["warnings"] if w.startswith("[weights]")]
     assert "smallcnn is randomly initialized" in capsys.readouterr().err
