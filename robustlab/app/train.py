@@ -79,7 +79,12 @@ def build_model(cfg: RunConfig, info: Any, recipe: recipes.Recipe) -> nn.Module:
     torch.manual_seed(cfg.seed)  # the same initial weights on every run (and every DDP rank)
     if ":" not in name:  # built-in nets normalize with the dataset's statistics; timm/torchvision
         spec = {"mean": info.mean, "std": info.std, **spec}  # models with their own (pretrained weights')
-    return create_model(name, info.num_classes, in_channels=info.channels, **spec)
+    model = create_model(name, info.num_classes, in_channels=info.channels, **spec)
+    record = model.robustlab_spec.get("pretrained") or {}
+    if record.get("new_head") and int(os.environ.get("RANK", "0")) == 0:
+        _logger.info("model %s: %s pretrained weights loaded; its classifier (%s) is freshly initialized for the "
+                     "data's %d classes", name, record.get("source"), record["new_head"], info.num_classes)
+    return model
 
 
 def check_model_output(model: nn.Module, data: Any, name: str) -> None:

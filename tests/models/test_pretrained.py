@@ -328,3 +328,19 @@ def test_eval_warns_of_a_named_network_with_random_weights(tmp_path, capsys):
         (out / "report.html").read_text()
     assert not [w for w in models["net"]["warnings"] if w.startswith("[weights]")]
     assert "smallcnn is randomly initialized" in capsys.readouterr().err
+
+
+def test_training_from_pretrained_weights_says_its_classifier_is_new(tv_cached, caplog):
+    """Fine-tuning 1000-category weights on 10 classes replaces the classifier:
+    right for training, and said (eval and attack refuse it instead)."""
+    from robustlab.app.config import load_config
+    from robustlab.app.train import build_model, build_recipe
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "train_vanilla.yaml"
+    cfg, _ = load_config(config, ["model.name=tv:resnet18", "model.weights=DEFAULT"])
+    info = SimpleNamespace(num_classes=10, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3)
+    with caplog.at_level("INFO", logger="robustlab"):
+        model = build_model(cfg, info, build_recipe(cfg))
+    _assert_loaded(model, tv_cached[1], skip=("fc.",))
+    assert "torchvision pretrained weights loaded; its classifier (fc) is freshly initialized for the data's 10 " \
+        "classes" in caplog.text
