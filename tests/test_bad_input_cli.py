@@ -352,6 +352,22 @@ def test_under_torchrun_a_config_error_is_said_by_rank_0_alone(tmp_path, monkeyp
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", [["eval", "--model", "smallcnn", "--data", "digits"],
+                                     ["attack", "--model", "smallcnn", "--data", "digits"], ["study", "quickstart"]],
+                         ids=lambda c: c[0])
+def test_commands_of_one_process_refuse_torchrun(tmp_path, monkeypatch, capsys, command):
+    """Under torchrun every process would do the whole evaluation into the same
+    folder: refused before any work, said by rank 0 alone."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    out = tmp_path / "run"
+    for rank, said in (("0", True), ("2", False)):
+        monkeypatch.setenv("RANK", rank)
+        assert main([*command, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert (f"robustlab {command[0]} runs in one process; under torchrun (WORLD_SIZE=4)" in err) is said
+        assert "Traceback" not in err and not out.exists()
+
+
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     import robustlab.app.cli as cli
 

@@ -605,6 +605,19 @@ def _say_error(command: str, text: str) -> None:
     print(f"robustlab {command}: error: {text}", file=sys.stderr)
 
 
+def check_one_process(command: str) -> None:
+    """Refuse a command other than ``train`` started by torchrun on several
+    processes: each would do the whole work into the same run directory."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return
+    if world > 1 and command not in ("train", "list"):
+        raise ValueError(f"robustlab {command} runs in one process; under torchrun (WORLD_SIZE={world}) every "
+                         "process would do all of it into the same run directory. Start it without torchrun "
+                         f"(one GPU: --device cuda:N); torchrun is for robustlab train")
+
+
 def out_of_memory_text(args: argparse.Namespace, err: BaseException) -> str:
     """What to do when the device ran out of memory: the batch-size option of
     the command, and what the same command keeps when run again."""
@@ -625,6 +638,7 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argp
     commands = {"attack": cmd_attack, "list": cmd_list, "train": cmd_train, "eval": cmd_eval, "report": cmd_report,
                 "study": cmd_study}
     try:
+        check_one_process(args.command)
         if getattr(args, "config", None):
             args = apply_config(parser, argv, args)
         if getattr(args, "device", "auto") != "auto":  # a name torch cannot parse: refused before any work
