@@ -662,6 +662,37 @@ def test_a_float64_or_half_model_is_evaluated_in_its_precision_on_float32_attack
     assert ev.per_sample == ref.per_sample
 
 
+def test_half_precision_gradients_that_underflow_do_not_mask_the_default_protocol(trained_model, digits):
+    """An over-confident float16 model (logits ×30, as an ImageNet model's can
+    be): the cross-entropy's input gradient underflows to exactly zero for most
+    images (gradient masking by precision alone), yet the default protocol,
+    whose margin losses do not saturate, finds float32's robust accuracy;
+    PGD on the cross-entropy alone does not, and the checklist flags it."""
+    import copy
+
+    class Scaled(nn.Module):
+        def __init__(self, net: nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x) * 30
+
+    x, y = digits[0][:128], digits[1][:128]
+    ref = rl.eval.evaluate(trained_model, (x, y), eps=0.1, checklist=False)
+    half = Scaled(copy.deepcopy(trained_model)).half().eval()
+    xg = x.half().requires_grad_(True)
+    (g,) = torch.autograd.grad(nn.functional.cross_entropy(half(xg).float(), y), xg)
+    assert int((g.flatten(1).abs().sum(1) == 0).sum()) >= 64  # the premise: most gradients are exactly zero
+    ev = rl.eval.evaluate(half, (x, y), eps=0.1, checklist=False)
+    assert abs(ev.clean_accuracy - ref.clean_accuracy) <= 2 / 128
+    assert abs(ev.robust_accuracy - ref.robust_accuracy) <= 2 / 128 and ev.robust_accuracy < ev.clean_accuracy
+    # PGD on the cross-entropy alone (quick) is masked by it, and the checklist says so
+    quick = rl.eval.evaluate(half, (x, y), eps=0.1, protocol="quick")
+    assert quick.robust_accuracy > ev.robust_accuracy + 0.2
+    assert any(w.startswith("[unbounded]") for w in quick.warnings)
+
+
 def test_samples_lists_and_numpy_pairs_evaluate_like_tensors(linear, digits):
     """A list of (image, label) samples, an (x, y) numpy pair or [x, y] list crashed (len() of a 0-d tensor,
     'batches must be (x, y) pairs; got ndarray'); they are read as the tensor pair they hold."""
