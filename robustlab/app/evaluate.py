@@ -156,11 +156,16 @@ def check_trained_classes(model_spec: str, info: Any) -> None:
                          "mean another class: evaluate on folders named as in training")
 
 
+def _pretrained(model: nn.Module) -> dict[str, Any] | None:
+    """What :func:`~robustlab.models.create_model` recorded of the weights it loaded (None: none)."""
+    return (getattr(model, "robustlab_spec", None) or {}).get("pretrained")
+
+
 def check_trained_head(model_spec: str, model: nn.Module, info: Any) -> None:
     """Refuse a model whose pretrained classifier was replaced by a freshly
     initialized one because the data has another number of classes (what
     fine-tuning wants): evaluating or attacking it measures an untrained head."""
-    record = (getattr(model, "robustlab_spec", None) or {}).get("pretrained") or {}
+    record = _pretrained(model) or {}
     if record.get("new_head"):
         what = record.get("weights") or record.get("tag") or record.get("name")
         raise ValueError(f"weights: {model_spec}'s pretrained weights ({record.get('source')}: {what}) were made "
@@ -174,36 +179,36 @@ def _is_run(model_spec: str) -> bool:
     return Path(model_spec).is_dir() or Path(model_spec).suffix == ".json"
 
 
-def untrained_warning(model_spec: str, model: nn.Module) -> str | None:
-    """A warning for a named network (built-in, ``timm:``, ``tv:``) built with
-    no weights at all: its figures are those of a random initialization. A run
-    directory and a factory's network carry or load their own."""
-    if _is_run(model_spec) or is_factory_spec(model_spec):
-        return None
-    if (getattr(model, "robustlab_spec", None) or {}).get("pretrained") is not None:
-        return None
-    return (f"[weights] {model_spec} is randomly initialized (no --weights given): its accuracy is that of an "
-            "untrained network; give --weights FILE (a state dict, .safetensors or .pt/.pth), or DEFAULT for "
-            "torchvision's or timm's pretrained weights")
-
-
 def weights_record(model_spec: str, weights: str | None, model: nn.Module) -> dict[str, Any]:
     """Which weights a model holds, for its results: a run's
-    ``model.safetensors``, the library's pretrained weights or a local file
-    (its path and sha256); ``{"source": "factory"}`` for a factory's network
-    given no file (it loads its own, or none), ``{"source": "random"}`` for
-    a named network given none."""
-    from robustlab.models.checkpoint import WEIGHTS
+    ``model.safetensors`` (the sha256 its ``model.json`` records, checked when
+    it was loaded), the library's pretrained weights or a local file (its path
+    and sha256); ``{"source": "factory"}`` for a factory's network given no
+    file (it loads its own, or none), ``{"source": "random"}`` for a named
+    network (built-in, ``timm:``, ``tv:``) given none."""
+    from robustlab._io import read_json_mapping
+    from robustlab.models.checkpoint import META, WEIGHTS
 
     if _is_run(model_spec):
-        file = (Path(model_spec) if Path(model_spec).is_dir() else Path(model_spec).parent) / WEIGHTS
-        return {"source": "run", "file": str(file.resolve()), "sha256": sha256_file(file) if file.is_file() else None}
-    record = (getattr(model, "robustlab_spec", None) or {}).get("pretrained")
+        folder = Path(model_spec) if Path(model_spec).is_dir() else Path(model_spec).parent
+        sha = read_json_mapping(folder / META, "a robustlab model.json").get("sha256")
+        return {"source": "run", "file": str((folder / WEIGHTS).resolve()), "sha256": sha}
+    record = _pretrained(model)
     if record is not None:
         return dict(record)
     if weights is not None and Path(weights).is_file():
         return {"source": "file", "file": str(Path(weights).resolve()), "sha256": sha256_file(Path(weights))}
     return {"source": "factory" if is_factory_spec(model_spec) else "random"}
+
+
+def untrained_warning(model_spec: str, weights: dict[str, Any]) -> str | None:
+    """The warning heading the results of a network with random weights
+    (``weights``: its :func:`weights_record`)."""
+    if weights["source"] != "random":
+        return None
+    return (f"[weights] {model_spec} is randomly initialized (no --weights given): its accuracy is that of an "
+            "untrained network; give --weights FILE (a state dict, .safetensors or .pt/.pth), or DEFAULT for "
+            "torchvision's or timm's pretrained weights")
 
 
 def load_models(spec: EvalSpec, info: Any, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, Any]]:
@@ -218,12 +223,13 @@ def load_models(spec: EvalSpec, info: Any, device: torch.device) -> tuple[dict[s
             raise ValueError(f"--mean/--std: {s} is a robustlab model, which takes [0, 1] pixels and normalizes "
                              "them itself with the statistics it was trained with; drop --mean and --std")
         # a named network's own Normalize takes them (wrapping it would normalize twice); a factory's is wrapped
-        stats = {"mean": spec.mean, "std": spec.std} if not is_factory_spec(s) else {}
-        model = resolve_model(s, weights=weights[i] if i < len(weights) else None, num_classes=info.num_classes,
+        stats = {"mean": spec.mean, "std": spec.std} if spec.mean is not None and not is_factory_spec(s) else {}
+        file = weights[i] if i < len(weights) else None
+        model = resolve_model(s, weights=file, num_classes=info.num_classes,
                               in_channels=info.channels, data_stats=(info.mean, info.std), **stats)
         check_trained_head(s, model, info)
-        file = weights[i] if i < len(weights) else None
-        about[name] = {"weights": weights_record(s, file, model), "warning": untrained_warning(s, model)}
+        record = weights_record(s, file, model)
+        about[name] = {"weights": record, "warning": untrained_warning(s, record)}
         if about[name]["warning"] is not None:
             _logger.warning("model %s: %s", name, about[name]["warning"])
         if not stats:
@@ -413,7 +419,7 @@ def run_eval(spec: EvalSpec, *, quiet: bool = False) -> dict[str, Any]:
     config = {k: v for k, v in asdict(spec).items() if k not in ("out", "device")}
     files = [spec.weights] if isinstance(spec.weights, str) else list(spec.weights or [])
     if files:  # the weights are known by their contents: a copy elsewhere is the same run, an edit in place is not
-        config["weights_sha256"] = [sha256_file(Path(f)) if Path(f).is_file() else None for f in files]
+        config["weights_sha256"] = [a["weights"].get("sha256") for a in list(about.values())[:len(files)]]
     # how it runs is no part of what it computes (every random start is keyed on the sample, not its batch):
     # after running out of memory, the same command with a smaller --batch-size resumes in the same folder
     identity = {k: v for k, v in config.items() if k not in ("weights", "batch_size", "workers")}

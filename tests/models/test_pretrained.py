@@ -285,7 +285,7 @@ def thousand_classes(tmp_path):
 
 def test_eval_of_torchvision_and_timm_default_weights(tv_cached, hf_cached, thousand_classes, tmp_path, capsys):
     """`--weights DEFAULT` loads each library's own weights (no "[weights]"
-    warning), and the run is keyed on their name (no file to hash)."""
+    warning), and the run is keyed on the files they were read from."""
     out = tmp_path / "run"
     assert main(["eval", "--model", "tv:resnet18", "--weights", "DEFAULT", "--model", "timm:resnet18",
                  "--weights", "DEFAULT", "--data", f"imagefolder:{thousand_classes}", "--image-size", "32",
@@ -296,7 +296,9 @@ def test_eval_of_torchvision_and_timm_default_weights(tv_cached, hf_cached, thou
         assert not [w for w in per_model["warnings"] if w.startswith("[weights]")]
     assert results["models"]["resnet18"]["weights"]["weights"] == "ResNet18_Weights.IMAGENET1K_V1"
     assert results["models"]["resnet18-2"]["weights"]["source"] == "timm"
-    assert yaml.safe_load((out / "config.yaml").read_text())["weights_sha256"] == [None, None]
+    hashes = yaml.safe_load((out / "config.yaml").read_text())["weights_sha256"]
+    assert hashes == [_sha256(tv_cached[0]), results["models"]["resnet18-2"]["weights"]["sha256"]]
+    assert len(hashes[1]) == 64  # the Hugging Face cache's file
 
 
 @pytest.mark.parametrize("command", ["eval", "attack"])
