@@ -606,8 +606,9 @@ def _say_error(command: str, text: str) -> None:
 
 
 def check_one_process(command: str) -> None:
-    """Refuse a command other than ``train`` started by torchrun on several
-    processes: each would do the whole work into the same run directory."""
+    """Refuse a command other than ``train`` (and ``list``) started by torchrun
+    on several processes: each would do the whole work into the same run
+    directory."""
     try:
         world = int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:

@@ -83,9 +83,11 @@ def fit_table(columns: Sequence[str], rows: Sequence[Sequence[str]], *, indent: 
 
 def metrics_line(final: dict[str, object], width: int = WIDTH) -> str:
     """A training run's last figures in one line: its accuracies and loss."""
+    from robustlab.train.sinks import metric_cells
+
     keys = [k for k in final if "acc" in k or k == "loss" or k.endswith("_loss")] or list(final)
-    cells = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in final.items() if k in keys]
-    return clip(", ".join(cells), width)
+    kept = {k: v for k, v in final.items() if k in keys or k.endswith("_n")}  # an accuracy's n sits beside it
+    return clip(", ".join(metric_cells(kept, skip=())), width)
 
 
 def result_line(ev: dict, width: int = WIDTH) -> str:
