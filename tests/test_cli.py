@@ -241,8 +241,10 @@ def test_named_model_with_architecture_flags(tmp_path):
     out = tmp_path / "run"
     assert main(["attack", "--model", "smallcnn", "--data", "digits", "--limit", "8", "--attack", "fgsm",
                  "--act", "silu", "--norm-layer", "gn", "--denoise", "mean", "--no-save", "--out", str(out)]) == 0
-    arch = json.loads((out / "results.json").read_text())["architecture"]
-    assert arch == {"act": "silu", "norm": "gn", "denoise": "mean"}
+    results = json.loads((out / "results.json").read_text())
+    assert results["architecture"] == {"act": "silu", "norm": "gn", "denoise": "mean"}
+    assert results["weights_record"] == {"source": "random"}  # which weights were attacked: none
+    assert "weights: randomly initialized (no weights given)" in (out / "report.html").read_text()
 
 
 def test_help_imports_no_torch():

@@ -317,7 +317,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from robustlab._checks import check_number
     from robustlab._io import pick_device, write_tensors
     from robustlab.app.attack import attack_dataset, format_attack_table
-    from robustlab.app.evaluate import check_trained_classes, check_trained_head, grayscale_folder
+    from robustlab.app.evaluate import check_trained_classes, check_trained_head, grayscale_folder, weights_record
     from robustlab.app.rundir import RunDir, fingerprint_of
     from robustlab.attacks import create
     from robustlab.data import dataset_info, make_loader
@@ -362,6 +362,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     model = resolve_model(args.model, num_classes=info.num_classes, in_channels=info.channels,
                           data_stats=(info.mean, info.std), weights=args.weights, **arch).to(device).eval()
     check_trained_head(args.model, model, info)
+    held = weights_record(str(args.model), args.weights, model)
     if grayscale_folder(args.data, info, [model]):
         data = _load_data(args, channels=1)
         info = dataset_info(data)
@@ -370,7 +371,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         record = attack_dataset(atk, model, make_loader(data, args.batch_size), device=device,
                                 keep_examples=not args.no_save, examples=EXAMPLES)
     tensors, examples = record.pop("tensors"), record.pop("examples", None)
-    record.update(model=str(args.model), weights=args.weights, route=args.route, architecture=arch,
+    record.update(model=str(args.model), weights=args.weights, weights_record=held, route=args.route, architecture=arch,
                   data={"name": args.data, "split": args.split, "limit": args.limit, "n": len(data)},
                   classes=list(info.classes) or None)
     with run:

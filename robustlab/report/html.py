@@ -125,8 +125,10 @@ def weights_text(record: Mapping[str, Any]) -> str:
 def _intro(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     if is_attack(results):
         data = results.get("data") or {}
+        held = results.get("weights_record")
         return [("", f"robustlab attack on model {results.get('model')}, {data.get('n', results.get('n'))} images "
-                     f"of {data.get('name', '?')}; {results.get('seconds', 0):.1f} s")]
+                     f"of {data.get('name', '?')}; {results.get('seconds', 0):.1f} s"),
+                *([("", f"weights: {weights_text(held)}")] if isinstance(held, Mapping) else [])]
     if results.get("kind") == "eval":
         specs = ", ".join(map(str, results.get("model_specs") or []))
         weights = [f"{name}: {weights_text(m['weights'])}" for name, m in (results.get("models") or {}).items()
