@@ -120,7 +120,11 @@ class Evaluation:
 
 def _pair(item: Any, where: str) -> tuple[Tensor, Tensor]:
     if isinstance(item, dict):
-        raise TypeError(f"{where}: batches must be (x, y) pairs; got a dict with keys {sorted(item)}")
+        keys = sorted(map(str, item))
+        x_key = next((k for k in ("image", "images", "pixel_values", "img", "x") if k in item), "image")
+        y_key = next((k for k in ("label", "labels", "target", "targets", "y") if k in item), "label")
+        raise TypeError(f"{where}: batches must be (x, y) pairs; got a dict with keys {keys} (a Hugging Face "
+                        f"dataset's rows): pass pairs, e.g. ((b[{x_key!r}], b[{y_key!r}]) for b in loader)")
     if not isinstance(item, (tuple, list)) or len(item) < 2:
         raise TypeError(f"{where}: batches must be (x, y) pairs; got {type(item).__name__}")
     x, y = (_tensor(t) for t in item[:2])

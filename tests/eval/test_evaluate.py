@@ -903,3 +903,12 @@ def test_a_model_that_adapts_its_input_channels_itself_is_not_refused(trained_mo
     assert rl.attacks.create("pgd", eps=0.05, steps=2)(Gray(), x, y).shape == x.shape
     with pytest.raises(ValueError, match="data images has 3 channels .* first convolution takes 1"):
         rl.eval.evaluate(trained_model, (x.expand(-1, 3, -1, -1), y), eps=0.05, protocol="quick")
+
+
+def test_batches_of_dicts_are_refused_with_the_pairs_to_pass(linear, digits):
+    """A Hugging Face dataset's rows (dicts) are no (x, y) pairs: the error names
+    the keys and shows the pairs to pass, with the image and label keys it has."""
+    x, y = digits[0][:8], digits[1][:8]
+    with pytest.raises(TypeError, match=r"got a dict with keys \['labels', 'pixel_values'\].*"
+                                        r"\(\(b\['pixel_values'\], b\['labels'\]\) for b in loader\)"):
+        rl.eval.evaluate(linear, [{"pixel_values": x, "labels": y}], eps=0.05, protocol="quick")
