@@ -33,7 +33,7 @@ from robustlab.eval.analysis import bn_statistics
 from robustlab.eval.evaluate import evaluate
 from robustlab.eval.transfer import transfer_matrix
 from robustlab.eval.whitebox import whitebox_protocol
-from robustlab.models.resolve import is_factory_spec, normalized, resolve_model
+from robustlab.models.resolve import is_checkpoint_spec, is_factory_spec, normalized, resolve_model
 from robustlab.nn.norm import route, route_names
 from robustlab.units import budget_text
 
@@ -174,11 +174,6 @@ def check_trained_head(model_spec: str, model: nn.Module, info: Any) -> None:
                          "it on data of the weights' classes, or fine-tune it first (robustlab train, model.weights)")
 
 
-def _is_run(model_spec: str) -> bool:
-    """A robustlab run or model directory (or its ``model.json``)."""
-    return Path(model_spec).is_dir() or Path(model_spec).suffix == ".json"
-
-
 def weights_record(model_spec: str, weights: str | None, model: nn.Module) -> dict[str, Any]:
     """Which weights a model holds, for its results: a run's
     ``model.safetensors`` (the sha256 its ``model.json`` records, checked when
@@ -189,7 +184,7 @@ def weights_record(model_spec: str, weights: str | None, model: nn.Module) -> di
     from robustlab._io import read_json_mapping
     from robustlab.models.checkpoint import META, WEIGHTS
 
-    if _is_run(model_spec):
+    if is_checkpoint_spec(model_spec):
         folder = Path(model_spec) if Path(model_spec).is_dir() else Path(model_spec).parent
         sha = read_json_mapping(folder / META, "a robustlab model.json").get("sha256")
         return {"source": "run", "file": str((folder / WEIGHTS).resolve()), "sha256": sha}
@@ -219,7 +214,7 @@ def load_models(spec: EvalSpec, info: Any, device: torch.device) -> tuple[dict[s
     weights = spec.weights if isinstance(spec.weights, list) else [spec.weights] if spec.weights else []
     for i, (name, s) in enumerate(zip(_names(spec.models), spec.models)):
         check_trained_classes(s, info)
-        if spec.mean is not None and _is_run(s):
+        if spec.mean is not None and is_checkpoint_spec(s):
             raise ValueError(f"--mean/--std: {s} is a robustlab model, which takes [0, 1] pixels and normalizes "
                              "them itself with the statistics it was trained with; drop --mean and --std")
         # a named network's own Normalize takes them (wrapping it would normalize twice); a factory's is wrapped

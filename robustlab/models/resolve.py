@@ -27,6 +27,11 @@ def is_factory_spec(spec: str) -> bool:
     return bool(_FACTORY.match(str(spec))) and not str(spec).startswith(("timm:", "tv:", "torchvision:"))
 
 
+def is_checkpoint_spec(spec: str | Path) -> bool:
+    """A robustlab run or model directory, or its ``model.json``."""
+    return Path(spec).is_dir() or Path(spec).suffix == ".json"
+
+
 def load_factory(spec: str) -> nn.Module:
     """Call the factory a spec names and check it returns an ``nn.Module``.
 
@@ -155,10 +160,10 @@ def resolve_model(spec: str | Path, *, weights: str | Path | None = None,
     :func:`normalized` instead)."""
     stats = sorted(k for k in ("mean", "std") if kwargs.get(k) is not None)
     path = Path(spec)
-    if stats and (path.is_dir() or path.suffix == ".json" or is_factory_spec(str(spec))):
+    if stats and (is_checkpoint_spec(path) or is_factory_spec(str(spec))):
         raise ValueError(f"{', '.join(stats)}: {spec} is built with its own input statistics; wrap the model "
                          "instead: rl.models.normalized(model, mean, std)")
-    if path.is_dir() or path.suffix == ".json":
+    if is_checkpoint_spec(path):
         if weights is not None:
             raise ValueError("weights: a checkpoint directory carries its own weights; drop --weights")
         surgery = sorted(k for k in ("act", "norm", "denoise") if kwargs.get(k) is not None)
