@@ -74,7 +74,7 @@ def _flat_hint(folder: Path) -> str:
     layout is (ImageNet's validation set as downloaded) and what to do."""
     if not folder.is_dir():
         return ""
-    images = sum(1 for f in itertools.islice(folder.iterdir(), 100_000) if f.is_file() and visible_image(f.name))
+    images = sum(1 for f in itertools.islice(folder.iterdir(), 100_000) if visible_image(f.name) and f.is_file())
     if not images:
         return ""
     return (f"\n{folder} holds {images} images itself, none in a class folder, and an image's class is the folder "
