@@ -365,8 +365,8 @@ def train_models(study: Study, run_dir: Path) -> dict[str, dict[str, Any]]:
             _logger.info("%s: trained, reusing %s", tag, run)
         else:
             verb = "resuming" if state is False else "training"
-            _logger.info("%s: %s (%s, %s, %d epochs)", tag, verb, cfg.recipe.name, cfg.model.name,
-                         cfg.train.epochs)
+            _logger.info("%s: %s (%s, %s, %d epoch%s)", tag, verb, cfg.recipe.name, cfg.model.name,
+                         cfg.train.epochs, "" if cfg.train.epochs == 1 else "s")
             if init is not None:
                 study_models.write_init(run, init)
             run_train(cfg, study.raw_models[name], run, resume=state is False,
