@@ -317,12 +317,19 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from robustlab._checks import check_number
     from robustlab._io import pick_device, write_tensors
     from robustlab.app.attack import attack_dataset, format_attack_table
-    from robustlab.app.evaluate import check_trained_classes, check_trained_head, grayscale_folder, weights_record
+    from robustlab.app.evaluate import (
+        build_model,
+        check_trained_classes,
+        check_trained_head,
+        class_map,
+        grayscale_folder,
+        scored,
+        weights_record,
+    )
     from robustlab.app.rundir import RunDir, fingerprint_of
     from robustlab.attacks import create
     from robustlab.data import dataset_info, make_loader
     from robustlab.eval.evaluate import EXAMPLES
-    from robustlab.models import resolve_model
     from robustlab.nn import route
 
     if args.dag:
@@ -359,19 +366,21 @@ def cmd_attack(args: argparse.Namespace) -> int:
     check_trained_classes(args.model, info)
     arch = {k: v for k, v in (("act", args.act), ("norm", args.norm_layer), ("denoise", args.denoise))
             if v is not None}
-    model = resolve_model(args.model, num_classes=info.num_classes, in_channels=info.channels,
-                          data_stats=(info.mean, info.std), weights=args.weights, **arch).to(device).eval()
+    model = build_model(str(args.model), args.weights, info, **arch).to(device).eval()
     check_trained_head(args.model, model, info)
     held = weights_record(str(args.model), args.weights, model)
     if grayscale_folder(args.data, info, [model]):
         data = _load_data(args, channels=1)
         info = dataset_info(data)
+    outputs = class_map(str(args.model), model, info, device)
+    model = scored(str(args.model), model, outputs)
     routed = route(model, args.route or None)
     with routed:
         record = attack_dataset(atk, model, make_loader(data, args.batch_size), device=device,
                                 keep_examples=not args.no_save, examples=EXAMPLES)
     tensors, examples = record.pop("tensors"), record.pop("examples", None)
-    record.update(model=str(args.model), weights=args.weights, weights_record=held, route=args.route, architecture=arch,
+    record.update(model=str(args.model), weights=args.weights, weights_record=held, outputs=outputs, route=args.route,
+                  architecture=arch,
                   data={"name": args.data, "split": args.split, "limit": args.limit, "n": len(data)},
                   classes=list(info.classes) or None)
     with run:
@@ -384,6 +393,11 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from robustlab.app.summary import path_lines
 
     print(format_attack_table([record]))
+    if outputs is not None:
+        from robustlab.report.html import outputs_text
+
+        text = outputs_text(outputs).lstrip(", ")
+        print(text[0].upper() + text[1:])
     if getattr(atk, "project", True) is False or not hasattr(atk, "threat"):  # GD (§7.5.4), C&W
         print(f"{args.attack} is not ε-bounded: its adv % is no robust accuracy; compare the perturbation sizes")
     print("\n".join(path_lines("wrote", run.path / "results.json", indent="")

@@ -27,13 +27,14 @@ from robustlab._io import pick_device, sha256_file, write_tensors
 from robustlab._progress import Progress, duration, progress
 from robustlab.app.rundir import RunDir, fingerprint_of, first_free
 from robustlab.data import dataset_info, load_dataset, make_loader
-from robustlab.data.info import class_difference
+from robustlab.data.info import class_difference, imagenet_wnids, subset_indices
 from robustlab.eval import protocols as protocol_registry
 from robustlab.eval.analysis import bn_statistics
 from robustlab.eval.evaluate import evaluate
 from robustlab.eval.transfer import transfer_matrix
 from robustlab.eval.whitebox import whitebox_protocol
 from robustlab.models.resolve import is_checkpoint_spec, is_factory_spec, normalized, resolve_model
+from robustlab.models.subset import class_subset
 from robustlab.nn.norm import route, route_names
 from robustlab.units import budget_text
 
@@ -138,22 +139,97 @@ def grayscale_folder(data: str, info: Any, models: Iterable[nn.Module]) -> bool:
             and {model_channels(m) for m in models} == {1})
 
 
-def check_trained_classes(model_spec: str, info: Any) -> None:
-    """Refuse data whose class names differ from those the model (a run or
-    model directory) was trained on, as its ``model.json`` records them: an
-    ImageFolder numbers its classes by sorted name, so one renamed folder
-    shifts every label and the accuracy is that of a permutation."""
+def trained_classes(model_spec: str) -> list[str] | None:
+    """The class names a run or model directory was trained on, as its
+    ``model.json`` records them (None: not a directory, or none recorded)."""
     path = Path(model_spec)
     meta_path = path / "model.json" if path.is_dir() else None
-    if meta_path is None or not meta_path.is_file() or not info.classes:
-        return
+    if meta_path is None or not meta_path.is_file():
+        return None
     from robustlab._io import read_json_mapping
 
     trained = (read_json_mapping(meta_path, "a robustlab model.json").get("meta") or {}).get("classes")
-    if trained and list(trained) != list(info.classes):
+    return [str(c) for c in trained] if trained else None
+
+
+def check_trained_classes(model_spec: str, info: Any) -> None:
+    """Refuse data whose class names are not among those the model (a run or
+    model directory) was trained on, as its ``model.json`` records them: an
+    ImageFolder numbers its classes by sorted name, so one renamed folder
+    shifts every label and the accuracy is that of a permutation. Data of
+    some of the trained classes, or of all in another order, is scored over
+    those classes' outputs (:func:`class_map`)."""
+    trained = trained_classes(model_spec)
+    if not trained or not info.classes or subset_indices(info.classes, trained) is not None:
+        return
+    if list(trained) != list(info.classes):
         raise ValueError(f"data: its classes differ from the {len(trained)} that {model_spec} was trained on "
                          f"({class_difference(trained, info.classes, 'training', 'the data')}); a label would "
                          "mean another class: evaluate on folders named as in training")
+
+
+def imagenet_subset(info: Any) -> bool:
+    """Whether the data's classes are some of ImageNet-1k's, named by wnid
+    (Imagenette, ImageNet-100, ImageNet-A), not all of them in their order."""
+    return subset_indices(getattr(info, "classes", None) or (), imagenet_wnids()) is not None
+
+
+def build_model(model_spec: str, weights: str | None, info: Any, **kwargs: Any) -> nn.Module:
+    """:func:`resolve_model` for the data ``info``: a named network gets one
+    output per class of the data, or ImageNet-1k's 1000 when the data's
+    classes are ImageNet wnids and its weights are ImageNet's (``DEFAULT``, or
+    a file of 1000 outputs); :func:`class_map` then scores it over the data's
+    classes. ``kwargs`` go to :func:`resolve_model`."""
+    def build(n: int) -> nn.Module:
+        return resolve_model(model_spec, weights=weights, num_classes=n, in_channels=info.channels,
+                             data_stats=(info.mean, info.std), **kwargs)
+
+    named = not is_checkpoint_spec(model_spec) and not is_factory_spec(model_spec)
+    imagenet = named and weights is not None and info.num_classes != 1000 and imagenet_subset(info)
+    if imagenet and weights == "DEFAULT":
+        return build(1000)
+    try:
+        return build(info.num_classes)
+    except ValueError as err:
+        if not imagenet or "mis-shaped" not in str(err):
+            raise
+        try:
+            return build(1000)
+        except ValueError:
+            raise err from None
+
+
+def class_map(model_spec: str, model: nn.Module, info: Any, device: torch.device) -> dict[str, Any] | None:
+    """Which of the model's outputs are the data's classes, when the data holds
+    some of them (or all in another order): a run's trained classes by name,
+    an ImageNet-1k model's 1000 by wnid. ``{"of", "outputs", "indices"}``:
+    output ``j`` of the scored model is the model's ``indices[j]``
+    (:class:`~robustlab.models.ClassSubset`); None: the outputs are the
+    data's classes as they are."""
+    classes = list(getattr(info, "classes", None) or [])
+    trained = trained_classes(model_spec)
+    if not classes or (trained is None and not imagenet_subset(info)):
+        return None  # the common case costs no forward pass
+    if trained is not None:
+        indices, of = subset_indices(classes, trained), "the classes it was trained on"
+    else:
+        indices, of = subset_indices(classes, imagenet_wnids()), "ImageNet-1k"
+    channels = model_channels(model) or info.channels
+    with torch.no_grad():
+        outputs = int(model(torch.zeros(1, channels, info.size, info.size, device=device)).shape[-1])
+    if indices is None or outputs != (len(trained) if trained is not None else 1000):
+        return None
+    return {"of": of, "outputs": outputs, "indices": list(indices)}
+
+
+def scored(name: str, model: nn.Module, mapping: dict[str, Any] | None) -> nn.Module:
+    """``model`` scored over the outputs ``mapping`` keeps (:func:`class_map`), said in the log."""
+    if mapping is None:
+        return model
+    k = len(mapping["indices"])
+    _logger.info("model %s: scored over the %d outputs of the data's classes, of its %d (%s)", name, k,
+                 mapping["outputs"], mapping["of"])
+    return class_subset(model, mapping["indices"])
 
 
 def _pretrained(model: nn.Module) -> dict[str, Any] | None:
@@ -220,16 +296,17 @@ def load_models(spec: EvalSpec, info: Any, device: torch.device) -> tuple[dict[s
         # a named network's own Normalize takes them (wrapping it would normalize twice); a factory's is wrapped
         stats = {"mean": spec.mean, "std": spec.std} if spec.mean is not None and not is_factory_spec(s) else {}
         file = weights[i] if i < len(weights) else None
-        model = resolve_model(s, weights=file, num_classes=info.num_classes,
-                              in_channels=info.channels, data_stats=(info.mean, info.std), **stats)
+        model = build_model(s, file, info, **stats)
         check_trained_head(s, model, info)
         record = weights_record(s, file, model)
-        about[name] = {"weights": record, "warning": untrained_warning(s, record)}
-        if about[name]["warning"] is not None:
-            _logger.warning("model %s: %s", name, about[name]["warning"])
         if not stats:
             model = normalized(model, spec.mean, spec.std)
-        models[name] = model.to(device).eval()
+        model = model.to(device).eval()
+        mapping = class_map(s, model, info, device)
+        about[name] = {"weights": record, "warning": untrained_warning(s, record), "outputs": mapping}
+        if about[name]["warning"] is not None:
+            _logger.warning("model %s: %s", name, about[name]["warning"])
+        models[name] = scored(name, model, mapping)
     return models, about
 
 
@@ -319,6 +396,8 @@ def _robust(models: dict[str, nn.Module], data: Any, spec: EvalSpec, run: RunDir
         per_model[name]["warnings"] = [*model_warnings(name, model, data, device, about),
                                        *per_model[name]["warnings"]]
         per_model[name]["weights"] = about[name]["weights"]
+        if about[name]["outputs"] is not None:
+            per_model[name]["outputs"] = about[name]["outputs"]
     results: dict[str, Any] = {"models": per_model}
     if len(per_model) == 1:  # one model: its figures at the top level too
         only = next(iter(per_model.values()))
@@ -473,6 +552,8 @@ def _curves(models: dict[str, nn.Module], test: Any, spec: EvalSpec, device: tor
         if extra:
             res["warnings"] = extra
         res["weights"] = about[name]["weights"]
+        if about[name]["outputs"] is not None:
+            res["outputs"] = about[name]["outputs"]
         res["routes"] = list(route_names(model))
         stats = bn_statistics(model)
         if stats:  # Fig. 6.5: running statistics per route (or of the plain BNs)
@@ -491,6 +572,7 @@ def format_eval_summary(results: dict[str, Any]) -> str:
     """What ``robustlab eval`` prints: every line within 100 columns
     (:mod:`robustlab.app.summary`); the full figures are in the report."""
     from robustlab.app.summary import clip, path_lines, wrap_items, wrap_words
+    from robustlab.report.html import outputs_text
 
     lines = [clip(f"{results['protocol']} on {results['data']} ({results['n']} images), "
                   f"{budget_text(results['eps'], results['norm'])}:")]
@@ -501,6 +583,8 @@ def format_eval_summary(results: dict[str, Any]) -> str:
             if r.get("fallback", {}).get("used"):
                 line += " (with Square fallback)"
         lines.append(clip(line))
+        if r.get("outputs"):
+            lines += wrap_words(outputs_text(r["outputs"]).lstrip(", "), "    ")
         after = [f"{attack} {100 * acc:.1f}%" for attack, acc in (r.get("per_attack") or {}).items()]
         if after:
             lines += wrap_items("    after ", after, indent="      ")

@@ -12,7 +12,7 @@ from robustlab.data.datasets import (
     load_tensors,
     make_loader,
 )
-from robustlab.data.info import INFO, DatasetInfo
+from robustlab.data.info import INFO, DatasetInfo, imagenet_wnids, subset_indices
 from robustlab.data.scenes import SceneDetection, Scenes, detection_collate, make_scenes
 from robustlab.data.sources import DataNotFoundError, read_idx
 from robustlab.data.streaming import Augmented, SeededTransform, augmented
@@ -22,5 +22,5 @@ __all__ = [
     "DatasetInfo", "TensorBatches", "TensorImageDataset",
     "dataset_info", "dataset_names", "load_dataset", "load_tensors", "make_loader", "read_idx",
     "SceneDetection", "Scenes", "detection_collate", "make_scenes",
-    "Augmented", "SeededTransform", "augmented",
+    "Augmented", "SeededTransform", "augmented", "imagenet_wnids", "subset_indices",
 ]

@@ -2,8 +2,10 @@
 normalization statistics that go into the model's first layer."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 
 
 @dataclass(frozen=True)
@@ -48,3 +50,24 @@ def class_difference(first: Sequence[str], second: Sequence[str], first_name: st
     if not any(only):
         return "the same names in another order"
     return f"only in {first_name}: {only[0]}, only in {second_name}: {only[1]}"
+
+
+@functools.cache
+def imagenet_wnids() -> tuple[str, ...]:
+    """ImageNet-1k's 1000 WordNet ids in class-index order: sorted, the order
+    of an ImageFolder of its ``train`` folder and of torchvision's and timm's
+    ImageNet weights (``n01440764`` tench is 0, ``n15075141`` toilet tissue
+    999). Read from the package's ``imagenet_wnids.txt`` (the list timm ships
+    as ``imagenet_synsets.txt``)."""
+    text = resources.files("robustlab.data").joinpath("imagenet_wnids.txt").read_text()
+    return tuple(text.split())
+
+
+def subset_indices(classes: Sequence[str], of: Sequence[str]) -> tuple[int, ...] | None:
+    """The index in ``of`` of each class of ``classes``, when every one of them
+    is in ``of`` and the two lists differ (fewer classes, or another order);
+    None when they are the same list or some class is not in ``of``."""
+    where = {c: i for i, c in enumerate(of)}
+    if not classes or list(classes) == list(of) or any(c not in where for c in classes):
+        return None
+    return tuple(where[c] for c in classes)

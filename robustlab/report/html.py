@@ -122,16 +122,27 @@ def weights_text(record: Mapping[str, Any]) -> str:
     return ", ".join(str(p) for p in (what, name, file, sha) if p)
 
 
+def outputs_text(record: Any) -> str:
+    """Which outputs a model was scored over, when the data holds some of its
+    classes (``robustlab eval``'s per-model ``outputs``); "" when all."""
+    if not isinstance(record, Mapping) or not record.get("indices"):
+        return ""
+    return (f", scored over the {len(record['indices'])} outputs of the data's classes of its "
+            f"{record.get('outputs')} ({record.get('of')})")
+
+
 def _intro(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     if is_attack(results):
         data = results.get("data") or {}
         held = results.get("weights_record")
         return [("", f"robustlab attack on model {results.get('model')}, {data.get('n', results.get('n'))} images "
                      f"of {data.get('name', '?')}; {results.get('seconds', 0):.1f} s"),
-                *([("", f"weights: {weights_text(held)}")] if isinstance(held, Mapping) else [])]
+                *([("", f"weights: {weights_text(held)}{outputs_text(results.get('outputs'))}")]
+                  if isinstance(held, Mapping) else [])]
     if results.get("kind") == "eval":
         specs = ", ".join(map(str, results.get("model_specs") or []))
-        weights = [f"{name}: {weights_text(m['weights'])}" for name, m in (results.get("models") or {}).items()
+        models = (results.get("models") or {}).items()
+        weights = [f"{name}: {weights_text(m['weights'])}{outputs_text(m.get('outputs'))}" for name, m in models
                    if isinstance(m, Mapping) and isinstance(m.get("weights"), Mapping)]
         return [("", f"robustlab eval, protocol {results.get('protocol')}, on {results.get('n')} images of "
                      f"{results.get('data')}; models {specs}; {results.get('seconds', 0):.1f} s"),

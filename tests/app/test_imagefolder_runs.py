@@ -262,7 +262,7 @@ def test_model_refusals_leave_no_run_directory(folder, tmp_path, capsys):
         assert fragment in err and "Traceback" not in err and not (tmp_path / f"new{i}").exists(), (args, err)
 
 
-def test_an_evaluation_folder_with_other_class_names_is_refused(folder, tmp_path, capsys):
+def test_other_class_names_are_refused_and_some_of_the_classes_are_scored_over_them(folder, tmp_path, capsys):
     """A class folder renamed in the evaluation copy shifted every label (clean 33% against 67%), without a word:
     a trained run records its classes in model.json, and eval and attack refuse data named otherwise."""
     import shutil
@@ -280,6 +280,20 @@ def test_an_evaluation_folder_with_other_class_names_is_refused(folder, tmp_path
         err = capsys.readouterr().err
         assert "its classes differ from the 3 that" in err and "only in the data: ['aclass']" in err
         assert not (tmp_path / command[0]).exists()
+
+    # a folder of two of its classes is scored over their two outputs, as the trained network reads them
+    some = tmp_path / "some"
+    for c in ("class0", "class2"):
+        shutil.copytree(folder / "val" / c, some / "val" / c)
+    assert main(["-q", "eval", "--protocol", "quick", "--option", "steps=1", "--model", str(out), "--data",
+                 f"imagefolder:{some}", "--image-size", "16", "--out", str(tmp_path / "some-eval")]) == 0
+    results = json.loads((tmp_path / "some-eval" / "results.json").read_text())
+    assert results["models"]["run"]["outputs"] == {"of": "the classes it was trained on", "outputs": 3,
+                                                   "indices": [0, 2]}
+    x, y = rl.data.load_tensors(rl.data.load_dataset(f"imagefolder:{some}", "test", size=16))
+    with torch.no_grad():
+        right = (rl.models.load_model(out).eval()(x)[:, [0, 2]].argmax(1) == y).float().mean().item()
+    assert results["clean_accuracy"] == pytest.approx(right, abs=1e-6)
 
 
 def test_a_model_with_more_outputs_than_the_folder_has_classes_is_warned(folder, tmp_path):

@@ -346,3 +346,43 @@ def test_training_from_pretrained_weights_says_its_classifier_is_new(tv_cached, 
     _assert_loaded(model, tv_cached[1], skip=("fc.",))
     assert "torchvision pretrained weights loaded; its classifier (fc) is freshly initialized for the data's 10 " \
         "classes" in caplog.text
+
+
+def test_default_weights_on_a_folder_of_some_imagenet_classes_keep_their_head(tv_cached, tmp_path):
+    """torchvision's ImageNet weights on a folder of three wnid classes were refused (their head would be
+    replaced): they keep their 1000 outputs and are scored over the three classes' own, the same
+    predictions as torchvision's network read at those indices. A weights file of 1000 outputs too."""
+    import torchvision
+    from PIL import Image
+
+    import robustlab as rl
+
+    wnids, indices = ("n01440764", "n02102040", "n15075141"), [0, 217, 999]
+    gen = torch.Generator().manual_seed(1)
+    for w in wnids:
+        (tmp_path / "folder" / "val" / w).mkdir(parents=True)
+        for i in range(4):
+            pixels = torch.randint(0, 256, (40, 40, 3), dtype=torch.uint8, generator=gen).numpy()
+            Image.fromarray(pixels).save(tmp_path / "folder" / "val" / w / f"{i}.png")
+    data = f"imagefolder:{tmp_path / 'folder'}"
+    out = tmp_path / "run"
+    assert main(["-q", "eval", "--model", "tv:resnet18", "--weights", "DEFAULT", "--data", data, "--image-size",
+                 "32", "--protocol", "quick", "--option", "steps=1", "--device", "cpu", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["models"]["resnet18"]["outputs"]["indices"] == indices
+
+    x, y = rl.data.load_tensors(rl.data.load_dataset(data, "test", size=32))
+    net = torchvision.models.resnet18()
+    net.load_state_dict(tv_cached[1])
+    reference = rl.models.normalized(net, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).eval()
+    with torch.no_grad():
+        right = (reference(x)[:, indices].argmax(1) == y).float().mean().item()
+    assert results["clean_accuracy"] == pytest.approx(right, abs=1e-6)
+
+    file = tmp_path / "resnet18.safetensors"
+    save_file(tv_cached[1], str(file))
+    out = tmp_path / "attack"
+    assert main(["-q", "attack", "--model", "tv:resnet18", "--weights", str(file), "--data", data, "--split", "test",
+                 "--image-size", "32", "--steps", "1", "--device", "cpu", "--out", str(out)]) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert record["outputs"]["indices"] == indices and record["clean_accuracy"] == pytest.approx(right, abs=1e-6)
