@@ -638,7 +638,10 @@ def out_of_memory_text(args: argparse.Namespace, err: BaseException) -> str:
     """What to do when the device ran out of memory: the batch-size option of
     the command, and what the same command keeps when run again."""
     first = (str(err).strip().splitlines() or ["out of memory"])[0][:160]
-    if args.command == "eval":
+    if args.command == "eval" and getattr(args, "protocol", None) in ("standard", "thesis", "quick"):
+        hint = ("the model did not fit even one image at a time (a robust protocol halves --batch-size, down to "
+                "1, when memory runs out): give it a device with more memory (--device)")
+    elif args.command == "eval":
         hint = (f"give a smaller --batch-size (it was {args.batch_size}): the same command with it continues "
                 "after the images already evaluated")
     elif args.command == "attack":

@@ -380,14 +380,26 @@ def work_done(d: dict[str, Any], total: int) -> float:
 def _robust(models: dict[str, nn.Module], data: Any, spec: EvalSpec, run: RunDir, device: torch.device,
             quiet: bool, about: dict[str, Any]) -> dict[str, Any]:
     per_model: dict[str, Any] = {}
-    loader = make_loader(data, spec.batch_size, num_workers=spec.workers)
+    batch = spec.batch_size
     for name, model in models.items():
         path = run.ensure()
         _logger.info("model %s: %s evaluation of %d images", name, spec.protocol, len(data))
         with route(model, spec.route), progress(len(data), f"eval {name}", "sample", enabled=not quiet) as bar:
-            ev = evaluate(model, loader, eps=spec.eps, norm=spec.norm, protocol=spec.protocol,
-                          fallback=spec.fallback, batch_size=spec.batch_size, device=device, seed=spec.seed,
-                          state=path / f"state-{name}.json", progress=SamplesDone(bar), options=spec.options)
+            while True:
+                try:
+                    ev = evaluate(model, make_loader(data, batch, num_workers=spec.workers), eps=spec.eps,
+                                  norm=spec.norm, protocol=spec.protocol, fallback=spec.fallback, batch_size=batch,
+                                  device=device, seed=spec.seed, state=path / f"state-{name}.json",
+                                  progress=SamplesDone(bar), options=spec.options)
+                    break
+                except torch.OutOfMemoryError as err:
+                    if batch == 1:
+                        raise
+                    first = (str(err).strip().splitlines() or ["out of memory"])[0][:120]
+                # out of the handler: the traceback's frames, and the tensors they hold, are released
+                batch = smaller_batch(batch, device)
+                _logger.warning("model %s: the device ran out of memory (%s); continuing at --batch-size %d "
+                                "after the images already evaluated", name, first, batch)
         _logger.info("model %s: clean %.1f%%, robust %.1f%% (n = %d) in %s", name, 100 * ev.clean_accuracy,
                      100 * ev.robust_accuracy, ev.n, duration(ev.seconds))
         if ev.examples is not None:
@@ -398,12 +410,23 @@ def _robust(models: dict[str, nn.Module], data: Any, spec: EvalSpec, run: RunDir
         per_model[name]["weights"] = about[name]["weights"]
         if about[name]["outputs"] is not None:
             per_model[name]["outputs"] = about[name]["outputs"]
+        if batch != spec.batch_size:  # it ran out of memory at the batch size asked for
+            per_model[name]["batch_size"] = batch
     results: dict[str, Any] = {"models": per_model}
     if len(per_model) == 1:  # one model: its figures at the top level too
         only = next(iter(per_model.values()))
         results.update({k: only[k] for k in ("robust_accuracy", "clean_accuracy", "per_attack", "warnings",
                                               "audit", "fallback", "n", "seconds", "curve")})
     return results
+
+
+def smaller_batch(batch: int, device: torch.device) -> int:
+    """The batch size to go on with after ``batch`` ran out of memory on
+    ``device`` (half of it), with the memory the failed batch held handed
+    back to the device."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return max(batch // 2, 1)
 
 
 def _batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

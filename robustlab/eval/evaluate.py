@@ -716,7 +716,7 @@ def _evaluate(model: nn.Module, source: Iterable[Any], capacity: int, *, eps: fl
         feed.admit(start, xb, yb, zb)
     try:
         _stream(feed, casc, chunks, state, fp, progress, resumed, start_time)
-    except KeyboardInterrupt:  # Ctrl-C: the samples done so far are kept, the same call resumes after them
+    except (KeyboardInterrupt, torch.OutOfMemoryError):  # the samples done so far are kept: a call resumes after them
         if state is not None:
             _save_state(state, fp, feed.tally, casc, start_time)
         raise

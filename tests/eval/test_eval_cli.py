@@ -228,10 +228,11 @@ def test_protocol_options_from_the_command_line_shrink_the_attacks(runs, capsys,
     assert "α = 5/255" in page and "Square fallback: 7 queries" in page and "PGD-20" not in page
 
 
-def test_running_out_of_memory_names_the_batch_size_and_the_same_folder_continues(runs, tmp_path, capsys,
+def test_running_out_of_memory_is_one_line_and_the_same_folder_continues(runs, tmp_path, capsys,
                                                                                   monkeypatch):
-    """A device out of memory is said in one line with the option to lower
-    (exit 1, no traceback); the batch size is no part of the run's identity
+    """A device out of memory is said in one line (exit 1, no traceback): a
+    robust protocol has halved the batch size down to 1 by then, a curve
+    protocol names the option to lower; the batch size is no part of the run's identity
     (results do not depend on it), so the smaller one continues in its folder."""
     import robustlab.app.evaluate as app_eval
 
@@ -247,7 +248,8 @@ def test_running_out_of_memory_names_the_batch_size_and_the_same_folder_continue
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "robustlab eval: error: the device ran out of memory (CUDA out of memory. Tried to allocate" in err
-    assert "smaller --batch-size (it was 250)" in err and "Traceback" not in err
+    assert "did not fit even one image at a time" in err and "Traceback" not in err  # halved from 250 to 1
+    assert err.count("continuing at --batch-size") == 7 and "continuing at --batch-size 1 " in err
     monkeypatch.setattr(app_eval, "evaluate", real)
     assert main([*args, "--batch-size", "16"]) == 0
     results = json.loads((out / "results.json").read_text())
@@ -256,8 +258,8 @@ def test_running_out_of_memory_names_the_batch_size_and_the_same_folder_continue
     assert results["models"]["a"]["weights"] == {"source": "run", "file": str(weights.resolve()),
                                                  "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
     for command, option in (("attack", "--batch-size (it was 128)"), ("train", "train.batch_size"),
-                            ("study", "study key batch_size")):
-        assert option in out_of_memory_text(argparse.Namespace(command=command, batch_size=128),
+                            ("study", "study key batch_size"), ("eval", "smaller --batch-size (it was 128)")):
+        assert option in out_of_memory_text(argparse.Namespace(command=command, batch_size=128, protocol="whitebox"),
                                             torch.OutOfMemoryError("oom"))
 
 

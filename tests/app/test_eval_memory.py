@@ -1,0 +1,57 @@
+"""`robustlab eval` that runs out of device memory goes on at half the batch
+size, after the images it had finished, to the same results as a run at the
+smaller batch size from the start."""
+from __future__ import annotations
+
+import json
+
+from safetensors.torch import save_file
+
+from robustlab.app.cli import main
+
+FACTORY = """
+import torch
+
+import robustlab as rl
+
+
+class Fragile(torch.nn.Module):
+    # a model that does not fit on the device when attacked more than 10 images at a time
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        if x.shape[0] > 10 and torch.is_grad_enabled():
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.net(x)
+
+
+def plain():
+    return rl.models.create_model("smallcnn", 10, in_channels=1, mean=(0.3054,), std=(0.3759,), width=16)
+
+
+def fragile():
+    return Fragile(plain())
+"""
+
+
+def test_eval_out_of_memory_goes_on_at_a_smaller_batch(trained_model, tmp_path, caplog):
+    (tmp_path / "nets.py").write_text(FACTORY)
+    state = {k: v.contiguous() for k, v in trained_model.state_dict().items()}
+    save_file(state, str(tmp_path / "plain.safetensors"))
+    save_file({f"net.{k}": v for k, v in state.items()}, str(tmp_path / "fragile.safetensors"))
+    results = {}
+    for name, batch in (("fragile", "32"), ("plain", "8")):
+        out = tmp_path / name
+        assert main(["eval", "--model", f"{tmp_path / 'nets.py'}:{name}", "--weights",
+                     str(tmp_path / f"{name}.safetensors"), "--data", "digits", "--limit", "24", "--protocol",
+                     "quick", "--eps", "0.1", "--batch-size", batch, "--device", "cpu", "--out", str(out)]) == 0
+        results[name] = json.loads((out / "results.json").read_text())
+    fragile, plain = results["fragile"]["models"]["fragile"], results["plain"]["models"]["plain"]
+    assert fragile["batch_size"] == 8 and "batch_size" not in plain
+    assert plain["clean_accuracy"] > 0.9 and plain["robust_accuracy"] < plain["clean_accuracy"]
+    for key in ("clean_accuracy", "robust_accuracy", "per_attack", "n"):
+        assert fragile[key] == plain[key], key
+    said = [r.getMessage() for r in caplog.records if "ran out of memory" in r.getMessage()]
+    assert len(said) == 2 and "continuing at --batch-size 16" in said[0] and "at --batch-size 8" in said[1]
