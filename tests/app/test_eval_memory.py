@@ -55,3 +55,48 @@ def test_eval_out_of_memory_goes_on_at_a_smaller_batch(trained_model, tmp_path, 
         assert fragile[key] == plain[key], key
     said = [r.getMessage() for r in caplog.records if "ran out of memory" in r.getMessage()]
     assert len(said) == 2 and "continuing at --batch-size 16" in said[0] and "at --batch-size 8" in said[1]
+
+
+def test_activation_bytes_are_the_leaf_outputs_of_one_image():
+    import torch
+
+    from robustlab.app.evaluate import activation_bytes
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(256, 10))
+    assert activation_bytes(net, torch.rand(3, 1, 8, 8)) == 4 * (256 + 256 + 256 + 10)
+
+
+def test_on_the_cpu_eval_attacks_at_a_batch_that_fits_in_memory(trained_model, tmp_path, monkeypatch, caplog):
+    """Out of memory, the OS kills the process without a word: the default batch of 250 at 224 px of a ResNet-50
+    needs about 30 GiB. eval lowers it to fit half the memory available, and says so."""
+    import torch
+
+    import robustlab.app.evaluate as app_eval
+
+    x = torch.rand(1, 1, 8, 8)
+    per_image = app_eval.activation_bytes(trained_model, x)
+    monkeypatch.setattr(app_eval, "available_memory", lambda: 24 * per_image)  # room for 12 images' activations
+    asked = []
+    real = app_eval.evaluate
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["batch_size"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(app_eval, "evaluate", spy)
+    save_file({k: v.contiguous() for k, v in trained_model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    (tmp_path / "nets.py").write_text(FACTORY)
+    out = tmp_path / "run"
+    assert main(["eval", "--model", f"{tmp_path / 'nets.py'}:plain", "--weights", str(tmp_path / "w.safetensors"),
+                 "--data", "digits", "--limit", "16", "--protocol", "quick", "--option", "steps=2", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert asked == [12] and results["batch_size"] == 12 and results["models"]["plain"]["batch_size"] == 12
+    assert any("--batch-size 250 would take about" in r.getMessage() and "evaluating at --batch-size 12"
+               in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(app_eval, "available_memory", lambda: None)  # not known: the batch asked for
+    assert main(["-q", "eval", "--model", f"{tmp_path / 'nets.py'}:plain", "--weights", str(tmp_path / "w.safetensors"),
+                 "--data", "digits", "--limit", "16", "--protocol", "quick", "--option", "steps=2", "--device", "cpu",
+                 "--out", str(tmp_path / "again")]) == 0
+    assert asked[-1] == 250 and "batch_size" not in json.loads((tmp_path / "again" / "results.json").read_text())
