@@ -323,6 +323,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         check_trained_head,
         class_map,
         grayscale_folder,
+        memory_batch,
         scored,
         weights_record,
     )
@@ -376,13 +377,14 @@ def cmd_attack(args: argparse.Namespace) -> int:
     model = scored(str(args.model), model, outputs)
     routed = route(model, args.route or None)
     with routed:
-        record = attack_dataset(atk, model, make_loader(data, args.batch_size), device=device,
+        batch = memory_batch([model], data, args.batch_size, device)  # on the CPU: what fits in memory
+        record = attack_dataset(atk, model, make_loader(data, batch), device=device,
                                 keep_examples=not args.no_save, examples=EXAMPLES)
     tensors, examples = record.pop("tensors"), record.pop("examples", None)
     record.update(model=str(args.model), weights=args.weights, weights_record=held, outputs=outputs, route=args.route,
                   architecture=arch,
                   data={"name": args.data, "split": args.split, "limit": args.limit, "n": len(data)},
-                  classes=list(info.classes) or None)
+                  classes=list(info.classes) or None, **({"batch_size": batch} if batch != args.batch_size else {}))
     with run:
         run.write_config(options)  # what ran: every option, resolved from the command line and --config
         if not args.no_save:

@@ -100,3 +100,20 @@ def test_on_the_cpu_eval_attacks_at_a_batch_that_fits_in_memory(trained_model, t
                  "--data", "digits", "--limit", "16", "--protocol", "quick", "--option", "steps=2", "--device", "cpu",
                  "--out", str(tmp_path / "again")]) == 0
     assert asked[-1] == 250 and "batch_size" not in json.loads((tmp_path / "again" / "results.json").read_text())
+
+
+def test_on_the_cpu_attack_runs_at_a_batch_that_fits_in_memory(trained_model, tmp_path, monkeypatch):
+    import torch
+
+    import robustlab.app.evaluate as app_eval
+
+    per_image = app_eval.activation_bytes(trained_model, torch.rand(1, 1, 8, 8))
+    monkeypatch.setattr(app_eval, "available_memory", lambda: 10 * per_image)
+    save_file({k: v.contiguous() for k, v in trained_model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    (tmp_path / "nets.py").write_text(FACTORY)
+    out = tmp_path / "attack"
+    assert main(["-q", "attack", "--model", f"{tmp_path / 'nets.py'}:plain", "--weights",
+                 str(tmp_path / "w.safetensors"), "--data", "digits", "--limit", "12", "--steps", "2", "--device",
+                 "cpu", "--out", str(out)]) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert record["batch_size"] == 5 and record["summary"]["n"] == 12
