@@ -35,6 +35,14 @@ def _image_form(x: object, name: str, dtypes: tuple[torch.dtype, ...] = IMAGE_DT
     return x
 
 
+def error_line(err: BaseException, width: int = 200, default: str | None = None) -> str:
+    """The first line of ``err``'s message, cut to ``width`` characters, as a
+    one-line error quotes another; ``default`` (else the error's class name)
+    for an empty message."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:width] if lines else (type(err).__name__ if default is None else default)
+
+
 def model_channels(model: nn.Module) -> int | None:
     """The channels the model's first convolution takes (None without nn.Conv2d)."""
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)

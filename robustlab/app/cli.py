@@ -639,8 +639,11 @@ def check_one_process(command: str) -> None:
 def out_of_memory_text(args: argparse.Namespace, err: BaseException) -> str:
     """What to do when the device ran out of memory: the batch-size option of
     the command, and what the same command keeps when run again."""
-    first = (str(err).strip().splitlines() or ["out of memory"])[0][:160]
-    if args.command == "eval" and getattr(args, "protocol", None) in ("standard", "thesis", "quick"):
+    from robustlab._checks import error_line
+    from robustlab.app.evaluate import ROBUST
+
+    first = error_line(err, 160, "out of memory")
+    if args.command == "eval" and getattr(args, "protocol", None) in ROBUST:
         hint = ("the model did not fit even one image at a time (a robust protocol halves --batch-size, down to "
                 "1, when memory runs out): give it a device with more memory (--device)")
     elif args.command == "eval":

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab._checks import check_number, model_channels
+from robustlab._checks import check_number, error_line, model_channels
 from robustlab._io import pick_device, sha256_file, write_tensors
 from robustlab._progress import Progress, duration, progress
 from robustlab.app.rundir import RunDir, fingerprint_of, first_free
@@ -395,7 +395,7 @@ def _robust(models: dict[str, nn.Module], data: Any, spec: EvalSpec, run: RunDir
                 except torch.OutOfMemoryError as err:
                     if batch == 1:
                         raise
-                    first = (str(err).strip().splitlines() or ["out of memory"])[0][:120]
+                    first = error_line(err, 120, "out of memory")
                 # out of the handler: the traceback's frames, and the tensors they hold, are released
                 batch = smaller_batch(batch, device)
                 _logger.warning("model %s: the device ran out of memory (%s); continuing at --batch-size %d "

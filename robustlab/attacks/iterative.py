@@ -25,7 +25,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from robustlab._checks import check_number
+from robustlab._checks import check_number, error_line
 from robustlab.attacks.base import Attack, AttackResult, check_logits, input_gradient, resolve_labels
 from robustlab.attacks.diversity import DiversityDraw, InputDiversity
 from robustlab.attacks.losses import LossFn, get_loss, goal_met
@@ -357,5 +357,5 @@ def _transformed_forward(model: Callable[[Tensor], Tensor], xt: Tensor, size: tu
             f"model: it fails on the {h}×{w} images input diversity makes of {size[0]}×{size[1]} ones (§3.4.1 "
             "pads beyond the input size, which a model with global pooling takes). For a model of one input "
             "size (a ViT, a flatten head), resize them back: diversity=InputDiversity(p, resize_back=True), "
-            f"or --resize-back on the command line. The model's error: {(str(err).splitlines() or [''])[0][:200]}"
+            f"or --resize-back on the command line. The model's error: {error_line(err, default='')}"
         ) from None

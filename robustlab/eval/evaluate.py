@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from robustlab._checks import channel_mismatch, check_batch, check_label_range
+from robustlab._checks import channel_mismatch, check_batch, check_label_range, error_line
 from robustlab.attacks.base import check_logits
 from robustlab.attacks.cascade import CLEAN_WRONG, SURVIVED, Cascade, Outcome, model_forward, wrong_classes_by_rank
 from robustlab.eval import protocols
@@ -518,7 +518,7 @@ def model_output(model: nn.Module, x: Tensor) -> Any:
         hint = channel_mismatch(model, x, name="data images")
         if hint is not None:
             raise ValueError(hint) from None
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        first = error_line(err)
         precision = any(w in first.lower() for w in ("dtype", "half", "double", "bfloat", "scalar type"))
         advice = ("weights of one precision (model.float())" if precision else
                   "the images it takes (their size: --image-size, data.size or load_dataset(size=); its channels)")
