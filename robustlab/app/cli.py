@@ -373,7 +373,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if grayscale_folder(args.data, info, [model]):
         data = _load_data(args, channels=1)
         info = dataset_info(data)
-    outputs = class_map(str(args.model), model, info, device)
+    outputs = class_map(str(args.model), model, data, device)
     model = scored(str(args.model), model, outputs)
     routed = route(model, args.route or None)
     with routed:

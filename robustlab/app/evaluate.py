@@ -200,13 +200,14 @@ def build_model(model_spec: str, weights: str | None, info: Any, **kwargs: Any) 
             raise err from None
 
 
-def class_map(model_spec: str, model: nn.Module, info: Any, device: torch.device) -> dict[str, Any] | None:
+def class_map(model_spec: str, model: nn.Module, data: Any, device: torch.device) -> dict[str, Any] | None:
     """Which of the model's outputs are the data's classes, when the data holds
     some of them (or all in another order): a run's trained classes by name,
     an ImageNet-1k model's 1000 by wnid. ``{"of", "outputs", "indices"}``:
     output ``j`` of the scored model is the model's ``indices[j]``
     (:class:`~robustlab.models.ClassSubset`); None: the outputs are the
     data's classes as they are."""
+    info = dataset_info(data)
     classes = list(getattr(info, "classes", None) or [])
     trained = trained_classes(model_spec)
     if not classes or (trained is None and not imagenet_subset(info)):
@@ -215,9 +216,7 @@ def class_map(model_spec: str, model: nn.Module, info: Any, device: torch.device
         indices, of = subset_indices(classes, trained), "the classes it was trained on"
     else:
         indices, of = subset_indices(classes, imagenet_wnids()), "ImageNet-1k"
-    channels = model_channels(model) or info.channels
-    with torch.no_grad():
-        outputs = int(model(torch.zeros(1, channels, info.size, info.size, device=device)).shape[-1])
+    outputs = output_count(model, data, device)
     if indices is None or outputs != (len(trained) if trained is not None else 1000):
         return None
     return {"of": of, "outputs": outputs, "indices": list(indices)}
@@ -302,12 +301,10 @@ def load_models(spec: EvalSpec, info: Any, device: torch.device) -> tuple[dict[s
         record = weights_record(s, file, model)
         if not stats:
             model = normalized(model, spec.mean, spec.std)
-        model = model.to(device).eval()
-        mapping = class_map(s, model, info, device)
-        about[name] = {"weights": record, "warning": untrained_warning(s, record), "outputs": mapping}
+        about[name] = {"weights": record, "warning": untrained_warning(s, record)}
         if about[name]["warning"] is not None:
             _logger.warning("model %s: %s", name, about[name]["warning"])
-        models[name] = scored(name, model, mapping)
+        models[name] = model.to(device).eval()
     return models, about
 
 
@@ -576,6 +573,9 @@ def run_eval(spec: EvalSpec, *, quiet: bool = False) -> dict[str, Any]:
         test = load_dataset(spec.data, "test", data_dir=spec.data_dir, limit=spec.limit, size=spec.image_size,
                             channels=1)
         info = dataset_info(test)
+    for (name, model), s in zip(list(models.items()), spec.models):  # on the data as read for them
+        about[name]["outputs"] = class_map(s, model, test, dev)
+        models[name] = scored(name, model, about[name]["outputs"])
     config = {k: v for k, v in asdict(spec).items() if k not in ("out", "device")}
     files = [spec.weights] if isinstance(spec.weights, str) else list(spec.weights or [])
     if files:  # the weights are known by their contents: a copy elsewhere is the same run, an edit in place is not
