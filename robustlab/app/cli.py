@@ -398,7 +398,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if outputs is not None:
         from robustlab.report.html import outputs_text
 
-        text = outputs_text(outputs).lstrip(", ")
+        text = outputs_text(outputs)
         print(text[0].upper() + text[1:])
     if getattr(atk, "project", True) is False or not hasattr(atk, "threat"):  # GD (§7.5.4), C&W
         print(f"{args.attack} is not ε-bounded: its adv % is no robust accuracy; compare the perturbation sizes")

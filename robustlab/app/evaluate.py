@@ -673,7 +673,7 @@ def format_eval_summary(results: dict[str, Any]) -> str:
                 line += " (with Square fallback)"
         lines.append(clip(line))
         if r.get("outputs"):
-            lines += wrap_words(outputs_text(r["outputs"]).lstrip(", "), "    ")
+            lines += wrap_words(outputs_text(r["outputs"]), "    ")
         after = [f"{attack} {100 * acc:.1f}%" for attack, acc in (r.get("per_attack") or {}).items()]
         if after:
             lines += wrap_items("    after ", after, indent="      ")

@@ -107,19 +107,19 @@ def run_sections(results: Mapping[str, Any], run_dir: Path | None = None) -> lis
     return out
 
 
-def weights_text(record: Mapping[str, Any]) -> str:
+def weights_text(record: Mapping[str, Any], outputs: Any = None) -> str:
     """Which weights a model held (``robustlab eval``'s per-model ``weights``),
-    in a few words: the source, the file's name and the start of its sha256."""
+    in a few words: the source, the file's name and the start of its sha256;
+    then the outputs it was scored over (:func:`outputs_text`), if some."""
     source = record.get("source")
-    if source == "random":
-        return "randomly initialized (no weights given)"
-    if source == "factory":
-        return "as its factory built it"
-    what = {"run": "robustlab run", "file": "file"}.get(str(source), f"{source} pretrained")
-    name = record.get("weights") or record.get("tag")
-    file = Path(str(record["file"])).name if record.get("file") else None
-    sha = f"sha256 {str(record['sha256'])[:12]}…" if record.get("sha256") else None
-    return ", ".join(str(p) for p in (what, name, file, sha) if p)
+    if source in ("random", "factory"):
+        words = ["randomly initialized (no weights given)" if source == "random" else "as its factory built it"]
+    else:
+        file = Path(str(record["file"])).name if record.get("file") else None
+        words = [{"run": "robustlab run", "file": "file"}.get(str(source), f"{source} pretrained"),
+                 record.get("weights") or record.get("tag"), file,
+                 f"sha256 {str(record['sha256'])[:12]}…" if record.get("sha256") else None]
+    return ", ".join(str(p) for p in (*words, outputs_text(outputs)) if p)
 
 
 def outputs_text(record: Any) -> str:
@@ -127,7 +127,7 @@ def outputs_text(record: Any) -> str:
     classes (``robustlab eval``'s per-model ``outputs``); "" when all."""
     if not isinstance(record, Mapping) or not record.get("indices"):
         return ""
-    return (f", scored over the {len(record['indices'])} outputs of the data's classes of its "
+    return (f"scored over the {len(record['indices'])} outputs of the data's classes of its "
             f"{record.get('outputs')} ({record.get('of')})")
 
 
@@ -137,12 +137,12 @@ def _intro(results: Mapping[str, Any]) -> list[tuple[str, str]]:
         held = results.get("weights_record")
         return [("", f"robustlab attack on model {results.get('model')}, {data.get('n', results.get('n'))} images "
                      f"of {data.get('name', '?')}; {results.get('seconds', 0):.1f} s"),
-                *([("", f"weights: {weights_text(held)}{outputs_text(results.get('outputs'))}")]
+                *([("", "weights: " + weights_text(held, results.get("outputs")))]
                   if isinstance(held, Mapping) else [])]
     if results.get("kind") == "eval":
         specs = ", ".join(map(str, results.get("model_specs") or []))
         models = (results.get("models") or {}).items()
-        weights = [f"{name}: {weights_text(m['weights'])}{outputs_text(m.get('outputs'))}" for name, m in models
+        weights = [f"{name}: {weights_text(m['weights'], m.get('outputs'))}" for name, m in models
                    if isinstance(m, Mapping) and isinstance(m.get("weights"), Mapping)]
         return [("", f"robustlab eval, protocol {results.get('protocol')}, on {results.get('n')} images of "
                      f"{results.get('data')}; models {specs}; {results.get('seconds', 0):.1f} s"),
