@@ -1,6 +1,7 @@
 """Attack a whole dataset and summarize it: the work behind ``robustlab attack``."""
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -8,10 +9,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from robustlab._checks import error_line
 from robustlab._progress import progress as progress_bar
+from robustlab.app.evaluate import smaller_batch
 from robustlab.attacks.base import Attack, AttackResult
 from robustlab.eval.evaluate import model_output
 from robustlab.eval.metrics import predict
+
+_logger = logging.getLogger(__name__)
 
 
 def attack_dataset(
@@ -31,11 +36,15 @@ def attack_dataset(
     ``examples`` (``index``, ``clean``, ``adversarial``, ``y``, ``clean_pred``,
     ``adv_pred``: the report's grid, kept even without ``keep_examples``).
     ``progress``: images done, and the adversarial accuracy so far
-    (:mod:`robustlab._progress`)."""
+    (:mod:`robustlab._progress`).
+
+    A batch that runs out of device memory is attacked again in halves, and
+    the batches after it at that size, down to one image at a time, with a
+    warning; the record's ``batch_size`` says the size it finished at."""
     parts: dict[str, list[Tensor]] = {k: [] for k in ("x_adv", "y", "clean_pred", "adv_pred", "success", "steps",
                                                        "linf", "l2", "target")}
     kept: dict[str, list[Tensor]] = {k: [] for k in ("clean", "adversarial", "y", "clean_pred", "adv_pred")}
-    seconds, right, seen = 0.0, 0, 0
+    seconds, right, seen, size = 0.0, 0, 0, None  # size: the batch size after running out of memory
     dataset = getattr(loader, "dataset", None)
     total = len(dataset) if hasattr(dataset, "__len__") else None
     with progress_bar(total, f"attack {attack.name}", "image", enabled=progress) as bar:
@@ -43,13 +52,31 @@ def attack_dataset(
             if not seen:  # a model that does not take these images: said so, not a traceback from its layers
                 with torch.no_grad():
                     model_output(model, x[:2].to(device))
-            room = max(examples - seen, 0)
-            took, still_right = _attack_batch(attack, model, x.to(device), y.to(device), parts, keep_examples,
-                                              kept if room else None, room)
-            seconds, right, seen = seconds + took, right + still_right, seen + len(y)
-            bar.update(len(y))
-            bar.set_postfix(adv_acc=f"{100 * right / max(bar.n, 1):.1f}%")
+            start = 0
+            while start < len(y):
+                end = len(y) if size is None else min(start + size, len(y))
+                room = max(examples - seen, 0)
+                first = None
+                try:
+                    took, still_right = _attack_batch(attack, model, x[start:end].to(device),
+                                                      y[start:end].to(device), parts, keep_examples,
+                                                      kept if room else None, room)
+                except torch.OutOfMemoryError as err:
+                    if end - start == 1:
+                        raise
+                    first = error_line(err, 120, "out of memory")
+                if first is not None:  # out of the handler: the frames, and the tensors they hold, are released
+                    size = smaller_batch(end - start, torch.device(device))
+                    _logger.warning("attack %s: the device ran out of memory (%s); continuing at --batch-size %d",
+                                    attack.name, first, size)
+                    continue
+                seconds, right, seen = seconds + took, right + still_right, seen + end - start
+                bar.update(end - start)
+                bar.set_postfix(adv_acc=f"{100 * right / max(bar.n, 1):.1f}%")
+                start = end
     record = _record(attack, parts, seconds, keep_examples)
+    if size is not None:
+        record["batch_size"] = size
     if examples and kept["clean"]:
         record["examples"] = {k: torch.cat(v) for k, v in kept.items()}
         record["examples"]["index"] = torch.arange(len(record["examples"]["y"]))

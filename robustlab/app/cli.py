@@ -381,6 +381,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         record = attack_dataset(atk, model, make_loader(data, batch), device=device,
                                 keep_examples=not args.no_save, examples=EXAMPLES)
     tensors, examples = record.pop("tensors"), record.pop("examples", None)
+    batch = record.pop("batch_size", batch)  # the size it finished at, after running out of device memory
     record.update(model=str(args.model), weights=args.weights, weights_record=held, outputs=outputs, route=args.route,
                   architecture=arch,
                   data={"name": args.data, "split": args.split, "limit": args.limit, "n": len(data)},
@@ -650,7 +651,8 @@ def out_of_memory_text(args: argparse.Namespace, err: BaseException) -> str:
         hint = (f"give a smaller --batch-size (it was {args.batch_size}): the same command with it continues "
                 "after the images already evaluated")
     elif args.command == "attack":
-        hint = f"give a smaller --batch-size (it was {args.batch_size})"
+        hint = ("the model did not fit even one image at a time (attack halves --batch-size, down to 1, when "
+                "memory runs out): give it a device with more memory (--device)")
     else:  # train, study: the config's batch sizes (the learning rate is the config's too)
         hint = ("give a smaller train.batch_size (with a learning rate to match: train.lr; training continues "
                 "from its last checkpoint)" + (", or, in the study's evaluations, a smaller study key batch_size"

@@ -57,19 +57,55 @@ def test_eval_out_of_memory_goes_on_at_a_smaller_batch(trained_model, tmp_path, 
     assert len(said) == 2 and "continuing at --batch-size 16" in said[0] and "at --batch-size 8" in said[1]
 
 
-def test_activation_bytes_are_the_leaf_outputs_of_one_image():
+def test_activation_bytes_count_what_one_image_keeps_for_the_backward_pass():
+    """Each storage once (Flatten is a view of ReLU's output), parameters not at all, and the two gradients
+    of the largest activation in flight: conv and ReLU outputs of 4 x 8 x 8 floats, the input of 8 x 8,
+    the 10 logits."""
     import torch
 
     from robustlab.app.evaluate import activation_bytes
 
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
                               torch.nn.Linear(256, 10))
-    assert activation_bytes(net, torch.rand(3, 1, 8, 8)) == 4 * (256 + 256 + 256 + 10)
+    assert activation_bytes(net, torch.rand(3, 1, 8, 8)) == 4 * (256 + 256 + 64 + 10 + 2 * 256)
+
+
+def test_activation_bytes_see_functional_calls_and_models_without_submodules():
+    """A ``forward`` of functional calls: the leaf modules' outputs alone would miss the ReLUs' (and a model
+    with no submodules would count only its logits)."""
+    import torch
+    import torch.nn.functional as F
+
+    from robustlab.app.evaluate import activation_bytes
+
+    class Functional(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = torch.nn.Linear(256, 10)
+
+        def forward(self, x):
+            return self.fc(F.relu(self.conv(x)).flatten(1))
+
+    class Bare(torch.nn.Module):  # no submodules: parameters used through functional calls
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(4, 1, 3, 3))
+            self.fc = torch.nn.Parameter(torch.randn(10, 256))
+
+        def forward(self, x):
+            return F.linear(F.relu(F.conv2d(x, self.weight, padding=1)).flatten(1), self.fc)
+
+    x = torch.rand(3, 1, 8, 8)
+    # the conv output as a leaf's (freed after the ReLU, whose output the linear layer keeps), input, logits
+    assert activation_bytes(Functional(), x) == 4 * (256 + 256 + 64 + 10 + 2 * 256)
+    # the conv output is freed unseen: the ReLU's output (kept), the input, the logits
+    assert activation_bytes(Bare(), x) == 4 * (256 + 64 + 10 + 2 * 256)
 
 
 def test_on_the_cpu_eval_attacks_at_a_batch_that_fits_in_memory(trained_model, tmp_path, monkeypatch, caplog):
     """Out of memory, the OS kills the process without a word: the default batch of 250 at 224 px of a ResNet-50
-    needs about 30 GiB. eval lowers it to fit half the memory available, and says so."""
+    needs about 23 GiB. eval lowers it to fit half the memory available, and says so."""
     import torch
 
     import robustlab.app.evaluate as app_eval
@@ -117,3 +153,33 @@ def test_on_the_cpu_attack_runs_at_a_batch_that_fits_in_memory(trained_model, tm
                  "cpu", "--out", str(out)]) == 0
     record = json.loads((out / "results.json").read_text())
     assert record["batch_size"] == 5 and record["summary"]["n"] == 12
+
+
+def test_attack_out_of_memory_goes_on_at_a_smaller_batch(trained_model, tmp_path, caplog):
+    """The batch that ran out is attacked again in halves, the batches after it at that size: the adversarial
+    images are those of a run at that size from the start."""
+    import torch
+    from safetensors.torch import load_file
+
+    (tmp_path / "nets.py").write_text(FACTORY)
+    state = {k: v.contiguous() for k, v in trained_model.state_dict().items()}
+    save_file(state, str(tmp_path / "plain.safetensors"))
+    save_file({f"net.{k}": v for k, v in state.items()}, str(tmp_path / "fragile.safetensors"))
+    runs = {}
+    for name, batch in (("fragile", "32"), ("plain", "8")):
+        out = tmp_path / name
+        assert main(["attack", "--model", f"{tmp_path / 'nets.py'}:{name}", "--weights",
+                     str(tmp_path / f"{name}.safetensors"), "--data", "digits", "--limit", "40", "--attack", "pgd",
+                     "--eps", "0.1", "--steps", "3", "--no-random-start", "--batch-size", batch, "--device", "cpu",
+                     "--out", str(out)]) == 0
+        runs[name] = (json.loads((out / "results.json").read_text()), load_file(str(out / "adversarial.safetensors")))
+    (fragile, fragile_x), (plain, plain_x) = runs["fragile"], runs["plain"]
+    assert fragile["batch_size"] == 8 and "batch_size" not in plain and fragile["n"] == plain["n"] == 40
+    assert plain["clean_accuracy"] > 0.9 and plain["adversarial_accuracy"] < plain["clean_accuracy"]
+    assert fragile["adversarial_accuracy"] == plain["adversarial_accuracy"]
+    assert fragile_x.keys() == plain_x.keys()
+    for key in fragile_x:
+        assert torch.equal(fragile_x[key], plain_x[key]), key
+    said = [r.getMessage() for r in caplog.records if "ran out of memory" in r.getMessage()]
+    assert len(said) == 2 and "continuing at --batch-size 16" in said[0] and "at --batch-size 8" in said[1]
+

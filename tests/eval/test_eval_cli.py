@@ -257,7 +257,7 @@ def test_running_out_of_memory_is_one_line_and_the_same_folder_continues(runs, t
     weights = runs / "a" / "model.safetensors"
     assert results["models"]["a"]["weights"] == {"source": "run", "file": str(weights.resolve()),
                                                  "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
-    for command, option in (("attack", "--batch-size (it was 128)"), ("train", "train.batch_size"),
+    for command, option in (("attack", "did not fit even one image at a time"), ("train", "train.batch_size"),
                             ("study", "study key batch_size"), ("eval", "smaller --batch-size (it was 128)")):
         assert option in out_of_memory_text(argparse.Namespace(command=command, batch_size=128, protocol="whitebox"),
                                             torch.OutOfMemoryError("oom"))
