@@ -22,7 +22,7 @@ from robustlab._io import pick_device
 from robustlab.app.config import RunConfig
 from robustlab.app.rundir import RunDir, changed_keys, default_path, fingerprint_of
 from robustlab.data import dataset_info, load_dataset
-from robustlab.data.folder import spread_indices
+from robustlab.data.folder import split_root, spread_indices
 from robustlab.data.info import class_difference
 from robustlab.nn.norm import route, route_names
 from robustlab.train import fit, recipes, sinks
@@ -376,7 +376,7 @@ def _check_classes(cfg: RunConfig, info: Any) -> Any:
     d = cfg.data
     if not d.name.startswith("imagefolder:"):
         return None
-    root = Path(d.name.split(":", 1)[1]).expanduser()
+    root = split_root(d.name.split(":", 1)[1])
     if not any((root / s).is_dir() for s in ("train", d.eval_split, "val")):
         raise ValueError(f"data.name: {d.name} holds class folders but no train/ and {d.eval_split}/ splits: the "
                          "images trained on would also be the ones evaluated; split them into ROOT/train/CLASS "

@@ -1,5 +1,12 @@
 """ImageFolder trees (ImageNet layout: ROOT/SPLIT/CLASS/IMAGE).
 
+A split folder that holds its images itself is read with the labels of
+Kaggle's ImageNet release, ``LOC_SPLIT_solution.csv`` (``ImageId`` and a
+``PredictionString`` that begins with the image's wnid), found in the folder
+or one of the four above it; the Kaggle root itself, ``ROOT/ILSVRC/Data/
+CLS-LOC/{train,val}``, is found from ``ROOT``. Its classes are the wnids of
+its images, sorted, as the class folders of the training split are.
+
 Evaluation pre-processing is the standard one: resize the shorter side to
 size·256/224, centre crop to size (float [0, 1] images). Training data
 (``augment=`` given) is decoded and cropped where it is loaded — in the
@@ -45,6 +52,19 @@ def _has_class_dirs(path: Path) -> bool:
     return path.is_dir() and any(c.is_dir() and not c.name.startswith(".") for c in path.iterdir())
 
 
+KAGGLE_TREE = Path("ILSVRC", "Data", "CLS-LOC")  # the images of Kaggle's ImageNet release, under its root
+
+
+def split_root(root: str | Path) -> Path:
+    """The folder whose split folders are read: ``root``, or the images'
+    folder of Kaggle's ImageNet release given its root (``root``/ILSVRC/Data/
+    CLS-LOC, when ``root`` holds no split folder itself)."""
+    root = Path(root).expanduser()
+    if (root / KAGGLE_TREE).is_dir() and not any((root / s).is_dir() for s in SPLIT_NAMES):
+        return root / KAGGLE_TREE
+    return root
+
+
 def _find_split(root: Path, split: str) -> Path:
     """ROOT/SPLIT (``test`` also tries ``val``), or ROOT itself when it holds
     class folders and no split folder at all; a tree with other splits only
@@ -78,8 +98,84 @@ def _flat_hint(folder: Path) -> str:
     if not images:
         return ""
     return (f"\n{folder} holds {images} images itself, none in a class folder, and an image's class is the folder "
-            "it is in. ImageNet's validation images as downloaded are such a flat folder (their labels in a "
-            "separate file): move each into a folder named by its class, as in training (val/n01440764/...)")
+            f"it is in, or the line of a LOC_{folder.name}_solution.csv (Kaggle's ImageNet labels: ImageId,"
+            "PredictionString beginning with its wnid) in this folder or one of the four above it. ImageNet's "
+            "validation images as downloaded from image-net.org are such a flat folder, with labels numbered in "
+            "the devkit's own order: move each into a folder named by its class, as in training "
+            "(val/n01440764/...; PyTorch's ImageNet example links a valprep.sh that does it)")
+
+
+def _solution_file(folder: Path) -> Path | None:
+    """Kaggle's labels of the flat split folder ``folder``,
+    ``LOC_{folder.name}_solution.csv``, in it or one of the four folders above."""
+    name = f"LOC_{folder.name}_solution.csv"
+    return next((d / name for d in [folder, *folder.parents][:5] if (d / name).is_file()), None)
+
+
+def _flat_split(root: Path, split: str) -> tuple[Path, Path] | None:
+    """(folder, labels file) of a split whose images lie in one folder with
+    Kaggle's labels (``test`` also tries ``val``); None when there is none."""
+    for base in (root, root / KAGGLE_TREE):
+        for name in (split, "val") if split == "test" else (split,):
+            folder = base / name
+            if folder.is_dir() and not _has_class_dirs(folder):
+                labels = _solution_file(folder)
+                if labels is not None:
+                    return folder, labels
+    return None
+
+
+def read_solution(labels: Path, folder: Path) -> list[tuple[str, str]]:
+    """(image path, wnid) of each image of the flat ``folder``, sorted by wnid
+    then file name (ImageFolder's order), from Kaggle's ``labels`` file.
+
+    Raises:
+        ValueError: a line that is no ``ImageId,WNID ...`` (file and line
+            named), an image the file does not label, or no image at all.
+    """
+    import csv
+
+    wnid_of: dict[str, str] = {}
+    with open(labels, newline="", encoding="utf-8") as f:
+        for number, row in enumerate(csv.reader(f), 1):
+            if number == 1 and row[:1] == ["ImageId"]:
+                continue
+            words = row[1].split() if len(row) == 2 else []
+            if not row[0].strip() or not words:
+                raise ValueError(f"imagefolder: {labels} line {number}: expected ImageId,PredictionString (the "
+                                 f"image's name and its wnid first, as in Kaggle's ImageNet labels); got {row!r}")
+            wnid_of[row[0].strip()] = words[0]
+    images = sorted(f for f in folder.iterdir() if f.is_file() and visible_image(f.name))
+    if not images:
+        raise DataNotFoundError(f"imagefolder: {folder} holds no images (labels: {labels})")
+    unlabelled = [f.name for f in images if f.stem not in wnid_of]
+    if unlabelled:
+        raise ValueError(f"imagefolder: {len(unlabelled)} image(s) of {folder} have no line in {labels} "
+                         f"({', '.join(unlabelled[:3])}{', ...' if len(unlabelled) > 3 else ''}); each needs "
+                         "ImageId,WNID ... with ImageId its file name without the suffix")
+    return sorted(((str(f), wnid_of[f.stem]) for f in images), key=lambda s: (s[1], Path(s[0]).name))
+
+
+class LabelledImages(Dataset):
+    """(image, label) of a list of image files and their class names: a flat
+    split folder read with its labels file, as torchvision's ImageFolder
+    gives a class-folder tree (``samples``, ``targets``, ``classes``,
+    ``class_to_idx``; ``transform`` applied to the PIL image when given)."""
+
+    def __init__(self, files: list[tuple[str, str]], *, transform: Any = None, loader: Any = None) -> None:
+        self.classes = sorted({wnid for _, wnid in files})
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.samples = [(path, self.class_to_idx[wnid]) for path, wnid in files]
+        self.targets = [label for _, label in self.samples]
+        self.transform, self.loader = transform, loader if loader is not None else load_image
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        path, label = self.samples[i]
+        img = self.loader(path)
+        return (self.transform(img) if self.transform is not None else img), label
 
 
 def spread_indices(n: int, limit: int | None) -> list[int] | None:
@@ -182,14 +278,18 @@ def image_folder(root: str | Path, split: str, *, limit: int | None = None, size
         raise ValueError("imagefolder: give the dataset's root folder (imagefolder:/data/imagenet); got an empty path")
     if channels not in (1, 3):
         raise ValueError(f"channels: an ImageFolder gives RGB (3) or grayscale (1) images; got channels={channels!r}")
-    root = Path(root).expanduser()
-    folder = _find_split(root, split)
+    root = split_root(root)
+    flat = _flat_split(root, split)
+    folder = flat[0] if flat is not None else _find_split(root, split)
     loader = functools.partial(load_image, mode="RGB" if channels == 3 else "L")
-    try:
-        ds: Dataset = _image_folder_class()(str(folder), transform=eval_transform(size) if augment is None else None,
-                                            loader=loader, is_valid_file=visible_image)
-    except FileNotFoundError as err:  # a class folder holding no image: torchvision's message names no folder
-        raise DataNotFoundError(f"imagefolder: {folder}: {err}") from None
+    transform = eval_transform(size) if augment is None else None
+    if flat is not None:
+        ds: Dataset = LabelledImages(read_solution(flat[1], folder), transform=transform, loader=loader)
+    else:
+        try:
+            ds = _image_folder_class()(str(folder), transform=transform, loader=loader, is_valid_file=visible_image)
+        except FileNotFoundError as err:  # a class folder holding no image: torchvision's message names no folder
+            raise DataNotFoundError(f"imagefolder: {folder}: {err}") from None
     classes = tuple(ds.classes)
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else \
         ((sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,))

@@ -44,9 +44,9 @@ def class_names(dataset: str, data_dir: str | Path | None = None) -> tuple[str, 
     order: ImageFolder's sorted class folders of ``ROOT/train``, the named
     classes of the built-in sets, else ``"0".."K-1"``."""
     if dataset.startswith("imagefolder:"):
-        from robustlab.data.folder import _find_split
+        from robustlab.data.folder import _find_split, split_root
 
-        folder = _find_split(Path(dataset.split(":", 1)[1]).expanduser(), "train")
+        folder = _find_split(split_root(dataset.split(":", 1)[1]), "train")
         return tuple(sorted(p.name for p in folder.iterdir() if p.is_dir()))
     if dataset not in INFO:
         raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(INFO)} or imagefolder:ROOT")

@@ -1,0 +1,116 @@
+"""Kaggle's ImageNet release: class folders for training, but one flat folder
+of validation images labelled by ``LOC_val_solution.csv``. Read as the same
+images in class folders would be, through the API and the CLI; bad labels
+are refused naming the file and the line."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import robustlab as rl
+from robustlab.app.cli import main
+from robustlab.data.sources import DataNotFoundError
+
+WNIDS = ("n01440764", "n01443537", "n01484850")  # ImageNet's first three classes, sorted
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+    """(Kaggle root, the same validation images in class folders)."""
+    root = tmp_path_factory.mktemp("kaggle")
+    images = root / "ILSVRC" / "Data" / "CLS-LOC"
+    folders = tmp_path_factory.mktemp("folders")
+    rng = np.random.default_rng(0)
+    lines = ["ImageId,PredictionString"]
+    for c, wnid in enumerate(WNIDS):
+        (images / "train" / wnid).mkdir(parents=True)
+        (folders / "val" / wnid).mkdir(parents=True)
+        for i in range(2):
+            a = rng.integers(0, 120, (20, 24, 3), dtype=np.uint8)
+            a[..., c] = 230
+            Image.fromarray(a).save(images / "train" / wnid / f"{wnid}_{i}.JPEG", quality=95)
+    (images / "val").mkdir()
+    for k in range(9):  # the classes interleaved, as Kaggle's val images are
+        c = (k * 2) % 3
+        a = rng.integers(0, 120, (20, 24, 3), dtype=np.uint8)
+        a[..., c] = 230
+        name = f"ILSVRC2012_val_{k + 1:08d}"
+        Image.fromarray(a).save(images / "val" / f"{name}.JPEG", quality=95)
+        shutil.copy(images / "val" / f"{name}.JPEG", folders / "val" / WNIDS[c] / f"{name}.JPEG")
+        lines.append(f"{name},{WNIDS[c]} 1 2 18 20 {WNIDS[c]} 0 0 9 9 ")  # boxes after the wnid, as Kaggle's
+    (root / "LOC_val_solution.csv").write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
+    (root / "FACTORY.py").write_text("import torch\nfrom torch import nn\n\n\ndef linear():\n"
+                                     "    torch.manual_seed(0)\n    return nn.Sequential(nn.Flatten(), "
+                                     "nn.Linear(3 * 16 * 16, 3))\n")
+    return root, folders
+
+
+def test_the_flat_validation_folder_reads_as_its_class_folders_would(trees):
+    root, folders = trees
+    for spec in (root, root / "ILSVRC" / "Data" / "CLS-LOC"):  # Kaggle's root, or the images' own
+        flat = rl.data.load_dataset(f"imagefolder:{spec}", "test", size=16)
+        same = rl.data.load_dataset(f"imagefolder:{folders}", "test", size=16)
+        assert flat.info.classes == same.info.classes == WNIDS and len(flat) == len(same) == 9
+        x, y = rl.data.load_tensors(flat, workers=0)
+        x_ref, y_ref = rl.data.load_tensors(same, workers=0)
+        assert torch.equal(y, y_ref) and torch.equal(x, x_ref) and y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+        # the colour of each image is its class
+        assert (x.mean((2, 3)).argmax(1) == y).all()
+    assert rl.data.load_dataset(f"imagefolder:{root}", "train", size=16).info.classes == WNIDS
+    limited = rl.data.load_dataset(f"imagefolder:{root}", "test", size=16, limit=3)
+    assert sorted(int(limited[i][1]) for i in range(3)) == [0, 1, 2]  # every k-th image: every class
+
+
+def test_eval_of_the_flat_folder_equals_eval_of_its_class_folders(trees, tmp_path):
+    root, folders = trees
+    figures = []
+    for name, data in (("flat", root), ("folders", folders)):
+        assert main(["-q", "eval", "--model", f"{root / 'FACTORY.py'}:linear", "--data", f"imagefolder:{data}",
+                     "--image-size", "16", "--protocol", "quick", "--eps", "4/255", "--option", "steps=2",
+                     "--device", "cpu", "--out", str(tmp_path / name)]) == 0
+        res = json.loads((tmp_path / name / "results.json").read_text())
+        figures.append((res["n"], res["clean_accuracy"], res["robust_accuracy"]))
+    assert figures[0] == figures[1] and figures[0][0] == 9
+
+
+def test_bad_labels_are_refused_naming_the_file_and_line(trees, tmp_path, capsys):
+    root, _ = trees
+    bad = tmp_path / "bad"
+    shutil.copytree(root, bad)
+    csv = bad / "LOC_val_solution.csv"
+    text = csv.read_text().splitlines()
+    csv.write_text("\n".join(text[:-1]) + "\n")  # the last line's image is unlabelled
+    with pytest.raises(ValueError, match=r"1 image\(s\) of .*val have no line in .*LOC_val_solution.csv "
+                                         r"\(ILSVRC2012_val_00000001.JPEG\)"):
+        rl.data.load_dataset(f"imagefolder:{bad}", "test", size=16)
+    csv.write_text("\n".join([*text[:3], "ILSVRC2012_val_00000001", *text[3:]]) + "\n")
+    with pytest.raises(ValueError, match=r"LOC_val_solution.csv line 4: expected ImageId,PredictionString"):
+        rl.data.load_dataset(f"imagefolder:{bad}", "test", size=16)
+    out = tmp_path / "run"
+    assert main(["attack", "--model", f"{root / 'FACTORY.py'}:linear", "--data", f"imagefolder:{bad}",
+                 "--image-size", "16", "--device", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "line 4: expected ImageId,PredictionString" in err and "Traceback" not in err and not out.exists()
+    csv.unlink()  # no labels at all: the hint names the file it looks for
+    with pytest.raises(DataNotFoundError, match="LOC_val_solution.csv"):
+        rl.data.load_dataset(f"imagefolder:{bad}", "test", size=16)
+
+
+def test_a_run_trains_on_kaggles_root_and_is_evaluated_on_its_flat_validation_folder(trees, tmp_path):
+    import yaml
+
+    root, _ = trees
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"seed": 0, "device": "cpu", "model": {"name": "smallcnn", "width": 4},
+                                   "recipe": {"name": "vanilla"}, "train": {"epochs": 1, "batch_size": 2},
+                                   "eval": {"attack": None}, "data": {"name": f"imagefolder:{root}", "size": 16}}))
+    assert main(["-q", "train", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    assert main(["-q", "eval", "--checkpoint", str(tmp_path / "run"), "--data", f"imagefolder:{root}",
+                 "--image-size", "16", "--protocol", "quick", "--eps", "4/255", "--option", "steps=2",
+                 "--device", "cpu", "--out", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "results.json").read_text())["n"] == 9
