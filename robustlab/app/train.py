@@ -79,11 +79,50 @@ def build_model(cfg: RunConfig, info: Any, recipe: recipes.Recipe) -> nn.Module:
     torch.manual_seed(cfg.seed)  # the same initial weights on every run (and every DDP rank)
     if ":" not in name:  # built-in nets normalize with the dataset's statistics; timm/torchvision
         spec = {"mean": info.mean, "std": info.std, **spec}  # models with their own (pretrained weights')
-    model = create_model(name, info.num_classes, in_channels=info.channels, **spec)
+    model = _imagenet_rows(name, info, spec) or create_model(name, info.num_classes, in_channels=info.channels,
+                                                             **spec)
     record = model.robustlab_spec.get("pretrained") or {}
-    if record.get("new_head") and int(os.environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0 and record.get("new_head"):
         _logger.info("model %s: %s pretrained weights loaded; its classifier (%s) is freshly initialized for the "
                      "data's %d classes", name, record.get("source"), record["new_head"], info.num_classes)
+    if int(os.environ.get("RANK", "0")) == 0 and record.get("head_rows"):
+        _logger.info("model %s: %s pretrained ImageNet-1k weights loaded; its classifier (%s) keeps their rows of "
+                     "the data's %d classes", name, record.get("source"), record["head_rows"]["classifier"],
+                     info.num_classes)
+    return model
+
+
+def _imagenet_rows(name: str, info: Any, spec: dict[str, Any]) -> nn.Module | None:
+    """A named network with ImageNet-1k weights, to fine-tune on some of
+    ImageNet's classes named by wnid (Imagenette, ImageNet-100): built with
+    its 1000 outputs, its classifier narrowed to the rows of the data's
+    classes (:func:`~robustlab.models.narrow_classifier`), so that it starts
+    as the pretrained network scored over them, not from a freshly
+    initialized head. None where that does not apply: no pretrained weights,
+    data of other classes, weights not of ImageNet-1k's 1000 (a file of the
+    data's classes, timm's ImageNet-21k), or no linear classifier."""
+    from robustlab.data.info import imagenet_wnids, subset_indices
+    from robustlab.models import create_model, narrow_classifier
+
+    weighted = spec.get("weights") is not None or bool(spec.get("pretrained"))
+    indices = subset_indices(getattr(info, "classes", None) or (), imagenet_wnids()) if weighted else None
+    if indices is None or info.num_classes == 1000:
+        return None
+    try:
+        model = create_model(name, 1000, in_channels=info.channels, **spec)
+    except ValueError as err:
+        if "mis-shaped" in str(err):  # a weights file of another number of outputs: the data's, fine-tuned
+            return None
+        raise
+    record = model.robustlab_spec.get("pretrained") or {}
+    if record.get("new_head"):  # weights of other classes than ImageNet-1k's (timm's 21k)
+        return None
+    try:
+        head = narrow_classifier(model.net, indices, 1000)  # inside the Normalize create_model puts first
+    except ValueError:
+        return None
+    model.robustlab_spec["num_classes"] = len(indices)
+    record["head_rows"] = {"of": "ImageNet-1k", "classifier": head, "indices": list(indices)}
     return model
 
 

@@ -16,11 +16,12 @@ from robustlab.models.factory import create_model, load_state_dict, model_names
 from robustlab.models.normalize import Normalize, NormalizedModel
 from robustlab.models.resolve import normalized, resolve_model
 from robustlab.models.small import BasicBlock, CifarResNet, SmallCNN
-from robustlab.models.subset import ClassSubset, class_subset
+from robustlab.models.subset import ClassSubset, class_subset, narrow_classifier
 
 __all__ = [
     "KINDS", "BasicBlock", "CifarResNet", "ClassSubset", "ModelInfo", "Normalize", "NormalizedModel", "SmallCNN",
     "class_subset", "create_model", "load_checkpoint", "load_model", "load_state_dict", "load_weights_into",
-    "model_names", "normalized", "read_model_info", "resolve_model", "save_model", "save_weights", "update_meta",
+    "model_names", "narrow_classifier", "normalized", "read_model_info", "resolve_model", "save_model", "save_weights",
+    "update_meta",
     "SmallFCN", "create_dense", "small_faster_rcnn",
 ]

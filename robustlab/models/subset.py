@@ -43,3 +43,36 @@ def class_subset(model: nn.Module, indices: Sequence[int]) -> nn.Module:
     """``model`` scored over the outputs ``indices`` only, in that order (the
     classes of the data, as indices into the model's classes)."""
     return ClassSubset(model, indices)
+
+
+def narrow_classifier(model: nn.Module, indices: Sequence[int], outputs: int) -> str:
+    """Replace ``model``'s classifier, its last ``nn.Linear`` (of ``outputs``
+    outputs), by one that keeps only the rows ``indices`` of its weight and
+    bias, in that order: ``model(x)`` then equals the old ``model(x)[:,
+    indices]``, now as a classifier of ``len(indices)`` classes to fine-tune
+    (an ImageNet-1k network on Imagenette starts from its own tench and
+    English-springer rows, not from a freshly initialized head). Returns the
+    classifier's name.
+
+    Raises:
+        ValueError: no last ``nn.Linear`` of ``outputs`` outputs (a
+            convolutional classifier), or ``indices`` out of its range.
+    """
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears or linears[-1][1].out_features != outputs:
+        raise ValueError(f"cannot find the classifier to narrow: the model's last nn.Linear does not output its "
+                         f"{outputs} classes")
+    index = torch.as_tensor(list(indices), dtype=torch.long)
+    if index.numel() == 0 or index.unique().numel() != index.numel() or bool((index < 0).any()) \
+            or int(index.max()) >= outputs:
+        raise ValueError(f"indices must be distinct outputs in 0..{outputs - 1}; got {list(indices)}")
+    name, old = linears[-1]
+    new = nn.Linear(old.in_features, index.numel(), bias=old.bias is not None, device=old.weight.device,
+                    dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(old.weight.index_select(0, index.to(old.weight.device)))
+        if old.bias is not None:
+            new.bias.copy_(old.bias.index_select(0, index.to(old.bias.device)))
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent), attr, new)
+    return name

@@ -79,6 +79,22 @@ def test_class_subset_reads_the_outputs_it_keeps():
         ClassSubset(net, [9])(x)
 
 
+def test_narrow_classifier_keeps_the_rows_of_the_classes_it_keeps():
+    from robustlab.models import narrow_classifier
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 6))
+    x = torch.randn(3, 4)
+    before = net(x).detach()
+    assert narrow_classifier(net, [5, 0, 2], 6) == "2"
+    assert net[2].out_features == 3 and torch.allclose(net(x), before[:, [5, 0, 2]])
+    with pytest.raises(ValueError, match="does not output its 6 classes"):
+        narrow_classifier(net, [0], 6)  # already narrowed: its last Linear has 3 outputs
+    for bad in ([], [1, 1], [-1], [3]):
+        with pytest.raises(ValueError, match="indices must be distinct outputs in 0..2"):
+            narrow_classifier(net, bad, 3)
+
+
 def test_an_imagenet_model_on_a_folder_of_wnids_is_scored_over_their_outputs(folders, tmp_path):
     factory = f"{folders / 'mine.py'}:decoy"
     runs = {}

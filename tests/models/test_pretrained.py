@@ -386,3 +386,37 @@ def test_default_weights_on_a_folder_of_some_imagenet_classes_keep_their_head(tv
                  "--image-size", "32", "--steps", "1", "--device", "cpu", "--out", str(out)]) == 0
     record = json.loads((out / "results.json").read_text())
     assert record["outputs"]["indices"] == indices and record["clean_accuracy"] == pytest.approx(right, abs=1e-6)
+
+
+def test_fine_tuning_on_some_imagenet_classes_starts_from_their_pretrained_rows(tv_cached, tmp_path, caplog):
+    """On a folder of three wnid classes the classifier was freshly initialized: it now keeps the pretrained
+    rows of those classes, so the model to fine-tune starts as torchvision's network read at their indices
+    (and a run trained from it is evaluated on the same classes)."""
+    import torchvision
+
+    import robustlab as rl
+    from robustlab.app.config import load_config
+    from robustlab.app.train import build_model, build_recipe
+
+    indices = [0, 217, 999]
+    info = SimpleNamespace(num_classes=3, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3,
+                           classes=("n01440764", "n02102040", "n15075141"))
+    config = Path(__file__).resolve().parents[2] / "configs" / "train_vanilla.yaml"
+    cfg, _ = load_config(config, ["model.name=tv:resnet18", "model.weights=DEFAULT"])
+    with caplog.at_level("INFO", logger="robustlab"):
+        model = build_model(cfg, info, build_recipe(cfg)).eval()
+    net = torchvision.models.resnet18()
+    net.load_state_dict(tv_cached[1])
+    reference = rl.models.normalized(net, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).eval()
+    with torch.no_grad():
+        assert torch.allclose(model(X), reference(X)[:, indices], atol=1e-5)
+    assert model.robustlab_spec["num_classes"] == 3
+    assert "its classifier (fc) keeps their rows of the data's 3 classes" in caplog.text
+    # other classes than ImageNet's: a fresh head, as before
+    plain = SimpleNamespace(**{**vars(info), "classes": ("a", "b", "c")})
+    assert not torch.allclose(build_model(cfg, plain, build_recipe(cfg)).eval()(X), reference(X)[:, indices])
+
+    saved = tmp_path / "model"
+    save_model(model, saved)
+    with torch.no_grad():
+        assert torch.equal(load_model(saved).eval()(X), model(X))
