@@ -444,7 +444,8 @@ def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
         if isinstance(out, torch.Tensor):
             note(out)
 
-    hooks = [m.register_forward_hook(output) for m in model.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_hook(output) for m in model.modules()
+             if not any(True for _ in m.children()) and not isinstance(m, torch.jit.ScriptModule)]  # no hooks there
     try:
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(note, lambda t: t):
             out = model(x.detach().clone().requires_grad_(True))

@@ -4,6 +4,7 @@ smaller batch size from the start."""
 from __future__ import annotations
 
 import json
+import warnings
 
 from safetensors.torch import save_file
 
@@ -101,6 +102,11 @@ def test_activation_bytes_see_functional_calls_and_models_without_submodules():
     assert activation_bytes(Functional(), x) == 4 * (256 + 256 + 64 + 10 + 2 * 256)
     # the conv output is freed unseen: the ReLU's output (kept), the input, the logits
     assert activation_bytes(Bare(), x) == 4 * (256 + 64 + 10 + 2 * 256)
+    # a TorchScript module takes no hooks: what autograd saves is seen all the same
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates TorchScript; models still use it
+        scripted = torch.jit.script(Bare())
+    assert activation_bytes(scripted, x) == 4 * (256 + 64 + 10 + 2 * 256)
 
 
 def test_on_the_cpu_eval_attacks_at_a_batch_that_fits_in_memory(trained_model, tmp_path, monkeypatch, caplog):
