@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "robustlab"
 # import name → the extra that installs it (huggingface_hub: timm's, used only where present)
 OPTIONAL = {"sklearn": "digits", "torchmetrics": "dense", "faster_coco_eval": "dense", "timm": "timm",
-            "huggingface_hub": "timm", "tensorboard": "tensorboard"}
-DISTRIBUTIONS = {"scikit-learn", "torchmetrics", "faster-coco-eval", "timm", "tensorboard"}
+            "huggingface_hub": "timm", "tensorboard": "tensorboard", "scipy": "imagenet"}
+DISTRIBUTIONS = {"scikit-learn", "torchmetrics", "faster-coco-eval", "timm", "tensorboard", "scipy"}
 
 
 def _pyproject() -> dict:
@@ -66,6 +66,7 @@ def test_core_dependencies_hold_no_optional_package_and_dev_holds_every_extra():
     extras = project["optional-dependencies"]
     assert {_requirement_name(r) for r in extras["digits"]} == {"scikit-learn"}
     assert {_requirement_name(r) for r in extras["dense"]} == {"torchmetrics", "faster-coco-eval"}
+    assert {_requirement_name(r) for r in extras["imagenet"]} == {"scipy"}
     dev = {_requirement_name(r) for r in extras["dev"]}
     for name, reqs in extras.items():
         assert {_requirement_name(r) for r in reqs} <= dev, f"dev lacks extra {name!r}"
@@ -108,6 +109,9 @@ def refused(call, extra):
 refused(lambda: rl.data.load_dataset("digits", "test"), "digits")
 refused(lambda: rl.models.create_model("timm:resnet18", 10), "timm")
 refused(lambda: rl.train.sinks.require(["tensorboard"]), "tensorboard")
+import pathlib
+import robustlab.data.folder
+refused(lambda: robustlab.data.folder.read_devkit(pathlib.Path("devkit"), pathlib.Path("val")), "imagenet")
 box = {{"boxes": torch.tensor([[0.0, 0.0, 4.0, 4.0]]), "labels": torch.tensor([1])}}
 refused(lambda: rl.eval.mean_ap([{{**box, "scores": torch.tensor([0.9])}}], [box["boxes"]], [box["labels"]]), "dense")
 # mIoU needs no extra (a bincount)

@@ -5,7 +5,10 @@ Kaggle's ImageNet release, ``LOC_SPLIT_solution.csv`` (``ImageId`` and a
 ``PredictionString`` that begins with the image's wnid), found in the folder
 or one of the four above it; the Kaggle root itself, ``ROOT/ILSVRC/Data/
 CLS-LOC/{train,val}``, is found from ``ROOT``. Its classes are the wnids of
-its images, sorted, as the class folders of the training split are.
+its images, sorted, as the class folders of the training split are. A flat
+``val`` folder of image-net.org's validation images is read with its ILSVRC2012
+devkit (``ILSVRC2012_devkit_t12``, extracted or the ``.tar.gz``) found the same
+way (:func:`read_devkit`).
 
 Evaluation pre-processing is the standard one: resize the shorter side to
 size·256/224, centre crop to size (float [0, 1] images). Training data
@@ -53,6 +56,7 @@ def _has_class_dirs(path: Path) -> bool:
 
 
 KAGGLE_TREE = Path("ILSVRC", "Data", "CLS-LOC")  # the images of Kaggle's ImageNet release, under its root
+DEVKIT = "ILSVRC2012_devkit_t12"  # image-net.org's development kit: the validation labels
 
 
 def split_root(root: str | Path) -> Path:
@@ -99,30 +103,115 @@ def _flat_hint(folder: Path) -> str:
         return ""
     return (f"\n{folder} holds {images} images itself, none in a class folder, and an image's class is the folder "
             f"it is in, or the line of a LOC_{folder.name}_solution.csv (Kaggle's ImageNet labels: ImageId,"
-            "PredictionString beginning with its wnid) in this folder or one of the four above it. ImageNet's "
-            "validation images as downloaded from image-net.org are such a flat folder, with labels numbered in "
-            "the devkit's own order: move each into a folder named by its class, as in training "
-            "(val/n01440764/...; PyTorch's ImageNet example links a valprep.sh that does it)")
+            "PredictionString beginning with its wnid) in this folder or one of the four above it, or, for a val "
+            f"folder of ImageNet's validation images as image-net.org gives them, its devkit there ({DEVKIT}/ or "
+            f"{DEVKIT}.tar.gz). Else move each image into a folder named by its class, as in training "
+            "(val/n01440764/...)")
 
 
-def _solution_file(folder: Path) -> Path | None:
-    """Kaggle's labels of the flat split folder ``folder``,
-    ``LOC_{folder.name}_solution.csv``, in it or one of the four folders above."""
-    name = f"LOC_{folder.name}_solution.csv"
-    return next((d / name for d in [folder, *folder.parents][:5] if (d / name).is_file()), None)
+def _labels_file(folder: Path) -> Path | None:
+    """The labels of the flat split folder ``folder``, in it or one of the
+    four folders above: Kaggle's ``LOC_{folder.name}_solution.csv``, else
+    (a ``val`` folder) image-net.org's devkit, extracted or as downloaded."""
+    names = [f"LOC_{folder.name}_solution.csv"] + ([DEVKIT, f"{DEVKIT}.tar.gz"] if folder.name == "val" else [])
+    return next((d / name for name in names for d in [folder, *folder.parents][:5] if (d / name).exists()), None)
 
 
 def _flat_split(root: Path, split: str) -> tuple[Path, Path] | None:
-    """(folder, labels file) of a split whose images lie in one folder with
-    Kaggle's labels (``test`` also tries ``val``); None when there is none."""
+    """(folder, labels) of a split whose images lie in one folder with
+    Kaggle's labels or the devkit's (``test`` also tries ``val``); None when
+    there is none."""
     for base in (root, root / KAGGLE_TREE):
         for name in (split, "val") if split == "test" else (split,):
             folder = base / name
             if folder.is_dir() and not _has_class_dirs(folder):
-                labels = _solution_file(folder)
+                labels = _labels_file(folder)
                 if labels is not None:
                     return folder, labels
     return None
+
+
+def flat_labels(labels: Path, folder: Path) -> list[tuple[str, str]]:
+    """(image path, wnid) of each image of the flat ``folder``, sorted by wnid
+    then file name (ImageFolder's order), from ``labels``: Kaggle's CSV
+    (:func:`read_solution`) or the devkit (:func:`read_devkit`)."""
+    return read_solution(labels, folder) if labels.name.endswith(".csv") else read_devkit(labels, folder)
+
+
+def _images(folder: Path, labels: Path) -> list[Path]:
+    images = sorted(f for f in folder.iterdir() if f.is_file() and visible_image(f.name))
+    if not images:
+        raise DataNotFoundError(f"imagefolder: {folder} holds no images (labels: {labels})")
+    return images
+
+
+def _devkit_member(devkit: Path, member: str) -> bytes:
+    """The bytes of ``data/{member}`` of the devkit, a folder or its
+    ``.tar.gz`` as downloaded (read, not extracted)."""
+    import tarfile
+
+    if devkit.is_dir():
+        path = devkit / "data" / member
+        if not path.is_file():
+            raise DataNotFoundError(f"imagefolder: the ImageNet devkit {devkit} has no data/{member}")
+        return path.read_bytes()
+    try:
+        with tarfile.open(devkit, "r:gz") as tar:
+            f = tar.extractfile(f"{DEVKIT}/data/{member}")
+            if f is None:
+                raise KeyError(member)
+            return f.read()
+    except (tarfile.TarError, OSError, KeyError) as err:
+        raise ValueError(f"imagefolder: {devkit} is not ImageNet's devkit archive with {DEVKIT}/data/{member} "
+                         f"({type(err).__name__}: {err})") from None
+
+
+def read_devkit(devkit: Path, folder: Path) -> list[tuple[str, str]]:
+    """(image path, wnid) of each ``ILSVRC2012_val_NNNNNNNN`` image of the
+    flat ``folder``, sorted by wnid then file name, from image-net.org's
+    ILSVRC2012 devkit (``ILSVRC2012_devkit_t12``, a folder or its
+    ``.tar.gz``): line N of ``data/ILSVRC2012_validation_ground_truth.txt``
+    is image N's ILSVRC2012_ID, which ``data/meta.mat``'s synsets name by
+    wnid. The IDs are the devkit's own order, not the wnids' sorted one
+    (ID 1 is n02119789, kit fox); reading ``meta.mat`` needs scipy
+    (``pip install 'robustlab[imagenet]'``), as torchvision's ``ImageNet``.
+
+    Raises:
+        ImportError: scipy is not installed.
+        ValueError: a file of the devkit that is not what it should be, an
+            image not named ``ILSVRC2012_val_NNNNNNNN``, or one past the
+            ground truth's lines.
+    """
+    import io
+    import re
+
+    try:
+        from scipy.io import loadmat
+    except ImportError as err:
+        raise ImportError(f"imagefolder: reading the labels of ImageNet's devkit ({devkit}/data/meta.mat) needs "
+                          f"scipy: pip install 'robustlab[imagenet]' ({err}); or move each validation image "
+                          "into a folder named by its class") from None
+    try:
+        synsets = loadmat(io.BytesIO(_devkit_member(devkit, "meta.mat")), squeeze_me=True)["synsets"]
+        wnid_of = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        raise ValueError(f"imagefolder: {devkit}'s data/meta.mat is not the devkit's synsets (ILSVRC2012_ID, WNID, "
+                         f"num_children) ({type(err).__name__}: {err})") from None
+    ground_truth = "data/ILSVRC2012_validation_ground_truth.txt"
+    ids = _devkit_member(devkit, ground_truth.split("/")[1]).decode("ascii", "replace").split()
+    if not all(i.isdigit() and int(i) in wnid_of for i in ids):
+        bad = next(i for i in ids if not (i.isdigit() and int(i) in wnid_of))
+        raise ValueError(f"imagefolder: {devkit}'s {ground_truth} holds {bad!r}, no ILSVRC2012_ID of meta.mat's "
+                         f"{len(wnid_of)} classes")
+    files = []
+    for image in _images(folder, devkit):
+        number = re.fullmatch(r"ILSVRC2012_val_(\d{8})", image.stem)
+        if number is None or not 1 <= int(number.group(1)) <= len(ids):
+            raise ValueError(f"imagefolder: {image} is no ILSVRC2012_val_NNNNNNNN image of the devkit's "
+                             f"{len(ids)} labels ({devkit}); a flat val folder labelled by the devkit holds "
+                             "ImageNet's validation images under their own names")
+        files.append((str(image), wnid_of[int(ids[int(number.group(1)) - 1])]))
+    return sorted(files, key=lambda s: (s[1], Path(s[0]).name))
 
 
 def read_solution(labels: Path, folder: Path) -> list[tuple[str, str]]:
@@ -145,9 +234,7 @@ def read_solution(labels: Path, folder: Path) -> list[tuple[str, str]]:
                 raise ValueError(f"imagefolder: {labels} line {number}: expected ImageId,PredictionString (the "
                                  f"image's name and its wnid first, as in Kaggle's ImageNet labels); got {row!r}")
             wnid_of[row[0].strip()] = words[0]
-    images = sorted(f for f in folder.iterdir() if f.is_file() and visible_image(f.name))
-    if not images:
-        raise DataNotFoundError(f"imagefolder: {folder} holds no images (labels: {labels})")
+    images = _images(folder, labels)
     unlabelled = [f.name for f in images if f.stem not in wnid_of]
     if unlabelled:
         raise ValueError(f"imagefolder: {len(unlabelled)} image(s) of {folder} have no line in {labels} "
@@ -284,7 +371,7 @@ def image_folder(root: str | Path, split: str, *, limit: int | None = None, size
     loader = functools.partial(load_image, mode="RGB" if channels == 3 else "L")
     transform = eval_transform(size) if augment is None else None
     if flat is not None:
-        ds: Dataset = LabelledImages(read_solution(flat[1], folder), transform=transform, loader=loader)
+        ds: Dataset = LabelledImages(flat_labels(flat[1], folder), transform=transform, loader=loader)
     else:
         try:
             ds = _image_folder_class()(str(folder), transform=transform, loader=loader, is_valid_file=visible_image)

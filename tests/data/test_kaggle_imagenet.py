@@ -114,3 +114,73 @@ def test_a_run_trains_on_kaggles_root_and_is_evaluated_on_its_flat_validation_fo
                  "--image-size", "16", "--protocol", "quick", "--eps", "4/255", "--option", "steps=2",
                  "--device", "cpu", "--out", str(tmp_path / "ev")]) == 0
     assert json.loads((tmp_path / "ev" / "results.json").read_text())["n"] == 9
+
+
+# ------------------------------------------------------------------ image-net.org's devkit
+
+DEVKIT_IDS = {1: "n15075141", 2: "n01440764", 3: "n01443537"}  # the devkit's own order, not the wnids' sorted one
+
+
+def _devkit(root, ids: list[int], *, archive: bool = False) -> None:
+    """An ILSVRC2012 devkit of three leaf classes and one parent synset: meta.mat written by scipy as MATLAB
+    writes a struct array, and the ground truth (line N: image N's ILSVRC2012_ID)."""
+    import tarfile
+
+    from scipy.io import savemat
+
+    rows = [(i, w, 0) for i, w in DEVKIT_IDS.items()] + [(1001, "n00001740", 3)]
+    synsets = np.array(rows, dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")])
+    data = root / "ILSVRC2012_devkit_t12" / "data"
+    data.mkdir(parents=True)
+    savemat(data / "meta.mat", {"synsets": synsets})
+    (data / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{i}\n" for i in ids))
+    if archive:
+        with tarfile.open(root / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as tar:
+            tar.add(root / "ILSVRC2012_devkit_t12", "ILSVRC2012_devkit_t12")
+        shutil.rmtree(root / "ILSVRC2012_devkit_t12")
+
+
+@pytest.mark.parametrize("archive", [False, True], ids=["folder", "tar.gz"])
+def test_a_flat_val_folder_reads_its_labels_from_the_devkit(tmp_path, archive):
+    """The ground truth's IDs name classes by meta.mat's synsets, whose order is not the sorted wnids': read
+    as indices of the sorted wnids, every label below would be wrong."""
+    pytest.importorskip("scipy")
+    root, folders = tmp_path / "imagenet", tmp_path / "folders"
+    ids = [1, 3, 2, 2, 1, 3, 3]
+    (root / "val").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for n, i in enumerate(ids, 1):
+        c = sorted(DEVKIT_IDS.values()).index(DEVKIT_IDS[i])
+        a = rng.integers(0, 120, (20, 20, 3), dtype=np.uint8)
+        a[..., c] = 230
+        name = f"ILSVRC2012_val_{n:08d}.JPEG"
+        Image.fromarray(a).save(root / "val" / name, quality=95)
+        (folders / "val" / DEVKIT_IDS[i]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "val" / name, folders / "val" / DEVKIT_IDS[i] / name)
+    _devkit(root, [*ids, 2], archive=archive)  # a label past the images held: a copy of some of them
+    flat = rl.data.load_dataset(f"imagefolder:{root}", "val", size=16)
+    same = rl.data.load_dataset(f"imagefolder:{folders}", "val", size=16)
+    assert flat.info.classes == same.info.classes == ("n01440764", "n01443537", "n15075141")
+    x, y = rl.data.load_tensors(flat, workers=0)
+    x_ref, y_ref = rl.data.load_tensors(same, workers=0)
+    assert torch.equal(x, x_ref) and torch.equal(y, y_ref) and (x.mean((2, 3)).argmax(1) == y).all()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "val" / "ILSVRC2012_val_00000009.JPEG")
+    with pytest.raises(ValueError, match=r"ILSVRC2012_val_00000009.JPEG is no ILSVRC2012_val_NNNNNNNN image of "
+                                         r"the devkit's 8 labels"):
+        rl.data.load_dataset(f"imagefolder:{root}", "val", size=16)
+
+
+def test_a_devkit_without_scipy_names_the_extra(tmp_path, monkeypatch, capsys):
+    import sys
+
+    (tmp_path / "val").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG")
+    (tmp_path / "ILSVRC2012_devkit_t12" / "data").mkdir(parents=True)
+    monkeypatch.setitem(sys.modules, "scipy.io", None)
+    with pytest.raises(ImportError, match=r"pip install 'robustlab\[imagenet\]'"):
+        rl.data.load_dataset(f"imagefolder:{tmp_path}", "val", size=16)
+    out = tmp_path / "run"
+    assert main(["attack", "--model", "smallcnn", "--data", f"imagefolder:{tmp_path}", "--split", "test",
+                 "--device", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "needs scipy" in err and "Traceback" not in err and not out.exists()
