@@ -482,7 +482,7 @@ def memory_batch(models: Iterable[nn.Module], data: Any, batch: int, device: tor
     at half the batch instead): 250 images of a 224-px ResNet-50 need about
     23 GiB."""
     free = available_memory() if device.type == "cpu" else None
-    if free is None:
+    if free is None or not len(data):
         return batch
     x = torch.as_tensor(data[0][0])[None].float()
     try:
@@ -492,7 +492,7 @@ def memory_batch(models: Iterable[nn.Module], data: Any, batch: int, device: tor
     except (RuntimeError, AssertionError, ValueError, TypeError):  # evaluate says what of the data it does not take
         return batch
     fits = max(int(free // 2 // per_image), 1) if per_image else batch
-    if fits >= batch:
+    if fits >= min(batch, len(data)):  # no batch is larger than the data
         return batch
     _logger.warning("[memory] --batch-size %d would take about %.1f GiB for its attacks' activations (%.0f MiB an "
                     "image), more than half of the %.1f GiB of memory available: evaluating at --batch-size %d",

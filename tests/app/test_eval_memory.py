@@ -137,6 +137,12 @@ def test_on_the_cpu_eval_attacks_at_a_batch_that_fits_in_memory(trained_model, t
     assert asked == [12] and results["batch_size"] == 12 and results["models"]["plain"]["batch_size"] == 12
     assert any("--batch-size 250 would take about" in r.getMessage() and "evaluating at --batch-size 12"
                in r.getMessage() for r in caplog.records)
+    caplog.clear()  # 12 images fit in one batch: nothing to lower, and nothing said
+    assert main(["-q", "eval", "--model", f"{tmp_path / 'nets.py'}:plain", "--weights", str(tmp_path / "w.safetensors"),
+                 "--data", "digits", "--limit", "12", "--protocol", "quick", "--option", "steps=2", "--device", "cpu",
+                 "--out", str(tmp_path / "few")]) == 0
+    assert asked[-1] == 250 and "batch_size" not in json.loads((tmp_path / "few" / "results.json").read_text())
+    assert not [r for r in caplog.records if "[memory]" in r.getMessage()]
     monkeypatch.setattr(app_eval, "available_memory", lambda: None)  # not known: the batch asked for
     assert main(["-q", "eval", "--model", f"{tmp_path / 'nets.py'}:plain", "--weights", str(tmp_path / "w.safetensors"),
                  "--data", "digits", "--limit", "16", "--protocol", "quick", "--option", "steps=2", "--device", "cpu",
