@@ -86,9 +86,10 @@ def build_model(cfg: RunConfig, info: Any, recipe: recipes.Recipe) -> nn.Module:
         _logger.info("model %s: %s pretrained weights loaded; its classifier (%s) is freshly initialized for the "
                      "data's %d classes", name, record.get("source"), record["new_head"], info.num_classes)
     if int(os.environ.get("RANK", "0")) == 0 and record.get("head_rows"):
-        _logger.info("model %s: %s pretrained ImageNet-1k weights loaded; its classifier (%s) keeps their rows of "
-                     "the data's %d classes", name, record.get("source"), record["head_rows"]["classifier"],
-                     info.num_classes)
+        loaded = f"the weights of {record['file']}" if record.get("source") == "file" else \
+            f"{record.get('source')}'s pretrained weights"
+        _logger.info("model %s: %s loaded (ImageNet-1k); its classifier (%s) keeps their rows of the data's %d "
+                     "classes", name, loaded, record["head_rows"]["classifier"], info.num_classes)
     return model
 
 
