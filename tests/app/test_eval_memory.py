@@ -37,11 +37,16 @@ def fragile():
 """
 
 
-def test_eval_out_of_memory_goes_on_at_a_smaller_batch(trained_model, tmp_path, caplog):
+def _fragile_and_plain(trained_model, tmp_path) -> None:
+    """FACTORY in tmp_path/nets.py, and the trained weights for its plain and fragile models."""
     (tmp_path / "nets.py").write_text(FACTORY)
     state = {k: v.contiguous() for k, v in trained_model.state_dict().items()}
     save_file(state, str(tmp_path / "plain.safetensors"))
     save_file({f"net.{k}": v for k, v in state.items()}, str(tmp_path / "fragile.safetensors"))
+
+
+def test_eval_out_of_memory_goes_on_at_a_smaller_batch(trained_model, tmp_path, caplog):
+    _fragile_and_plain(trained_model, tmp_path)
     results = {}
     for name, batch in (("fragile", "32"), ("plain", "8")):
         out = tmp_path / name
@@ -173,10 +178,7 @@ def test_attack_out_of_memory_goes_on_at_a_smaller_batch(trained_model, tmp_path
     import torch
     from safetensors.torch import load_file
 
-    (tmp_path / "nets.py").write_text(FACTORY)
-    state = {k: v.contiguous() for k, v in trained_model.state_dict().items()}
-    save_file(state, str(tmp_path / "plain.safetensors"))
-    save_file({f"net.{k}": v for k, v in state.items()}, str(tmp_path / "fragile.safetensors"))
+    _fragile_and_plain(trained_model, tmp_path)
     runs = {}
     for name, batch in (("fragile", "32"), ("plain", "8")):
         out = tmp_path / name
