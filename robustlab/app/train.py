@@ -82,10 +82,12 @@ def build_model(cfg: RunConfig, info: Any, recipe: recipes.Recipe) -> nn.Module:
     model = _imagenet_rows(name, info, spec) or create_model(name, info.num_classes, in_channels=info.channels,
                                                              **spec)
     record = model.robustlab_spec.get("pretrained") or {}
-    if int(os.environ.get("RANK", "0")) == 0 and record.get("new_head"):
+    if int(os.environ.get("RANK", "0")) != 0:  # said once, by the first process
+        return model
+    if record.get("new_head"):
         _logger.info("model %s: %s pretrained weights loaded; its classifier (%s) is freshly initialized for the "
                      "data's %d classes", name, record.get("source"), record["new_head"], info.num_classes)
-    if int(os.environ.get("RANK", "0")) == 0 and record.get("head_rows"):
+    elif record.get("head_rows"):
         loaded = f"the weights of {record['file']}" if record.get("source") == "file" else \
             f"{record.get('source')}'s pretrained weights"
         _logger.info("model %s: %s loaded (ImageNet-1k); its classifier (%s) keeps their rows of the data's %d "

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from robustlab._io import finite_state, sha256_file
+from robustlab.models.subset import last_linear, swap_module
 
 _LOCAL = ("weights=PATH (a state-dict file, .safetensors or .pt/.pth, loaded into the net as built)")
 
@@ -204,14 +205,12 @@ def replace_head(net: nn.Module, num_classes: int, name: str, categories: int | 
     with a freshly initialized one of ``num_classes`` outputs; return its name.
     A net whose last Linear does not output the weights' ``categories`` (e.g.
     SqueezeNet's convolutional classifier) is refused."""
-    linears = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
-    if not linears or linears[-1][1].out_features != categories:
+    found = last_linear(net, categories)
+    if found is None:
         raise ValueError(f"tv:{name}: cannot find the classifier to resize to num_classes={num_classes} (its last "
                          f"nn.Linear does not output the weights' {categories} categories); build it with "
                          f"num_classes={categories} and replace the head yourself")
-    head, old = linears[-1]
-    parent, _, attr = head.rpartition(".")
-    fresh = nn.Linear(old.in_features, num_classes, bias=old.bias is not None,
-                      device=old.weight.device, dtype=old.weight.dtype)
-    setattr(net.get_submodule(parent), attr, fresh)
+    head, old = found
+    swap_module(net, head, nn.Linear(old.in_features, num_classes, bias=old.bias is not None,
+                                     device=old.weight.device, dtype=old.weight.dtype))
     return head

@@ -15,16 +15,39 @@ import torch
 from torch import Tensor, nn
 
 
+def output_index(indices: Sequence[int], outputs: int | None = None) -> Tensor:
+    """``indices`` as a long tensor of distinct outputs (below ``outputs``
+    when given), or a ValueError saying what they must be."""
+    index = torch.as_tensor(list(indices), dtype=torch.long)
+    if index.dim() != 1 or index.numel() == 0 or bool((index < 0).any()):
+        raise ValueError(f"indices must be a non-empty list of output indices >= 0; got {list(indices)}")
+    if index.unique().numel() != index.numel():
+        raise ValueError(f"indices must not repeat an output (two classes would tie); got {list(indices)}")
+    if outputs is not None and int(index.max()) >= outputs:
+        raise ValueError(f"indices must be outputs below {outputs}; got {list(indices)}")
+    return index
+
+
+def last_linear(net: nn.Module, outputs: int | None) -> tuple[str, nn.Linear] | None:
+    """(name, module) of ``net``'s last ``nn.Linear`` (its classifier: ``fc``
+    of a ResNet, ``classifier[-1]`` of VGG/EfficientNet, ``heads.head`` of
+    ViT), or None when it has none or it does not give ``outputs`` outputs."""
+    linears = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears and linears[-1][1].out_features == outputs else None
+
+
+def swap_module(net: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where ``net``'s submodule ``name`` is."""
+    parent, _, attr = name.rpartition(".")
+    setattr(net.get_submodule(parent), attr, new)
+
+
 class ClassSubset(nn.Module):
     """``model(x)[:, indices]``: output ``j`` is the model's output ``indices[j]``."""
 
     def __init__(self, model: nn.Module, indices: Sequence[int]) -> None:
         super().__init__()
-        index = torch.as_tensor(list(indices), dtype=torch.long)
-        if index.dim() != 1 or index.numel() == 0 or bool((index < 0).any()):
-            raise ValueError(f"indices must be a non-empty list of output indices >= 0; got {list(indices)}")
-        if index.unique().numel() != index.numel():
-            raise ValueError(f"indices must not repeat an output (two classes would tie); got {list(indices)}")
+        index = output_index(indices)
         self.model = model
         self.register_buffer("indices", index, persistent=False)
 
@@ -58,21 +81,17 @@ def narrow_classifier(model: nn.Module, indices: Sequence[int], outputs: int) ->
         ValueError: no last ``nn.Linear`` of ``outputs`` outputs (a
             convolutional classifier), or ``indices`` out of its range.
     """
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears or linears[-1][1].out_features != outputs:
+    found = last_linear(model, outputs)
+    if found is None:
         raise ValueError(f"cannot find the classifier to narrow: the model's last nn.Linear does not output its "
                          f"{outputs} classes")
-    index = torch.as_tensor(list(indices), dtype=torch.long)
-    if index.numel() == 0 or index.unique().numel() != index.numel() or bool((index < 0).any()) \
-            or int(index.max()) >= outputs:
-        raise ValueError(f"indices must be distinct outputs in 0..{outputs - 1}; got {list(indices)}")
-    name, old = linears[-1]
+    index = output_index(indices, outputs)
+    name, old = found
     new = nn.Linear(old.in_features, index.numel(), bias=old.bias is not None, device=old.weight.device,
                     dtype=old.weight.dtype)
     with torch.no_grad():
         new.weight.copy_(old.weight.index_select(0, index.to(old.weight.device)))
         if old.bias is not None:
             new.bias.copy_(old.bias.index_select(0, index.to(old.bias.device)))
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent), attr, new)
+    swap_module(model, name, new)
     return name
