@@ -57,6 +57,7 @@ def _has_class_dirs(path: Path) -> bool:
 
 KAGGLE_TREE = Path("ILSVRC", "Data", "CLS-LOC")  # the images of Kaggle's ImageNet release, under its root
 DEVKIT = "ILSVRC2012_devkit_t12"  # image-net.org's development kit: the validation labels
+GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"  # in its data/: line N, image N's ILSVRC2012_ID
 
 
 def split_root(root: str | Path) -> Path:
@@ -135,7 +136,8 @@ def flat_labels(labels: Path, folder: Path) -> list[tuple[str, str]]:
     """(image path, wnid) of each image of the flat ``folder``, sorted by wnid
     then file name (ImageFolder's order), from ``labels``: Kaggle's CSV
     (:func:`read_solution`) or the devkit (:func:`read_devkit`)."""
-    return read_solution(labels, folder) if labels.name.endswith(".csv") else read_devkit(labels, folder)
+    files = read_solution(labels, folder) if labels.name.endswith(".csv") else read_devkit(labels, folder)
+    return sorted(files, key=lambda s: (s[1], Path(s[0]).name))
 
 
 def _images(folder: Path, labels: Path) -> list[Path]:
@@ -168,7 +170,7 @@ def _devkit_member(devkit: Path, member: str) -> bytes:
 
 def read_devkit(devkit: Path, folder: Path) -> list[tuple[str, str]]:
     """(image path, wnid) of each ``ILSVRC2012_val_NNNNNNNN`` image of the
-    flat ``folder``, sorted by wnid then file name, from image-net.org's
+    flat ``folder``, from image-net.org's
     ILSVRC2012 devkit (``ILSVRC2012_devkit_t12``, a folder or its
     ``.tar.gz``): line N of ``data/ILSVRC2012_validation_ground_truth.txt``
     is image N's ILSVRC2012_ID, which ``data/meta.mat``'s synsets name by
@@ -197,12 +199,11 @@ def read_devkit(devkit: Path, folder: Path) -> list[tuple[str, str]]:
     except (ValueError, KeyError, TypeError, IndexError) as err:
         raise ValueError(f"imagefolder: {devkit}'s data/meta.mat is not the devkit's synsets (ILSVRC2012_ID, WNID, "
                          f"num_children) ({type(err).__name__}: {err})") from None
-    ground_truth = "data/ILSVRC2012_validation_ground_truth.txt"
-    ids = _devkit_member(devkit, ground_truth.split("/")[1]).decode("ascii", "replace").split()
-    if not all(i.isdigit() and int(i) in wnid_of for i in ids):
-        bad = next(i for i in ids if not (i.isdigit() and int(i) in wnid_of))
-        raise ValueError(f"imagefolder: {devkit}'s {ground_truth} holds {bad!r}, no ILSVRC2012_ID of meta.mat's "
-                         f"{len(wnid_of)} classes")
+    ids = _devkit_member(devkit, GROUND_TRUTH).decode("ascii", "replace").split()
+    bad = next((i for i in ids if not (i.isdigit() and int(i) in wnid_of)), None)
+    if bad is not None:
+        raise ValueError(f"imagefolder: {devkit}'s data/{GROUND_TRUTH} holds {bad!r}, no ILSVRC2012_ID of "
+                         f"meta.mat's {len(wnid_of)} classes")
     files = []
     for image in _images(folder, devkit):
         number = re.fullmatch(r"ILSVRC2012_val_(\d{8})", image.stem)
@@ -211,12 +212,12 @@ def read_devkit(devkit: Path, folder: Path) -> list[tuple[str, str]]:
                              f"{len(ids)} labels ({devkit}); a flat val folder labelled by the devkit holds "
                              "ImageNet's validation images under their own names")
         files.append((str(image), wnid_of[int(ids[int(number.group(1)) - 1])]))
-    return sorted(files, key=lambda s: (s[1], Path(s[0]).name))
+    return files
 
 
 def read_solution(labels: Path, folder: Path) -> list[tuple[str, str]]:
-    """(image path, wnid) of each image of the flat ``folder``, sorted by wnid
-    then file name (ImageFolder's order), from Kaggle's ``labels`` file.
+    """(image path, wnid) of each image of the flat ``folder``, from
+    Kaggle's ``labels`` file.
 
     Raises:
         ValueError: a line that is no ``ImageId,WNID ...`` (file and line
@@ -240,7 +241,7 @@ def read_solution(labels: Path, folder: Path) -> list[tuple[str, str]]:
         raise ValueError(f"imagefolder: {len(unlabelled)} image(s) of {folder} have no line in {labels} "
                          f"({', '.join(unlabelled[:3])}{', ...' if len(unlabelled) > 3 else ''}); each needs "
                          "ImageId,WNID ... with ImageId its file name without the suffix")
-    return sorted(((str(f), wnid_of[f.stem]) for f in images), key=lambda s: (s[1], Path(s[0]).name))
+    return [(str(f), wnid_of[f.stem]) for f in images]
 
 
 class LabelledImages(Dataset):

@@ -184,3 +184,17 @@ def test_a_devkit_without_scipy_names_the_extra(tmp_path, monkeypatch, capsys):
                  "--device", "cpu", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "needs scipy" in err and "Traceback" not in err and not out.exists()
+
+
+def test_a_devkit_that_is_not_one_is_named(tmp_path):
+    pytest.importorskip("scipy")
+    (tmp_path / "val").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG")
+    _devkit(tmp_path, [2, 1001])  # 1001 is the parent synset's ID: no class
+    with pytest.raises(ValueError, match=r"ILSVRC2012_validation_ground_truth.txt holds '1001', no ILSVRC2012_ID of "
+                                         r"meta.mat's 3 classes"):
+        rl.data.load_dataset(f"imagefolder:{tmp_path}", "val", size=16)
+    shutil.rmtree(tmp_path / "ILSVRC2012_devkit_t12")
+    (tmp_path / "ILSVRC2012_devkit_t12.tar.gz").write_bytes(b"not a tar archive")
+    with pytest.raises(ValueError, match=r"is not ImageNet's devkit archive with ILSVRC2012_devkit_t12/data/meta.mat"):
+        rl.data.load_dataset(f"imagefolder:{tmp_path}", "val", size=16)
