@@ -426,11 +426,12 @@ def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     storage counted once, parameters and buffers not at all.
 
     Against the peak memory of a forward and backward pass on the CPU at
-    batch 4-16 (224 px, torchvision's networks, ``ru_maxrss``) it says 94 MiB
-    an image for ResNet-50 (measured 95-107), 139 for ViT-B/16 (100-110), 94
-    for EfficientNet-B0 (91-107) and 113 for ConvNeXt-T (68-81): at most an
-    eighth under, which the half of the memory :func:`memory_batch` leaves
-    free covers."""
+    batch 8-16 (224 px, torchvision's networks; ``benchmarks/
+    memory_estimate.py``) it says 94 MiB an image for ResNet-50 (measured
+    97-102), 132 for ViT-B/16 (102-114), 94 for EfficientNet-B0 (98-100)
+    and 113 for ConvNeXt-T (68-103): at most a tenth under, which the half of
+    the memory :func:`memory_batch` leaves free covers, as it covers the
+    0.4 GB or so a process takes once whatever the batch."""
     skip = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
     held: dict[int, Any] = {}  # by address, each storage kept alive so that no later tensor reuses its address
 
