@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ from torch.utils.data import Dataset, Subset
 from robustlab.data.info import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
 from robustlab.data.sources import DataNotFoundError
 from robustlab.data.streaming import SeededTransform
+
+_logger = logging.getLogger(__name__)
 
 TRAIN_AUGMENTS = ("none", "flip_crop", "random_resized_crop", "autoaugment")
 
@@ -373,6 +376,8 @@ def image_folder(root: str | Path, split: str, *, limit: int | None = None, size
     transform = eval_transform(size) if augment is None else None
     if flat is not None:
         ds: Dataset = LabelledImages(flat_labels(flat[1], folder), transform=transform, loader=loader)
+        _logger.info("[data] %s holds its %d images itself: labelled by %s (%d classes)", folder, len(ds), flat[1],
+                     len(ds.classes))
     else:
         try:
             ds = _image_folder_class()(str(folder), transform=transform, loader=loader, is_valid_file=visible_image)

@@ -50,8 +50,11 @@ def trees(tmp_path_factory):
     return root, folders
 
 
-def test_the_flat_validation_folder_reads_as_its_class_folders_would(trees):
+def test_the_flat_validation_folder_reads_as_its_class_folders_would(trees, caplog):
     root, folders = trees
+    with caplog.at_level("INFO", logger="robustlab"):
+        rl.data.load_dataset(f"imagefolder:{root}", "val", size=16)
+    assert f"holds its 9 images itself: labelled by {root / 'LOC_val_solution.csv'} (3 classes)" in caplog.text
     for spec in (root, root / "ILSVRC" / "Data" / "CLS-LOC"):  # Kaggle's root, or the images' own
         flat = rl.data.load_dataset(f"imagefolder:{spec}", "test", size=16)
         same = rl.data.load_dataset(f"imagefolder:{folders}", "test", size=16)
