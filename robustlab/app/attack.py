@@ -1,7 +1,6 @@
 """Attack a whole dataset and summarize it: the work behind ``robustlab attack``."""
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -9,14 +8,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustlab._checks import error_line
 from robustlab._progress import progress as progress_bar
-from robustlab.app.evaluate import smaller_batch
+from robustlab.app.evaluate import at_fitting_batch
 from robustlab.attacks.base import Attack, AttackResult
 from robustlab.eval.evaluate import model_output
 from robustlab.eval.metrics import predict
-
-_logger = logging.getLogger(__name__)
 
 
 def attack_dataset(
@@ -54,26 +50,21 @@ def attack_dataset(
                     model_output(model, x[:2].to(device))
             start = 0
             while start < len(y):
-                end = len(y) if size is None else min(start + size, len(y))
-                room = max(examples - seen, 0)
-                first = None
-                try:
-                    took, still_right = _attack_batch(attack, model, x[start:end].to(device),
-                                                      y[start:end].to(device), parts, keep_examples,
-                                                      kept if room else None, room)
-                except torch.OutOfMemoryError as err:
-                    if end - start == 1:
-                        raise
-                    first = error_line(err, 120, "out of memory")
-                if first is not None:  # out of the handler: the frames, and the tensors they hold, are released
-                    size = smaller_batch(end - start, torch.device(device))
-                    _logger.warning("attack %s: the device ran out of memory (%s); continuing at --batch-size %d",
-                                    attack.name, first, size)
-                    continue
-                seconds, right, seen = seconds + took, right + still_right, seen + end - start
-                bar.update(end - start)
+                room, asked = max(examples - seen, 0), min(size or len(y), len(y) - start)
+
+                def attempt(n: int, rows: slice = slice(start, None), room: int = room, x: Tensor = x, y: Tensor = y
+                        ) -> tuple[float, int]:  # called at once: the defaults only bind this iteration's values
+                    x, y = x[rows][:n], y[rows][:n]
+                    return _attack_batch(attack, model, x.to(device), y.to(device), parts, keep_examples,
+                                         kept if room else None, room)
+
+                (took, still_right), done = at_fitting_batch(attempt, asked, torch.device(device),
+                                                             f"attack {attack.name}")
+                size = done if done < asked else size
+                seconds, right, seen = seconds + took, right + still_right, seen + done
+                bar.update(done)
                 bar.set_postfix(adv_acc=f"{100 * right / max(bar.n, 1):.1f}%")
-                start = end
+                start += done
     record = _record(attack, parts, seconds, keep_examples)
     if size is not None:
         record["batch_size"] = size

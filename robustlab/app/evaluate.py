@@ -15,10 +15,10 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -382,21 +382,15 @@ def _robust(models: dict[str, nn.Module], data: Any, spec: EvalSpec, run: RunDir
         path = run.ensure()
         _logger.info("model %s: %s evaluation of %d images", name, spec.protocol, len(data))
         with route(model, spec.route), progress(len(data), f"eval {name}", "sample", enabled=not quiet) as bar:
-            while True:
-                try:
-                    ev = evaluate(model, make_loader(data, batch, num_workers=spec.workers), eps=spec.eps,
-                                  norm=spec.norm, protocol=spec.protocol, fallback=spec.fallback, batch_size=batch,
-                                  device=device, seed=spec.seed, state=path / f"state-{name}.json",
-                                  progress=SamplesDone(bar), options=spec.options)
-                    break
-                except torch.OutOfMemoryError as err:
-                    if batch == 1:
-                        raise
-                    first = error_line(err, 120, "out of memory")
-                # out of the handler: the traceback's frames, and the tensors they hold, are released
-                batch = smaller_batch(batch, device)
-                _logger.warning("model %s: the device ran out of memory (%s); continuing at --batch-size %d "
-                                "after the images already evaluated", name, first, batch)
+            def attempt(size: int, model: nn.Module = model, state: Path = path / f"state-{name}.json", bar: Any = bar
+                    ) -> Any:  # called at once: the defaults only bind this iteration's values
+                return evaluate(model, make_loader(data, size, num_workers=spec.workers), eps=spec.eps,
+                                norm=spec.norm, protocol=spec.protocol, fallback=spec.fallback, batch_size=size,
+                                device=device, seed=spec.seed, state=state, progress=SamplesDone(bar),
+                                options=spec.options)
+
+            ev, batch = at_fitting_batch(attempt, batch, device, f"model {name}",
+                                         " after the images already evaluated")  # its state: the images done
         _logger.info("model %s: clean %.1f%%, robust %.1f%% (n = %d) in %s", name, 100 * ev.clean_accuracy,
                      100 * ev.robust_accuracy, ev.n, duration(ev.seconds))
         if ev.examples is not None:
@@ -508,6 +502,28 @@ def smaller_batch(batch: int, device: torch.device) -> int:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return max(batch // 2, 1)
+
+
+_T = TypeVar("_T")
+
+
+def at_fitting_batch(run: Callable[[int], _T], batch: int, device: torch.device, what: str, after: str = ""
+                     ) -> tuple[_T, int]:
+    """``run(batch)``; when it runs out of device memory, ``run`` again at
+    half the batch (:func:`smaller_batch`), down to 1, with a warning naming
+    ``what`` (``after``: what the smaller batch goes on from). Returns its
+    result and the batch size it ran at; out of memory at 1 is raised."""
+    while True:
+        try:
+            return run(batch), batch
+        except torch.OutOfMemoryError as err:
+            if batch == 1:
+                raise
+            first = error_line(err, 120, "out of memory")
+        # out of the handler: the traceback's frames, and the tensors they hold, are released
+        batch = smaller_batch(batch, device)
+        _logger.warning("%s: the device ran out of memory (%s); continuing at --batch-size %d%s", what, first, batch,
+                        after)
 
 
 def _batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
